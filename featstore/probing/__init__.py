@@ -1,0 +1,1 @@
+"""probing stage of featstore."""

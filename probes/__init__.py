@@ -1,0 +1,1 @@
+"""Model-agnostic probes over (examples x features) matrices, following scikit-learn conventions."""
