@@ -1,0 +1,32 @@
+# Set-up and the two jobs of the README. Every target creates the virtual environment first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL ?= smollm2-135m
+MAIN_DATASETS ?= 87_glue_cola 113_movie_sent 5_hist_fig_ismale 36_sciq_tf 106_hate_hate
+LIMIT ?= 300
+
+.PHONY: setup test main benchmark
+
+$(BIN)/featstore: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --no-deps sae-probes==0.4.2
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/featstore
+
+test: setup
+	$(BIN)/pytest -q
+
+main: setup
+	$(BIN)/featstore datasets import-sae-probes
+	$(BIN)/featstore build --model $(MODEL) --datasets $(MAIN_DATASETS) --limit $(LIMIT)
+	$(BIN)/featstore probe --model $(MODEL) --datasets $(MAIN_DATASETS) --baseline
+	$(BIN)/featstore probe --model $(MODEL) --datasets $(MAIN_DATASETS) --feature attn --aggregation first entropy bins:8
+	$(BIN)/featstore results --model $(MODEL)
+
+benchmark: setup
+	$(BIN)/python benchmarks/build_and_read.py --model random:gpt2-medium

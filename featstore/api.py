@@ -1,0 +1,27 @@
+"""The Python entry point: `open_store(root)` gives SQL over the catalog and views of the features."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from featstore.catalog.safe_sql import run_user_query
+from featstore.project import Project, open_project
+
+
+class Store:
+    """A project's catalog and feature store, opened read-only."""
+
+    def __init__(self, project: Project):
+        self.project = project
+
+    def sql(self, query: str, params: Sequence | Mapping | None = None) -> pd.DataFrame:
+        """Run one read-only SELECT over the catalog and return its rows."""
+        return run_user_query(self.project.catalog_path, query, params)
+
+
+def open_store(root: str | Path = ".") -> Store:
+    """Open the project at `root` (a directory holding `datasets/main.csv` and `store/`)."""
+    return Store(open_project(root))

@@ -1,0 +1,92 @@
+"""The DuckDB catalog `store/catalog.duckdb`: its schema and the single writer's connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import duckdb
+
+from featstore.errors import FeatstoreError
+from featstore.project import Project
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    name VARCHAR PRIMARY KEY,
+    number INTEGER NOT NULL,
+    tag VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    probe_from VARCHAR,
+    probe_to VARCHAR,
+    probe_from_extraction VARCHAR,
+    probe_to_extraction VARCHAR,
+    data_type VARCHAR NOT NULL,
+    n_examples INTEGER NOT NULL,
+    n_pos INTEGER NOT NULL,
+    n_neg INTEGER NOT NULL,
+    n_train INTEGER NOT NULL,
+    n_test INTEGER NOT NULL,
+    split_params JSON NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    indexed_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS examples (
+    example_id BIGINT PRIMARY KEY,
+    dataset VARCHAR NOT NULL,
+    "row" INTEGER NOT NULL,
+    split VARCHAR NOT NULL,
+    label TINYINT NOT NULL,
+    prompt VARCHAR NOT NULL,
+    n_chars INTEGER NOT NULL,
+    prompt_hash VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS features (
+    model VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    example_id BIGINT NOT NULL,
+    array_row INTEGER NOT NULL,
+    seq_len INTEGER NOT NULL,
+    n_tokens_source INTEGER NOT NULL,
+    truncated BOOLEAN NOT NULL,
+    PRIMARY KEY (model, dataset, split, example_id)
+);
+CREATE TABLE IF NOT EXISTS feature_splits (
+    model VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    n_examples INTEGER NOT NULL,
+    max_seq_len INTEGER NOT NULL,
+    path VARCHAR NOT NULL,
+    settings JSON NOT NULL,
+    built_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (model, dataset, split)
+);
+"""
+
+EXAMPLE_ID_STRIDE = 1_000_000_000
+
+
+def example_id(number: int, row: int) -> int:
+    """A stable id: the dataset number and the row in its source file, so re-imports keep ids."""
+    return number * EXAMPLE_ID_STRIDE + row
+
+
+@contextmanager
+def catalog_writer(project: Project) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The one read-write connection; a second writer gets a clear error instead of DuckDB's lock message."""
+    project.store_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(project.catalog_path))
+    except duckdb.IOException as err:
+        if "lock" in str(err).lower():
+            raise FeatstoreError(
+                f"{project.catalog_path} is open in another featstore process; try again when it finishes"
+            ) from None
+        raise FeatstoreError(f"cannot open {project.catalog_path}: {str(err).splitlines()[0]}") from None
+    try:
+        con.execute(SCHEMA)
+        yield con
+    finally:
+        con.close()

@@ -1,0 +1,138 @@
+"""The `featstore` command: argument parsing and the thin handlers that call the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from featstore import __version__
+from featstore.catalog.splits import SplitParams
+from featstore.errors import FeatstoreError
+from featstore.project import init_project, open_project
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; errors become one line on stderr and a non-zero exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except FeatstoreError as err:
+        print(f"featstore: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("featstore: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="featstore", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--root", type=Path, default=Path("."), help="project directory (default: the current one)")
+    parser.add_argument("--version", action="version", version=f"featstore {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create an empty project directory")
+    init.add_argument("directory", nargs="?", type=Path, help="where (default: --root)")
+    init.set_defaults(handler=run_init)
+
+    datasets = commands.add_parser("datasets", help="the dataset registry").add_subparsers(
+        dest="datasets_command", required=True, metavar="SUBCOMMAND"
+    )
+    clean = datasets.add_parser("clean", help="turn raw files and registry rows into cleaned files and catalog rows")
+    clean.add_argument("--overwrite", action="store_true", help="rebuild datasets whose inputs are unchanged too")
+    clean.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets (default: all)")
+    add_split_options(clean)
+    clean.set_defaults(handler=run_clean)
+
+    sae = datasets.add_parser("import-sae-probes", help="register and clean the SAE-Probes binary datasets")
+    sae.add_argument("--source", type=Path, help="a sae-probes wheel or directory (default: installed, else pip download)")
+    sae.add_argument("--only", nargs="+", metavar="NAME", help="only these datasets (name, tag or number)")
+    sae.add_argument("--overwrite", action="store_true", help="re-clean datasets whose inputs are unchanged too")
+    add_split_options(sae)
+    sae.set_defaults(handler=run_import_sae_probes)
+
+    listing = datasets.add_parser("list", help="print each dataset's size, class balance and prompt lengths")
+    listing.set_defaults(handler=run_list)
+
+    sql = commands.add_parser("sql", help="run one read-only SELECT over the catalog")
+    sql.add_argument("query", help='for example "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"')
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.set_defaults(handler=run_sql)
+    return parser
+
+
+def add_split_options(parser: argparse.ArgumentParser) -> None:
+    defaults = SplitParams()
+    group = parser.add_argument_group("splits (the SAE-Probes protocol by default)")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="split seed (default: %(default)s)")
+    group.add_argument("--max-examples", type=int, default=defaults.max_examples, help="examples kept per dataset (default: %(default)s)")
+    group.add_argument("--max-train", type=int, default=defaults.max_train, help="train examples at most, half positive (default: %(default)s)")
+    group.add_argument("--min-test", type=int, default=defaults.min_test, help="test examples at least (default: %(default)s)")
+
+
+def split_params(args: argparse.Namespace) -> SplitParams:
+    for name in ("max_examples", "max_train", "min_test"):
+        if getattr(args, name) < 1:
+            raise FeatstoreError(f"--{name.replace('_', '-')} must be at least 1")
+    return SplitParams(args.seed, args.max_examples, args.max_train, args.min_test)
+
+
+def run_init(args: argparse.Namespace) -> None:
+    init_project(args.directory or args.root)
+
+
+def run_clean(args: argparse.Namespace) -> None:
+    from featstore.datasets.cleaning import clean_datasets
+    from featstore.datasets.registry import load_registry, select_entries
+
+    project = open_project(args.root)
+    entries = select_entries(load_registry(project), args.datasets)
+    clean_datasets(project, entries, split_params(args), overwrite=args.overwrite)
+
+
+def run_import_sae_probes(args: argparse.Namespace) -> None:
+    from featstore.datasets.sae_probes import import_sae_probes
+
+    import_sae_probes(open_project(args.root), args.source, args.only, split_params(args), overwrite=args.overwrite)
+
+
+def run_list(args: argparse.Namespace) -> None:
+    from featstore.api import Store
+
+    frame = Store(open_project(args.root)).sql(
+        """SELECT d.name AS dataset, d.n_examples AS n, d.n_train, d.n_test,
+                  round(d.n_pos / d.n_examples, 3) AS pos_fraction,
+                  min(e.n_chars) AS chars_min, CAST(median(e.n_chars) AS INTEGER) AS chars_median,
+                  max(e.n_chars) AS chars_max
+           FROM datasets d JOIN examples e ON e.dataset = d.name
+           GROUP BY ALL ORDER BY any_value(d.number)"""
+    )
+    print_frame(frame, "table")
+
+
+def run_sql(args: argparse.Namespace) -> None:
+    from featstore.api import Store
+
+    print_frame(Store(open_project(args.root)).sql(args.query), args.format)
+
+
+def print_frame(frame: pd.DataFrame, fmt: str) -> None:
+    """Write a result to stdout as an aligned table, CSV or JSON records."""
+    if fmt == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
+    else:
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+            print(frame.to_string(index=False) if len(frame) else "(no rows)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Raw files + registry rows -> cleaned files (`prompt`, `target`, `row`) and catalog rows.
+
+Every selected dataset is read, extracted and validated before anything is written; cleaned files
+replace the old ones only once all are staged, and the catalog is updated in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featstore.catalog.database import catalog_writer, example_id
+from featstore.catalog.splits import TEST, TRAIN, SplitParams, assign_splits
+from featstore.datasets.expressions import evaluate_extraction
+from featstore.datasets.registry import DatasetEntry
+from featstore.errors import FeatstoreError
+from featstore.project import Project
+
+CLEANED_COLUMNS = ["prompt", "target", "row"]
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    """What happened to one dataset."""
+
+    name: str
+    n_examples: int
+    skipped: bool
+
+
+def clean_datasets(
+    project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool = False
+) -> list[CleanResult]:
+    """Clean and index `entries`; datasets whose inputs are unchanged are skipped unless `overwrite`."""
+    indexed = _indexed_fingerprints(project)
+    fingerprints = {e.name: _fingerprint(project, e, params) for e in entries}
+    todo = [
+        e
+        for e in entries
+        if overwrite or indexed.get(e.name) != fingerprints[e.name] or not project.cleaned_path(e.name).exists()
+    ]
+    staged: dict[str, tuple[Path, pd.DataFrame]] = {}
+    try:
+        for entry in todo:
+            cleaned = clean_frame(project, entry)
+            splits = assign_splits(entry.name, cleaned["row"].to_numpy(), cleaned["target"].to_numpy(), params)
+            staging = project.cleaned_path(entry.name).with_suffix(".csv.staged")
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            cleaned.to_csv(staging, index=False)
+            staged[entry.name] = (staging, _example_rows(entry, cleaned, splits))
+        for name, (staging, _) in staged.items():
+            os.replace(staging, project.cleaned_path(name))
+    finally:
+        for staging, _ in staged.values():
+            staging.unlink(missing_ok=True)
+    if staged:
+        _index(project, [e for e in todo], staged, fingerprints, params)
+    return [
+        CleanResult(e.name, len(staged[e.name][1]) if e.name in staged else -1, e.name not in staged)
+        for e in entries
+    ]
+
+
+def clean_frame(project: Project, entry: DatasetEntry) -> pd.DataFrame:
+    """The cleaned examples of one dataset: text prompts and 0/1 targets, with their raw row numbers."""
+    raw = read_raw(project, entry)
+    for field, column in (("Probe from", entry.probe_from), ("Probe to", entry.probe_to)):
+        if column not in raw.columns:
+            raise FeatstoreError(
+                f"{entry.where(repr(field))}: column {column!r} is not in datasets/raw/{entry.source} "
+                f"(it has {', '.join(map(str, raw.columns))})"
+            )
+    prompts = evaluate_extraction(entry.prompt_extraction, raw[entry.probe_from], entry.where("Probe from extraction"))
+    targets = evaluate_extraction(entry.target_extraction, raw[entry.probe_to], entry.where("Probe to extraction"))
+    return pd.DataFrame(
+        {
+            "prompt": _checked_prompts(entry, prompts),
+            "target": _binary_targets(entry, targets),
+            "row": np.arange(len(raw), dtype=np.int64),
+        }
+    )
+
+
+def read_raw(project: Project, entry: DatasetEntry) -> pd.DataFrame:
+    """The source file of a dataset (CSV, optionally compressed, or Parquet)."""
+    path = project.raw_dir / entry.source
+    if not path.is_file():
+        raise FeatstoreError(f"{entry.where('source')}: datasets/raw/{entry.source} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as err:
+        raise FeatstoreError(f"datasets/raw/{entry.source} cannot be read: {str(err).strip().splitlines()[0]}") from None
+
+
+def _checked_prompts(entry: DatasetEntry, prompts: pd.Series) -> pd.Series:
+    empty = prompts.isna() | (prompts.astype(str).str.strip() == "")
+    if empty.any():
+        raise FeatstoreError(f"{entry.where('prompt')}: missing or empty prompt in raw row {int(np.flatnonzero(empty)[0])}")
+    not_text = ~prompts.map(lambda value: isinstance(value, str))
+    if not_text.any():
+        row = int(np.flatnonzero(not_text)[0])
+        raise FeatstoreError(f"{entry.where('prompt')}: raw row {row} is not text ({prompts.iloc[row]!r})")
+    return prompts.reset_index(drop=True)
+
+
+def _binary_targets(entry: DatasetEntry, targets: pd.Series) -> pd.Series:
+    missing = targets.isna()
+    if missing.any():
+        raise FeatstoreError(f"{entry.where('target')}: missing label in raw row {int(np.flatnonzero(missing)[0])}")
+    values = set(targets.unique().tolist())
+    if values <= {0, 1} and all(isinstance(v, (bool, int, float, np.bool_, np.number)) for v in values):
+        return targets.astype(np.int8).reset_index(drop=True)
+    shown = ", ".join(repr(v) for v in sorted(values, key=str)[:5])
+    raise FeatstoreError(
+        f"{entry.where('Probe to extraction')}: labels are not binary (found {shown}); "
+        "write an expression such as col == \"yes\""
+    )
+
+
+def _example_rows(entry: DatasetEntry, cleaned: pd.DataFrame, splits: np.ndarray) -> pd.DataFrame:
+    prompts = cleaned["prompt"]
+    return pd.DataFrame(
+        {
+            "example_id": [example_id(entry.number, r) for r in cleaned["row"].tolist()],
+            "dataset": entry.name,
+            "row": cleaned["row"].astype(np.int32),
+            "split": splits.astype(str),
+            "label": cleaned["target"].astype(np.int8),
+            "prompt": prompts,
+            "n_chars": prompts.str.len().astype(np.int32),
+            "prompt_hash": [hashlib.sha256(p.encode()).hexdigest()[:16] for p in prompts.tolist()],
+        }
+    )
+
+
+def _index(
+    project: Project,
+    entries: list[DatasetEntry],
+    staged: dict[str, tuple[Path, pd.DataFrame]],
+    fingerprints: dict[str, str],
+    params: SplitParams,
+) -> None:
+    with catalog_writer(project) as con:
+        con.execute("BEGIN TRANSACTION")
+        for entry in entries:
+            rows = staged[entry.name][1]
+            for table in ("examples", "features", "feature_splits"):
+                con.execute(f"DELETE FROM {table} WHERE dataset = ?", [entry.name])
+            con.execute("DELETE FROM datasets WHERE name = ?", [entry.name])
+            con.register("staged_examples", rows)
+            con.execute("INSERT INTO examples SELECT * FROM staged_examples")
+            con.unregister("staged_examples")
+            labels = rows["label"].to_numpy()
+            con.execute(
+                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+                [
+                    entry.name, entry.number, entry.tag, entry.source, entry.probe_from, entry.probe_to,
+                    entry.prompt_extraction, entry.target_extraction, entry.data_type, len(rows),
+                    int(labels.sum()), int((labels == 0).sum()), int((rows["split"] == TRAIN).sum()),
+                    int((rows["split"] == TEST).sum()), json.dumps(params.as_dict()), fingerprints[entry.name],
+                ],
+            )
+        con.execute("COMMIT")
+
+
+def _indexed_fingerprints(project: Project) -> dict[str, str]:
+    if not project.catalog_path.exists():
+        return {}
+    with catalog_writer(project) as con:
+        return dict(con.execute("SELECT name, fingerprint FROM datasets").fetchall())
+
+
+def _fingerprint(project: Project, entry: DatasetEntry, params: SplitParams) -> str:
+    digest = hashlib.sha256()
+    fields = [entry.name, entry.source, entry.probe_from, entry.probe_to, entry.prompt_extraction,
+              entry.target_extraction, entry.data_type, json.dumps(params.as_dict(), sort_keys=True)]
+    digest.update(json.dumps(fields).encode())
+    path = project.raw_dir / entry.source
+    if path.is_file():
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
