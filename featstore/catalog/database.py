@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -74,17 +75,22 @@ def example_id(number: int, row: int) -> int:
 
 
 @contextmanager
-def catalog_writer(project: Project) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The one read-write connection; a second writer gets a clear error instead of DuckDB's lock message."""
+def catalog_writer(project: Project, wait_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The one read-write connection, waiting up to `wait_s` for readers to finish, then a clear error."""
     project.store_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(project.catalog_path))
-    except duckdb.IOException as err:
-        if "lock" in str(err).lower():
-            raise FeatstoreError(
-                f"{project.catalog_path} is open in another featstore process; try again when it finishes"
-            ) from None
-        raise FeatstoreError(f"cannot open {project.catalog_path}: {str(err).splitlines()[0]}") from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = duckdb.connect(str(project.catalog_path))
+            break
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise FeatstoreError(f"cannot open {project.catalog_path}: {str(err).splitlines()[0]}") from None
+            if time.monotonic() > deadline:
+                raise FeatstoreError(
+                    f"{project.catalog_path} is open in another featstore process; try again when it finishes"
+                ) from None
+            time.sleep(0.2)
     try:
         con.execute(SCHEMA)
         yield con

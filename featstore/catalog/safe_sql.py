@@ -1,0 +1,122 @@
+"""Run a user's SQL on the catalog: one SELECT, on a locked-down read-only connection, under a time limit.
+
+DuckDB calls these settings defence in depth, not a sandbox: they stop file, network, extension,
+settings and Python-variable access, and the read-only connection stops writes.
+Accepted: statements DuckDB's parser types as SELECT, which include WITH, FROM-first (`FROM t`),
+VALUES, `TABLE t`, UNPIVOT and the read-only DESCRIBE / SHOW / SUMMARIZE. Refused: everything else,
+including EXPLAIN (EXPLAIN ANALYZE runs its query), PRAGMA and CALL (use `SELECT * FROM pragma_table_info('t')`
+or `FROM duckdb_settings()`), and PIVOT without an IN list (DuckDB runs it as several statements).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from itertools import takewhile
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from featstore.errors import FeatstoreError
+
+LOCKED_DOWN_CONFIG: dict[str, str | int | bool] = {
+    "enable_external_access": False,  # no files, URLs, ATTACH, COPY, INSTALL, Python objects
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "python_enable_replacements": False,  # `FROM name` never reads a caller's DataFrame
+    "python_scan_all_frames": False,
+    "memory_limit": "2GB",
+    "threads": 2,
+    "temp_directory": "",  # no spilling to files next to the catalog
+    "lock_configuration": True,  # applied last: nothing above can be SET back
+}
+READABLE_STATEMENT_NAMES = {"LOAD": "INSTALL/LOAD", "SET": "SET/RESET/USE", "VACUUM": "VACUUM/ANALYZE", "MULTI": "PIVOT"}
+
+
+class QueryRefused(FeatstoreError):
+    """A user query that was refused, failed or was stopped, for the one-line reason in its message."""
+
+
+def _one_line(err: Exception) -> str:
+    """DuckDB's message without the `LINE n: ...` excerpt and its caret, joined onto one line."""
+    lines = takewhile(lambda line: not line.startswith("LINE "), str(err).splitlines())
+    return " ".join(line.strip() for line in lines if line.strip())
+
+
+def open_locked_down(catalog_path: Path) -> duckdb.DuckDBPyConnection:
+    """A fresh read-only connection that cannot reach files, extensions, settings or Python variables."""
+    if not Path(catalog_path).is_file():
+        raise FeatstoreError(
+            f"no catalog at {catalog_path}; run `featstore datasets import-sae-probes` or `featstore datasets clean` first"
+        )
+    try:
+        return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
+    except duckdb.IOException as err:
+        if "lock" in str(err).lower():
+            raise FeatstoreError(
+                "the catalog is being written by another featstore process; try again when it finishes"
+            ) from None
+        raise FeatstoreError(f"cannot open {catalog_path}: {_one_line(err)}") from None
+    except duckdb.ConnectionException as err:
+        raise FeatstoreError(
+            f"cannot open {catalog_path} for a user query while this process holds another connection to it "
+            f"({_one_line(err)}); close that connection first"
+        ) from None
+
+
+def single_select(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.Statement:
+    """The query's one statement, if DuckDB's own parser says it is a SELECT; otherwise QueryRefused."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as err:
+        raise QueryRefused(f"query failed: {_one_line(err)}") from None
+    if len(statements) != 1:
+        raise QueryRefused(f"refused: only one SELECT statement is allowed, got {len(statements)} statements")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        name = READABLE_STATEMENT_NAMES.get(kind.name, kind.name.replace("_", " "))
+        raise QueryRefused(f"refused: {name} statements are not allowed (only SELECT)")
+    return statements[0]
+
+
+def _fetch_at_most(result: duckdb.DuckDBPyConnection, max_rows: int) -> pd.DataFrame:
+    """The first max_rows rows of a streaming result, read chunk by chunk so the rest is never fetched."""
+    frames = [result.fetch_df_chunk()]
+    fetched = len(frames[0])
+    while 0 < fetched < max_rows:
+        frames.append(result.fetch_df_chunk())
+        if frames[-1].empty:
+            break
+        fetched += len(frames[-1])
+    return pd.concat(frames, ignore_index=True).head(max_rows)
+
+
+def run_user_query(
+    catalog_path: Path,
+    query: str,
+    params: Sequence | Mapping | None = None,
+    timeout_s: float = 30.0,
+    max_rows: int | None = None,
+) -> pd.DataFrame:
+    """The result of one user SELECT on the catalog (`?` or `$name` params); max_rows keeps the first rows only."""
+    if not timeout_s > 0:
+        raise FeatstoreError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
+    if max_rows is not None and max_rows < 0:
+        raise FeatstoreError(f"max_rows must be 0 or more, got {max_rows}")
+    con = open_locked_down(catalog_path)
+    timer = threading.Timer(timeout_s, con.interrupt)
+    timer.start()
+    try:
+        result = con.execute(single_select(con, query), params)
+        return result.df() if max_rows is None else _fetch_at_most(result, max_rows)
+    except duckdb.InterruptException:
+        raise QueryRefused(f"query stopped after {timeout_s:g} s time limit") from None
+    except duckdb.PermissionException as err:
+        raise QueryRefused(f"refused: file access is disabled in user queries ({_one_line(err)})") from None
+    except duckdb.Error as err:
+        raise QueryRefused(f"query failed: {_one_line(err)}") from None
+    finally:
+        timer.cancel()
+        timer.join()
+        con.close()

@@ -1,0 +1,236 @@
+"""Safe evaluation of the registry's `Probe from/to extraction` expressions over the name `col`.
+
+The text is untrusted: it is parsed with `ast` and run by a whitelist walker, never by eval/exec.
+Allowed: `col`; literals (str, int, float, bool, None, lists/tuples of them); == != < <= > >=;
++ - * / // % & | ^ ~ and unary -; calls of SERIES_METHODS on a Series and of STR_METHODS on
+`.str`, with literal arguments only; `.str[int]` and `.str[start:stop:step]` with int literals.
+Refused: other names and attributes, dunders, `and`/`or`/`not` (use & | ~), `in` (use isin),
+lambdas, comprehensions, f-strings, `**`, starred arguments, and any operation without `col`.
+`*` and `%` need numbers on both sides, so text cannot be blown up by repetition or padding.
+Not guarded: a regex with catastrophic backtracking (e.g. `(a+)+$`) can spend a lot of CPU time.
+"""
+
+import ast
+import inspect
+import operator
+import warnings
+from typing import Any, Callable
+
+import pandas as pd
+
+from featstore.errors import FeatstoreError
+
+MAX_EXPRESSION_LENGTH = 500
+SERIES_METHODS = frozenset({
+    "isin", "between", "isna", "notna", "isnull", "notnull", "fillna", "astype", "abs", "round",
+    "clip", "eq", "ne", "lt", "le", "gt", "ge",
+})
+STR_METHODS = frozenset({
+    "contains", "startswith", "endswith", "match", "fullmatch", "count", "find", "rfind", "len",
+    "lower", "upper", "title", "capitalize", "casefold", "swapcase", "strip", "lstrip", "rstrip",
+    "replace", "removeprefix", "removesuffix", "slice", "split", "rsplit", "get", "join",
+    "isdigit", "isalpha", "isalnum", "isnumeric", "isdecimal", "isspace", "islower", "isupper",
+    "istitle",
+})
+ASTYPE_DTYPES = frozenset({
+    "str", "string", "object", "category", "bool", "boolean", "int", "int32", "int64", "Int64",
+    "float", "float32", "float64", "Float64",
+})
+BINARY_OPERATORS = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+REFUSAL_HINTS = {
+    ast.BoolOp: "'and'/'or' (use & and | with parentheses)", ast.In: "'in' (use col.isin([...]))",
+    ast.NotIn: "'not in' (use ~col.isin([...]))", ast.Is: "'is' (use == or col.isna())",
+    ast.IsNot: "'is not' (use != or col.notna())", ast.Not: "'not' (use ~)",
+    ast.Lambda: "a lambda", ast.JoinedStr: "an f-string", ast.NamedExpr: "the walrus operator",
+    ast.IfExp: "a conditional expression", ast.GeneratorExp: "a generator expression",
+    ast.ListComp: "a comprehension", ast.SetComp: "a comprehension", ast.DictComp: "a comprehension",
+}
+SERIES, ACCESSOR, LITERAL = "Series", "col.str accessor", "literal"
+Compiled = tuple[str, Callable[[pd.Series], Any]]
+
+
+class ExpressionError(FeatstoreError):
+    """An extraction expression that is not allowed, or that failed on the column it was applied to."""
+
+
+class _Refused(Exception):
+    """Internal: the reason a piece of the expression is not allowed."""
+
+
+def _piece(node: ast.AST) -> str:
+    text = ast.unparse(node)
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _literal(node: ast.AST) -> Any:
+    match node:
+        case ast.Constant(value=value) if value is None or type(value) in (str, int, float, bool):
+            return value
+        case ast.UnaryOp(op=ast.USub(), operand=ast.Constant(value=int() | float() as value)):
+            return -value
+        case ast.List(elts=elements):
+            return [_literal(element) for element in elements]
+        case ast.Tuple(elts=elements):
+            return tuple(_literal(element) for element in elements)
+    raise _Refused(f"{_piece(node)} (only literals are allowed here)")
+
+
+def _argument(method: str, node: ast.AST) -> Any:
+    """A literal argument; astype also takes the builtin type names str, int, float and bool."""
+    if method == "astype" and isinstance(node, ast.Name) and node.id in ("str", "int", "float", "bool"):
+        return node.id
+    return _literal(node)
+
+
+def _numbers_only(value: Any) -> Any:
+    if isinstance(value, pd.Series) and not pd.api.types.is_numeric_dtype(value):
+        raise TypeError(f"* and % need numeric columns, got dtype {value.dtype}")
+    return value
+
+
+def _binary(node: ast.AST, op: ast.AST, left: ast.AST, right: ast.AST) -> Compiled:
+    if type(op) not in BINARY_OPERATORS:
+        raise _Refused(REFUSAL_HINTS.get(type(op), f"operator {type(op).__name__} in {_piece(node)}"))
+    (left_kind, left_fn), (right_kind, right_fn) = _compile(left), _compile(right)
+    if SERIES not in (left_kind, right_kind) or ACCESSOR in (left_kind, right_kind):
+        raise _Refused(f"{_piece(node)} (an operator needs a Series computed from col on one side)")
+    function = BINARY_OPERATORS[type(op)]
+    if isinstance(op, (ast.Mult, ast.Mod)):
+        for kind, operand in ((left_kind, left), (right_kind, right)):
+            if kind == LITERAL and type(_literal(operand)) not in (int, float):
+                raise _Refused(f"{_piece(node)} (* and % take numbers only)")
+        return SERIES, lambda col: function(_numbers_only(left_fn(col)), _numbers_only(right_fn(col)))
+    return SERIES, lambda col: function(left_fn(col), right_fn(col))
+
+
+def _method_call(receiver: ast.AST, method: str, args: list, keywords: list) -> Compiled:
+    if method not in SERIES_METHODS | STR_METHODS:
+        raise _Refused(f"method {method!r}")
+    kind, target = _compile(receiver)
+    owner = {SERIES: pd.Series, ACCESSOR: pd.Series.str}.get(kind)
+    if owner is None or method not in (SERIES_METHODS if kind == SERIES else STR_METHODS):
+        raise _Refused(f"method {method!r} on {_piece(receiver)}, which is a {kind}")
+    if any(isinstance(arg, ast.Starred) for arg in args) or any(kw.arg is None for kw in keywords):
+        raise _Refused("starred arguments (* or **)")
+    positional = [_argument(method, arg) for arg in args]
+    named = {keyword.arg: _argument(method, keyword.value) for keyword in keywords}
+    try:
+        bound = inspect.signature(getattr(owner, method)).bind(None, *positional, **named)
+    except TypeError as error:
+        raise _Refused(f"arguments of {method}(): {error}") from None
+    if "inplace" in {**bound.arguments, **named}:
+        raise _Refused(f"inplace= in {method}() (it would change the source column)")
+    if method == "astype" and bound.arguments.get("dtype") not in ASTYPE_DTYPES:
+        raise _Refused(f"astype dtype {bound.arguments.get('dtype')!r} (allowed: {sorted(ASTYPE_DTYPES)})")
+
+    def call(col: pd.Series) -> pd.Series:
+        result = getattr(target(col), method)(*positional, **named)
+        if not isinstance(result, pd.Series):
+            raise TypeError(f"{method}() gave a {type(result).__name__}, not a Series")
+        return result
+
+    return SERIES, call
+
+
+def _str_subscript(node: ast.Subscript) -> Compiled:
+    kind, target = _compile(node.value)
+    index = node.slice
+    if isinstance(index, ast.Slice):
+        parts = [None if part is None else _literal(part) for part in (index.lower, index.upper, index.step)]
+        key = slice(*parts)
+    else:
+        parts = [key := _literal(index)]
+    if kind != ACCESSOR or any(part is not None and type(part) is not int for part in parts):
+        raise _Refused(f"subscript {_piece(node)} (only col.str[int] or col.str[int:int])")
+    return SERIES, lambda col: target(col)[key]
+
+
+def _compile(node: ast.AST) -> Compiled:
+    match node:
+        case ast.Name(id="col"):
+            return SERIES, lambda col: col
+        case ast.Name(id=name):
+            raise _Refused(f"name {name!r} (the only name is 'col')")
+        case ast.Constant() | ast.List() | ast.Tuple() | ast.UnaryOp(op=ast.USub(), operand=ast.Constant()):
+            value = _literal(node)
+            return LITERAL, lambda col: value
+        case ast.Attribute(value=receiver, attr="str"):
+            kind, target = _compile(receiver)
+            if kind != SERIES:
+                raise _Refused(f".str on {_piece(receiver)}, which is a {kind}")
+            return ACCESSOR, lambda col: target(col).str
+        case ast.Attribute(attr=attribute):
+            raise _Refused(f"attribute {attribute!r}")
+        case ast.Call(func=ast.Attribute(value=receiver, attr=method), args=args, keywords=keywords):
+            return _method_call(receiver, method, args, keywords)
+        case ast.Call(func=function):
+            raise _Refused(f"call of {_piece(function)} (only methods of col and col.str can be called)")
+        case ast.Subscript():
+            return _str_subscript(node)
+        case ast.UnaryOp(op=ast.Invert() | ast.USub() | ast.UAdd() as op, operand=operand):
+            kind, target = _compile(operand)
+            if kind != SERIES:
+                raise _Refused(f"{_piece(node)} (an operator needs a Series computed from col)")
+            function = {ast.Invert: operator.invert, ast.USub: operator.neg, ast.UAdd: operator.pos}[type(op)]
+            return SERIES, lambda col: function(target(col))
+        case ast.UnaryOp(op=ast.Not()):
+            raise _Refused(REFUSAL_HINTS[ast.Not])
+        case ast.BinOp(left=left, op=op, right=right) | ast.Compare(left=left, ops=[op], comparators=[right]):
+            return _binary(node, op, left, right)
+        case ast.Compare(ops=[_, _, *_]):
+            raise _Refused(f"chained comparison {_piece(node)} (use col.between(a, b) or &)")
+    raise _Refused(REFUSAL_HINTS.get(type(node), f"{type(node).__name__} {_piece(node)}"))
+
+
+def compile_extraction(expression: str, where: str) -> Callable[[pd.Series], pd.Series]:
+    """Validate once (raising ExpressionError naming `where` and the offending piece),
+    return a function applying it to a column."""
+    if not isinstance(expression, str) or not expression.strip():
+        raise ExpressionError(f"{where}: the expression is empty (write col to take the column as it is)")
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        raise ExpressionError(
+            f"{where}: the expression has {len(expression)} characters, more than the {MAX_EXPRESSION_LENGTH} allowed"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. invalid escape sequences in regex literals like "\d"
+            tree = ast.parse(expression.strip(), mode="eval")
+        kind, apply = _compile(tree.body)
+    except (SyntaxError, ValueError) as error:  # ValueError: null bytes in the text
+        reason = error.msg if isinstance(error, SyntaxError) else error
+        raise ExpressionError(f"{where}: {expression!r} is not valid Python: {reason}") from None
+    except _Refused as refusal:
+        raise ExpressionError(f"{where}: {expression!r} is not allowed: {refusal}") from None
+    except RecursionError:
+        raise ExpressionError(f"{where}: {expression!r} is not allowed: it is nested too deeply") from None
+    if kind != SERIES:
+        raise ExpressionError(f"{where}: {expression!r} is not allowed: it gives a {kind}, not a Series from col")
+
+    def extract(column: pd.Series) -> pd.Series:
+        try:
+            result = apply(column)
+        except Exception as error:  # pandas raises many types; each becomes one line naming `where`
+            message = " ".join(str(error).split())
+            raise ExpressionError(
+                f"{where}: {expression!r} failed on the column: {type(error).__name__}: {message}"
+            ) from error
+        if not isinstance(result, pd.Series) or len(result) != len(column):
+            size = len(result) if isinstance(result, pd.Series) else "?"
+            raise ExpressionError(
+                f"{where}: {expression!r} must give a Series of length {len(column)},"
+                f" got a {type(result).__name__} of length {size}"
+            )
+        return result
+
+    return extract
+
+
+def evaluate_extraction(expression: str, column: pd.Series, where: str) -> pd.Series:
+    """compile_extraction(expression, where)(column): a Series of the column's length, else ExpressionError."""
+    return compile_extraction(expression, where)(column)
