@@ -1,0 +1,78 @@
+"""What every binary probe shares: input checks, labels, predict, predict_proba and score."""
+
+import numpy as np
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from probes.errors import ProbeInputError
+from probes.metrics import binary_scores
+
+
+def as_numpy(array):
+    """Return a torch tensor as a numpy array (bfloat16 widened to float32); anything else unchanged."""
+    if type(array).__module__.split(".")[0] == "torch":
+        import torch
+
+        tensor = array.detach().cpu()
+        return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    return array
+
+
+class BinaryProbe(ClassifierMixin, BaseEstimator):
+    """Base of the binary probes: X is (examples, features), classes_[1] is the positive class.
+
+    score() returns a dict of metrics (see probes.metrics.binary_scores), not sklearn's accuracy float,
+    so cross_val_score and GridSearchCV need an explicit scoring ("roc_auc", "accuracy", ...).
+    """
+
+    def _fit_inputs(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        """Validate training data, set classes_, and return X and y encoded as 0/1."""
+        try:
+            X, y = validate_data(self, as_numpy(X), as_numpy(y), dtype=(np.float64, np.float32))
+            check_classification_targets(y)
+        except ValueError as error:
+            raise ProbeInputError(f"{type(self).__name__}.fit: {str(error).splitlines()[0]}") from error
+        self.classes_ = np.unique(y)
+        if self.classes_.size != 2:
+            raise ProbeInputError(
+                f"{type(self).__name__}.fit: y needs exactly two classes, got {self.classes_.tolist()}"
+            )
+        return X, (y == self.classes_[1]).astype(np.int64)
+
+    def _predict_inputs(self, X) -> np.ndarray:
+        """Validate data to score against the fitted number of features."""
+        check_is_fitted(self)
+        try:
+            return validate_data(self, as_numpy(X), reset=False, dtype=(np.float64, np.float32))
+        except ValueError as error:
+            raise ProbeInputError(f"{type(self).__name__}: {str(error).splitlines()[0]}") from error
+
+    def decision_function(self, X) -> np.ndarray:
+        """Score of the positive class, shape (n,); positive means classes_[1]."""
+        raise NotImplementedError
+
+    def _log_odds(self, decision: np.ndarray) -> np.ndarray:
+        """Log-odds of the positive class given decision_function values."""
+        return decision
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Probabilities of classes_[0] and classes_[1], shape (n, 2)."""
+        positive = expit(self._log_odds(self.decision_function(X)))
+        return np.column_stack([1.0 - positive, positive])
+
+    def predict(self, X) -> np.ndarray:
+        """Class labels: classes_[1] where decision_function is positive."""
+        return self.classes_[(self.decision_function(X) > 0).astype(np.int64)]
+
+    def score(self, X, y) -> dict[str, float]:
+        """Metrics on (X, y): roc_auc, accuracy, balanced_accuracy, f1, n."""
+        decision = self.decision_function(X)
+        y = np.asarray(as_numpy(y)).ravel()
+        if y.size != decision.size:
+            raise ProbeInputError(f"{type(self).__name__}.score: X has {decision.size} rows but y has {y.size}")
+        unknown = np.setdiff1d(y, self.classes_)
+        if unknown.size:
+            raise ProbeInputError(f"{type(self).__name__}.score: y has labels {unknown.tolist()} unseen in fit")
+        return binary_scores(y == self.classes_[1], decision, decision > 0)

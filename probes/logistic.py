@@ -1,0 +1,102 @@
+"""Logistic-regression probe with the SAE-Probes protocol: C chosen on a held-out split, then refit on all rows."""
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from probes.base import BinaryProbe
+from probes.errors import ProbeInputError
+
+
+class LogisticRegressionProbe(BinaryProbe):
+    """Logistic regression whose C is chosen by validation ROC AUC (Kantamneni, Engels et al. 2025).
+
+    fit holds out min(validation_size * n, max_validation) training rows (stratified, seeded), fits each C
+    of the grid on the rest (warm-started from the strongest regularisation up), keeps the C with the best
+    validation ROC AUC (ties go to the first C of the grid, as in the SAE-Probes code: by default the largest), and refits on all training rows with it. L2 uses lbfgs,
+    L1 liblinear. With standardize=True a StandardScaler fitted on the training rows precedes the model;
+    coef_ and intercept_ always act on the raw features (the scaler is folded in).
+    """
+
+    def __init__(
+        self,
+        penalty: str = "l2",
+        Cs=None,
+        validation_size: float = 0.2,
+        max_validation: int = 100,
+        standardize: bool = False,
+        max_iter: int = 1000,
+        random_state: int | None = 0,
+        class_weight=None,
+    ):
+        self.penalty = penalty
+        self.Cs = Cs
+        self.validation_size = validation_size
+        self.max_validation = max_validation
+        self.standardize = standardize
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.class_weight = class_weight
+
+    def _pipeline(self, C: float, warm_start: bool) -> Pipeline:
+        """An optional scaler followed by scikit-learn's LogisticRegression with this probe's penalty."""
+        if self.penalty not in ("l1", "l2"):
+            raise ProbeInputError(f"LogisticRegressionProbe: penalty must be 'l1' or 'l2', got {self.penalty!r}")
+        model = LogisticRegression(
+            C=C,
+            l1_ratio=1.0 if self.penalty == "l1" else 0.0,
+            solver="liblinear" if self.penalty == "l1" else "lbfgs",
+            max_iter=self.max_iter,
+            class_weight=self.class_weight,
+            random_state=self.random_state,
+            warm_start=warm_start,
+        )
+        return Pipeline([("scale", StandardScaler() if self.standardize else "passthrough"), ("model", model)])
+
+    def fit(self, X, y) -> "LogisticRegressionProbe":
+        """Choose C on a validation holdout, then refit on all of (X, y)."""
+        X, y = self._fit_inputs(X, y)
+        self.Cs_ = np.logspace(5, -5, 10) if self.Cs is None else np.atleast_1d(np.asarray(self.Cs, dtype=float))
+        if self.Cs_.ndim != 1 or not np.all(self.Cs_ > 0):
+            raise ProbeInputError(
+                f"LogisticRegressionProbe: Cs must be a 1-D list of positive numbers, got {self.Cs!r}"
+            )
+        n_validation = min(int(self.validation_size * len(y)), self.max_validation)
+        try:
+            X_fit, X_val, y_fit, y_val = train_test_split(
+                X, y, test_size=n_validation, stratify=y, random_state=self.random_state
+            )
+        except ValueError as error:
+            raise ProbeInputError(
+                f"LogisticRegressionProbe: cannot hold out a stratified validation set of {n_validation} "
+                f"from {len(y)} training rows: {str(error).splitlines()[0]}"
+            ) from error
+        path = self._pipeline(C=1.0, warm_start=True)
+        auc_by_C = {}
+        for C in np.unique(self.Cs_):
+            path.set_params(model__C=C).fit(X_fit, y_fit)
+            auc_by_C[C] = roc_auc_score(y_val, path.decision_function(X_val))
+        self.validation_aucs_ = np.array([auc_by_C[C] for C in self.Cs_])
+        self.validation_auc_ = float(self.validation_aucs_.max())
+        self.C_ = float(self.Cs_[int(np.argmax(self.validation_aucs_))])
+        final = self._pipeline(C=self.C_, warm_start=False).fit(X, y)
+        coef, intercept = final["model"].coef_, final["model"].intercept_
+        if self.standardize:
+            coef = coef / final["scale"].scale_
+            intercept = intercept - coef @ final["scale"].mean_
+        self.coef_, self.intercept_ = coef, intercept
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logit of the positive class, shape (n,)."""
+        X = self._predict_inputs(X)
+        return (X @ self.coef_.T.astype(X.dtype, copy=False)).ravel().astype(np.float64) + self.intercept_[0]
+
+    def chosen_hyperparameters(self) -> dict[str, float]:
+        """The C chosen on the validation holdout and its validation ROC AUC, for a runner to record."""
+        check_is_fitted(self)
+        return {"C": self.C_, "validation_auc": self.validation_auc_}
