@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+import xarray as xr
 
 from featstore.catalog.safe_sql import run_user_query
 from featstore.project import Project, open_project
+from featstore.views.view import open_view
 
 
 class Store:
@@ -20,6 +22,17 @@ class Store:
     def sql(self, query: str, params: Sequence | Mapping | None = None) -> pd.DataFrame:
         """Run one read-only SELECT over the catalog and return its rows."""
         return run_user_query(self.project.catalog_path, query, params)
+
+    def view(
+        self,
+        dataset: str,
+        split: str,
+        model: str | None = None,
+        layers: Sequence[int] | None = None,
+        where: str | None = None,
+    ) -> xr.Dataset:
+        """A lazy xarray view of one split's features (see `featstore.views.view.open_view`)."""
+        return open_view(self.project, dataset, split, model=model, layers=layers, where=where)
 
 
 def open_store(root: str | Path = ".") -> Store:

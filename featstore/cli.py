@@ -61,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     listing = datasets.add_parser("list", help="print each dataset's size, class balance and prompt lengths")
     listing.set_defaults(handler=run_list)
 
+    build = commands.add_parser("build", help="extract attention rows and residuals into the feature store")
+    build.add_argument("--model", default="gpt2-medium",
+                       help="Hugging Face name, local folder, .gguf file, smollm2-135m or random:<arch> (default: %(default)s)")
+    build.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets to build (default: all in the catalog)")
+    build.add_argument("--max-len", type=int, help="keep the last N tokens (default: the model's context)")
+    build.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)")
+    build.add_argument("--limit", type=int, help="at most N examples per split, classes alternating (for quick runs)")
+    build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    build.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                       help="the model's compute dtype (stored arrays are float16 either way)")
+    build.add_argument("--overwrite", action="store_true", help="rebuild splits that are already built")
+    build.set_defaults(handler=run_build)
+
     sql = commands.add_parser("sql", help="run one read-only SELECT over the catalog")
     sql.add_argument("query", help='for example "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -115,6 +128,18 @@ def run_list(args: argparse.Namespace) -> None:
            GROUP BY ALL ORDER BY any_value(d.number)"""
     )
     print_frame(frame, "table")
+
+
+def run_build(args: argparse.Namespace) -> None:
+    from featstore.extraction.build import BuildSettings, build_features
+
+    for name in ("max_len", "batch_tokens", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise FeatstoreError(f"--{name.replace('_', '-')} must be at least 1")
+    settings = BuildSettings(max_len=args.max_len, batch_tokens=args.batch_tokens, limit=args.limit,
+                             device=args.device, dtype=args.dtype, overwrite=args.overwrite)
+    build_features(open_project(args.root), args.model, args.datasets, settings)
 
 
 def run_sql(args: argparse.Namespace) -> None:

@@ -17,8 +17,8 @@ class LogisticRegressionProbe(BinaryProbe):
 
     fit holds out min(validation_size * n, max_validation) training rows (stratified, seeded), fits each C
     of the grid on the rest (warm-started from the strongest regularisation up), keeps the C with the best
-    validation ROC AUC (ties go to the first C of the grid, as in the SAE-Probes code: by default the largest), and refits on all training rows with it. L2 uses lbfgs,
-    L1 liblinear. With standardize=True a StandardScaler fitted on the training rows precedes the model;
+    validation ROC AUC (ties go to the first C of the grid, as in the SAE-Probes code: by default the
+    largest), and refits on all training rows with it. L2 uses lbfgs, L1 liblinear. With standardize=True a StandardScaler fitted on the training rows precedes the model;
     coef_ and intercept_ always act on the raw features (the scaler is folded in).
     """
 
