@@ -13,6 +13,7 @@ from featstore.catalog.splits import SplitParams
 from featstore.errors import FeatstoreError
 from featstore.project import init_project, open_project
 
+PROBE_NAMES = ("logreg", "mass-mean", "mass-mean-lda")
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
@@ -73,6 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the model's compute dtype (stored arrays are float16 either way)")
     build.add_argument("--overwrite", action="store_true", help="rebuild splits that are already built")
     build.set_defaults(handler=run_build)
+
+    probe = commands.add_parser("probe", help="fit probes on train splits and score them on test splits")
+    probe.add_argument("--model", required=True, help="the model key the features were built with")
+    probe.add_argument("--datasets", nargs="+", metavar="NAME", help="default: every dataset built for the model")
+    probe.add_argument("--feature", choices=["attn", "resid"], default="attn")
+    probe.add_argument("--layers", nargs="+", metavar="L", help="'all' (default) or layer numbers; negative ones count from the end")
+    probe.add_argument("--aggregation", nargs="+", default=["first"], metavar="SPEC",
+                       help="for attn: mean, max, entropy, first, last:K, bins:N, with -nofirst/-ratio (default: first)")
+    probe.add_argument("--probe", nargs="+", choices=sorted(PROBE_NAMES), default=["logreg"], dest="probes")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--baseline", action="store_true",
+                       help="fit the SAE-Probes baseline: logistic regression on the last-token residual at one layer")
+    probe.add_argument("--baseline-layer", type=int, help="the baseline's layer (default: the middle one)")
+    probe.add_argument("--hard", action="store_true", help="only datasets whose baseline test AUC is below the threshold")
+    probe.add_argument("--hard-threshold", type=float, default=0.8)
+    probe.add_argument("--overwrite-train", action="store_true", help="refit combinations already in probe_results")
+    probe.add_argument("--overwrite-eval", action="store_true", help="re-score saved probes on the test split, without refitting")
+    probe.set_defaults(handler=run_probe)
+
+    results = commands.add_parser("results", help="print test ROC AUC: dataset by probe, feature, layers and aggregation")
+    results.add_argument("--model", help="only this model")
+    results.add_argument("--datasets", nargs="+", metavar="NAME")
+    results.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    results.set_defaults(handler=run_results)
 
     sql = commands.add_parser("sql", help="run one read-only SELECT over the catalog")
     sql.add_argument("query", help='for example "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"')
@@ -140,6 +165,38 @@ def run_build(args: argparse.Namespace) -> None:
     settings = BuildSettings(max_len=args.max_len, batch_tokens=args.batch_tokens, limit=args.limit,
                              device=args.device, dtype=args.dtype, overwrite=args.overwrite)
     build_features(open_project(args.root), args.model, args.datasets, settings)
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    from featstore.api import Store
+    from featstore.probing.runner import LAST_TOKEN, ProbeSpec, baseline_specs, hard_datasets, resolve_layers, run_probes
+
+    project = open_project(args.root)
+    built = Store(project).sql(
+        "SELECT DISTINCT dataset FROM feature_splits WHERE model = ? AND status = 'complete' ORDER BY dataset", [args.model]
+    )["dataset"].tolist()
+    datasets = args.datasets or built
+    if not datasets:
+        raise FeatstoreError(f"no features built for model {args.model!r}; run `featstore build --model {args.model}` first")
+    if args.hard:
+        datasets = hard_datasets(project, args.model, datasets, args.hard_threshold)
+    if args.baseline:
+        specs = baseline_specs(project, args.model, datasets, args.baseline_layer, args.seed)
+    else:
+        aggregations = [LAST_TOKEN] if args.feature == "resid" else args.aggregation
+        specs = [
+            ProbeSpec(dataset, args.model, args.feature, resolve_layers(project, dataset, args.model, args.layers),
+                      aggregation, probe, args.seed)
+            for dataset in datasets for aggregation in aggregations for probe in args.probes
+        ]
+    run_probes(project, specs, overwrite_train=args.overwrite_train, overwrite_eval=args.overwrite_eval)
+
+
+def run_results(args: argparse.Namespace) -> None:
+    from featstore.api import Store
+    from featstore.probing.results import results_table
+
+    print_frame(results_table(Store(open_project(args.root)), args.model, args.datasets), args.format)
 
 
 def run_sql(args: argparse.Namespace) -> None:

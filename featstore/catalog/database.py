@@ -64,6 +64,32 @@ CREATE TABLE IF NOT EXISTS feature_splits (
     built_at TIMESTAMP NOT NULL,
     PRIMARY KEY (model, dataset, split)
 );
+CREATE TABLE IF NOT EXISTS probe_results (
+    result_id VARCHAR PRIMARY KEY,
+    dataset VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    feature VARCHAR NOT NULL,
+    layers VARCHAR NOT NULL,
+    heads VARCHAR NOT NULL,
+    aggregation VARCHAR NOT NULL,
+    probe VARCHAR NOT NULL,
+    baseline BOOLEAN NOT NULL,
+    hyperparameters JSON NOT NULL,
+    roc_auc DOUBLE NOT NULL,
+    accuracy DOUBLE NOT NULL,
+    balanced_accuracy DOUBLE NOT NULL,
+    f1 DOUBLE NOT NULL,
+    n_train INTEGER NOT NULL,
+    n_test INTEGER NOT NULL,
+    n_features INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    fit_seconds DOUBLE NOT NULL,
+    featstore_version VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    probe_path VARCHAR NOT NULL
+);
+CREATE OR REPLACE VIEW baselines AS
+    SELECT model, dataset, CAST(layers AS INTEGER) AS layer, roc_auc FROM probe_results WHERE baseline;
 """
 
 EXAMPLE_ID_STRIDE = 1_000_000_000

@@ -1,0 +1,237 @@
+"""`featstore build`: run a model over the catalog's splits and store what the probes read.
+
+For each split: tokenise, truncate from the left, sort by length, then for each shard of rows
+run length-homogeneous batches through the model and hand the shard to a background writer, so
+compression and disk I/O overlap the next forward passes. Memory is bounded by one shard being
+filled plus one being written. Finished splits are published atomically and registered in the
+catalog; killed builds resume at the first unwritten shard, with identical batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from featstore.catalog.database import catalog_writer
+from featstore.catalog.splits import TEST, TRAIN, hash_order
+from featstore.errors import FeatstoreError
+from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
+from featstore.extraction.capture import capture_last_token
+from featstore.extraction.models import LoadedModel, load_model, model_key, release_model
+from featstore.project import Project
+from featstore.store.layout import SplitShape, split_path
+from featstore.store.locking import exclusive_build
+from featstore.store.writer import SplitWriter
+
+SPLITS = (TRAIN, TEST)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What changes the stored numbers (max_len, dtype, limit) and what only changes speed."""
+
+    max_len: int | None = None
+    batch_tokens: int = 8192
+    limit: int | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    overwrite: bool = False
+
+    def stored(self) -> dict:
+        """The settings that must match for stored features to be reused or mixed."""
+        return {"max_len": self.max_len, "dtype": self.dtype, "limit": self.limit}
+
+
+@dataclass(frozen=True)
+class SplitJob:
+    """One dataset split to extract: its examples in catalog order."""
+
+    dataset: str
+    split: str
+    fingerprint: str
+    example_ids: np.ndarray
+    prompts: list[str]
+
+
+def build_features(project: Project, model_spec: str, datasets: list[str] | None, settings: BuildSettings) -> int:
+    """Extract every requested split not already built with the same settings; returns how many were built."""
+    key = model_key(model_spec)
+    with exclusive_build(project.lock_path):
+        jobs = plan_jobs(project, datasets, settings.limit)
+        pending = [job for job in jobs if _needs_build(project, key, job, settings)]
+        if not pending:
+            return 0
+        model = load_model(model_spec, device=settings.device, dtype=settings.dtype)
+        try:
+            max_len = _resolve_max_len(model, settings)
+            progress = tqdm(total=sum(len(j.example_ids) for j in pending), unit="ex", desc=f"build {key}",
+                            dynamic_ncols=True, disable=None)
+            with progress, torch.inference_mode():
+                for job in pending:
+                    build_split(project, model, job, settings, max_len, progress)
+        finally:
+            release_model(model)
+    return len(pending)
+
+
+def plan_jobs(project: Project, datasets: list[str] | None, limit: int | None) -> list[SplitJob]:
+    """The train and test splits of the requested datasets (all indexed ones by default), from the catalog."""
+    if not project.catalog_path.exists():
+        raise FeatstoreError("the catalog is empty; run `featstore datasets import-sae-probes` or `featstore datasets clean`")
+    with catalog_writer(project) as con:
+        known = dict(con.execute("SELECT name, fingerprint FROM datasets ORDER BY number").fetchall())
+        names = datasets or list(known)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise FeatstoreError(f"dataset(s) not in the catalog: {', '.join(unknown)} (run `featstore datasets clean`)")
+        jobs = []
+        for name in names:
+            split_params = json.loads(con.execute("SELECT split_params FROM datasets WHERE name = ?", [name]).fetchone()[0])
+            for split in SPLITS:
+                rows = con.execute(
+                    'SELECT example_id, "row", label, prompt FROM examples WHERE dataset = ? AND split = ? ORDER BY example_id',
+                    [name, split],
+                ).df()
+                if limit is not None:
+                    rows = limited(rows, name, limit, split_params["seed"])
+                jobs.append(SplitJob(name, split, known[name], rows["example_id"].to_numpy(), rows["prompt"].tolist()))
+    return jobs
+
+
+def limited(rows: pd.DataFrame, dataset: str, limit: int, seed: int) -> pd.DataFrame:
+    """The first `limit` examples in the split's hash order, alternating classes so a capped split stays balanced."""
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[hash_order(dataset, rows["row"].to_numpy(), seed)] = np.arange(len(rows))
+    ordered = rows.assign(rank=rank).sort_values("rank")
+    ordered["class_rank"] = ordered.groupby("label").cumcount()
+    chosen = ordered.sort_values(["class_rank", "label"]).head(limit)
+    return rows.loc[sorted(chosen.index)]
+
+
+def build_split(
+    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: tqdm
+) -> None:
+    """Extract one split shard by shard (resuming a killed build), publish it, register it."""
+    final = split_path(project.features_dir, model.key, job.dataset, job.split)
+    encoded = model.encode(job.prompts)
+    tokenized = order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
+    shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
+                       int(tokenized.seq_lens.max()))
+    attrs = {"model": model.identity, "dataset": job.dataset, "split": job.split,
+             "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens},
+             "dataset_fingerprint": job.fingerprint}
+    build_key = _digest([model.identity, settings.stored(), max_len, job.fingerprint, tokenized.example_ids.tolist()])
+    _record_status(project, model.key, job, "building", shape, final, attrs["settings"])
+    writer = SplitWriter(final, shape, attrs, build_key)
+    if writer.shards_done == 0:
+        writer.write_index(tokenized.example_ids, tokenized.seq_lens)
+    progress.update(sum(shape.shard_rows(s).stop - shape.shard_rows(s).start for s in range(writer.shards_done)))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool:
+        writing: Future | None = None
+        for shard in range(writer.shards_done, shape.n_shards):
+            arrays = extract_shard(model, tokenized, shape.shard_rows(shard), settings.batch_tokens, progress)
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(writer.write_shard, shard, *arrays)
+        if writing is not None:
+            writing.result()
+    writer.publish()
+    register_split(project, model.key, job, tokenized, shape, final, attrs["settings"])
+
+
+def extract_shard(
+    model: LoadedModel, tokenized: TokenizedSplit, rows: slice, batch_tokens: int, progress: tqdm
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The attention rows, residuals and token ids of one shard, filled batch by batch."""
+    width = int(tokenized.seq_lens[rows.stop - 1])
+    n = rows.stop - rows.start
+    attn = np.zeros((n, model.n_layers, model.n_heads, width), dtype=np.float16)
+    resid = np.zeros((n, model.n_layers, model.d_model), dtype=np.float16)
+    tokens = tokenized.padded(rows)
+    started = time.perf_counter()
+    for batch in token_batches(tokenized.seq_lens, rows, batch_tokens):
+        lengths = tokenized.seq_lens[batch]
+        batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths)
+        local = slice(batch.start - rows.start, batch.stop - rows.start)
+        attn[local, :, :, : batch_attn.shape[-1]] = batch_attn
+        resid[local] = batch_resid
+        progress.update(len(lengths))
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    progress.set_postfix(tok_s=f"{int(tokenized.seq_lens[rows].sum() / elapsed)}", refresh=False)
+    return attn, resid, tokens.astype(np.int32)
+
+
+def register_split(
+    project: Project, key: str, job: SplitJob, tokenized: TokenizedSplit, shape: SplitShape, final: Path, settings: dict
+) -> None:
+    """Record the split's rows and mark it complete, in one catalog transaction."""
+    rows = pd.DataFrame(
+        {
+            "model": key, "dataset": job.dataset, "split": job.split,
+            "example_id": tokenized.example_ids, "array_row": np.arange(len(tokenized.example_ids), dtype=np.int32),
+            "seq_len": tokenized.seq_lens, "n_tokens_source": tokenized.source_lens, "truncated": tokenized.truncated,
+        }
+    )
+    with catalog_writer(project) as con:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM features WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
+        con.register("built_rows", rows)
+        con.execute("INSERT INTO features SELECT * FROM built_rows")
+        con.unregister("built_rows")
+        _upsert_status(con, key, job, "complete", shape, final.relative_to(project.store_dir), settings)
+        con.execute("COMMIT")
+
+
+def _record_status(project: Project, key: str, job: SplitJob, status: str, shape: SplitShape, final: Path,
+                   settings: dict) -> None:
+    with catalog_writer(project) as con:
+        _upsert_status(con, key, job, status, shape, final.relative_to(project.store_dir), settings)
+
+
+def _upsert_status(con, key: str, job: SplitJob, status: str, shape: SplitShape, path: Path, settings: dict) -> None:
+    con.execute("DELETE FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
+    con.execute(
+        "INSERT INTO feature_splits VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
+        [key, job.dataset, job.split, status, shape.n_examples, shape.max_seq_len, str(path), json.dumps(settings)],
+    )
+
+
+def _needs_build(project: Project, key: str, job: SplitJob, settings: BuildSettings) -> bool:
+    """False when the split is complete with the same settings; refuses to mix settings without --overwrite."""
+    if settings.overwrite:
+        return True
+    with catalog_writer(project) as con:
+        found = con.execute(
+            "SELECT status, settings FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
+            [key, job.dataset, job.split],
+        ).fetchone()
+    if found is None or found[0] != "complete":
+        return True
+    stored = {k: v for k, v in json.loads(found[1]).items() if k in settings.stored()}
+    if stored != settings.stored():
+        raise FeatstoreError(
+            f"{job.dataset}/{job.split} already has {key} features built with {stored}, not {settings.stored()}; "
+            "pass --overwrite to rebuild them"
+        )
+    return False
+
+
+def _resolve_max_len(model: LoadedModel, settings: BuildSettings) -> int:
+    if settings.max_len is None:
+        return model.n_ctx
+    if not 1 <= settings.max_len <= model.n_ctx:
+        raise FeatstoreError(f"--max-len {settings.max_len} is outside 1..{model.n_ctx}, the context of {model.key}")
+    return settings.max_len
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

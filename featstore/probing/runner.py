@@ -1,0 +1,209 @@
+"""`featstore probe`: fit probes on train views, score them on test views, record each fit in the catalog.
+
+Fitting opens only the train split and evaluation only the test split. Every combination asked for
+is fitted first; the probe files and catalog rows are written together at the end, so a run that
+fails writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import joblib
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from featstore import __version__
+from featstore.catalog.database import catalog_writer
+from featstore.catalog.safe_sql import run_user_query
+from featstore.catalog.splits import TEST, TRAIN
+from featstore.errors import FeatstoreError
+from featstore.project import Project
+from featstore.store.layout import model_dir_name
+from featstore.views.aggregations import parse_aggregation
+from featstore.views.matrix import to_matrix
+from featstore.views.view import open_view
+from probes import LogisticRegressionProbe, MassMeanProbe, ProbeInputError
+
+PROBES = {
+    "logreg": lambda seed: LogisticRegressionProbe(random_state=seed),
+    "mass-mean": lambda seed: MassMeanProbe(random_state=seed),
+    "mass-mean-lda": lambda seed: MassMeanProbe(tilt="lda", random_state=seed),
+}
+LAST_TOKEN = "last-token"
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One combination to fit: a dataset's features under a model, a layer set, an aggregation and a probe."""
+
+    dataset: str
+    model: str
+    feature: str
+    layers: tuple[int, ...]
+    aggregation: str
+    probe: str
+    seed: int = 0
+    baseline: bool = False
+
+    @property
+    def layers_label(self) -> str:
+        return ",".join(map(str, self.layers))
+
+    @property
+    def result_id(self) -> str:
+        fields = [self.dataset, self.model, self.feature, self.layers_label, "all", self.aggregation, self.probe, self.seed]
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:20]
+
+
+def resolve_layers(project: Project, dataset: str, model: str, layers: list[str] | None) -> tuple[int, ...]:
+    """Layer indices from `all`, integers, or negative integers counted from the end."""
+    n_layers = open_view(project, dataset, TRAIN, model=model).sizes["layer"]
+    if not layers or layers == ["all"]:
+        return tuple(range(n_layers))
+    resolved = []
+    for layer in layers:
+        try:
+            index = int(layer)
+        except ValueError:
+            raise FeatstoreError(f"--layers takes 'all' or layer numbers, not {layer!r}") from None
+        if not -n_layers <= index < n_layers:
+            raise FeatstoreError(f"layer {index} does not exist: {model} has layers 0..{n_layers - 1}")
+        resolved.append(index % n_layers)
+    return tuple(sorted(set(resolved)))
+
+
+def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (examples x features) matrix and labels of one split, read from that split alone."""
+    view = open_view(project, spec.dataset, split, model=spec.model, layers=list(spec.layers))
+    if spec.feature == "resid":
+        data = view["resid"]
+    else:
+        data = parse_aggregation(spec.aggregation)[1](view["attn"])
+    X, y, _ = to_matrix(data)
+    return X, y
+
+
+def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool = False,
+               overwrite_eval: bool = False) -> pd.DataFrame:
+    """Fit (or re-evaluate) every spec not already in `probe_results`; returns the rows written."""
+    _check_datasets(project, specs)
+    done = _existing(project)
+    fitted: list[tuple[dict, object | None]] = []
+    for spec in tqdm(specs, unit="probe", desc="probe", disable=None):
+        if spec.result_id in done and not overwrite_train:
+            if overwrite_eval:
+                fitted.append((reevaluate(project, spec, done[spec.result_id]), None))
+            continue
+        fitted.append(fit_and_score(project, spec))
+    rows = pd.DataFrame([row for row, _ in fitted])
+    if fitted:
+        _write(project, fitted)
+    return rows
+
+
+def fit_and_score(project: Project, spec: ProbeSpec) -> tuple[dict, object]:
+    """Fit on the train split, score on the test split."""
+    X_train, y_train = feature_matrix(project, spec, TRAIN)
+    probe = PROBES[spec.probe](spec.seed)
+    started = time.perf_counter()
+    try:
+        probe.fit(X_train, y_train)
+        del X_train
+        X_test, y_test = feature_matrix(project, spec, TEST)
+        scores = probe.score(X_test, y_test)
+    except ProbeInputError as err:
+        raise FeatstoreError(f"{spec.dataset} ({spec.feature}, {spec.aggregation}, {spec.probe}): {err}") from None
+    row = _row(spec, probe, scores, len(y_train), time.perf_counter() - started)
+    return row, probe
+
+
+def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> dict:
+    """Score a saved probe on the test split again, without refitting (reads no train data)."""
+    path = project.store_dir / previous["probe_path"]
+    if not path.exists():
+        raise FeatstoreError(f"the saved probe {path} is missing; rerun with --overwrite-train")
+    probe = joblib.load(path)
+    X_test, y_test = feature_matrix(project, spec, TEST)
+    try:
+        scores = probe.score(X_test, y_test)
+    except ProbeInputError as err:
+        raise FeatstoreError(f"{spec.dataset} ({spec.feature}, {spec.aggregation}, {spec.probe}): {err}") from None
+    return {**_row(spec, probe, scores, previous["n_train"], previous["fit_seconds"]), "created_at": previous["created_at"]}
+
+
+def baseline_specs(project: Project, model: str, datasets: list[str], layer: int | None, seed: int) -> list[ProbeSpec]:
+    """The SAE-Probes baseline per dataset: logistic regression on the last-token residual at one layer (default: the middle)."""
+    specs = []
+    for dataset in datasets:
+        n_layers = open_view(project, dataset, TRAIN, model=model).sizes["layer"]
+        chosen = resolve_layers(project, dataset, model, [str(layer if layer is not None else n_layers // 2)])
+        specs.append(ProbeSpec(dataset, model, "resid", chosen, LAST_TOKEN, "logreg", seed, baseline=True))
+    return specs
+
+
+def hard_datasets(project: Project, model: str, datasets: list[str], threshold: float) -> list[str]:
+    """The datasets whose baseline test AUC is below `threshold` (the SAE-Probes hard subset)."""
+    baselines = run_user_query(project.catalog_path, "SELECT dataset, roc_auc FROM baselines WHERE model = ?", [model])
+    missing = sorted(set(datasets) - set(baselines["dataset"]))
+    if missing:
+        raise FeatstoreError(f"no baseline for {', '.join(missing)} under {model}; run `featstore probe --baseline` first")
+    hard = set(baselines.loc[baselines["roc_auc"] < threshold, "dataset"])
+    return [d for d in datasets if d in hard]
+
+
+def _check_datasets(project: Project, specs: list[ProbeSpec]) -> None:
+    """Fail before any fit when a split lacks features or a class."""
+    for dataset, model in sorted({(s.dataset, s.model) for s in specs}):
+        for split in (TRAIN, TEST):
+            open_view(project, dataset, split, model=model)
+        counts = run_user_query(
+            project.catalog_path,
+            "SELECT f.split, count(DISTINCT e.label) AS classes FROM features f JOIN examples e USING (example_id) "
+            "WHERE f.model = ? AND f.dataset = ? GROUP BY f.split",
+            [model, dataset],
+        )
+        one_class = counts.loc[counts["classes"] < 2, "split"].tolist()
+        if one_class:
+            raise FeatstoreError(f"{dataset}: the {one_class[0]} split of {model} has one class only; probes need both")
+
+
+def _row(spec: ProbeSpec, probe, scores: dict, n_train: int, seconds: float) -> dict:
+    return {
+        "result_id": spec.result_id, "dataset": spec.dataset, "model": spec.model, "feature": spec.feature,
+        "layers": spec.layers_label, "heads": "all", "aggregation": spec.aggregation, "probe": spec.probe,
+        "baseline": spec.baseline, "hyperparameters": json.dumps(probe.chosen_hyperparameters()),
+        "roc_auc": scores["roc_auc"], "accuracy": scores["accuracy"],
+        "balanced_accuracy": scores["balanced_accuracy"], "f1": scores["f1"], "n_train": n_train,
+        "n_test": scores["n"], "n_features": int(probe.n_features_in_), "seed": spec.seed, "fit_seconds": seconds,
+        "featstore_version": __version__, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
+        "probe_path": f"probes/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}.joblib",
+    }
+
+
+def _existing(project: Project) -> dict[str, dict]:
+    frame = run_user_query(project.catalog_path, "SELECT * FROM probe_results")
+    return {row["result_id"]: row for row in frame.to_dict("records")}
+
+
+def _write(project: Project, fitted: list[tuple[dict, object | None]]) -> None:
+    for row, probe in fitted:
+        if probe is not None:
+            path = project.store_dir / row["probe_path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            joblib.dump(probe, path.with_suffix(".tmp"))
+            os.replace(path.with_suffix(".tmp"), path)
+    rows = pd.DataFrame([row for row, _ in fitted])
+    with catalog_writer(project) as con:
+        con.execute("BEGIN TRANSACTION")
+        con.register("new_results", rows)
+        con.execute("DELETE FROM probe_results WHERE result_id IN (SELECT result_id FROM new_results)")
+        con.execute("INSERT INTO probe_results BY NAME SELECT * FROM new_results")
+        con.unregister("new_results")
+        con.execute("COMMIT")

@@ -1,0 +1,83 @@
+"""Where a split's arrays live in `features.zarr` and how they are chunked, sharded and compressed.
+
+A split is stored in length order, so neighbouring rows have similar lengths: the token axis is
+chunked too, and chunks that are all padding are never written (zarr skips fill-value chunks) nor read.
+Inner chunks hold one layer (a one-layer read touches no other layer); a shard holds
+`SHARD_EXAMPLES` consecutive rows with every layer, so a split is a few files per array and the
+writer always writes whole shards.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from zarr.codecs import BloscCodec
+
+SHARD_EXAMPLES = 128
+CHUNK_EXAMPLES = 8
+TOKEN_CHUNK = 128
+FORMAT_VERSION = 1
+
+
+def compressor() -> BloscCodec:
+    """Blosc-zstd with byte shuffle: the best measured on padded float16 attention (storage-stack notes)."""
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=2)
+
+
+def model_dir_name(model_key: str) -> str:
+    """A directory name for a model key (`random:tiny` -> `random-tiny`, `org/name` -> `org--name`)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", model_key.replace("/", "--"))
+
+
+def split_path(features_dir: Path, model_key: str, dataset: str, split: str) -> Path:
+    return features_dir / model_dir_name(model_key) / dataset / split
+
+
+def building_path(final: Path) -> Path:
+    """Where a split is written before it becomes visible (renamed to `final` once complete)."""
+    return final.with_name(f".{final.name}.building")
+
+
+@dataclass(frozen=True)
+class SplitShape:
+    """The sizes that fix a split's array shapes, chunks and shards."""
+
+    n_examples: int
+    n_layers: int
+    n_heads: int
+    d_model: int
+    max_seq_len: int
+
+    @property
+    def token_chunk(self) -> int:
+        return min(TOKEN_CHUNK, self.max_seq_len)
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_examples / SHARD_EXAMPLES)
+
+    def shard_rows(self, shard: int) -> slice:
+        return slice(shard * SHARD_EXAMPLES, min((shard + 1) * SHARD_EXAMPLES, self.n_examples))
+
+    def arrays(self) -> dict[str, dict]:
+        """zarr.create_array keyword arguments for each array of the split."""
+        n, layers, heads, d, t, tc = (self.n_examples, self.n_layers, self.n_heads, self.d_model,
+                                      self.max_seq_len, self.token_chunk)
+        padded_t = math.ceil(t / tc) * tc
+        padded_n = max(self.n_shards, 1) * SHARD_EXAMPLES
+        return {
+            "attn": dict(shape=(n, layers, heads, t), dtype="float16", chunks=(CHUNK_EXAMPLES, 1, heads, tc),
+                         shards=(SHARD_EXAMPLES, layers, heads, padded_t),
+                         dimension_names=["example", "layer", "head", "token"]),
+            "resid": dict(shape=(n, layers, d), dtype="float16", chunks=(SHARD_EXAMPLES, 1, d),
+                          shards=(SHARD_EXAMPLES, layers, d), dimension_names=["example", "layer", "d_model"]),
+            "tokens": dict(shape=(n, t), dtype="int32", chunks=(SHARD_EXAMPLES, t), shards=None,
+                           dimension_names=["example", "token"]),
+            "seq_len": dict(shape=(n,), dtype="int32", chunks=(SHARD_EXAMPLES,), shards=(padded_n,),
+                            dimension_names=["example"]),
+            "example_id": dict(shape=(n,), dtype="int64", chunks=(SHARD_EXAMPLES,), shards=(padded_n,),
+                               dimension_names=["example"]),
+        }

@@ -1,0 +1,88 @@
+"""Lazy xarray views of one stored split, labelled from the catalog and optionally filtered by SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from featstore.catalog.safe_sql import run_user_query
+from featstore.errors import FeatstoreError
+from featstore.project import Project
+from featstore.views import aggregations  # noqa: F401  (registers the .masked accessor on every view)
+
+DASK_CHUNKS = {"example": 128, "layer": 1, "head": -1, "token": -1, "d_model": -1}
+
+
+def resolve_model(project: Project, dataset: str, split: str, model: str | None) -> tuple[str, str]:
+    """The model key and store-relative path of a complete split; with no model given, the only one built."""
+    built = run_user_query(
+        project.catalog_path,
+        "SELECT model, path FROM feature_splits WHERE dataset = ? AND split = ? AND status = 'complete' ORDER BY model",
+        [dataset, split],
+    )
+    if model is not None:
+        built = built[built["model"] == model]
+    if built.empty:
+        which = f"model {model!r}" if model else "any model"
+        raise FeatstoreError(f"no complete features of {dataset}/{split} for {which}; run `featstore build` first")
+    if len(built) > 1:
+        raise FeatstoreError(f"{dataset}/{split} has features of several models ({', '.join(built['model'])}); pass model=")
+    return str(built["model"].iloc[0]), str(built["path"].iloc[0])
+
+
+def open_view(
+    project: Project,
+    dataset: str,
+    split: str,
+    model: str | None = None,
+    layers: Sequence[int] | None = None,
+    where: str | None = None,
+) -> xr.Dataset:
+    """`attn`, `resid` and `tokens` of one split as lazy dask arrays; nothing of other splits is opened.
+
+    `where` is a SQL condition over the columns of `examples` and `features` (e.g. `seq_len < 64`,
+    `label = 1`, `prompt ILIKE '%war%'`); it runs on the same locked-down connection as `featstore sql`.
+    """
+    key, path = resolve_model(project, dataset, split, model)
+    view = xr.open_zarr(project.store_dir / path, consolidated=False, chunks=DASK_CHUNKS, zarr_format=3)
+    example_ids = view["example_id"].values
+    labels = run_user_query(
+        project.catalog_path,
+        "SELECT example_id, label FROM examples WHERE dataset = ? AND split = ?",
+        [dataset, split],
+    ).set_index("example_id")["label"]
+    view = view.drop_vars(["example_id", "seq_len"]).assign_coords(
+        example=example_ids,
+        example_id=("example", example_ids),
+        seq_len=("example", view["seq_len"].values),
+        label=("example", labels.reindex(example_ids).to_numpy(dtype=np.int8)),
+        layer=np.arange(view.sizes["layer"]),
+        head=np.arange(view.sizes["head"]),
+        token=np.arange(view.sizes["token"]),
+    )
+    view.attrs.update({"model": key, "dataset": dataset, "split": split})
+    if layers is not None:
+        view = _select_layers(view, layers)
+    if where is not None:
+        view = _select_where(project, view, key, dataset, split, where)
+    return view
+
+
+def _select_layers(view: xr.Dataset, layers: Sequence[int]) -> xr.Dataset:
+    n_layers = view.sizes["layer"]
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise FeatstoreError(f"layer(s) {bad} do not exist: {view.attrs['model']} has layers 0..{n_layers - 1}")
+    return view.isel(layer=list(layers))
+
+
+def _select_where(project: Project, view: xr.Dataset, key: str, dataset: str, split: str, where: str) -> xr.Dataset:
+    chosen = run_user_query(
+        project.catalog_path,
+        "SELECT f.example_id FROM features f JOIN examples e USING (example_id) "
+        f"WHERE f.model = $model AND f.dataset = $dataset AND f.split = $split AND ({where})",
+        {"model": key, "dataset": dataset, "split": split},
+    )["example_id"].to_numpy()
+    return view.isel(example=np.flatnonzero(np.isin(view["example_id"].values, chosen)))

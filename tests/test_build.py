@@ -1,0 +1,212 @@
+"""`featstore build`: stored numbers against the model run on each example alone, resumption, locking."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from featstore.api import Store
+from featstore.cli import main
+from featstore.errors import FeatstoreError
+from featstore.extraction import build as build_module
+from featstore.extraction.build import BuildSettings, build_features
+from featstore.extraction.models import load_model
+from featstore.store.layout import split_path
+from featstore.store.locking import exclusive_build
+from featstore.store.writer import SplitWriter
+from tests.builders import MODEL, built_toy_project, toy_project
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return built_toy_project(tmp_path_factory.mktemp("built") / "proj")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(MODEL, device="cpu")
+
+
+def arrays(project, split):
+    group = zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", split), mode="r")
+    return {name: group[name][:] for name in ("attn", "resid", "tokens", "seq_len", "example_id")}
+
+
+def test_stored_rows_equal_the_model_run_on_each_example_alone(built, tiny):
+    store = Store(built)
+    prompts = store.sql("SELECT example_id, prompt FROM examples").set_index("example_id")["prompt"]
+    for split in ("train", "test"):
+        view = store.view("1_toy", split)
+        attn, resid, tokens = view["attn"].values, view["resid"].values, view["tokens"].values
+        for i in range(0, view.sizes["example"], 7):
+            n = int(view["seq_len"][i])
+            ids = tiny.encode([prompts[int(view["example_id"][i])]])[0]
+            assert n == len(ids) and (tokens[i, :n] == ids).all() and (tokens[i, n:] == 0).all()
+            with torch.inference_mode():
+                _, cache = tiny.bridge.run_with_cache(torch.tensor(ids, dtype=torch.long)[None])
+            for layer in range(tiny.n_layers):
+                alone_attn = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, :].float().numpy()
+                alone_resid = cache[f"blocks.{layer}.hook_resid_post"][0, -1].float().numpy()
+                np.testing.assert_allclose(attn[i, layer, :, :n], alone_attn, atol=2e-3)
+                np.testing.assert_allclose(resid[i, layer], alone_resid, rtol=1e-2, atol=1e-2)
+            assert (attn[i, :, :, n:] == 0).all()
+
+
+def test_split_is_stored_in_length_order_and_features_table_maps_rows(built):
+    store = Store(built)
+    for split in ("train", "test"):
+        stored = arrays(built, split)
+        assert (np.diff(stored["seq_len"]) >= 0).all()
+        rows = store.sql("SELECT example_id, array_row, seq_len FROM features WHERE split = ? ORDER BY array_row", [split])
+        assert rows["example_id"].tolist() == stored["example_id"].tolist()
+        assert rows["seq_len"].tolist() == stored["seq_len"].tolist()
+        in_split = store.sql("SELECT example_id FROM examples WHERE split = ? ORDER BY 1", [split])["example_id"]
+        assert sorted(stored["example_id"].tolist()) == in_split.tolist()
+
+
+def test_view_is_lazy_and_test_split_reads_with_train_files_deleted(tmp_path):
+    project = built_toy_project(tmp_path / "p")
+    import shutil
+
+    shutil.rmtree(split_path(project.features_dir, MODEL, "1_toy", "train"))
+    view = Store(project).view("1_toy", "test")
+    assert hasattr(view["attn"].data, "dask")
+    first = view["attn"].masked.first().compute()
+    assert first.shape == (100, 2, 4)
+    np.testing.assert_allclose(first.values, view["attn"].values[..., 0].astype(np.float32))
+    sums = view["attn"].astype("float32").sum("token").values
+    np.testing.assert_allclose(sums, 1.0, atol=5e-3)
+
+
+def test_view_where_and_layers(built):
+    store = Store(built)
+    view = store.view("1_toy", "train", layers=[1], where="label = 1 AND seq_len < 40")
+    expected = store.sql(
+        "SELECT count(*) AS n FROM features f JOIN examples e USING (example_id) "
+        "WHERE f.split = 'train' AND e.label = 1 AND f.seq_len < 40"
+    )["n"][0]
+    assert view.sizes["example"] == expected and view.sizes["layer"] == 1
+    assert (view["label"] == 1).all() and (view["seq_len"] < 40).all()
+    with pytest.raises(FeatstoreError, match="layer"):
+        store.view("1_toy", "train", layers=[5])
+    for attack in ("1=1; DROP TABLE examples", "1=1) UNION SELECT 1; DROP TABLE examples; SELECT (1"):
+        with pytest.raises(FeatstoreError, match="refused|query failed"):
+            store.view("1_toy", "train", where=attack)
+    assert store.sql("SELECT count(*) AS n FROM examples")["n"][0] == 300
+
+
+def test_rerun_skips_and_other_settings_are_refused_without_overwrite(built, capsys):
+    before = {s: os.stat(split_path(built.features_dir, MODEL, "1_toy", s)).st_mtime_ns for s in ("train", "test")}
+    assert build_features(built, MODEL, None, BuildSettings(device="cpu")) == 0
+    assert main(["--root", str(built.root), "build", "--model", MODEL, "--max-len", "16"]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+    after = {s: os.stat(split_path(built.features_dir, MODEL, "1_toy", s)).st_mtime_ns for s in ("train", "test")}
+    assert before == after
+
+
+def test_truncation_keeps_the_last_tokens_and_bos(tmp_path, tiny):
+    project = built_toy_project(tmp_path / "p", max_len=12)
+    store = Store(project)
+    rows = store.sql("SELECT e.prompt, f.seq_len, f.n_tokens_source, f.truncated, f.array_row FROM features f "
+                     "JOIN examples e USING (example_id) WHERE f.split = 'test'")
+    tokens = arrays(project, "test")["tokens"]
+    assert rows["truncated"].any() and (rows["seq_len"] <= 12).all()
+    for row in rows.itertuples():
+        ids = tiny.encode([row.prompt])[0]
+        assert row.n_tokens_source == len(ids) and row.truncated == (len(ids) > 12)
+        kept = np.concatenate([ids[:1], ids[-11:]]) if len(ids) > 12 else ids
+        assert (tokens[row.array_row, : row.seq_len] == kept).all()
+
+
+def test_build_killed_part_way_resumes_to_identical_arrays(tmp_path, monkeypatch):
+    reference = built_toy_project(tmp_path / "reference")
+    project = toy_project(tmp_path / "crashed")
+    real_write = SplitWriter.write_shard
+
+    def crash_after_first_shard(self, shard, *arrays):
+        real_write(self, shard, *arrays)
+        if shard == 0:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(SplitWriter, "write_shard", crash_after_first_shard)
+    with pytest.raises(KeyboardInterrupt):
+        build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    monkeypatch.undo()
+    building = split_path(project.features_dir, MODEL, "1_toy", "train").with_name(".train.building")
+    assert zarr.open_group(building, mode="r").attrs["shards_done"] == 1
+    with pytest.raises(FeatstoreError, match="no complete features"):
+        Store(project).view("1_toy", "train")
+
+    resumed_shards = []
+    monkeypatch.setattr(SplitWriter, "write_shard", lambda self, shard, *a: (resumed_shards.append(shard), real_write(self, shard, *a)))
+    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    assert resumed_shards == [1, 0]  # train resumes at shard 1, then test builds its one shard
+    for split in ("train", "test"):
+        ours, theirs = arrays(project, split), arrays(reference, split)
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], theirs[name])
+
+
+def test_sigkill_leaves_a_readable_store_and_rerun_completes(tmp_path):
+    project = toy_project(tmp_path / "p", n=900)
+    command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL,
+               "--device", "cpu", "--batch-tokens", "64"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    building = split_path(project.features_dir, MODEL, "1_toy", "train").with_name(".train.building")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if zarr.open_group(building, mode="r").attrs.get("shards_done", 0) >= 1:
+                break
+        except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    assert process.poll() is None, "the build finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    store = Store(project)
+    assert store.sql("SELECT count(*) AS n FROM features")["n"][0] == 0
+    assert main(["--root", str(project.root), "build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64"]) == 0
+    counts = store.sql("SELECT split, count(*) AS n, count(DISTINCT example_id) AS ids FROM features GROUP BY split ORDER BY split")
+    expected = store.sql("SELECT split, count(*) AS n FROM examples GROUP BY split ORDER BY split")
+    assert counts["n"].tolist() == counts["ids"].tolist() == expected["n"].tolist()
+    assert store.view("1_toy", "train").sizes["example"] == expected["n"][1] > 128
+
+
+def test_second_build_at_the_same_time_refuses_and_changes_nothing(built, capsys):
+    before = Store(built).sql("SELECT * FROM features ORDER BY ALL")
+    with exclusive_build(built.lock_path):
+        assert main(["--root", str(built.root), "build", "--model", MODEL, "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another featstore build" in err
+    assert Store(built).sql("SELECT * FROM features ORDER BY ALL").equals(before)
+
+
+def test_concurrent_builds_neither_corrupt_nor_duplicate(tmp_path):
+    project = toy_project(tmp_path / "p")
+    command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL, "--device", "cpu"]
+    processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(p.wait(), p.stderr.read()) for p in processes]
+    assert sorted(code for code, _ in outcomes)[0] == 0
+    assert all(code == 0 or "another featstore build" in err for code, err in outcomes)
+    reference = built_toy_project(tmp_path / "reference")
+    counts = Store(project).sql("SELECT count(*) AS n, count(DISTINCT (split, example_id)) AS ids FROM features")
+    assert counts["n"][0] == counts["ids"][0] == 300
+    for split in ("train", "test"):
+        for name, values in arrays(project, split).items():
+            np.testing.assert_array_equal(values, arrays(reference, split)[name])
+
+
+def test_unknown_dataset_and_unloadable_model_are_one_line_errors(built, capsys):
+    assert main(["--root", str(built.root), "build", "--model", MODEL, "--datasets", "9_nope"]) == 1
+    assert "not in the catalog: 9_nope" in capsys.readouterr().err
+    assert main(["--root", str(built.root), "build", "--model", "./no/such/model", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
