@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS feature_splits (
     status VARCHAR NOT NULL,
     n_examples INTEGER NOT NULL,
     max_seq_len INTEGER NOT NULL,
+    n_layers INTEGER NOT NULL,
+    n_heads INTEGER NOT NULL,
     path VARCHAR NOT NULL,
     settings JSON NOT NULL,
     built_at TIMESTAMP NOT NULL,

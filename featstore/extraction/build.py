@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
+from transformers.utils import logging as transformers_logging
 
 from featstore.catalog.database import catalog_writer
 from featstore.catalog.splits import TEST, TRAIN, hash_order
@@ -70,6 +71,7 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
         pending = [job for job in jobs if _needs_build(project, key, job, settings)]
         if not pending:
             return 0
+        transformers_logging.disable_progress_bar()
         model = load_model(model_spec, device=settings.device, dtype=settings.dtype)
         try:
             max_len = _resolve_max_len(model, settings)
@@ -200,8 +202,9 @@ def _record_status(project: Project, key: str, job: SplitJob, status: str, shape
 def _upsert_status(con, key: str, job: SplitJob, status: str, shape: SplitShape, path: Path, settings: dict) -> None:
     con.execute("DELETE FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
     con.execute(
-        "INSERT INTO feature_splits VALUES (?, ?, ?, ?, ?, ?, ?, ?, now())",
-        [key, job.dataset, job.split, status, shape.n_examples, shape.max_seq_len, str(path), json.dumps(settings)],
+        "INSERT INTO feature_splits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+        [key, job.dataset, job.split, status, shape.n_examples, shape.max_seq_len, shape.n_layers, shape.n_heads,
+         str(path), json.dumps(settings)],
     )
 
 

@@ -64,7 +64,7 @@ class ProbeSpec:
 
 def resolve_layers(project: Project, dataset: str, model: str, layers: list[str] | None) -> tuple[int, ...]:
     """Layer indices from `all`, integers, or negative integers counted from the end."""
-    n_layers = open_view(project, dataset, TRAIN, model=model).sizes["layer"]
+    n_layers = model_layers(project, dataset, model)
     if not layers or layers == ["all"]:
         return tuple(range(n_layers))
     resolved = []
@@ -77,6 +77,18 @@ def resolve_layers(project: Project, dataset: str, model: str, layers: list[str]
             raise FeatstoreError(f"layer {index} does not exist: {model} has layers 0..{n_layers - 1}")
         resolved.append(index % n_layers)
     return tuple(sorted(set(resolved)))
+
+
+def model_layers(project: Project, dataset: str, model: str) -> int:
+    """The number of layers of the model whose features a dataset has (from the catalog, no array opened)."""
+    found = run_user_query(
+        project.catalog_path,
+        "SELECT max(n_layers) AS n FROM feature_splits WHERE model = ? AND dataset = ? AND status = 'complete'",
+        [model, dataset],
+    )["n"][0]
+    if found is None or found != found:
+        raise FeatstoreError(f"no complete features of {dataset} for model {model!r}; run `featstore build` first")
+    return int(found)
 
 
 def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,15 +105,17 @@ def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> tuple[np.nd
 def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool = False,
                overwrite_eval: bool = False) -> pd.DataFrame:
     """Fit (or re-evaluate) every spec not already in `probe_results`; returns the rows written."""
-    _check_datasets(project, specs)
     done = _existing(project)
+    refit = [s for s in specs if s.result_id not in done or overwrite_train]
+    rescore = [s for s in specs if s.result_id in done and overwrite_eval and not overwrite_train]
+    _check_splits(project, refit, (TRAIN, TEST))
+    _check_splits(project, rescore, (TEST,))
     fitted: list[tuple[dict, object | None]] = []
-    for spec in tqdm(specs, unit="probe", desc="probe", disable=None):
-        if spec.result_id in done and not overwrite_train:
-            if overwrite_eval:
-                fitted.append((reevaluate(project, spec, done[spec.result_id]), None))
-            continue
-        fitted.append(fit_and_score(project, spec))
+    for spec in tqdm(refit + rescore, unit="probe", desc="probe", disable=None):
+        if spec in rescore:
+            fitted.append((reevaluate(project, spec, done[spec.result_id]), None))
+        else:
+            fitted.append(fit_and_score(project, spec))
     rows = pd.DataFrame([row for row, _ in fitted])
     if fitted:
         _write(project, fitted)
@@ -142,8 +156,8 @@ def baseline_specs(project: Project, model: str, datasets: list[str], layer: int
     """The SAE-Probes baseline per dataset: logistic regression on the last-token residual at one layer (default: the middle)."""
     specs = []
     for dataset in datasets:
-        n_layers = open_view(project, dataset, TRAIN, model=model).sizes["layer"]
-        chosen = resolve_layers(project, dataset, model, [str(layer if layer is not None else n_layers // 2)])
+        middle = model_layers(project, dataset, model) // 2
+        chosen = resolve_layers(project, dataset, model, [str(layer if layer is not None else middle)])
         specs.append(ProbeSpec(dataset, model, "resid", chosen, LAST_TOKEN, "logreg", seed, baseline=True))
     return specs
 
@@ -158,20 +172,21 @@ def hard_datasets(project: Project, model: str, datasets: list[str], threshold: 
     return [d for d in datasets if d in hard]
 
 
-def _check_datasets(project: Project, specs: list[ProbeSpec]) -> None:
-    """Fail before any fit when a split lacks features or a class."""
+def _check_splits(project: Project, specs: list[ProbeSpec], splits: tuple[str, ...]) -> None:
+    """Fail before any fit when a needed split lacks complete features or has one class (from the catalog only)."""
     for dataset, model in sorted({(s.dataset, s.model) for s in specs}):
-        for split in (TRAIN, TEST):
-            open_view(project, dataset, split, model=model)
         counts = run_user_query(
             project.catalog_path,
-            "SELECT f.split, count(DISTINCT e.label) AS classes FROM features f JOIN examples e USING (example_id) "
-            "WHERE f.model = ? AND f.dataset = ? GROUP BY f.split",
+            "SELECT s.split, count(DISTINCT e.label) AS classes FROM feature_splits s "
+            "JOIN features f USING (model, dataset, split) JOIN examples e USING (example_id) "
+            "WHERE s.model = ? AND s.dataset = ? AND s.status = 'complete' GROUP BY s.split",
             [model, dataset],
-        )
-        one_class = counts.loc[counts["classes"] < 2, "split"].tolist()
-        if one_class:
-            raise FeatstoreError(f"{dataset}: the {one_class[0]} split of {model} has one class only; probes need both")
+        ).set_index("split")["classes"]
+        for split in splits:
+            if split not in counts:
+                raise FeatstoreError(f"no complete {split} features of {dataset} for model {model!r}; run `featstore build` first")
+            if counts[split] < 2:
+                raise FeatstoreError(f"{dataset}: the {split} split of {model} has one class only; probes need both")
 
 
 def _row(spec: ProbeSpec, probe, scores: dict, n_train: int, seconds: float) -> dict:

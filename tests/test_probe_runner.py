@@ -1,0 +1,133 @@
+"""`featstore probe` and `featstore results`: rows checked against probes fitted by hand on the raw arrays."""
+
+import json
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+import zarr
+
+from featstore.api import Store
+from featstore.catalog.database import catalog_writer
+from featstore.cli import main
+from featstore.probing import runner
+from featstore.store.layout import split_path
+from probes import LogisticRegressionProbe, MassMeanProbe
+from tests.builders import MODEL, built_toy_project
+
+
+def probe(project, *args):
+    return main(["--root", str(project.root), "probe", "--model", MODEL, *args])
+
+
+def results(project):
+    return Store(project).sql("SELECT * FROM probe_results ORDER BY result_id")
+
+
+def raw_arrays(project, split):
+    group = zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", split), mode="r")
+    ids = group["example_id"][:]
+    labels = Store(project).sql("SELECT example_id, label FROM examples").set_index("example_id")["label"]
+    return group["attn"][:].astype(np.float32), group["resid"][:].astype(np.float32), labels[ids].to_numpy()
+
+
+@pytest.fixture
+def built(tmp_path):
+    return built_toy_project(tmp_path / "p")
+
+
+def test_rows_equal_probes_fitted_by_hand_on_the_stored_arrays(built):
+    assert probe(built, "--baseline") == 0
+    assert probe(built, "--aggregation", "first", "--probe", "logreg", "mass-mean-lda") == 0
+    rows = results(built).set_index(["feature", "probe"])
+    attn_train, resid_train, y_train = raw_arrays(built, "train")
+    attn_test, resid_test, y_test = raw_arrays(built, "test")
+    baseline = LogisticRegressionProbe(random_state=0).fit(resid_train[:, 1], y_train)
+    assert rows.loc[("resid", "logreg"), "roc_auc"] == pytest.approx(baseline.score(resid_test[:, 1], y_test)["roc_auc"], abs=1e-9)
+    assert rows.loc[("resid", "logreg"), "layers"] == "1" and rows.loc[("resid", "logreg"), "baseline"]
+    first = LogisticRegressionProbe(random_state=0).fit(attn_train[..., 0].reshape(len(y_train), -1), y_train)
+    assert rows.loc[("attn", "logreg"), "roc_auc"] == pytest.approx(
+        first.score(attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9)
+    lda = MassMeanProbe(tilt="lda").fit(attn_train[..., 0].reshape(len(y_train), -1), y_train)
+    assert rows.loc[("attn", "mass-mean-lda"), "roc_auc"] == pytest.approx(
+        lda.score(attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9)
+    row = rows.loc[("attn", "logreg")]
+    assert (row["n_train"], row["n_test"], row["n_features"]) == (len(y_train), len(y_test), 8)
+    assert json.loads(row["hyperparameters"])["C"] == first.C_
+    assert (built.store_dir / row["probe_path"]).is_file()
+
+
+def test_reruns_skip_and_overwrite_flags_refit_or_reevaluate(built):
+    assert probe(built, "--aggregation", "entropy") == 0
+    first = results(built)
+    assert probe(built, "--aggregation", "entropy") == 0
+    assert results(built).equals(first)
+    assert probe(built, "--aggregation", "entropy", "--overwrite-train") == 0
+    refit = results(built)
+    assert len(refit) == 1 and refit["created_at"][0] > first["created_at"][0]
+    assert refit["roc_auc"][0] == pytest.approx(first["roc_auc"][0])
+    shutil.rmtree(split_path(built.features_dir, MODEL, "1_toy", "train"))
+    assert probe(built, "--aggregation", "entropy", "--overwrite-eval") == 0
+    reevaluated = results(built)
+    assert reevaluated["created_at"][0] == refit["created_at"][0]
+    assert reevaluated["roc_auc"][0] == pytest.approx(refit["roc_auc"][0])
+
+
+def test_fitting_reads_train_only_and_evaluation_test_only(built, monkeypatch):
+    events = []
+    real_matrix = runner.feature_matrix
+    monkeypatch.setattr(runner, "feature_matrix", lambda p, spec, split: (events.append(split), real_matrix(p, spec, split))[1])
+    real_fit = LogisticRegressionProbe.fit
+    monkeypatch.setattr(LogisticRegressionProbe, "fit", lambda self, X, y: (events.append("fit"), real_fit(self, X, y))[1])
+    assert probe(built, "--aggregation", "bins:4") == 0
+    assert events == ["train", "fit", "test"]
+
+
+def test_hard_subset_and_results_table(built, capsys):
+    assert probe(built, "--baseline") == 0
+    auc = Store(built).sql("SELECT roc_auc FROM baselines WHERE dataset = '1_toy'")["roc_auc"][0]
+    assert probe(built, "--hard", "--hard-threshold", str(auc - 1e-6), "--aggregation", "max") == 0
+    assert len(results(built)) == 1
+    assert probe(built, "--hard", "--hard-threshold", str(auc + 1e-6), "--aggregation", "max") == 0
+    assert len(results(built)) == 2
+    capsys.readouterr()
+    assert main(["--root", str(built.root), "results", "--format", "csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("dataset,") and "random:tiny logreg resid L1 last-token" in out[0]
+    assert out[1].startswith("1_toy,") and out[2].startswith("mean,")
+
+
+def corrupt_first_value(project):
+    group = zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", "train"), mode="r+")
+    group["attn"][0, 0, 0, 0] = np.nan
+
+
+def single_class_test_split(project):
+    with catalog_writer(project) as con:
+        con.execute("UPDATE examples SET label = 1 WHERE split = 'test'")
+
+
+BAD = {
+    "no features for model": (None, ["--model", "random:gpt2-medium"], "no features built"),
+    "missing layer": (None, ["--layers", "7"], "layer 7 does not exist"),
+    "bad layer word": (None, ["--layers", "middle"], "--layers takes"),
+    "unknown aggregation": (None, ["--aggregation", "median"], "aggregation"),
+    "NaN in features": (corrupt_first_value, ["--aggregation", "first"], "NaN"),
+    "one class": (single_class_test_split, ["--aggregation", "first"], "one class only"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_is_one_line_and_writes_nothing(built, capsys, case):
+    damage, args, expected = BAD[case]
+    if damage:
+        damage(built)
+    command = ["--root", str(built.root), "probe", *args]
+    if "--model" not in args:
+        command[3:3] = ["--model", MODEL]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+    assert results(built).empty
+    assert not built.probes_dir.exists()
