@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= smollm2-135m
-MAIN_DATASETS ?= 87_glue_cola 113_movie_sent 5_hist_fig_ismale 36_sciq_tf 106_hate_hate
-LIMIT ?= 300
+MAIN_DATASETS ?= 5_hist_fig_ismale 154_athlete_sport_football 118_us_state_CA 87_glue_cola 92_glue_sst2 21_headline_istrump
+LIMIT ?= 1000
 
 .PHONY: setup test main benchmark
 
@@ -25,8 +25,9 @@ main: setup
 	$(BIN)/featstore datasets import-sae-probes
 	$(BIN)/featstore build --model $(MODEL) --datasets $(MAIN_DATASETS) --limit $(LIMIT)
 	$(BIN)/featstore probe --model $(MODEL) --datasets $(MAIN_DATASETS) --baseline
-	$(BIN)/featstore probe --model $(MODEL) --datasets $(MAIN_DATASETS) --feature attn --aggregation first entropy bins:8
+	$(BIN)/featstore probe --model $(MODEL) --datasets $(MAIN_DATASETS) --feature attn --aggregation first max entropy last:4 bins:8
+	$(BIN)/featstore probe --model $(MODEL) --datasets $(MAIN_DATASETS) --feature attn --layers -1 --aggregation first entropy bins:8
 	$(BIN)/featstore results --model $(MODEL)
 
 benchmark: setup
-	$(BIN)/python benchmarks/build_and_read.py --model random:gpt2-medium
+	$(BIN)/python benchmarks/build_and_read.py --model random:gpt2-medium --dataset 87_glue_cola --limit 128

@@ -1,3 +1,12 @@
 """featstore: an activation cache for probing attention, with a SQL catalog and lazy views."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`featstore.open_store` without importing the heavy stack for every CLI call."""
+    if name == "open_store":
+        from featstore.api import open_store
+
+        return open_store
+    raise AttributeError(f"module 'featstore' has no attribute {name!r}")
