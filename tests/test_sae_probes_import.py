@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import io
+import subprocess
 import zipfile
 
 import duckdb
@@ -115,3 +116,34 @@ def test_real_benchmark_registers_113_datasets_with_protocol_splits(tmp_path, ca
     assert len(train) == 113
     assert (train["pos"] == 0.5).all()
     assert (train["n"] == (totals.loc[train.index] - 100).clip(upper=1024)).all()
+
+
+def test_without_source_or_installation_the_wheel_is_fetched_with_pip_download(tmp_path, fake_wheel, monkeypatch):
+    from featstore.datasets import sae_probes
+
+    calls = []
+
+    def fake_pip(command, **kwargs):
+        calls.append(command)
+        destination = command[command.index("--dest") + 1]
+        (tmp_path / destination).mkdir(parents=True, exist_ok=True)
+        (tmp_path / destination / fake_wheel.name).write_bytes(fake_wheel.read_bytes())
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(sae_probes.PackageData, "installed", classmethod(lambda cls: None))
+    monkeypatch.setattr(sae_probes.subprocess, "run", fake_pip)
+    project = init_project(tmp_path / "p")
+    import_sae_probes(project, None, ["87"], SplitParams(max_train=64))
+    import_sae_probes(project, None, ["41"], SplitParams(max_train=64))
+    assert len(calls) == 1 and calls[0][1:5] == ["-m", "pip", "download", "--no-deps"]
+    assert [e.name for e in load_registry(project)] == ["87_glue_toy", "41_truth_tf"]
+
+
+def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
+    from featstore.datasets import sae_probes
+
+    monkeypatch.setattr(sae_probes.PackageData, "installed", classmethod(lambda cls: None))
+    monkeypatch.setattr(sae_probes.subprocess, "run",
+                        lambda command, **kw: subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution\n"))
+    with pytest.raises(FeatstoreError, match="could not download sae-probes with pip .*No matching distribution.*--source"):
+        import_sae_probes(init_project(tmp_path / "p"), None, None, SplitParams())
