@@ -60,7 +60,7 @@ def clean_datasets(
         for staging, _ in staged.values():
             staging.unlink(missing_ok=True)
     if staged:
-        _index(project, [e for e in todo], staged, fingerprints, params)
+        _index(project, todo, staged, fingerprints, params)
     return [
         CleanResult(e.name, len(staged[e.name][1]) if e.name in staged else -1, e.name not in staged)
         for e in entries
