@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; errors become one line on stderr and a non-zero exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = warn_once_per_message(set())
     try:
         args.handler(args)
     except FeatstoreError as err:
@@ -36,6 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     return 0
+
+
+def warn_once_per_message(seen: set[str]):
+    """A `warnings.showwarning` printing each distinct warning once, as one `featstore: warning:` line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = f"featstore: warning: {category.__name__}: {' '.join(str(message).split())}"
+        if text not in seen:
+            seen.add(text)
+            print(text, file=sys.stderr)
+
+    return show
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -131,3 +131,16 @@ def test_bad_input_is_one_line_and_writes_nothing(built, capsys, case):
     assert err.count("\n") == 1 and expected in err
     assert results(built).empty
     assert not built.probes_dir.exists()
+
+
+def test_length_only_mean_warns_in_one_line_on_the_command_line(built):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "featstore.cli", "--root", str(built.root), "probe", "--model", MODEL,
+               "--aggregation", "mean"]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    assert completed.returncode == 0 and completed.stdout == ""
+    warning_lines = [line for line in completed.stderr.splitlines() if "LengthOnlyFeatureWarning" in line]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("featstore: warning: ")
+    assert "1/seq_len" in warning_lines[0]
