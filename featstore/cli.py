@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--datasets", nargs="+", metavar="NAME", help="default: every dataset built for the model")
     probe.add_argument("--feature", choices=["attn", "resid"], default="attn")
     probe.add_argument("--layers", nargs="+", metavar="L", help="'all' (default) or layer numbers; negative ones count from the end")
-    probe.add_argument("--aggregation", nargs="+", default=["first"], metavar="SPEC",
+    probe.add_argument("--aggregation", nargs="+", metavar="SPEC",
                        help="for attn: mean, max, entropy, first, last:K, bins:N, with -nofirst/-ratio (default: first)")
     probe.add_argument("--probe", nargs="+", choices=sorted(PROBE_NAMES), default=["logreg"], dest="probes")
     probe.add_argument("--seed", type=int, default=0)
@@ -142,7 +142,10 @@ def split_params(args: argparse.Namespace) -> SplitParams:
 
 
 def run_init(args: argparse.Namespace) -> None:
-    init_project(args.directory or args.root)
+    try:
+        init_project(args.directory or args.root)
+    except OSError as err:
+        raise FeatstoreError(f"cannot create a project at {args.directory or args.root}: {err.strerror}") from None
 
 
 def run_clean(args: argparse.Namespace) -> None:
@@ -188,27 +191,42 @@ def run_build(args: argparse.Namespace) -> None:
 
 def run_probe(args: argparse.Namespace) -> None:
     from featstore.api import Store
-    from featstore.probing.runner import LAST_TOKEN, ProbeSpec, baseline_specs, hard_datasets, resolve_layers, run_probes
+    from featstore.probing.runner import ProbeSpec, baseline_specs, hard_datasets, resolve_layers, run_probes
 
     project = open_project(args.root)
     built = Store(project).sql(
         "SELECT DISTINCT dataset FROM feature_splits WHERE model = ? AND status = 'complete' ORDER BY dataset", [args.model]
     )["dataset"].tolist()
-    datasets = args.datasets or built
+    datasets = list(dict.fromkeys(args.datasets or built))
     if not datasets:
         raise FeatstoreError(f"no features built for model {args.model!r}; run `featstore build --model {args.model}` first")
+    missing = [d for d in datasets if d not in built]
+    if missing:
+        raise FeatstoreError(f"no complete features of {', '.join(missing)} for model {args.model!r}; run `featstore build` first")
     if args.hard:
         datasets = hard_datasets(project, args.model, datasets, args.hard_threshold)
     if args.baseline:
         specs = baseline_specs(project, args.model, datasets, args.baseline_layer, args.seed)
     else:
-        aggregations = [LAST_TOKEN] if args.feature == "resid" else args.aggregation
+        aggregations = aggregation_names(args.feature, args.aggregation)
         specs = [
             ProbeSpec(dataset, args.model, args.feature, resolve_layers(project, dataset, args.model, args.layers),
                       aggregation, probe, args.seed)
             for dataset in datasets for aggregation in aggregations for probe in args.probes
         ]
     run_probes(project, specs, overwrite_train=args.overwrite_train, overwrite_eval=args.overwrite_eval)
+
+
+def aggregation_names(feature: str, requested: list[str] | None) -> list[str]:
+    """Canonical aggregation names: token aggregations for attn (default `first`), the last token for resid."""
+    from featstore.probing.runner import LAST_TOKEN
+    from featstore.views.aggregations import parse_aggregation
+
+    if feature == "resid":
+        if requested:
+            raise FeatstoreError("--aggregation applies to --feature attn; resid is read at the last token")
+        return [LAST_TOKEN]
+    return list(dict.fromkeys(parse_aggregation(spec)[0] for spec in requested or ["first"]))
 
 
 def run_results(args: argparse.Namespace) -> None:

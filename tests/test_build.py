@@ -94,6 +94,10 @@ def test_view_where_and_layers(built):
     )["n"][0]
     assert view.sizes["example"] == expected and view.sizes["layer"] == 1
     assert (view["label"] == 1).all() and (view["seq_len"] < 40).all()
+    assert store.view("1_toy", "train", layers=[-1])["layer"].values.tolist() == [1]
+    assert store.view("1_toy", "train", where="split = 'train' AND dataset = '1_toy'").sizes["example"] == 200
+    with pytest.raises(FeatstoreError, match="list of layer numbers"):
+        store.view("1_toy", "train", layers=1)
     with pytest.raises(FeatstoreError, match="layer"):
         store.view("1_toy", "train", layers=[5])
     for attack in ("1=1; DROP TABLE examples", "1=1) UNION SELECT 1; DROP TABLE examples; SELECT (1"):
@@ -210,3 +214,25 @@ def test_unknown_dataset_and_unloadable_model_are_one_line_errors(built, capsys)
     assert main(["--root", str(built.root), "build", "--model", "./no/such/model", "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_cleaning_waits_for_no_build_and_max_len_rules(built, capsys):
+    with exclusive_build(built.lock_path):
+        assert main(["--root", str(built.root), "datasets", "clean", "--seed", "7"]) == 1
+    assert "another featstore build" in capsys.readouterr().err
+    assert main(["--root", str(built.root), "build", "--model", MODEL, "--max-len", "128"]) == 0  # = the context
+    assert main(["--root", str(built.root), "build", "--model", MODEL, "--max-len", "1", "--overwrite"]) == 1
+    assert "outside 2..128" in capsys.readouterr().err
+
+
+def test_features_of_other_weights_under_the_same_key_are_not_reused(built, monkeypatch, capsys):
+    monkeypatch.setattr(build_module, "source_fingerprint", lambda spec: "other weights")
+    assert main(["--root", str(built.root), "build", "--model", MODEL]) == 1
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_a_building_folder_killed_before_its_metadata_is_started_afresh(tmp_path):
+    project = toy_project(tmp_path / "p")
+    split_path(project.features_dir, MODEL, "1_toy", "train").with_name(".train.building").mkdir(parents=True)
+    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    assert Store(project).view("1_toy", "train").sizes["example"] == 200

@@ -54,3 +54,9 @@ def test_errors_are_one_line_on_stderr_with_exit_1(tmp_path, project, capsys):
 def test_console_entry_point_runs():
     completed = subprocess.run([sys.executable, "-m", "featstore.cli", "--version"], capture_output=True, text=True)
     assert completed.returncode == 0 and completed.stdout.startswith("featstore ")
+
+
+def test_init_where_a_file_stands_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["init", str(tmp_path / "afile" / "sub")]) == 1
+    assert capsys.readouterr().err.startswith("featstore: error: cannot create a project at ")

@@ -144,3 +144,33 @@ def test_length_only_mean_warns_in_one_line_on_the_command_line(built):
     warning_lines = [line for line in completed.stderr.splitlines() if "LengthOnlyFeatureWarning" in line]
     assert len(warning_lines) == 1 and warning_lines[0].startswith("featstore: warning: ")
     assert "1/seq_len" in warning_lines[0]
+
+
+def test_baseline_is_not_mistaken_for_a_plain_resid_probe(built):
+    assert probe(built, "--feature", "resid", "--layers", "1") == 0
+    assert probe(built, "--baseline") == 0
+    assert len(results(built)) == 2
+    assert Store(built).sql("SELECT count(*) AS n FROM baselines")["n"][0] == 1
+
+
+def test_repeated_and_differently_spelled_aggregations_fit_once(built):
+    assert probe(built, "--aggregation", "first", "first", "BINS:8", "bins:8", "--probe", "logreg", "logreg") == 0
+    assert sorted(results(built)["aggregation"]) == ["bins:8", "first"]
+    assert not list(built.probes_dir.rglob("*.staged"))
+
+
+def test_rebuilding_features_drops_their_probe_results(built):
+    from featstore.extraction.build import BuildSettings, build_features
+
+    assert probe(built, "--aggregation", "first") == 0
+    build_features(built, MODEL, None, BuildSettings(device="cpu", limit=50, overwrite=True))
+    assert results(built).empty
+    assert probe(built, "--aggregation", "first") == 0
+    assert results(built)["n_train"].tolist() == [50]
+
+
+def test_unknown_dataset_and_resid_aggregation_are_one_line_errors(built, capsys):
+    assert probe(built, "--datasets", "nope") == 1
+    assert probe(built, "--feature", "resid", "--aggregation", "first") == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "no complete features of nope" in lines[0] and "applies to --feature attn" in lines[1]

@@ -211,11 +211,12 @@ def test_missing_catalog_says_how_to_make_one(tmp_path: Path) -> None:
     assert not (tmp_path / "missing.duckdb").exists()
 
 
-def test_catalog_written_by_another_process_gives_a_clear_message(catalog: Path) -> None:
+def test_catalog_written_by_another_process_gives_a_clear_message(catalog: Path, monkeypatch) -> None:
     holder = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); sys.stdin.read()"
     writer = subprocess.Popen(
         [sys.executable, "-c", holder, str(catalog)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    monkeypatch.setattr("featstore.catalog.safe_sql.LOCK_WAIT_S", 0.5)
     try:
         assert writer.stdout.readline().strip() == "ready"
         with pytest.raises(FeatstoreError, match="^the catalog is being written by another featstore process; try again when it finishes$"):
@@ -224,6 +225,18 @@ def test_catalog_written_by_another_process_gives_a_clear_message(catalog: Path)
         writer.stdin.close()
         writer.wait(timeout=30)
     assert run_user_query(catalog, "SELECT count(*) AS n FROM examples").n.item() == len(EXAMPLES)
+
+
+def test_a_reader_waits_for_a_short_write_to_finish(catalog: Path) -> None:
+    holder = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+              "time.sleep(1.5); con.close(); time.sleep(5)")
+    writer = subprocess.Popen([sys.executable, "-c", holder, str(catalog)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        assert run_user_query(catalog, "SELECT count(*) AS n FROM examples").n.item() == len(EXAMPLES)
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
 
 
 def test_catalog_open_for_writing_in_this_process_gives_a_clear_message(catalog: Path) -> None:

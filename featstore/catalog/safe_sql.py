@@ -11,6 +11,7 @@ or `FROM duckdb_settings()`), and PIVOT without an IN list (DuckDB runs it as se
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from itertools import takewhile
 from pathlib import Path
@@ -19,6 +20,8 @@ import duckdb
 import pandas as pd
 
 from featstore.errors import FeatstoreError
+
+LOCK_WAIT_S = 10.0  # how long a reader waits for a writer (a build registering a split) to let go
 
 LOCKED_DOWN_CONFIG: dict[str, str | int | bool] = {
     "enable_external_access": False,  # no files, URLs, ATTACH, COPY, INSTALL, Python objects
@@ -50,19 +53,23 @@ def open_locked_down(catalog_path: Path) -> duckdb.DuckDBPyConnection:
         raise FeatstoreError(
             f"no catalog at {catalog_path}; run `featstore datasets import-sae-probes` or `featstore datasets clean` first"
         )
-    try:
-        return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
-    except duckdb.IOException as err:
-        if "lock" in str(err).lower():
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise FeatstoreError(f"cannot open {catalog_path}: {_one_line(err)}") from None
+            if time.monotonic() > deadline:
+                raise FeatstoreError(
+                    "the catalog is being written by another featstore process; try again when it finishes"
+                ) from None
+            time.sleep(0.2)
+        except duckdb.ConnectionException as err:
             raise FeatstoreError(
-                "the catalog is being written by another featstore process; try again when it finishes"
+                f"cannot open {catalog_path} for a user query while this process holds another connection to it "
+                f"({_one_line(err)}); close that connection first"
             ) from None
-        raise FeatstoreError(f"cannot open {catalog_path}: {_one_line(err)}") from None
-    except duckdb.ConnectionException as err:
-        raise FeatstoreError(
-            f"cannot open {catalog_path} for a user query while this process holds another connection to it "
-            f"({_one_line(err)}); close that connection first"
-        ) from None
 
 
 def single_select(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.Statement:

@@ -21,6 +21,7 @@ from featstore.datasets.expressions import evaluate_extraction
 from featstore.datasets.registry import DatasetEntry
 from featstore.errors import FeatstoreError
 from featstore.project import Project
+from featstore.store.locking import exclusive_build
 
 CLEANED_COLUMNS = ["prompt", "target", "row"]
 
@@ -37,7 +38,17 @@ class CleanResult:
 def clean_datasets(
     project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool = False
 ) -> list[CleanResult]:
-    """Clean and index `entries`; datasets whose inputs are unchanged are skipped unless `overwrite`."""
+    """Clean and index `entries`; datasets whose inputs are unchanged are skipped unless `overwrite`.
+
+    Holds the store's build lock: re-splitting a dataset while a build reads its examples would mix splits.
+    """
+    with exclusive_build(project.lock_path):
+        return _clean_locked(project, entries, params, overwrite)
+
+
+def _clean_locked(
+    project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool
+) -> list[CleanResult]:
     indexed = _indexed_fingerprints(project)
     fingerprints = {e.name: _fingerprint(project, e, params) for e in entries}
     todo = [
@@ -152,7 +163,7 @@ def _index(
         con.execute("BEGIN TRANSACTION")
         for entry in entries:
             rows = staged[entry.name][1]
-            for table in ("examples", "features", "feature_splits"):
+            for table in ("examples", "features", "feature_splits", "probe_results"):
                 con.execute(f"DELETE FROM {table} WHERE dataset = ?", [entry.name])
             con.execute("DELETE FROM datasets WHERE name = ?", [entry.name])
             con.register("staged_examples", rows)

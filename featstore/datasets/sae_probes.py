@@ -145,16 +145,23 @@ def import_sae_probes(
             raise FeatstoreError(f"not an SAE-Probes binary dataset: {', '.join(sorted(keys - found))}")
         benchmark = chosen
     project.raw_dir.mkdir(parents=True, exist_ok=True)
-    new_rows = []
-    for _, master_row in benchmark.iterrows():
-        payload = data.read(master_row["file"])
-        target = f"{master_row['number']}_{master_row['tag']}.csv.zst"
-        _write_atomically(project.raw_dir / target, payload)
-        raw = pd.read_csv(io.BytesIO(payload), compression="zstd", usecols=["target"])
-        new_rows.append(registry_row(master_row, raw, target))
-    frame = _merged_registry(existing, pd.DataFrame(new_rows, dtype=str))
-    entries = select_entries(parse_registry(frame), [f"{r['number']}_{r['Dataset Tag']}" for r in new_rows])
-    results = clean_datasets(project, entries, params, overwrite=overwrite)
+    new_rows, created = [], []
+    try:
+        for _, master_row in benchmark.iterrows():
+            payload = data.read(master_row["file"])
+            target = project.raw_dir / f"{master_row['number']}_{master_row['tag']}.csv.zst"
+            if not target.exists():
+                created.append(target)
+            _write_atomically(target, payload)
+            raw = pd.read_csv(io.BytesIO(payload), compression="zstd", usecols=["target"])
+            new_rows.append(registry_row(master_row, raw, target.name))
+        frame = _merged_registry(existing, pd.DataFrame(new_rows, dtype=str))
+        entries = select_entries(parse_registry(frame), [f"{r['number']}_{r['Dataset Tag']}" for r in new_rows])
+        results = clean_datasets(project, entries, params, overwrite=overwrite)
+    except BaseException:
+        for path in created:  # nothing half-written: raw files this run added go again
+            path.unlink(missing_ok=True)
+        raise
     write_registry_frame(project, frame)
     return results
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from featstore.catalog.splits import TEST, TRAIN, hash_order
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
 from featstore.extraction.capture import capture_last_token
-from featstore.extraction.models import LoadedModel, load_model, model_key, release_model
+from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.project import Project
 from featstore.store.layout import SplitShape, split_path
 from featstore.store.locking import exclusive_build
@@ -41,6 +41,7 @@ class BuildSettings:
     """What changes the stored numbers (max_len, dtype, limit) and what only changes speed."""
 
     max_len: int | None = None
+    source: str = ""
     batch_tokens: int = 8192
     limit: int | None = None
     device: str = "auto"
@@ -48,8 +49,8 @@ class BuildSettings:
     overwrite: bool = False
 
     def stored(self) -> dict:
-        """The settings that must match for stored features to be reused or mixed."""
-        return {"max_len": self.max_len, "dtype": self.dtype, "limit": self.limit}
+        """The settings that must match for stored features to be reused or mixed (the weights' source included)."""
+        return {"max_len": self.max_len, "dtype": self.dtype, "limit": self.limit, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class SplitJob:
 def build_features(project: Project, model_spec: str, datasets: list[str] | None, settings: BuildSettings) -> int:
     """Extract every requested split not already built with the same settings; returns how many were built."""
     key = model_key(model_spec)
+    settings = replace(settings, source=source_fingerprint(model_spec))
     with exclusive_build(project.lock_path):
         jobs = plan_jobs(project, datasets, settings.limit)
         pending = [job for job in jobs if _needs_build(project, key, job, settings)]
@@ -186,6 +188,7 @@ def register_split(
     with catalog_writer(project) as con:
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM features WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
+        con.execute("DELETE FROM probe_results WHERE model = ? AND dataset = ?", [key, job.dataset])
         con.register("built_rows", rows)
         con.execute("INSERT INTO features SELECT * FROM built_rows")
         con.unregister("built_rows")
@@ -219,7 +222,10 @@ def _needs_build(project: Project, key: str, job: SplitJob, settings: BuildSetti
         ).fetchone()
     if found is None or found[0] != "complete":
         return True
-    stored = {k: v for k, v in json.loads(found[1]).items() if k in settings.stored()}
+    recorded = json.loads(found[1])
+    stored = {k: recorded.get(k) for k in settings.stored()}
+    if settings.max_len == recorded.get("max_len_applied") and stored["max_len"] is None:
+        stored["max_len"] = settings.max_len  # an explicit --max-len equal to the context that was applied
     if stored != settings.stored():
         raise FeatstoreError(
             f"{job.dataset}/{job.split} already has {key} features built with {stored}, not {settings.stored()}; "
@@ -229,10 +235,12 @@ def _needs_build(project: Project, key: str, job: SplitJob, settings: BuildSetti
 
 
 def _resolve_max_len(model: LoadedModel, settings: BuildSettings) -> int:
+    """The applied max length: the context by default; room for BOS and the last token when BOS is prepended."""
     if settings.max_len is None:
         return model.n_ctx
-    if not 1 <= settings.max_len <= model.n_ctx:
-        raise FeatstoreError(f"--max-len {settings.max_len} is outside 1..{model.n_ctx}, the context of {model.key}")
+    shortest = 2 if model.prepend_bos else 1
+    if not shortest <= settings.max_len <= model.n_ctx:
+        raise FeatstoreError(f"--max-len {settings.max_len} is outside {shortest}..{model.n_ctx} for {model.key}")
     return settings.max_len
 
 

@@ -97,6 +97,27 @@ def model_key(spec: str) -> str:
     return _select_loader(spec)[0]
 
 
+def source_fingerprint(spec: str) -> str:
+    """What identifies a spec's weights without loading them, so features of other weights under the same key
+    are never reused: the package version for smollm2-135m, path + size + mtime for a .gguf file, the folder
+    fingerprint for a local folder, the seed for random models, the name for a hub model."""
+    key = model_key(spec)
+    path = Path(spec).expanduser()
+    if spec == SMOLLM2_SPEC:
+        try:
+            return f"{SMOLLM2_PACKAGE}=={importlib.metadata.version(SMOLLM2_PACKAGE)}"
+        except importlib.metadata.PackageNotFoundError:
+            return SMOLLM2_PACKAGE
+    if spec.startswith(RANDOM_PREFIX):
+        return f"{spec}@seed{RANDOM_SEED}"
+    if path.is_file():
+        status = path.resolve().stat()
+        return f"{path.resolve()}:{status.st_size}:{status.st_mtime_ns}"
+    if path.is_dir():
+        return f"{path.resolve()}:{_folder_fingerprint(path.resolve())}"
+    return key
+
+
 def release_model(model: LoadedModel) -> None:
     """Drop the model's references to its weights and free the memory they held."""
     model.bridge = None  # type: ignore[assignment]

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -58,7 +60,8 @@ class ProbeSpec:
 
     @property
     def result_id(self) -> str:
-        fields = [self.dataset, self.model, self.feature, self.layers_label, "all", self.aggregation, self.probe, self.seed]
+        fields = [self.dataset, self.model, self.feature, self.layers_label, "all", self.aggregation, self.probe,
+                  self.seed, self.baseline]
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:20]
 
 
@@ -86,7 +89,7 @@ def model_layers(project: Project, dataset: str, model: str) -> int:
         "SELECT max(n_layers) AS n FROM feature_splits WHERE model = ? AND dataset = ? AND status = 'complete'",
         [model, dataset],
     )["n"][0]
-    if found is None or found != found:
+    if pd.isna(found):
         raise FeatstoreError(f"no complete features of {dataset} for model {model!r}; run `featstore build` first")
     return int(found)
 
@@ -104,7 +107,12 @@ def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> tuple[np.nd
 
 def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool = False,
                overwrite_eval: bool = False) -> pd.DataFrame:
-    """Fit (or re-evaluate) every spec not already in `probe_results`; returns the rows written."""
+    """Fit (or re-evaluate) every spec not already in `probe_results`; returns the rows written.
+
+    Probe results are deleted whenever their dataset is re-cleaned or its features rebuilt, so a skipped
+    combination always refers to the features in the store now.
+    """
+    specs = list(dict.fromkeys(specs))
     done = _existing(project)
     refit = [s for s in specs if s.result_id not in done or overwrite_train]
     rescore = [s for s in specs if s.result_id in done and overwrite_eval and not overwrite_train]
@@ -127,15 +135,14 @@ def fit_and_score(project: Project, spec: ProbeSpec) -> tuple[dict, object]:
     X_train, y_train = feature_matrix(project, spec, TRAIN)
     probe = PROBES[spec.probe](spec.seed)
     started = time.perf_counter()
-    try:
+    with _probe_errors(spec):
         probe.fit(X_train, y_train)
-        del X_train
-        X_test, y_test = feature_matrix(project, spec, TEST)
+    seconds = time.perf_counter() - started
+    del X_train
+    X_test, y_test = feature_matrix(project, spec, TEST)
+    with _probe_errors(spec):
         scores = probe.score(X_test, y_test)
-    except ProbeInputError as err:
-        raise FeatstoreError(f"{spec.dataset} ({spec.feature}, {spec.aggregation}, {spec.probe}): {err}") from None
-    row = _row(spec, probe, scores, len(y_train), time.perf_counter() - started)
-    return row, probe
+    return _row(spec, probe, scores, len(y_train), seconds), probe
 
 
 def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> dict:
@@ -145,10 +152,8 @@ def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> dict:
         raise FeatstoreError(f"the saved probe {path} is missing; rerun with --overwrite-train")
     probe = joblib.load(path)
     X_test, y_test = feature_matrix(project, spec, TEST)
-    try:
+    with _probe_errors(spec):
         scores = probe.score(X_test, y_test)
-    except ProbeInputError as err:
-        raise FeatstoreError(f"{spec.dataset} ({spec.feature}, {spec.aggregation}, {spec.probe}): {err}") from None
     return {**_row(spec, probe, scores, previous["n_train"], previous["fit_seconds"]), "created_at": previous["created_at"]}
 
 
@@ -170,6 +175,15 @@ def hard_datasets(project: Project, model: str, datasets: list[str], threshold: 
         raise FeatstoreError(f"no baseline for {', '.join(missing)} under {model}; run `featstore probe --baseline` first")
     hard = set(baselines.loc[baselines["roc_auc"] < threshold, "dataset"])
     return [d for d in datasets if d in hard]
+
+
+@contextmanager
+def _probe_errors(spec: ProbeSpec) -> Iterator[None]:
+    """A probe's refusal (one class, NaN, shapes) as a one-line featstore error naming the combination."""
+    try:
+        yield
+    except ProbeInputError as err:
+        raise FeatstoreError(f"{spec.dataset} ({spec.feature}, {spec.aggregation}, {spec.probe}): {err}") from None
 
 
 def _check_splits(project: Project, specs: list[ProbeSpec], splits: tuple[str, ...]) -> None:
@@ -208,17 +222,25 @@ def _existing(project: Project) -> dict[str, dict]:
 
 
 def _write(project: Project, fitted: list[tuple[dict, object | None]]) -> None:
-    for row, probe in fitted:
-        if probe is not None:
-            path = project.store_dir / row["probe_path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            joblib.dump(probe, path.with_suffix(".tmp"))
-            os.replace(path.with_suffix(".tmp"), path)
-    rows = pd.DataFrame([row for row, _ in fitted])
-    with catalog_writer(project) as con:
-        con.execute("BEGIN TRANSACTION")
-        con.register("new_results", rows)
-        con.execute("DELETE FROM probe_results WHERE result_id IN (SELECT result_id FROM new_results)")
-        con.execute("INSERT INTO probe_results BY NAME SELECT * FROM new_results")
-        con.unregister("new_results")
-        con.execute("COMMIT")
+    """Probe files staged under temporary names, rows committed, then the files moved into place."""
+    staged = []
+    try:
+        for row, probe in fitted:
+            if probe is not None:
+                path = project.store_dir / row["probe_path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                joblib.dump(probe, path.with_suffix(".staged"))
+                staged.append(path)
+        rows = pd.DataFrame([row for row, _ in fitted])
+        with catalog_writer(project) as con:
+            con.execute("BEGIN TRANSACTION")
+            con.register("new_results", rows)
+            con.execute("DELETE FROM probe_results WHERE result_id IN (SELECT result_id FROM new_results)")
+            con.execute("INSERT INTO probe_results BY NAME SELECT * FROM new_results")
+            con.unregister("new_results")
+            con.execute("COMMIT")
+        for path in staged:
+            os.replace(path.with_suffix(".staged"), path)
+    finally:
+        for path in staged:
+            path.with_suffix(".staged").unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.errors
 
 from featstore.store.layout import FORMAT_VERSION, SplitShape, building_path, compressor
 
@@ -23,8 +24,11 @@ class SplitWriter:
         self.final, self.shape = final, shape
         self.building = building_path(final)
         if self.building.exists():
-            group = zarr.open_group(self.building, mode="r+")
-            if group.attrs.get("build_key") == build_key:
+            try:
+                group = zarr.open_group(self.building, mode="r+")
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError):  # killed before its metadata was written
+                group = None
+            if group is not None and group.attrs.get("build_key") == build_key:
                 self.group = group
                 return
             shutil.rmtree(self.building)

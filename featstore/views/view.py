@@ -50,9 +50,12 @@ def open_view(
     example_ids = view["example_id"].values
     labels = run_user_query(
         project.catalog_path,
-        "SELECT example_id, label FROM examples WHERE dataset = ? AND split = ?",
-        [dataset, split],
+        "SELECT f.example_id, e.label FROM features f JOIN examples e USING (example_id, dataset, split) "
+        "WHERE f.model = ? AND f.dataset = ? AND f.split = ?",
+        [key, dataset, split],
     ).set_index("example_id")["label"]
+    if len(labels) != len(example_ids) or not labels.index.isin(example_ids).all():
+        raise FeatstoreError(f"the catalog no longer matches the stored {dataset}/{split} of {key}; rebuild it")
     view = view.drop_vars(["example_id", "seq_len"]).assign_coords(
         example=example_ids,
         example_id=("example", example_ids),
@@ -71,18 +74,21 @@ def open_view(
 
 
 def _select_layers(view: xr.Dataset, layers: Sequence[int]) -> xr.Dataset:
+    """Layers by index (negative ones count from the end, as on the command line)."""
     n_layers = view.sizes["layer"]
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if isinstance(layers, (int, str)) or not all(isinstance(l, (int, np.integer)) for l in layers):
+        raise FeatstoreError(f"layers must be a list of layer numbers, got {layers!r}")
+    bad = [layer for layer in layers if not -n_layers <= layer < n_layers]
     if bad:
         raise FeatstoreError(f"layer(s) {bad} do not exist: {view.attrs['model']} has layers 0..{n_layers - 1}")
-    return view.isel(layer=list(layers))
+    return view.isel(layer=[int(layer) % n_layers for layer in layers])
 
 
 def _select_where(project: Project, view: xr.Dataset, key: str, dataset: str, split: str, where: str) -> xr.Dataset:
     chosen = run_user_query(
         project.catalog_path,
-        "SELECT f.example_id FROM features f JOIN examples e USING (example_id) "
-        f"WHERE f.model = $model AND f.dataset = $dataset AND f.split = $split AND ({where})",
+        "SELECT example_id FROM features f JOIN examples e USING (example_id, dataset, split) "
+        f"WHERE model = $model AND dataset = $dataset AND split = $split AND ({where})",
         {"model": key, "dataset": dataset, "split": split},
     )["example_id"].to_numpy()
     return view.isel(example=np.flatnonzero(np.isin(view["example_id"].values, chosen)))
