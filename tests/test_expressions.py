@@ -99,7 +99,7 @@ def test_accepted_expression_matches_pandas(expression, reference, column):
         ("().__class__.__bases__[0].__subclasses__()", "method '__subclasses__'"),
         ('"abc".upper()', "which is a literal"),
         ('"x".join', "attribute 'join'"),
-        ('"x".join(col)', "which is a literal"),
+        ('"x".join(col)', "method 'join'"),
         ('col.astype(dtype=__import__("os"))', "only literals"),
         ('col.astype("int", **{"copy": True})', "starred arguments"),
         ('col.str.contains(*["a"])', "starred arguments"),
@@ -252,3 +252,23 @@ def test_regex_escapes_in_plain_strings_do_not_warn():
         warnings.simplefilter("error")
         result = evaluate_extraction(r'col.str.contains("\d")', TEXT, WHERE)
     pd.testing.assert_series_equal(result, TEXT.str.contains(r"\d"))
+
+
+@pytest.mark.parametrize(
+    "expression, piece",
+    [
+        ('col.str.replace("", "abcdefghij")', "matches the empty string"),
+        ('col.str.replace("a*", "xx", regex=True)', "matches the empty string"),
+        ('col.str.replace("a", "' + "x" * 60 + '")', "longer than 50"),
+        ('col.str.join("--")', "method 'join'"),
+    ],
+)
+def test_text_blow_up_through_replace_or_join_is_refused(expression, piece):
+    with pytest.raises(ExpressionError, match=piece):
+        compile_extraction(expression, "here")
+
+
+def test_ordinary_replacements_still_work():
+    column = pd.Series(["a_b", "c_d"])
+    assert evaluate_extraction('col.str.replace("_", " ")', column, "here").tolist() == ["a b", "c d"]
+    assert evaluate_extraction('col.str.replace("[bd]", "!", regex=True)', column, "here").tolist() == ["a_!", "c_!"]

@@ -6,13 +6,16 @@ Allowed: `col`; literals (str, int, float, bool, None, lists/tuples of them); ==
 `.str`, with literal arguments only; `.str[int]` and `.str[start:stop:step]` with int literals.
 Refused: other names and attributes, dunders, `and`/`or`/`not` (use & | ~), `in` (use isin),
 lambdas, comprehensions, f-strings, `**`, starred arguments, and any operation without `col`.
-`*` and `%` need numbers on both sides, so text cannot be blown up by repetition or padding.
+`*` and `%` need numbers on both sides, `replace` needs a pattern that cannot match the empty string and
+a replacement of at most MAX_REPLACEMENT characters, and `.str.join` is not offered, so text cannot be
+blown up by repetition, padding or insertion.
 Not guarded: a regex with catastrophic backtracking (e.g. `(a+)+$`) can spend a lot of CPU time.
 """
 
 import ast
 import inspect
 import operator
+import re
 import warnings
 from typing import Any, Callable
 
@@ -21,6 +24,7 @@ import pandas as pd
 from featstore.errors import FeatstoreError
 
 MAX_EXPRESSION_LENGTH = 500
+MAX_REPLACEMENT = 50
 SERIES_METHODS = frozenset({
     "isin", "between", "isna", "notna", "isnull", "notnull", "fillna", "astype", "abs", "round",
     "clip", "eq", "ne", "lt", "le", "gt", "ge",
@@ -28,7 +32,7 @@ SERIES_METHODS = frozenset({
 STR_METHODS = frozenset({
     "contains", "startswith", "endswith", "match", "fullmatch", "count", "find", "rfind", "len",
     "lower", "upper", "title", "capitalize", "casefold", "swapcase", "strip", "lstrip", "rstrip",
-    "replace", "removeprefix", "removesuffix", "slice", "split", "rsplit", "get", "join",
+    "replace", "removeprefix", "removesuffix", "slice", "split", "rsplit", "get",
     "isdigit", "isalpha", "isalnum", "isnumeric", "isdecimal", "isspace", "islower", "isupper",
     "istitle",
 })
@@ -126,6 +130,8 @@ def _method_call(receiver: ast.AST, method: str, args: list, keywords: list) -> 
         raise _Refused(f"arguments of {method}(): {error}") from None
     if "inplace" in {**bound.arguments, **named}:
         raise _Refused(f"inplace= in {method}() (it would change the source column)")
+    if method == "replace":
+        _check_replacement(bound.arguments)
     if method == "astype" and bound.arguments.get("dtype") not in ASTYPE_DTYPES:
         raise _Refused(f"astype dtype {bound.arguments.get('dtype')!r} (allowed: {sorted(ASTYPE_DTYPES)})")
 
@@ -136,6 +142,21 @@ def _method_call(receiver: ast.AST, method: str, args: list, keywords: list) -> 
         return result
 
     return SERIES, call
+
+
+def _check_replacement(arguments: dict) -> None:
+    """Refuse replacements that multiply the text: patterns matching the empty string, long replacements."""
+    pattern, replacement = arguments.get("pat"), arguments.get("repl")
+    if not isinstance(pattern, str) or not isinstance(replacement, str):
+        raise _Refused("replace() without a text pattern and a text replacement")
+    try:
+        matches_empty = re.search(pattern, "") is not None if arguments.get("regex") else pattern == ""
+    except re.error as error:
+        raise _Refused(f"replace() pattern {pattern!r}: {error}") from None
+    if matches_empty:
+        raise _Refused(f"replace() pattern {pattern!r}, which matches the empty string")
+    if len(replacement) > MAX_REPLACEMENT:
+        raise _Refused(f"replace() with a replacement longer than {MAX_REPLACEMENT} characters")
 
 
 def _str_subscript(node: ast.Subscript) -> Compiled:
