@@ -162,7 +162,6 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
             build += timed(lambda: build_split(project, model, job, settings, model.n_ctx, tqdm(disable=True)))
             bare_wrapped += timed(lambda: forward_all(wrapped, batches))
             bare_plain += timed(lambda: forward_all(plain, batches))
-    del plain
     print(f"1. build / bare forward ({len(sorted_batches)} batches, {n_tokens} real tokens, train+test), "
           f"wall-clock (CPU time): {build[0] / bare_wrapped[0]:.2f}x ({build[1] / bare_wrapped[1]:.2f}x) the "
           f"bridge-wrapped HF model without hooks, {build[0] / bare_plain[0]:.2f}x ({build[1] / bare_plain[1]:.2f}x) "

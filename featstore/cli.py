@@ -190,43 +190,16 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> None:
-    from featstore.api import Store
-    from featstore.probing.runner import ProbeSpec, baseline_specs, hard_datasets, resolve_layers, run_probes
+    from featstore.probing.runner import ProbeRequest, plan_specs, run_probes
 
     project = open_project(args.root)
-    built = Store(project).sql(
-        "SELECT DISTINCT dataset FROM feature_splits WHERE model = ? AND status = 'complete' ORDER BY dataset", [args.model]
-    )["dataset"].tolist()
-    datasets = list(dict.fromkeys(args.datasets or built))
-    if not datasets:
-        raise FeatstoreError(f"no features built for model {args.model!r}; run `featstore build --model {args.model}` first")
-    missing = [d for d in datasets if d not in built]
-    if missing:
-        raise FeatstoreError(f"no complete features of {', '.join(missing)} for model {args.model!r}; run `featstore build` first")
-    if args.hard:
-        datasets = hard_datasets(project, args.model, datasets, args.hard_threshold)
-    if args.baseline:
-        specs = baseline_specs(project, args.model, datasets, args.baseline_layer, args.seed)
-    else:
-        aggregations = aggregation_names(args.feature, args.aggregation)
-        specs = [
-            ProbeSpec(dataset, args.model, args.feature, resolve_layers(project, dataset, args.model, args.layers),
-                      aggregation, probe, args.seed)
-            for dataset in datasets for aggregation in aggregations for probe in args.probes
-        ]
-    run_probes(project, specs, overwrite_train=args.overwrite_train, overwrite_eval=args.overwrite_eval)
-
-
-def aggregation_names(feature: str, requested: list[str] | None) -> list[str]:
-    """Canonical aggregation names: token aggregations for attn (default `first`), the last token for resid."""
-    from featstore.probing.runner import LAST_TOKEN
-    from featstore.views.aggregations import parse_aggregation
-
-    if feature == "resid":
-        if requested:
-            raise FeatstoreError("--aggregation applies to --feature attn; resid is read at the last token")
-        return [LAST_TOKEN]
-    return list(dict.fromkeys(parse_aggregation(spec)[0] for spec in requested or ["first"]))
+    request = ProbeRequest(
+        model=args.model, datasets=args.datasets, feature=args.feature, layers=args.layers,
+        aggregations=args.aggregation, probes=args.probes, seed=args.seed, baseline=args.baseline,
+        baseline_layer=args.baseline_layer, hard_threshold=args.hard_threshold if args.hard else None,
+    )
+    run_probes(project, plan_specs(project, request), overwrite_train=args.overwrite_train,
+               overwrite_eval=args.overwrite_eval)
 
 
 def run_results(args: argparse.Namespace) -> None:

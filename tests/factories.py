@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 
-from featstore.project import REGISTRY_COLUMNS, Project, init_project
+from featstore.project import REGISTRY_COLUMNS, Project
 
 
 def registry_row(number: int, tag: str, source: str, **overrides: str) -> dict:

@@ -3,7 +3,6 @@
 import json
 import shutil
 
-import duckdb
 import numpy as np
 import pytest
 import zarr

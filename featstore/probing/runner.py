@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import joblib
@@ -63,6 +63,61 @@ class ProbeSpec:
         fields = [self.dataset, self.model, self.feature, self.layers_label, "all", self.aggregation, self.probe,
                   self.seed, self.baseline]
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """What `featstore probe` asks for, before it is expanded into one ProbeSpec per combination."""
+
+    model: str
+    datasets: list[str] | None = None
+    feature: str = "attn"
+    layers: list[str] | None = None
+    aggregations: list[str] | None = None
+    probes: list[str] = field(default_factory=lambda: ["logreg"])
+    seed: int = 0
+    baseline: bool = False
+    baseline_layer: int | None = None
+    hard_threshold: float | None = None
+
+
+def plan_specs(project: Project, request: ProbeRequest) -> list[ProbeSpec]:
+    """The combinations of a request: its datasets (default: all built for the model; the hard subset when a
+    threshold is given) times aggregations times probes, or one baseline per dataset."""
+    built = run_user_query(
+        project.catalog_path,
+        "SELECT DISTINCT dataset FROM feature_splits WHERE model = ? AND status = 'complete' ORDER BY dataset",
+        [request.model],
+    )["dataset"].tolist()
+    datasets = list(dict.fromkeys(request.datasets or built))
+    if not datasets:
+        raise FeatstoreError(
+            f"no features built for model {request.model!r}; run `featstore build --model {request.model}` first"
+        )
+    missing = [d for d in datasets if d not in built]
+    if missing:
+        raise FeatstoreError(
+            f"no complete features of {', '.join(missing)} for model {request.model!r}; run `featstore build` first"
+        )
+    if request.hard_threshold is not None:
+        datasets = hard_datasets(project, request.model, datasets, request.hard_threshold)
+    if request.baseline:
+        return baseline_specs(project, request.model, datasets, request.baseline_layer, request.seed)
+    aggregations = aggregation_names(request.feature, request.aggregations)
+    return [
+        ProbeSpec(dataset, request.model, request.feature, resolve_layers(project, dataset, request.model, request.layers),
+                  aggregation, probe, request.seed)
+        for dataset in datasets for aggregation in aggregations for probe in dict.fromkeys(request.probes)
+    ]
+
+
+def aggregation_names(feature: str, requested: list[str] | None) -> list[str]:
+    """Canonical aggregation names: token aggregations for attn (default `first`), the last token for resid."""
+    if feature == "resid":
+        if requested:
+            raise FeatstoreError("--aggregation applies to --feature attn; resid is read at the last token")
+        return [LAST_TOKEN]
+    return list(dict.fromkeys(parse_aggregation(spec)[0] for spec in requested or ["first"]))
 
 
 def resolve_layers(project: Project, dataset: str, model: str, layers: list[str] | None) -> tuple[int, ...]:
