@@ -53,7 +53,13 @@ def warn_once_per_message(seen: set[str]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featstore", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="featstore",
+        description="An activation cache for probing attention: register datasets, build last-token attention "
+        "and residual features into Zarr, select examples with SQL, fit probes.",
+        epilog="Typical run: featstore datasets import-sae-probes; featstore build --model smollm2-135m "
+        "--datasets 87_glue_cola --limit 500; featstore probe --model smollm2-135m --baseline; featstore results",
+    )
     parser.add_argument("--root", type=Path, default=Path("."), help="project directory (default: the current one)")
     parser.add_argument("--version", action="version", version=f"featstore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
