@@ -60,6 +60,9 @@ class SplitWriter:
     def publish(self) -> None:
         """Mark the split complete and make it visible at its final path, replacing an older build."""
         self.group.attrs["complete"] = True
+        retired = self.final.with_name(f".{self.final.name}.retired")
+        shutil.rmtree(retired, ignore_errors=True)
         if self.final.exists():
-            shutil.rmtree(self.final)
+            os.replace(self.final, retired)  # two renames: the final path is missing only between them
         os.replace(self.building, self.final)
+        shutil.rmtree(retired, ignore_errors=True)
