@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def warn_once_per_message(seen: set[str]):
+def warn_once_per_message(seen: set[str]) -> Callable[..., None]:
     """A `warnings.showwarning` printing each distinct warning once, as one `featstore: warning:` line."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_split_options(parser: argparse.ArgumentParser) -> None:
+    """The options that change how datasets are split (clean and import take them)."""
     defaults = SplitParams()
     group = parser.add_argument_group("splits (the SAE-Probes protocol by default)")
     group.add_argument("--seed", type=int, default=defaults.seed, help="split seed (default: %(default)s)")
@@ -141,6 +143,7 @@ def add_split_options(parser: argparse.ArgumentParser) -> None:
 
 
 def split_params(args: argparse.Namespace) -> SplitParams:
+    """The split options as SplitParams, refusing non-positive sizes."""
     for name in ("max_examples", "max_train", "min_test"):
         if getattr(args, name) < 1:
             raise FeatstoreError(f"--{name.replace('_', '-')} must be at least 1")

@@ -1,5 +1,7 @@
 """What every binary probe shares: input checks, labels, predict, predict_proba and score."""
 
+from typing import Any
+
 import numpy as np
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -10,7 +12,7 @@ from probes.errors import ProbeInputError
 from probes.metrics import binary_scores
 
 
-def as_numpy(array):
+def as_numpy(array: Any) -> Any:
     """Return a torch tensor as a numpy array (bfloat16 widened to float32); anything else unchanged."""
     if type(array).__module__.split(".")[0] == "torch":
         import torch

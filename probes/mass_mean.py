@@ -30,7 +30,8 @@ class MassMeanProbe(BinaryProbe):
 
     def _tilted(self, X: np.ndarray, y: np.ndarray, class_means: np.ndarray) -> tuple[np.ndarray, float]:
         """Sigma^-1 (mu+ - mu-) and the shrinkage used, Sigma from the class-centred rows of X."""
-        valid_number = isinstance(self.shrinkage, numbers.Real) and 0 <= self.shrinkage <= 1
+        valid_number = (isinstance(self.shrinkage, numbers.Real) and not isinstance(self.shrinkage, bool)
+                        and 0 <= self.shrinkage <= 1)
         if self.shrinkage != "auto" and not valid_number:
             raise ProbeInputError(
                 f"MassMeanProbe: shrinkage must be 'auto' or a number in [0, 1], got {self.shrinkage!r}"

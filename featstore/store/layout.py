@@ -33,6 +33,7 @@ def model_dir_name(model_key: str) -> str:
 
 
 def split_path(features_dir: Path, model_key: str, dataset: str, split: str) -> Path:
+    """The published folder of one split: `features.zarr/<model>/<dataset>/<split>`."""
     return features_dir / model_dir_name(model_key) / dataset / split
 
 
