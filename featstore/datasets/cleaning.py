@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +25,10 @@ from featstore.store.locking import exclusive_build
 CLEANED_COLUMNS = ["prompt", "target", "row"]
 
 
-@dataclass(frozen=True)
-class CleanResult:
-    """What happened to one dataset."""
-
-    name: str
-    n_examples: int
-    skipped: bool
-
-
 def clean_datasets(
     project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool = False
-) -> list[CleanResult]:
-    """Clean and index `entries`; datasets whose inputs are unchanged are skipped unless `overwrite`.
+) -> list[str]:
+    """Clean and index `entries`; returns the names cleaned (unchanged inputs are skipped unless `overwrite`).
 
     Holds the store's build lock: re-splitting a dataset while a build reads its examples would mix splits.
     """
@@ -46,9 +36,7 @@ def clean_datasets(
         return _clean_locked(project, entries, params, overwrite)
 
 
-def _clean_locked(
-    project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool
-) -> list[CleanResult]:
+def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool) -> list[str]:
     indexed = _indexed_fingerprints(project)
     fingerprints = {e.name: _fingerprint(project, e, params) for e in entries}
     todo = [
@@ -72,10 +60,7 @@ def _clean_locked(
             staging.unlink(missing_ok=True)
     if staged:
         _index(project, todo, staged, fingerprints, params)
-    return [
-        CleanResult(e.name, len(staged[e.name][1]) if e.name in staged else -1, e.name not in staged)
-        for e in entries
-    ]
+    return list(staged)
 
 
 def clean_frame(project: Project, entry: DatasetEntry) -> pd.DataFrame:

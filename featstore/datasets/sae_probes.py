@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from featstore.catalog.splits import SplitParams
-from featstore.datasets.cleaning import CleanResult, clean_datasets
+from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import BINARY, parse_registry, read_registry_frame, select_entries, write_registry_frame
 from featstore.errors import FeatstoreError
 from featstore.project import Project
@@ -129,7 +129,7 @@ def registry_row(master_row: pd.Series, raw: pd.DataFrame, source: str) -> dict:
 
 def import_sae_probes(
     project: Project, source: Path | None, only: list[str] | None, params: SplitParams, overwrite: bool = False
-) -> list[CleanResult]:
+) -> list[str]:
     """Copy the benchmark's binary datasets into `datasets/raw/`, register them and clean them."""
     existing = read_registry_frame(project)
     parse_registry(existing)

@@ -70,7 +70,8 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
     settings = replace(settings, source=source_fingerprint(model_spec))
     with exclusive_build(project.lock_path):
         jobs = plan_jobs(project, datasets, settings.limit)
-        pending = [job for job in jobs if _needs_build(project, key, job, settings)]
+        recorded = _recorded_splits(project, key)
+        pending = [job for job in jobs if _needs_build(recorded.get((job.dataset, job.split)), key, job, settings)]
         if not pending:
             return 0
         transformers_logging.disable_progress_bar()
@@ -92,14 +93,15 @@ def plan_jobs(project: Project, datasets: list[str] | None, limit: int | None) -
     if not project.catalog_path.exists():
         raise FeatstoreError("the catalog is empty; run `featstore datasets import-sae-probes` or `featstore datasets clean`")
     with catalog_writer(project) as con:
-        known = dict(con.execute("SELECT name, fingerprint FROM datasets ORDER BY number").fetchall())
+        known = {name: (fingerprint, json.loads(params)) for name, fingerprint, params in
+                 con.execute("SELECT name, fingerprint, split_params FROM datasets ORDER BY number").fetchall()}
         names = datasets or list(known)
         unknown = [n for n in names if n not in known]
         if unknown:
             raise FeatstoreError(f"dataset(s) not in the catalog: {', '.join(unknown)} (run `featstore datasets clean`)")
         jobs = []
         for name in names:
-            split_params = json.loads(con.execute("SELECT split_params FROM datasets WHERE name = ?", [name]).fetchone()[0])
+            fingerprint, split_params = known[name]
             for split in SPLITS:
                 rows = con.execute(
                     'SELECT example_id, "row", label, prompt FROM examples WHERE dataset = ? AND split = ? ORDER BY example_id',
@@ -107,7 +109,7 @@ def plan_jobs(project: Project, datasets: list[str] | None, limit: int | None) -
                 ).df()
                 if limit is not None:
                     rows = limited(rows, name, limit, split_params["seed"])
-                jobs.append(SplitJob(name, split, known[name], rows["example_id"].to_numpy(), rows["prompt"].tolist()))
+                jobs.append(SplitJob(name, split, fingerprint, rows["example_id"].to_numpy(), rows["prompt"].tolist()))
     return jobs
 
 
@@ -138,7 +140,7 @@ def build_split(
     writer = SplitWriter(final, shape, attrs, build_key)
     if writer.shards_done == 0:
         writer.write_index(tokenized.example_ids, tokenized.seq_lens)
-    progress.update(sum(shape.shard_rows(s).stop - shape.shard_rows(s).start for s in range(writer.shards_done)))
+    progress.update(min(shape.shard_rows(writer.shards_done).start, shape.n_examples))  # rows already written
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool:
         writing: Future | None = None
         for shard in range(writer.shards_done, shape.n_shards):
@@ -211,15 +213,17 @@ def _upsert_status(con, key: str, job: SplitJob, status: str, shape: SplitShape,
     )
 
 
-def _needs_build(project: Project, key: str, job: SplitJob, settings: BuildSettings) -> bool:
+def _recorded_splits(project: Project, key: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(dataset, split) -> (status, settings JSON) of every split recorded for this model key."""
+    with catalog_writer(project) as con:
+        found = con.execute("SELECT dataset, split, status, settings FROM feature_splits WHERE model = ?", [key])
+        return {(dataset, split): (status, settings) for dataset, split, status, settings in found.fetchall()}
+
+
+def _needs_build(found: tuple[str, str] | None, key: str, job: SplitJob, settings: BuildSettings) -> bool:
     """False when the split is complete with the same settings; refuses to mix settings without --overwrite."""
     if settings.overwrite:
         return True
-    with catalog_writer(project) as con:
-        found = con.execute(
-            "SELECT status, settings FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
-            [key, job.dataset, job.split],
-        ).fetchone()
     if found is None or found[0] != "complete":
         return True
     recorded = json.loads(found[1])

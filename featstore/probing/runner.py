@@ -30,7 +30,7 @@ from featstore.project import Project
 from featstore.store.layout import model_dir_name
 from featstore.views.aggregations import parse_aggregation
 from featstore.views.matrix import to_matrix
-from featstore.views.view import open_view
+from featstore.views.view import layer_indices, open_view
 from probes import LogisticRegressionProbe, MassMeanProbe, ProbeInputError
 
 PROBES = {
@@ -125,16 +125,11 @@ def resolve_layers(project: Project, dataset: str, model: str, layers: list[str]
     n_layers = model_layers(project, dataset, model)
     if not layers or layers == ["all"]:
         return tuple(range(n_layers))
-    resolved = []
-    for layer in layers:
-        try:
-            index = int(layer)
-        except ValueError:
-            raise FeatstoreError(f"--layers takes 'all' or layer numbers, not {layer!r}") from None
-        if not -n_layers <= index < n_layers:
-            raise FeatstoreError(f"layer {index} does not exist: {model} has layers 0..{n_layers - 1}")
-        resolved.append(index % n_layers)
-    return tuple(sorted(set(resolved)))
+    try:
+        numbers = [int(layer) for layer in layers]
+    except ValueError:
+        raise FeatstoreError(f"--layers takes 'all' or layer numbers, not {' '.join(layers)!r}") from None
+    return tuple(sorted(set(layer_indices(numbers, n_layers, model))))
 
 
 def model_layers(project: Project, dataset: str, model: str) -> int:
@@ -216,9 +211,9 @@ def baseline_specs(project: Project, model: str, datasets: list[str], layer: int
     """The SAE-Probes baseline per dataset: logistic regression on the last-token residual at one layer (default: the middle)."""
     specs = []
     for dataset in datasets:
-        middle = model_layers(project, dataset, model) // 2
-        chosen = resolve_layers(project, dataset, model, [str(layer if layer is not None else middle)])
-        specs.append(ProbeSpec(dataset, model, "resid", chosen, LAST_TOKEN, "logreg", seed, baseline=True))
+        n_layers = model_layers(project, dataset, model)
+        chosen = layer_indices([n_layers // 2 if layer is None else layer], n_layers, model)
+        specs.append(ProbeSpec(dataset, model, "resid", tuple(chosen), LAST_TOKEN, "logreg", seed, baseline=True))
     return specs
 
 

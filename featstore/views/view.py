@@ -73,15 +73,18 @@ def open_view(
     return view
 
 
-def _select_layers(view: xr.Dataset, layers: Sequence[int]) -> xr.Dataset:
-    """Layers by index (negative ones count from the end, as on the command line)."""
-    n_layers = view.sizes["layer"]
-    if isinstance(layers, (int, str)) or not all(isinstance(l, (int, np.integer)) for l in layers):
+def layer_indices(layers: Sequence[int], n_layers: int, model: str) -> list[int]:
+    """Layer numbers checked against the model's depth; negative ones count from the end."""
+    if isinstance(layers, (int, str)) or not all(isinstance(layer, (int, np.integer)) for layer in layers):
         raise FeatstoreError(f"layers must be a list of layer numbers, got {layers!r}")
-    bad = [layer for layer in layers if not -n_layers <= layer < n_layers]
+    bad = [int(layer) for layer in layers if not -n_layers <= layer < n_layers]
     if bad:
-        raise FeatstoreError(f"layer(s) {bad} do not exist: {view.attrs['model']} has layers 0..{n_layers - 1}")
-    return view.isel(layer=[int(layer) % n_layers for layer in layers])
+        raise FeatstoreError(f"layer {bad[0]} does not exist: {model} has layers 0..{n_layers - 1}")
+    return [int(layer) % n_layers for layer in layers]
+
+
+def _select_layers(view: xr.Dataset, layers: Sequence[int]) -> xr.Dataset:
+    return view.isel(layer=layer_indices(layers, view.sizes["layer"], view.attrs["model"]))
 
 
 def _select_where(project: Project, view: xr.Dataset, key: str, dataset: str, split: str, where: str) -> xr.Dataset:
