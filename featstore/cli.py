@@ -104,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe = commands.add_parser("probe", help="fit probes on train splits and score them on test splits")
     probe.add_argument("--model", required=True, help="the model key the features were built with")
     probe.add_argument("--datasets", nargs="+", metavar="NAME", help="default: every dataset built for the model")
-    probe.add_argument("--feature", choices=["attn", "resid"], default="attn")
+    probe.add_argument("--feature", choices=["attn", "resid", "length"], default="attn",
+                       help="attn: aggregated attention rows; resid: last-token residual; length: the length-only "
+                       "control, log(seq_len) and its square (default: %(default)s)")
     probe.add_argument("--layers", nargs="+", metavar="L", help="'all' (default) or layer numbers; negative ones count from the end")
+    probe.add_argument("--each-layer", action="store_true", help="one probe per layer of --layers instead of one over all")
     probe.add_argument("--aggregation", nargs="+", metavar="SPEC",
                        help="for attn: mean, max, entropy, first, last:K, bins:N, with -nofirst/-ratio (default: first)")
     probe.add_argument("--probe", nargs="+", choices=sorted(PROBE_NAMES), default=["logreg"], dest="probes")
@@ -122,8 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     results = commands.add_parser("results", help="print test ROC AUC: dataset by probe, feature, layers and aggregation")
     results.add_argument("--model", help="only this model")
     results.add_argument("--datasets", nargs="+", metavar="NAME")
+    results.add_argument("--ci", action="store_true", help="show each AUC with its stored 95%% DeLong interval")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
     results.set_defaults(handler=run_results)
+
+    report = commands.add_parser("report", help="write the static report site (overview, datasets, examples, store)",
+                                 description="Write a static site of what the probes found (offline: no CDN), "
+                                 "replacing the folder atomically. Serve it with `python -m http.server -d report` "
+                                 "or --serve.")
+    report.add_argument("--model", nargs="+", dest="models", metavar="MODEL", help="default: every model with features")
+    report.add_argument("--datasets", nargs="+", metavar="NAME", help="default: every dataset built for the models")
+    report.add_argument("--out", type=Path, help="where to write the site (default: <root>/report)")
+    report.add_argument("--hard-threshold", type=float, default=0.8, help="baseline AUC below which a dataset is "
+                        "marked hard (default: %(default)s)")
+    report.add_argument("--serve", action="store_true", help="after writing, serve the site on 127.0.0.1 until Ctrl-C")
+    report.add_argument("--port", type=int, default=8000, help="port for --serve (default: %(default)s; 0 picks a free one)")
+    report.set_defaults(handler=run_report)
 
     sql = commands.add_parser("sql", help="run one read-only SELECT over the catalog")
     sql.add_argument("query", help='for example "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"')
@@ -206,6 +223,7 @@ def run_probe(args: argparse.Namespace) -> None:
         model=args.model, datasets=args.datasets, feature=args.feature, layers=args.layers,
         aggregations=args.aggregation, probes=args.probes, seed=args.seed, baseline=args.baseline,
         baseline_layer=args.baseline_layer, hard_threshold=args.hard_threshold if args.hard else None,
+        each_layer=args.each_layer,
     )
     run_probes(project, plan_specs(project, request), overwrite_train=args.overwrite_train,
                overwrite_eval=args.overwrite_eval)
@@ -215,7 +233,17 @@ def run_results(args: argparse.Namespace) -> None:
     from featstore.api import Store
     from featstore.probing.results import results_table
 
-    print_frame(results_table(Store(open_project(args.root)), args.model, args.datasets), args.format)
+    print_frame(results_table(Store(open_project(args.root)), args.model, args.datasets, ci=args.ci), args.format)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from featstore.report.site import serve, write_report
+
+    if not 0 <= args.port <= 65535:
+        raise FeatstoreError(f"--port must be 0..65535, not {args.port}")
+    summary = write_report(open_project(args.root), args.models, args.datasets, args.out, args.hard_threshold)
+    if args.serve:
+        serve(summary.folder, args.port)
 
 
 def run_sql(args: argparse.Namespace) -> None:

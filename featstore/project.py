@@ -59,6 +59,14 @@ class Project:
         return self.store_dir / "features.zarr"
 
     @property
+    def tokenizers_dir(self) -> Path:
+        return self.store_dir / "tokenizers"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
     def probes_dir(self) -> Path:
         return self.store_dir / "probes"
 

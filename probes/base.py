@@ -55,6 +55,10 @@ class BinaryProbe(ClassifierMixin, BaseEstimator):
         """Score of the positive class, shape (n,); positive means classes_[1]."""
         raise NotImplementedError
 
+    def feature_weights(self) -> np.ndarray:
+        """Per-feature weights w with decision_function(X) = X @ w + constant, shape (features,)."""
+        raise NotImplementedError
+
     def _log_odds(self, decision: np.ndarray) -> np.ndarray:
         """Log-odds of the positive class given decision_function values."""
         return decision

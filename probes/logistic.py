@@ -96,6 +96,11 @@ class LogisticRegressionProbe(BinaryProbe):
         X = self._predict_inputs(X)
         return (X @ self.coef_.T.astype(X.dtype, copy=False)).ravel().astype(np.float64) + self.intercept_[0]
 
+    def feature_weights(self) -> np.ndarray:
+        """The coefficients on the raw features (the scaler folded in)."""
+        check_is_fitted(self)
+        return self.coef_.ravel().astype(np.float64)
+
     def chosen_hyperparameters(self) -> dict[str, float]:
         """The C chosen on the validation holdout and its validation ROC AUC, for a runner to record."""
         check_is_fitted(self)

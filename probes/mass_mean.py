@@ -66,6 +66,11 @@ class MassMeanProbe(BinaryProbe):
         """Projection on the direction minus the threshold, shape (n,); positive means classes_[1]."""
         return self._project(self._predict_inputs(X)) - self.threshold_
 
+    def feature_weights(self) -> np.ndarray:
+        """The (tilted) mass-mean direction."""
+        check_is_fitted(self)
+        return np.asarray(self.direction_, dtype=np.float64)
+
     def _log_odds(self, decision: np.ndarray) -> np.ndarray:
         return self.logit_scale_ * decision
 

@@ -9,7 +9,7 @@ import pytest
 from featstore.cli import build_parser, main
 
 COMMANDS = [[], ["init"], ["datasets"], ["datasets", "clean"], ["datasets", "import-sae-probes"], ["datasets", "list"],
-            ["sql"], ["build"], ["probe"], ["results"]]
+            ["sql"], ["build"], ["probe"], ["results"], ["report"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "featstore")

@@ -1,11 +1,15 @@
 """`featstore probe` and `featstore results`: rows checked against probes fitted by hand on the raw arrays."""
 
+import csv
+import io
 import json
 import shutil
 
+import joblib
 import numpy as np
 import pytest
 import zarr
+from sklearn.metrics import roc_auc_score
 
 from featstore.api import Store
 from featstore.catalog.database import catalog_writer
@@ -13,6 +17,7 @@ from featstore.cli import main
 from featstore.probing import runner
 from featstore.store.layout import split_path
 from probes import LogisticRegressionProbe, MassMeanProbe
+from probes.metrics import roc_auc_ci
 from tests.builders import MODEL, built_toy_project
 
 
@@ -29,6 +34,11 @@ def raw_arrays(project, split):
     ids = group["example_id"][:]
     labels = Store(project).sql("SELECT example_id, label FROM examples").set_index("example_id")["label"]
     return group["attn"][:].astype(np.float32), group["resid"][:].astype(np.float32), labels[ids].to_numpy()
+
+
+def raw_index(project, split):
+    group = zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", split), mode="r")
+    return group["example_id"][:], group["seq_len"][:]
 
 
 @pytest.fixture
@@ -162,8 +172,10 @@ def test_rebuilding_features_drops_their_probe_results(built):
     from featstore.extraction.build import BuildSettings, build_features
 
     assert probe(built, "--aggregation", "first") == 0
+    assert len(Store(built).sql("FROM probe_scores")) == 100 and len(Store(built).sql("FROM probe_head_weights")) == 8
     build_features(built, MODEL, None, BuildSettings(device="cpu", limit=50, overwrite=True))
     assert results(built).empty
+    assert Store(built).sql("FROM probe_scores").empty and Store(built).sql("FROM probe_head_weights").empty
     assert probe(built, "--aggregation", "first") == 0
     assert results(built)["n_train"].tolist() == [50]
 
@@ -173,3 +185,67 @@ def test_unknown_dataset_and_resid_aggregation_are_one_line_errors(built, capsys
     assert probe(built, "--feature", "resid", "--aggregation", "first") == 1
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "no complete features of nope" in lines[0] and "applies to --feature attn" in lines[1]
+
+
+def test_length_control_equals_a_probe_fitted_by_hand_on_log_length(built):
+    assert probe(built, "--feature", "length") == 0
+    row = results(built).iloc[0]
+    assert (row["feature"], row["layers"], row["aggregation"], row["n_features"]) == ("length", "", "log-seq_len", 2)
+    (_, _, y_train), (_, _, y_test) = raw_arrays(built, "train"), raw_arrays(built, "test")
+    (_, train_len), (_, test_len) = raw_index(built, "train"), raw_index(built, "test")
+    by_hand = LogisticRegressionProbe(random_state=0).fit(np.log(np.c_[train_len]) ** [1, 2], y_train)
+    assert row["roc_auc"] == pytest.approx(by_hand.score(np.log(np.c_[test_len]) ** [1, 2], y_test)["roc_auc"], abs=1e-9)
+
+
+def test_stored_scores_are_the_saved_probes_decisions_and_the_interval_follows_from_them(built):
+    assert probe(built, "--aggregation", "entropy", "--probe", "logreg", "mass-mean") == 0
+    attn_test, _, y_test = raw_arrays(built, "test")
+    ids, lengths = raw_index(built, "test")
+    valid = np.arange(attn_test.shape[-1]) < lengths[:, None, None, None]
+    plogp = np.where(valid & (attn_test > 0), attn_test * np.log(np.where(attn_test > 0, attn_test, 1)), 0)
+    X_test = -plogp.sum(-1).reshape(len(ids), -1)
+    for row in results(built).itertuples():
+        stored = Store(built).sql("SELECT example_id, score FROM probe_scores WHERE result_id = ?", [row.result_id])
+        stored = stored.set_index("example_id")["score"].loc[ids].to_numpy()
+        saved = joblib.load(built.store_dir / row.probe_path)
+        np.testing.assert_allclose(stored, saved.decision_function(X_test), rtol=1e-5, atol=1e-6)
+        assert row.roc_auc == pytest.approx(roc_auc_score(y_test, stored))
+        assert (row.roc_auc_ci_low, row.roc_auc_ci_high) == pytest.approx(roc_auc_ci(y_test, stored))
+        assert row.roc_auc_ci_low < row.roc_auc < row.roc_auc_ci_high
+
+
+def test_head_weights_are_norms_of_standardised_weights_per_head(built):
+    assert probe(built, "--aggregation", "bins:2") == 0
+    row = results(built).iloc[0]
+    attn_train, _, y_train = raw_arrays(built, "train")
+    saved = joblib.load(built.store_dir / row["probe_path"])
+    lengths = raw_index(built, "train")[1]
+    bins = np.zeros(attn_train.shape[:3] + (2,))
+    for i, length in enumerate(lengths):  # bin b holds the tokens t with floor(2 t / length) == b
+        for b in range(2):
+            members = [t for t in range(length) if (2 * t) // length == b]
+            bins[i, :, :, b] = attn_train[i, :, :, members].mean(axis=0) if members else attn_train[i, :, :, (b * length) // 2]
+    X = bins.reshape(len(y_train), -1)
+    standardised = (saved.feature_weights() * X.std(axis=0)).reshape(2, 4, 2)
+    stored = Store(built).sql("SELECT layer, head, weight FROM probe_head_weights ORDER BY layer, head")
+    assert stored[["layer", "head"]].values.tolist() == [[layer, head] for layer in range(2) for head in range(4)]
+    np.testing.assert_allclose(stored["weight"], np.sqrt((standardised ** 2).sum(-1)).ravel(), rtol=1e-4)
+
+
+def test_each_layer_fits_one_probe_per_layer_and_results_show_intervals(built, capsys):
+    assert probe(built, "--each-layer", "--aggregation", "first") == 0
+    rows = results(built).sort_values("layers")
+    assert rows["layers"].tolist() == ["0", "1"] and rows["n_features"].tolist() == [4, 4]
+    capsys.readouterr()
+    assert main(["--root", str(built.root), "results", "--ci", "--format", "csv"]) == 0
+    header, line, mean = csv.reader(io.StringIO(capsys.readouterr().out))
+    assert header == ["dataset", "random:tiny logreg attn L0 first", "random:tiny logreg attn L1 first"]
+    assert line == ["1_toy"] + [f"{r.roc_auc:.3f} [{r.roc_auc_ci_low:.3f}, {r.roc_auc_ci_high:.3f}]" for r in rows.itertuples()]
+    assert mean == ["mean"] + [f"{r.roc_auc:.3f}" for r in rows.itertuples()]
+
+
+def test_length_control_takes_no_layers_or_aggregation(built, capsys):
+    assert probe(built, "--feature", "length", "--layers", "0") == 1
+    assert probe(built, "--feature", "length", "--aggregation", "first") == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "do not apply to --feature length" in lines[0] and "length takes none" in lines[1]

@@ -22,6 +22,7 @@ from probes import (
     binary_scores,
     shrunk_covariance_solve,
 )
+from probes.metrics import delong_components, roc_auc_ci
 
 PROBES = [LogisticRegressionProbe(), MassMeanProbe(), MassMeanProbe(tilt="lda")]
 
@@ -61,8 +62,55 @@ def small_data(n: int = 300, d: int = 10, seed: int = 0) -> tuple[np.ndarray, np
 
 def test_binary_scores_by_hand():
     scores = binary_scores(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 1, 0, 1]))
-    assert list(scores) == ["roc_auc", "accuracy", "balanced_accuracy", "f1", "n"]
+    assert list(scores) == ["roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "accuracy", "balanced_accuracy", "f1", "n"]
+    # components: positives 0.5 and 1, negatives 1 and 0.5; variance 0.125/2 + 0.125/2; half width 1.96 * 0.3536
+    assert scores["roc_auc_ci_low"] == pytest.approx(0.75 - norm.ppf(0.975) * np.sqrt(0.125))
+    assert scores["roc_auc_ci_high"] == 1.0
+    del scores["roc_auc_ci_low"], scores["roc_auc_ci_high"]
     assert scores == {"roc_auc": 0.75, "accuracy": 0.5, "balanced_accuracy": 0.5, "f1": 0.5, "n": 4}
+
+
+def test_delong_components_equal_the_pairwise_definition_with_ties():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    scores = rng.integers(0, 12, 200).astype(float)  # many ties
+    pos, neg = scores[y == 1], scores[y == 0]
+    pairwise = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    auc, positive_over, negative_under = delong_components(y, scores)
+    np.testing.assert_allclose(positive_over, pairwise.mean(axis=1))
+    np.testing.assert_allclose(negative_under, pairwise.mean(axis=0))
+    assert auc == pytest.approx(roc_auc_score(y, scores))
+
+
+def test_delong_interval_covers_the_population_auc_and_matches_a_bootstrap():
+    delta, cov = np.array([1.2]), np.eye(1)
+    true_auc = bayes_auc(delta, cov)
+    covered, widths, bootstrap_widths = 0, [], []
+    for seed in range(300):
+        X, y = gaussian_classes(200, delta, cov, seed)
+        low, high = roc_auc_ci(y, X[:, 0])
+        covered += low <= true_auc <= high
+        widths.append(high - low)
+        if seed < 20:
+            rng = np.random.default_rng(seed)
+            draws = [rng.integers(0, len(y), len(y)) for _ in range(400)]
+            aucs = [roc_auc_score(y[i], X[i, 0]) for i in draws if 0 < y[i].sum() < len(y)]
+            bootstrap_widths.append(np.subtract(*np.percentile(aucs, [97.5, 2.5])))
+    assert 0.92 <= covered / 300 <= 0.98
+    assert np.mean(widths[:20]) == pytest.approx(np.mean(bootstrap_widths), rel=0.1)
+
+
+def test_delong_interval_of_a_perfect_separation_is_a_point():
+    assert roc_auc_ci(np.array([0, 0, 1, 1]), np.array([0.0, 1.0, 2.0, 3.0])) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("probe", PROBES, ids=["logreg", "mass-mean", "lda"])
+def test_feature_weights_give_the_decision_function_up_to_a_constant(probe):
+    X, y = small_data()
+    fitted = clone(probe).fit(X, y)
+    offset = fitted.decision_function(X) - X @ fitted.feature_weights()
+    np.testing.assert_allclose(offset, offset[0], atol=1e-8)
+    assert fitted.feature_weights().shape == (X.shape[1],)
 
 
 def test_binary_scores_refuses_one_class():

@@ -1,4 +1,8 @@
-"""The DuckDB catalog `store/catalog.duckdb`: its schema and the single writer's connection."""
+"""The DuckDB catalog `store/catalog.duckdb`: its schema and the single writer's connection.
+
+Columns added after a catalog was first written come through `ADD COLUMN IF NOT EXISTS`, so any
+write command brings an older catalog up to date (its older rows hold NULL there).
+"""
 
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ CREATE TABLE IF NOT EXISTS feature_splits (
     path VARCHAR NOT NULL,
     settings JSON NOT NULL,
     built_at TIMESTAMP NOT NULL,
+    build_seconds DOUBLE,
     PRIMARY KEY (model, dataset, split)
 );
 CREATE TABLE IF NOT EXISTS probe_results (
@@ -78,6 +83,8 @@ CREATE TABLE IF NOT EXISTS probe_results (
     baseline BOOLEAN NOT NULL,
     hyperparameters JSON NOT NULL,
     roc_auc DOUBLE NOT NULL,
+    roc_auc_ci_low DOUBLE,
+    roc_auc_ci_high DOUBLE,
     accuracy DOUBLE NOT NULL,
     balanced_accuracy DOUBLE NOT NULL,
     f1 DOUBLE NOT NULL,
@@ -90,6 +97,22 @@ CREATE TABLE IF NOT EXISTS probe_results (
     created_at TIMESTAMP NOT NULL,
     probe_path VARCHAR NOT NULL
 );
+CREATE TABLE IF NOT EXISTS probe_scores (
+    result_id VARCHAR NOT NULL,
+    example_id BIGINT NOT NULL,
+    score DOUBLE NOT NULL,
+    PRIMARY KEY (result_id, example_id)
+);
+CREATE TABLE IF NOT EXISTS probe_head_weights (
+    result_id VARCHAR NOT NULL,
+    layer INTEGER NOT NULL,
+    head INTEGER NOT NULL,
+    weight DOUBLE NOT NULL,
+    PRIMARY KEY (result_id, layer, head)
+);
+ALTER TABLE feature_splits ADD COLUMN IF NOT EXISTS build_seconds DOUBLE;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS roc_auc_ci_low DOUBLE;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS roc_auc_ci_high DOUBLE;
 CREATE OR REPLACE VIEW baselines AS
     SELECT model, dataset, CAST(layers AS INTEGER) AS layer, roc_auc FROM probe_results WHERE baseline;
 """

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from featstore.catalog.database import catalog_writer, example_id
+from featstore.catalog.probe_records import drop_probe_results
 from featstore.catalog.splits import TEST, TRAIN, SplitParams, assign_splits
 from featstore.datasets.expressions import evaluate_extraction
 from featstore.datasets.registry import DatasetEntry
@@ -148,7 +149,8 @@ def _index(
         con.execute("BEGIN TRANSACTION")
         for entry in entries:
             rows = staged[entry.name][1]
-            for table in ("examples", "features", "feature_splits", "probe_results"):
+            drop_probe_results(con, entry.name)
+            for table in ("examples", "features", "feature_splits"):
                 con.execute(f"DELETE FROM {table} WHERE dataset = ?", [entry.name])
             con.execute("DELETE FROM datasets WHERE name = ?", [entry.name])
             con.register("staged_examples", rows)

@@ -23,13 +23,15 @@ from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
 from featstore.catalog.database import catalog_writer
+from featstore.catalog.probe_records import drop_probe_results
 from featstore.catalog.splits import TEST, TRAIN, hash_order
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
 from featstore.extraction.capture import capture_last_token
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.project import Project
-from featstore.store.layout import SplitShape, split_path
+from featstore.store.layout import SplitShape, split_path, tokenizer_path
+from featstore.store.tokenizers import save_tokenizer
 from featstore.store.locking import exclusive_build
 from featstore.store.writer import SplitWriter
 
@@ -77,6 +79,7 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
         transformers_logging.disable_progress_bar()
         model = load_model(model_spec, device=settings.device, dtype=settings.dtype)
         try:
+            save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
             progress = tqdm(total=sum(len(j.example_ids) for j in pending), unit="ex", desc=f"build {key}",
                             dynamic_ncols=True, disable=None)
@@ -127,6 +130,7 @@ def build_split(
     project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: tqdm
 ) -> None:
     """Extract one split shard by shard (resuming a killed build), publish it, register it."""
+    started = time.perf_counter()
     final = split_path(project.features_dir, model.key, job.dataset, job.split)
     encoded = model.encode(job.prompts)
     tokenized = order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
@@ -151,7 +155,7 @@ def build_split(
         if writing is not None:
             writing.result()
     writer.publish()
-    register_split(project, model.key, job, tokenized, shape, final, attrs["settings"])
+    register_split(project, model.key, job, tokenized, shape, final, attrs["settings"], time.perf_counter() - started)
 
 
 def extract_shard(
@@ -177,9 +181,10 @@ def extract_shard(
 
 
 def register_split(
-    project: Project, key: str, job: SplitJob, tokenized: TokenizedSplit, shape: SplitShape, final: Path, settings: dict
+    project: Project, key: str, job: SplitJob, tokenized: TokenizedSplit, shape: SplitShape, final: Path, settings: dict,
+    build_seconds: float,
 ) -> None:
-    """Record the split's rows and mark it complete, in one catalog transaction."""
+    """Record the split's rows and mark it complete with this run's wall time, in one catalog transaction."""
     rows = pd.DataFrame(
         {
             "model": key, "dataset": job.dataset, "split": job.split,
@@ -190,11 +195,11 @@ def register_split(
     with catalog_writer(project) as con:
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM features WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
-        con.execute("DELETE FROM probe_results WHERE model = ? AND dataset = ?", [key, job.dataset])
+        drop_probe_results(con, job.dataset, key)
         con.register("built_rows", rows)
         con.execute("INSERT INTO features SELECT * FROM built_rows")
         con.unregister("built_rows")
-        _upsert_status(con, key, job, "complete", shape, final.relative_to(project.store_dir), settings)
+        _upsert_status(con, key, job, "complete", shape, final.relative_to(project.store_dir), settings, build_seconds)
         con.execute("COMMIT")
 
 
@@ -204,12 +209,14 @@ def _record_status(project: Project, key: str, job: SplitJob, status: str, shape
         _upsert_status(con, key, job, status, shape, final.relative_to(project.store_dir), settings)
 
 
-def _upsert_status(con, key: str, job: SplitJob, status: str, shape: SplitShape, path: Path, settings: dict) -> None:
+def _upsert_status(con, key: str, job: SplitJob, status: str, shape: SplitShape, path: Path, settings: dict,
+                   build_seconds: float | None = None) -> None:
     con.execute("DELETE FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
     con.execute(
-        "INSERT INTO feature_splits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
+        "INSERT INTO feature_splits (model, dataset, split, status, n_examples, max_seq_len, n_layers, n_heads, path, "
+        "settings, built_at, build_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
         [key, job.dataset, job.split, status, shape.n_examples, shape.max_seq_len, shape.n_layers, shape.n_heads,
-         str(path), json.dumps(settings)],
+         str(path), json.dumps(settings), build_seconds],
     )
 
 

@@ -6,28 +6,51 @@ import pandas as pd
 
 from featstore.api import Store
 
+SETTING_COLUMNS = ["model", "probe", "feature", "layers", "aggregation"]
 
-def results_table(store: Store, model: str | None = None, datasets: list[str] | None = None) -> pd.DataFrame:
-    """Dataset x (model, probe, feature, layers, aggregation) test AUC, rounded to 3 places, with a mean row."""
+
+def results_table(store: Store, model: str | None = None, datasets: list[str] | None = None,
+                  ci: bool = False) -> pd.DataFrame:
+    """Dataset x (model, probe, feature, layers, aggregation) test AUC, rounded to 3 places, with a mean row;
+    with `ci`, each cell is `AUC [low, high]`, the stored 95 % DeLong interval (the mean row stays a number)."""
     frame = store.sql(
-        "SELECT dataset, model, probe, feature, layers, aggregation, roc_auc FROM probe_results "
-        "WHERE ($model IS NULL OR model = $model) ORDER BY dataset",
+        "SELECT dataset, model, probe, feature, layers, aggregation, roc_auc, roc_auc_ci_low, roc_auc_ci_high "
+        "FROM probe_results WHERE ($model IS NULL OR model = $model) ORDER BY dataset",
         {"model": model},
     )
     if datasets:
         frame = frame[frame["dataset"].isin(datasets)]
     if frame.empty:
         return frame
-    frame["layers"] = frame["layers"].map(_short_layers)
-    frame["setting"] = frame[["model", "probe", "feature", "layers", "aggregation"]].agg(" ".join, axis=1)
+    frame["setting"] = setting_labels(frame)
     table = frame.pivot_table(index="dataset", columns="setting", values="roc_auc", aggfunc="first")
-    table.loc["mean"] = table.mean()
-    return table.round(3).reset_index().rename_axis(columns=None)
+    means = table.mean().round(3)
+    if ci:
+        frame["cell"] = [_with_interval(*values) for values in
+                         frame[["roc_auc", "roc_auc_ci_low", "roc_auc_ci_high"]].itertuples(index=False)]
+        table = frame.pivot(index="dataset", columns="setting", values="cell").reindex(columns=table.columns).fillna("")
+    else:
+        table = table.round(3)
+    table.loc["mean"] = means
+    return table.reset_index().rename_axis(columns=None)
 
 
-def _short_layers(layers: str) -> str:
-    """`L0-23` for a contiguous run, `L5` for one layer, else the list."""
+def setting_labels(frame: pd.DataFrame) -> pd.Series:
+    """`model probe feature layers aggregation` labels, layers shortened (`L0-23`)."""
+    parts = frame[SETTING_COLUMNS].assign(layers=frame["layers"].map(short_layers))
+    return parts.agg(lambda row: " ".join(part for part in row if part), axis=1)
+
+
+def short_layers(layers: str) -> str:
+    """`L0-23` for a contiguous run, `L5` for one layer, else the list; empty for no layers (length control)."""
+    if not layers:
+        return ""
     numbers = [int(x) for x in layers.split(",")]
     if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[-1] + 1)):
         return f"L{numbers[0]}-{numbers[-1]}"
     return "L" + ",".join(map(str, numbers))
+
+
+def _with_interval(auc: float, low: float, high: float) -> str:
+    """`0.812 [0.781, 0.843]`; results fitted before intervals were stored show the AUC alone."""
+    return f"{auc:.3f}" if pd.isna(low) else f"{auc:.3f} [{low:.3f}, {high:.3f}]"

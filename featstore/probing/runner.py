@@ -1,8 +1,13 @@
 """`featstore probe`: fit probes on train views, score them on test views, record each fit in the catalog.
 
 Fitting opens only the train split and evaluation only the test split. Every combination asked for
-is fitted first; the probe files and catalog rows are written together at the end, so a run that
-fails writes nothing.
+is fitted first; the probe files and catalog rows (results, test scores, head weights) are written
+together at the end, so a run that fails writes nothing.
+
+Features: `attn` (a token aggregation of the attention rows), `resid` (the last-token residual) and
+`length`, the length-only control: log(seq_len) and its square, so a probe can also use a length
+that is informative in a middle range. An attention setting that does not beat it tells you the
+attention feature may only be tracking prompt length.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from datetime import datetime, timezone
 import joblib
 import numpy as np
 import pandas as pd
+import xarray as xr
 from tqdm import tqdm
 
 from featstore import __version__
 from featstore.catalog.database import catalog_writer
+from featstore.catalog.probe_records import replace_probe_results
 from featstore.catalog.safe_sql import run_user_query
 from featstore.catalog.splits import TEST, TRAIN
 from featstore.errors import FeatstoreError
@@ -30,6 +37,7 @@ from featstore.project import Project
 from featstore.store.layout import model_dir_name
 from featstore.views.aggregations import parse_aggregation
 from featstore.views.matrix import to_matrix
+from featstore.probing.head_weights import head_weights
 from featstore.views.view import layer_indices, open_view
 from probes import LogisticRegressionProbe, MassMeanProbe, ProbeInputError
 
@@ -39,6 +47,9 @@ PROBES = {
     "mass-mean-lda": lambda seed: MassMeanProbe(tilt="lda", random_state=seed),
 }
 LAST_TOKEN = "last-token"
+LENGTH_FEATURE = "length"
+LENGTH_AGGREGATION = "log-seq_len"
+HEAD_WEIGHT_COLUMNS = ["layer", "head", "weight"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class ProbeRequest:
     baseline: bool = False
     baseline_layer: int | None = None
     hard_threshold: float | None = None
+    each_layer: bool = False
 
 
 def plan_specs(project: Project, request: ProbeRequest) -> list[ProbeSpec]:
@@ -104,19 +116,24 @@ def plan_specs(project: Project, request: ProbeRequest) -> list[ProbeSpec]:
     if request.baseline:
         return baseline_specs(project, request.model, datasets, request.baseline_layer, request.seed)
     aggregations = aggregation_names(request.feature, request.aggregations)
-    return [
-        ProbeSpec(dataset, request.model, request.feature, resolve_layers(project, dataset, request.model, request.layers),
-                  aggregation, probe, request.seed)
-        for dataset in datasets for aggregation in aggregations for probe in dict.fromkeys(request.probes)
-    ]
+    if request.feature == LENGTH_FEATURE and (request.layers or request.each_layer):
+        raise FeatstoreError("--layers and --each-layer do not apply to --feature length (it reads seq_len only)")
+    specs = []
+    for dataset in datasets:
+        layers = () if request.feature == LENGTH_FEATURE else resolve_layers(project, dataset, request.model, request.layers)
+        layer_sets = [(layer,) for layer in layers] if request.each_layer else [layers]
+        specs += [ProbeSpec(dataset, request.model, request.feature, layer_set, aggregation, probe, request.seed)
+                  for layer_set in layer_sets for aggregation in aggregations for probe in dict.fromkeys(request.probes)]
+    return specs
 
 
 def aggregation_names(feature: str, requested: list[str] | None) -> list[str]:
-    """Canonical aggregation names: token aggregations for attn (default `first`), the last token for resid."""
-    if feature == "resid":
+    """Canonical aggregation names: token aggregations for attn (default `first`), fixed ones for resid and length."""
+    fixed = {"resid": LAST_TOKEN, LENGTH_FEATURE: LENGTH_AGGREGATION}
+    if feature in fixed:
         if requested:
-            raise FeatstoreError("--aggregation applies to --feature attn; resid is read at the last token")
-        return [LAST_TOKEN]
+            raise FeatstoreError(f"--aggregation applies to --feature attn; {feature} takes none")
+        return [fixed[feature]]
     return list(dict.fromkeys(parse_aggregation(spec)[0] for spec in requested or ["first"]))
 
 
@@ -144,15 +161,28 @@ def model_layers(project: Project, dataset: str, model: str) -> int:
     return int(found)
 
 
-def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The (examples x features) matrix and labels of one split, read from that split alone."""
-    view = open_view(project, spec.dataset, split, model=spec.model, layers=list(spec.layers))
-    if spec.feature == "resid":
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """One split's probe input: X (examples x features), labels, the examples' ids and the features' names."""
+
+    X: np.ndarray
+    y: np.ndarray
+    example_ids: np.ndarray
+    names: list[str]
+
+
+def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> FeatureMatrix:
+    """The probe input of one split, read from that split alone."""
+    view = open_view(project, spec.dataset, split, model=spec.model, layers=list(spec.layers) or None)
+    if spec.feature == LENGTH_FEATURE:
+        log_length = np.log(view["seq_len"].astype(np.float64))
+        data = xr.Dataset({"log_seq_len": log_length, "log_seq_len_squared": log_length**2})
+    elif spec.feature == "resid":
         data = view["resid"]
     else:
         data = parse_aggregation(spec.aggregation)[1](view["attn"])
-    X, y, _ = to_matrix(data)
-    return X, y
+    X, y, names = to_matrix(data)
+    return FeatureMatrix(X, y, view["example_id"].values, names)
 
 
 def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool = False,
@@ -168,43 +198,68 @@ def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool =
     rescore = [s for s in specs if s.result_id in done and overwrite_eval and not overwrite_train]
     _check_splits(project, refit, (TRAIN, TEST))
     _check_splits(project, rescore, (TEST,))
-    fitted: list[tuple[dict, object | None]] = []
+    fitted: list[Fitted] = []
     for spec in tqdm(refit + rescore, unit="probe", desc="probe", disable=None):
         if spec in rescore:
-            fitted.append((reevaluate(project, spec, done[spec.result_id]), None))
+            fitted.append(reevaluate(project, spec, done[spec.result_id]))
         else:
             fitted.append(fit_and_score(project, spec))
-    rows = pd.DataFrame([row for row, _ in fitted])
+    rows = pd.DataFrame([f.row for f in fitted])
     if fitted:
         _write(project, fitted)
     return rows
 
 
-def fit_and_score(project: Project, spec: ProbeSpec) -> tuple[dict, object]:
+@dataclass
+class Fitted:
+    """What one fit or re-evaluation writes: the result row, its test scores, and (after a fit) the probe
+    and its head weights."""
+
+    row: dict
+    scores: pd.DataFrame
+    probe: object | None = None
+    head_weights: pd.DataFrame | None = None
+
+
+def fit_and_score(project: Project, spec: ProbeSpec) -> Fitted:
     """Fit on the train split, score on the test split."""
-    X_train, y_train = feature_matrix(project, spec, TRAIN)
+    train = feature_matrix(project, spec, TRAIN)
     probe = PROBES[spec.probe](spec.seed)
     started = time.perf_counter()
     with _probe_errors(spec):
-        probe.fit(X_train, y_train)
+        probe.fit(train.X, train.y)
     seconds = time.perf_counter() - started
-    del X_train
-    X_test, y_test = feature_matrix(project, spec, TEST)
-    with _probe_errors(spec):
-        scores = probe.score(X_test, y_test)
-    return _row(spec, probe, scores, len(y_train), seconds), probe
+    weights = head_weights(probe.feature_weights(), train.X, train.names)
+    n_train = len(train.y)
+    del train
+    row, scores = _score(project, spec, probe, seconds, n_train)
+    return Fitted(row, scores, probe, _keyed(weights, spec.result_id, HEAD_WEIGHT_COLUMNS))
 
 
-def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> dict:
+def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> Fitted:
     """Score a saved probe on the test split again, without refitting (reads no train data)."""
     path = project.store_dir / previous["probe_path"]
     if not path.exists():
         raise FeatstoreError(f"the saved probe {path} is missing; rerun with --overwrite-train")
     probe = joblib.load(path)
-    X_test, y_test = feature_matrix(project, spec, TEST)
+    row, scores = _score(project, spec, probe, previous["fit_seconds"], previous["n_train"])
+    return Fitted({**row, "created_at": previous["created_at"]}, scores)
+
+
+def _score(project: Project, spec: ProbeSpec, probe, fit_seconds: float, n_train: int) -> tuple[dict, pd.DataFrame]:
+    """The result row and the per-example decision scores of a fitted probe on the test split."""
+    test = feature_matrix(project, spec, TEST)
     with _probe_errors(spec):
-        scores = probe.score(X_test, y_test)
-    return {**_row(spec, probe, scores, previous["n_train"], previous["fit_seconds"]), "created_at": previous["created_at"]}
+        metrics = probe.score(test.X, test.y)
+        decision = probe.decision_function(test.X)
+    scores = pd.DataFrame({"example_id": test.example_ids.astype(np.int64), "score": decision})
+    return _row(spec, probe, metrics, n_train, fit_seconds), _keyed(scores, spec.result_id, ["example_id", "score"])
+
+
+def _keyed(frame: pd.DataFrame | None, result_id: str, columns: list[str]) -> pd.DataFrame:
+    """`frame` with a result_id column first (an empty frame of those columns for None)."""
+    frame = pd.DataFrame({c: pd.Series(dtype=float) for c in columns}) if frame is None else frame[columns]
+    return frame.assign(result_id=result_id)[["result_id", *columns]]
 
 
 def baseline_specs(project: Project, model: str, datasets: list[str], layer: int | None, seed: int) -> list[ProbeSpec]:
@@ -258,7 +313,8 @@ def _row(spec: ProbeSpec, probe, scores: dict, n_train: int, seconds: float) -> 
         "result_id": spec.result_id, "dataset": spec.dataset, "model": spec.model, "feature": spec.feature,
         "layers": spec.layers_label, "heads": "all", "aggregation": spec.aggregation, "probe": spec.probe,
         "baseline": spec.baseline, "hyperparameters": json.dumps(probe.chosen_hyperparameters()),
-        "roc_auc": scores["roc_auc"], "accuracy": scores["accuracy"],
+        "roc_auc": scores["roc_auc"], "roc_auc_ci_low": scores["roc_auc_ci_low"],
+        "roc_auc_ci_high": scores["roc_auc_ci_high"], "accuracy": scores["accuracy"],
         "balanced_accuracy": scores["balanced_accuracy"], "f1": scores["f1"], "n_train": n_train,
         "n_test": scores["n"], "n_features": int(probe.n_features_in_), "seed": spec.seed, "fit_seconds": seconds,
         "featstore_version": __version__, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
@@ -271,24 +327,23 @@ def _existing(project: Project) -> dict[str, dict]:
     return {row["result_id"]: row for row in frame.to_dict("records")}
 
 
-def _write(project: Project, fitted: list[tuple[dict, object | None]]) -> None:
+def _write(project: Project, fitted: list[Fitted]) -> None:
     """Probe files staged under temporary names, rows committed, then the files moved into place."""
     staged = []
     try:
-        for row, probe in fitted:
-            if probe is not None:
-                path = project.store_dir / row["probe_path"]
+        for item in fitted:
+            if item.probe is not None:
+                path = project.store_dir / item.row["probe_path"]
                 path.parent.mkdir(parents=True, exist_ok=True)
-                joblib.dump(probe, path.with_suffix(".staged"))
+                joblib.dump(item.probe, path.with_suffix(".staged"))
                 staged.append(path)
-        rows = pd.DataFrame([row for row, _ in fitted])
+        refitted = [item for item in fitted if item.head_weights is not None]
         with catalog_writer(project) as con:
-            con.execute("BEGIN TRANSACTION")
-            con.register("new_results", rows)
-            con.execute("DELETE FROM probe_results WHERE result_id IN (SELECT result_id FROM new_results)")
-            con.execute("INSERT INTO probe_results BY NAME SELECT * FROM new_results")
-            con.unregister("new_results")
-            con.execute("COMMIT")
+            replace_probe_results(
+                con, pd.DataFrame([item.row for item in fitted]), pd.concat([item.scores for item in fitted]),
+                pd.concat([item.head_weights for item in refitted] or [_keyed(None, "", HEAD_WEIGHT_COLUMNS)]),
+                [item.row["result_id"] for item in refitted],
+            )
         for path in staged:
             os.replace(path.with_suffix(".staged"), path)
     finally:

@@ -37,6 +37,11 @@ def split_path(features_dir: Path, model_key: str, dataset: str, split: str) -> 
     return features_dir / model_dir_name(model_key) / dataset / split
 
 
+def tokenizer_path(tokenizers_dir: Path, model_key: str) -> Path:
+    """The folder of a model's tokenizer (`save_pretrained` files), kept so tokens decode without the model."""
+    return tokenizers_dir / model_dir_name(model_key)
+
+
 def building_path(final: Path) -> Path:
     """Where a split is written before it becomes visible (renamed to `final` once complete)."""
     return final.with_name(f".{final.name}.building")

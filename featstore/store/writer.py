@@ -6,7 +6,6 @@ stopped; the split becomes visible (renamed to its final path) only once every s
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from featstore.store.atomic import swap_folder
 from featstore.store.layout import FORMAT_VERSION, SplitShape, building_path, compressor
 
 
@@ -60,9 +60,4 @@ class SplitWriter:
     def publish(self) -> None:
         """Mark the split complete and make it visible at its final path, replacing an older build."""
         self.group.attrs["complete"] = True
-        retired = self.final.with_name(f".{self.final.name}.retired")
-        shutil.rmtree(retired, ignore_errors=True)
-        if self.final.exists():
-            os.replace(self.final, retired)  # two renames: the final path is missing only between them
-        os.replace(self.building, self.final)
-        shutil.rmtree(retired, ignore_errors=True)
+        swap_folder(self.building, self.final)
