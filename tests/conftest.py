@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from featstore.cli import main
 from featstore.project import Project, init_project
+from tests.builders import MODEL, built_toy_project
 from tests.factories import registry_row, toy_raw, write_registry
+
+REPORTED_PROBE_RUNS = (["--baseline"], ["--feature", "length"], ["--aggregation", "first", "bins:4"],
+                       ["--each-layer", "--aggregation", "entropy"])
 
 
 @pytest.fixture
@@ -17,4 +22,15 @@ def project(tmp_path: Path) -> Project:
     project.raw_dir.mkdir(parents=True)
     toy_raw().to_csv(project.raw_dir / "toy.csv", index=False)
     write_registry(project, [registry_row(1, "toy", "toy.csv")])
+    return project
+
+
+@pytest.fixture(scope="session")
+def reported(tmp_path_factory) -> Project:
+    """A built toy project with a baseline, the length control, attention settings and a per-layer sweep,
+    and its report written (shared by the report's data and browser tests; treat it as read-only)."""
+    project = built_toy_project(tmp_path_factory.mktemp("report") / "p")
+    for args in REPORTED_PROBE_RUNS:
+        assert main(["--root", str(project.root), "probe", "--model", MODEL, *args]) == 0
+    assert main(["--root", str(project.root), "report"]) == 0
     return project

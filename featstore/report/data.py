@@ -1,0 +1,351 @@
+"""What the report shows, read from the catalog and from small slices of the stored arrays.
+
+Each function returns JSON-ready dicts; the pages are rendered from them and the same dicts are written
+beside the pages as JSON, so what a page shows can be checked against the catalog and the arrays.
+Nothing here refits or rescores a probe: AUCs, intervals and scores are the stored ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from sklearn.metrics import roc_curve
+
+from featstore.api import Store
+from featstore.catalog.splits import TEST
+from featstore.errors import FeatstoreError
+from featstore.probing.results import short_layers
+from featstore.probing.runner import LENGTH_FEATURE
+from featstore.store.layout import model_dir_name, tokenizer_path
+from featstore.store.tokenizers import TokenDecoder
+from featstore.views.aggregations import relative_bins
+
+PROFILE_BINS = 20
+PROFILE_EXAMPLES_PER_CLASS = 500
+TOP_HEADS = 4
+ROC_SETTINGS = 3
+EXAMPLES_PER_LIST = 3
+LENGTH_BINS = 30
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The models a report covers and, for each, the datasets with complete features to show."""
+
+    models: dict[str, list[str]]
+    threshold: float
+
+
+def resolve_scope(store: Store, models: list[str] | None, datasets: list[str] | None, threshold: float) -> Scope:
+    """Every built model and dataset by default; an unknown model or dataset is a one-line error."""
+    built = store.sql("SELECT model, dataset, count(*) AS splits FROM feature_splits WHERE status = 'complete' "
+                      "GROUP BY ALL ORDER BY model, dataset")
+    known_models = list(dict.fromkeys(built["model"]))
+    unknown = [m for m in models or [] if m not in known_models]
+    if unknown:
+        raise FeatstoreError(f"no features of model {unknown[0]!r} in this store (built: {', '.join(known_models) or 'none'})")
+    if datasets:
+        registered = set(store.sql("SELECT name FROM datasets")["name"])
+        missing = [d for d in datasets if d not in registered]
+        if missing:
+            raise FeatstoreError(f"dataset {missing[0]!r} is not in the catalog (see `featstore datasets list`)")
+        unbuilt = [d for d in datasets if d not in set(built["dataset"])]
+        if unbuilt:
+            raise FeatstoreError(f"dataset {unbuilt[0]!r} has no features yet; run `featstore build --datasets {unbuilt[0]}`")
+    chosen = {}
+    for model in models or known_models:
+        names = built.loc[built["model"] == model, "dataset"].tolist()
+        chosen[model] = [d for d in names if not datasets or d in datasets]
+    return Scope(chosen, threshold)
+
+
+def model_results(store: Store, model: str, datasets: list[str]) -> pd.DataFrame:
+    """The model's probe results on these datasets, each with its setting label and reference role."""
+    frame = store.sql(
+        "SELECT result_id, dataset, probe, feature, layers, aggregation, baseline, roc_auc, roc_auc_ci_low, "
+        "roc_auc_ci_high, n_train, n_test, n_features, seed FROM probe_results WHERE model = ? ORDER BY dataset",
+        [model],
+    )
+    frame = frame[frame["dataset"].isin(datasets)].copy()
+    frame["setting"] = [" ".join(part for part in (row.probe, row.feature, short_layers(row.layers), row.aggregation)
+                                 if part) + (f" seed {row.seed}" if row.seed else "")
+                        for row in frame.itertuples()]
+    frame["role"] = np.select([frame["baseline"], frame["feature"] == LENGTH_FEATURE], ["baseline", "length"], "probe")
+    return frame
+
+
+def overview(results: pd.DataFrame, datasets: list[str], threshold: float) -> dict:
+    """Datasets x settings: AUC, interval and flags; the hard subset; the mean AUC of each setting."""
+    order = {"baseline": 0, "length": 1, "probe": 2}
+    settings = (results.drop_duplicates("setting")[["setting", "role", "feature"]]
+                .assign(rank=lambda f: f["role"].map(order)).sort_values(["rank", "feature", "setting"]))
+    rows = []
+    for dataset in datasets:
+        mine = results[results["dataset"] == dataset]
+        cells = {row.setting: _cell(row, _length_auc(mine)) for row in mine.itertuples()}
+        rows.append({"dataset": dataset, "hard": _hard(mine, threshold), "cells": cells})
+    means = results.groupby("setting")["roc_auc"].agg(["mean", "count"])
+    return {
+        "threshold": threshold,
+        "settings": [{"setting": s, "role": r, "mean_auc": float(means.loc[s, "mean"]), "n_datasets": int(means.loc[s, "count"])}
+                     for s, r in zip(settings["setting"], settings["role"])],
+        "rows": rows,
+    }
+
+
+def dataset_page(store: Store, model: str, dataset: str, results: pd.DataFrame, threshold: float) -> dict:
+    """Everything the dataset page shows, from the catalog and a small slice of the test split."""
+    mine = results[results["dataset"] == dataset].sort_values("roc_auc", ascending=False)
+    length_auc = _length_auc(mine)
+    featured = _featured(store, mine)
+    splits = store.sql("SELECT split, n_examples, max_seq_len, n_layers, n_heads FROM feature_splits "
+                       "WHERE model = ? AND dataset = ? AND status = 'complete' ORDER BY split", [model, dataset])
+    page = {
+        "model": model,
+        "dataset": dataset,
+        "hard": _hard(mine, threshold),
+        "threshold": threshold,
+        "splits": splits.to_dict("records"),
+        "results": [{**_cell(row, length_auc), "setting": row.setting, "role": row.role, "n_train": int(row.n_train),
+                     "n_test": int(row.n_test), "n_features": int(row.n_features)} for row in mine.itertuples()],
+        "roc": roc_curves(store, mine),
+        "layer_curves": layer_curves(mine),
+        "featured": None,
+        "head_map": None,
+        "top_heads": [],
+        "lengths": length_histogram(store, model, dataset),
+        "examples": {},
+    }
+    if featured is not None:
+        page["featured"] = {"setting": featured.setting, "result_id": featured.result_id, "feature": featured.feature}
+        weights = store.sql("SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ? ORDER BY layer, head",
+                            [featured.result_id])
+        if len(weights):
+            page["head_map"] = head_map(weights, int(splits["n_heads"].max()))
+            top = weights.sort_values(["weight", "layer", "head"], ascending=[False, True, True]).head(TOP_HEADS)
+            page["top_heads"] = class_profiles(store, model, dataset, top)
+        page["examples"] = example_lists(store, model, dataset, featured.result_id)
+    return page
+
+
+def roc_curves(store: Store, results: pd.DataFrame) -> list[dict]:
+    """ROC curves from the stored test scores: the best probe settings, the baseline and the length control."""
+    chosen = pd.concat([results[results["role"] == "probe"].head(ROC_SETTINGS), results[results["role"] != "probe"]])
+    if chosen.empty:
+        return []
+    scores = _scores(store, chosen["result_id"].tolist())
+    curves = []
+    for row in chosen.itertuples():
+        mine = scores[scores["result_id"] == row.result_id]
+        fpr, tpr, _ = roc_curve(mine["label"], mine["score"])
+        curves.append({"setting": row.setting, "role": row.role, "result_id": row.result_id, "auc": float(row.roc_auc),
+                       "fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()})
+    return curves
+
+
+def layer_curves(results: pd.DataFrame) -> list[dict]:
+    """AUC against layer for every setting fitted on single layers at two or more layers."""
+    single = results[(results["layers"] != "") & ~results["layers"].str.contains(",")].copy()
+    single["layer"] = single["layers"].astype(int) if len(single) else []
+    single["group"] = [" ".join(p for p in (r.probe, r.feature, r.aggregation) if p) for r in single.itertuples()]
+    curves = []
+    for group, rows in single.sort_values("layer").groupby("group", sort=True):
+        if rows["layer"].nunique() >= 2:
+            rows = rows.drop_duplicates("layer")
+            curves.append({"group": group, "layers": rows["layer"].tolist(), "auc": rows["roc_auc"].tolist(),
+                           "low": _floats(rows["roc_auc_ci_low"]), "high": _floats(rows["roc_auc_ci_high"])})
+    return curves
+
+
+def head_map(weights: pd.DataFrame, n_heads: int) -> dict:
+    """The featured probe's per-head weights as a (layers used x heads) grid."""
+    layers = sorted(weights["layer"].unique().tolist())
+    grid = np.full((len(layers), n_heads), np.nan)
+    grid[[layers.index(layer) for layer in weights["layer"]], weights["head"].to_numpy()] = weights["weight"]
+    return {"layers": layers, "n_heads": n_heads, "weights": [[None if np.isnan(v) else float(v) for v in row] for row in grid]}
+
+
+def class_profiles(store: Store, model: str, dataset: str, heads: pd.DataFrame) -> list[dict]:
+    """Class means of the top heads' attention over PROFILE_BINS relative-position bins (length-masked) on
+    the test split, from at most PROFILE_EXAMPLES_PER_CLASS examples of each class (a seeded sample)."""
+    view = store.view(dataset, TEST, model=model, layers=sorted(heads["layer"].unique().tolist()))
+    chosen = _sample_per_class(view["label"].values, PROFILE_EXAMPLES_PER_CLASS)
+    view = view.isel(example=chosen)
+    pairs = xr.Dataset(coords={"top": np.arange(len(heads))})
+    attn = view["attn"].sel(layer=xr.DataArray(heads["layer"].to_numpy(), dims="top", coords=pairs.coords),
+                            head=xr.DataArray(heads["head"].to_numpy(), dims="top", coords=pairs.coords))
+    means = relative_bins(attn, PROFILE_BINS).groupby("label").mean("example").compute()
+    labels = view["label"].values
+    profiles = []
+    for i, row in enumerate(heads.itertuples()):
+        profile = {"layer": int(row.layer), "head": int(row.head), "weight": float(row.weight),
+                   "bins": ((np.arange(PROFILE_BINS) + 0.5) / PROFILE_BINS).tolist(),
+                   "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()),
+                   "example_ids": view["example_id"].values.tolist()}
+        for name, label in (("positive", 1), ("negative", 0)):
+            present = label in means["label"].values
+            profile[name] = means.sel(label=label).isel(top=i).values.astype(float).tolist() if present else None
+        profiles.append(profile)
+    return profiles
+
+
+def length_histogram(store: Store, model: str, dataset: str) -> dict:
+    """Token counts per class over every built split, and how many prompts were truncated per split."""
+    frame = store.sql("SELECT f.split, f.seq_len, f.truncated, e.label FROM features f JOIN examples e USING "
+                      "(example_id, dataset, split) WHERE f.model = ? AND f.dataset = ?", [model, dataset])
+    lo, hi = int(frame["seq_len"].min()), int(frame["seq_len"].max())
+    edges = np.unique(np.linspace(lo, hi + 1, LENGTH_BINS + 1).round().astype(int))
+    counts = {name: np.histogram(frame.loc[frame["label"] == label, "seq_len"], bins=edges)[0].tolist()
+              for name, label in (("positive", 1), ("negative", 0))}
+    truncated = frame.groupby("split")["truncated"].sum()
+    return {"edges": edges.tolist(), **counts, "truncated": {k: int(v) for k, v in truncated.items()},
+            "n_truncated": int(truncated.sum())}
+
+
+def example_lists(store: Store, model: str, dataset: str, result_id: str) -> dict:
+    """Test examples to open in the viewer: the highest scores, the most confidently wrong, a seeded random few."""
+    frame = _scores(store, [result_id]).sort_values("example_id").reset_index(drop=True)
+    wrongness = np.where(frame["label"] == 1, -frame["score"], frame["score"])
+    used: set[int] = set()
+    lists = {}
+    rng = np.random.default_rng(SEED)
+    orders = {"highest scores": np.argsort(-frame["score"].to_numpy(), kind="stable"),
+              "most confidently wrong": np.argsort(-wrongness, kind="stable"),
+              "random": rng.permutation(len(frame))}
+    for name, order in orders.items():
+        picked = [i for i in order if int(frame["example_id"][i]) not in used][:EXAMPLES_PER_LIST]
+        used.update(int(frame["example_id"][i]) for i in picked)
+        lists[name] = [{"example_id": int(frame["example_id"][i]), "label": int(frame["label"][i]),
+                        "score": float(frame["score"][i]), "seq_len": int(frame["seq_len"][i])} for i in picked]
+    return lists
+
+
+def example_record(store: Store, model: str, dataset: str, example_ids: list[int], scores: dict[str, str],
+                   decoder: TokenDecoder | None) -> list[dict]:
+    """Per example: tokens (decoded with the stored tokenizer), label, probe scores and every layer's and head's
+    attention row, values as float16 strings (shortest form that reads back as the stored float16)."""
+    view = store.view(dataset, TEST, model=model).sel(example=example_ids)
+    attn, tokens = view["attn"].values, view["tokens"].values
+    score_rows = _scores(store, list(scores.values()))
+    records = []
+    for i, example_id in enumerate(example_ids):
+        length = int(view["seq_len"].values[i])
+        ids = tokens[i, :length]
+        mine = score_rows[score_rows["example_id"] == example_id].set_index("result_id")["score"]
+        records.append({
+            "model": model, "dataset": dataset, "example_id": int(example_id), "label": int(view["label"].values[i]),
+            "seq_len": length, "token_ids": ids.tolist(),
+            "tokens": decoder.decode(ids) if decoder else [f"#{t}" for t in ids],
+            "scores": [{"setting": s, "result_id": r, "score": float(mine[r])} for s, r in scores.items() if r in mine],
+            "layers": view["layer"].values.tolist(), "n_heads": int(view.sizes["head"]),
+            "attn": [[_float16_strings(attn[i, layer, head, :length]) for head in range(attn.shape[2])]
+                     for layer in range(attn.shape[1])],
+        })
+    return records
+
+
+def token_decoder(store: Store, model: str) -> TokenDecoder | None:
+    """The model's saved tokenizer, or None for a store built before tokenizers were saved (ids shown instead)."""
+    folder = tokenizer_path(store.project.tokenizers_dir, model)
+    return TokenDecoder(folder) if folder.is_dir() else None
+
+
+def store_summary(store: Store, models: list[str]) -> list[dict]:
+    """Per model: its identity and, per split, examples, tokens, truncation, bytes on disk and compression."""
+    summary = []
+    for model in models:
+        splits = store.sql(
+            "SELECT s.dataset, s.split, s.n_examples, s.max_seq_len, s.path, s.settings, s.built_at, s.build_seconds, "
+            "sum(f.seq_len) AS tokens, count_if(f.truncated) AS truncated FROM feature_splits s JOIN features f "
+            "USING (model, dataset, split) WHERE s.model = ? AND s.status = 'complete' GROUP BY ALL ORDER BY ALL",
+            [model],
+        )
+        rows, identity = [], {}
+        for row in splits.itertuples():
+            folder = store.project.store_dir / row.path
+            group = zarr.open_group(folder, mode="r")
+            identity = identity or dict(group.attrs.get("model", {}))
+            logical = sum(int(np.prod(array.shape)) * array.dtype.itemsize for _, array in group.arrays())
+            on_disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            rows.append({"dataset": row.dataset, "split": row.split, "n_examples": int(row.n_examples),
+                         "tokens": int(row.tokens), "max_seq_len": int(row.max_seq_len), "truncated": int(row.truncated),
+                         "bytes_on_disk": on_disk, "bytes_uncompressed": logical,
+                         "compression_ratio": logical / on_disk if on_disk else None,
+                         "built_at": str(row.built_at),
+                         "build_seconds": None if pd.isna(row.build_seconds) else float(row.build_seconds),
+                         "settings": json.loads(row.settings)})
+        totals = {key: sum(r[key] for r in rows) for key in ("n_examples", "tokens", "truncated", "bytes_on_disk",
+                                                             "bytes_uncompressed")}
+        totals["compression_ratio"] = totals["bytes_uncompressed"] / totals["bytes_on_disk"] if totals["bytes_on_disk"] else None
+        n_probes = int(store.sql("SELECT count(*) AS n FROM probe_results WHERE model = ?", [model])["n"][0])
+        summary.append({"model": model, "folder": model_dir_name(model), "identity": identity, "splits": rows,
+                        "totals": totals, "n_probe_results": n_probes})
+    return summary
+
+
+def _cell(row, length_auc: float | None) -> dict:
+    """One result as the report shows it; `flagged` when a probe setting does not beat the length-only
+    control by more than its interval (its lower bound is at or below the control's AUC)."""
+    low, high = _float(row.roc_auc_ci_low), _float(row.roc_auc_ci_high)
+    flagged = None
+    if row.role == "probe" and length_auc is not None and low is not None:
+        flagged = bool(low <= length_auc)
+    return {"result_id": row.result_id, "auc": float(row.roc_auc), "low": low, "high": high, "flagged": flagged}
+
+
+def _length_auc(results: pd.DataFrame) -> float | None:
+    """The dataset's length-only control AUC (the best one, if several seeds or probes were fitted)."""
+    control = results.loc[results["role"] == "length", "roc_auc"]
+    return float(control.max()) if len(control) else None
+
+
+def _hard(results: pd.DataFrame, threshold: float) -> bool | None:
+    """Whether the dataset is in the hard subset (a baseline below the threshold), None without a baseline."""
+    baseline = results.loc[results["role"] == "baseline", "roc_auc"]
+    return bool((baseline < threshold).any()) if len(baseline) else None
+
+
+def _featured(store: Store, results: pd.DataFrame):
+    """The setting the page explains: the best attention probe, else the best probe of any feature but length."""
+    for candidates in (results[results["feature"] == "attn"], results[results["role"] != "length"]):
+        if len(candidates):
+            return next(candidates.sort_values("roc_auc", ascending=False, kind="stable").itertuples())
+    return None
+
+
+def _scores(store: Store, result_ids: list[str]) -> pd.DataFrame:
+    """Stored test scores of these results with each example's label and length."""
+    return store.sql(
+        "SELECT s.result_id, s.example_id, s.score, e.label, f.seq_len FROM probe_scores s "
+        "JOIN probe_results r USING (result_id) JOIN examples e USING (example_id) "
+        "JOIN features f ON f.example_id = s.example_id AND f.model = r.model AND f.split = e.split "
+        "WHERE list_contains($ids, s.result_id)",
+        {"ids": result_ids},
+    )
+
+
+def _sample_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Row positions of at most `per_class` rows of each label (seeded), in row order."""
+    rng = np.random.default_rng(SEED)
+    chosen = [rows if rows.size <= per_class else rng.choice(rows, per_class, replace=False)
+              for rows in (np.flatnonzero(labels == label) for label in np.unique(labels))]
+    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
+
+
+def _float16_strings(values: np.ndarray) -> list[float]:
+    """float16 values as the shortest decimals that read back as the same float16 (0.1, not 0.0999755859375)."""
+    return [float(text) for text in np.asarray(values, dtype=np.float16).astype(str)]
+
+
+def _float(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _floats(values: pd.Series) -> list[float | None]:
+    return [_float(v) for v in values]

@@ -1,0 +1,120 @@
+"""`featstore report`: write the static site (pages, shared assets, the JSON they were rendered from)
+into a temporary folder and swap it in, so a server never serves a half-written report; and serve it."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import importlib.resources
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from featstore.api import Store
+from featstore.project import Project
+from featstore.report import data, pages
+from featstore.store.atomic import swap_folder
+from featstore.store.layout import model_dir_name
+
+ASSETS = ("report.css", "report.js", "example.js")
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """Where the report was written, how many pages and bytes it has, and how long it took."""
+
+    folder: Path
+    pages: int
+    bytes: int
+    seconds: float
+
+
+def write_report(project: Project, models: list[str] | None = None, datasets: list[str] | None = None,
+                 out: Path | None = None, threshold: float = 0.8) -> ReportSummary:
+    """Write the report of these models and datasets (default: all built) to `out` (default `<root>/report`)."""
+    started = time.perf_counter()
+    store = Store(project)
+    scope = data.resolve_scope(store, models, datasets, threshold)
+    out = Path(out or project.report_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_site(store, scope, staging)
+        os.chmod(staging, 0o755)
+        swap_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = [f for f in out.rglob("*") if f.is_file()]
+    return ReportSummary(out, sum(f.suffix == ".html" for f in files), sum(f.stat().st_size for f in files),
+                         time.perf_counter() - started)
+
+
+def serve(folder: Path, port: int = 8000) -> None:
+    """Serve `folder` on 127.0.0.1 until interrupted (http.server, as `python -m http.server -d folder`)."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        host, bound = server.server_address[:2]
+        print(f"featstore: serving {folder} at http://{host}:{bound}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """http.server's handler without a log line per request (errors still reach stderr)."""
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server's signature)
+        if args and str(args[1] if len(args) > 1 else "").startswith(("4", "5")):
+            super().log_message(format, *args)
+
+
+def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
+    env = pages.environment()
+    assets = folder / "assets"
+    assets.mkdir()
+    for name in ASSETS:
+        (assets / name).write_bytes(importlib.resources.files("featstore.report").joinpath("static", name).read_bytes())
+    sections = []
+    for model, datasets in scope.models.items():
+        model_folder = model_dir_name(model)
+        results = data.model_results(store, model, datasets)
+        overview = data.overview(results, datasets, scope.threshold)
+        sections.append({"model": model, "folder": model_folder, "overview": overview})
+        decoder = data.token_decoder(store, model)
+        for dataset in datasets:
+            page = data.dataset_page(store, model, dataset, results, scope.threshold)
+            _write(folder / "models" / model_folder / f"{dataset}.html", pages.dataset_page(env, page, model_folder))
+            _write_json(folder / "data" / model_folder / f"{dataset}.json", page)
+            _write_examples(store, model, page, decoder, folder / "data" / model_folder / dataset / "examples")
+    summary = data.store_summary(store, list(scope.models))
+    _write(folder / "index.html", pages.overview_page(env, sections))
+    _write(folder / "store.html", pages.store_page(env, summary, str(store.project.root)))
+    _write(folder / "example.html", pages.example_page(env))
+    _write_json(folder / "data" / "overview.json", {"sections": sections})
+    _write_json(folder / "data" / "store.json", {"models": summary})
+
+
+def _write_examples(store: Store, model: str, page: dict, decoder, folder: Path) -> None:
+    """The viewer's JSON for every example linked from the dataset page."""
+    example_ids = [row["example_id"] for rows in page["examples"].values() for row in rows]
+    if not example_ids:
+        return
+    scores = {page["featured"]["setting"]: page["featured"]["result_id"]}
+    scores.update({r["setting"]: r["result_id"] for r in page["results"] if r["role"] == "baseline"})
+    for record in data.example_record(store, model, page["dataset"], example_ids, scores, decoder):
+        _write_json(folder / f'{record["example_id"]}.json', record)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _write_json(path: Path, value: object) -> None:
+    _write(path, json.dumps(value, separators=(",", ":"), allow_nan=False, default=str))

@@ -1,0 +1,92 @@
+"""The report in a real headless Chromium, served by `python -m http.server`: every page type loads with no
+error and no failed request, its charts are drawn, the example viewer shows the stored attention values,
+and a screenshot of each page type is written to test-artifacts/report/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.browser import open_browser, serve, visit
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "report"
+DATASET_PAGE = "models/random-tiny/1_toy.html"
+
+
+@pytest.fixture(scope="module")
+def site(reported):
+    """(base URL, browser, report folder) for the shared reported project."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with serve(reported.report_dir) as base_url, open_browser() as browser:
+        yield base_url, browser, reported.report_dir
+
+
+def first_example(report_dir: Path) -> dict:
+    page = json.loads((report_dir / "data" / "random-tiny" / "1_toy.json").read_text())
+    example_id = page["examples"]["highest scores"][0]["example_id"]
+    return json.loads((report_dir / "data" / "random-tiny" / "1_toy" / "examples" / f"{example_id}.json").read_text())
+
+
+def test_overview_loads_clean_and_sorts(site):
+    base_url, browser, report_dir = site
+    visit_ = visit(browser, base_url + "index.html", ARTIFACTS / "overview.png")
+    visit_.assert_clean()
+    page = visit_.page
+    assert page.locator("table.results tbody td.auc").count() == 6
+    assert page.locator("table.results .badge.hard").count() in (0, 1)
+    headers = page.locator("table.results thead th")
+    headers.nth(0).click()
+    assert "sorted-desc" in headers.nth(0).get_attribute("class")
+    page.locator(f'a[href="{DATASET_PAGE}"]').click()
+    page.wait_for_load_state("networkidle")
+    assert page.url.endswith(DATASET_PAGE)
+
+
+def test_dataset_page_draws_every_chart(site):
+    base_url, browser, _ = site
+    visit_ = visit(browser, base_url + DATASET_PAGE, ARTIFACTS / "dataset.png")
+    visit_.assert_clean()
+    page = visit_.page
+    # forest, ROC, AUC by layer, head map, 4 top-head profiles, length histogram
+    assert page.locator("svg.chart").count() == 9
+    assert page.locator("svg.chart polyline.series").count() >= 5 + 1 + 8
+    assert page.locator("svg.chart rect.cell").count() == 8  # 2 layers x 4 heads
+    assert page.locator("a.example-link").count() == 9
+
+
+def test_example_viewer_shows_the_stored_values_for_the_chosen_layer_and_head(site):
+    base_url, browser, report_dir = site
+    example = first_example(report_dir)
+    url = f'{base_url}example.html?model=random-tiny&dataset=1_toy&id={example["example_id"]}'
+    visit_ = visit(browser, url, ARTIFACTS / "example.png")
+    visit_.assert_clean()
+    page = visit_.page
+    tokens = page.locator("#tokens span.token")
+    assert tokens.count() == example["seq_len"]
+    seen = set()
+    for layer, head in ((0, 0), (1, 2), (0, 3)):
+        page.select_option("#layer", str(layer))
+        page.select_option("#head", str(head))
+        shown = tokens.evaluate_all("spans => spans.map(s => [Number(s.dataset.value), s.style.background])")
+        values = np.array([value for value, _ in shown], dtype=np.float16)
+        np.testing.assert_array_equal(values, np.array(example["attn"][layer][head], dtype=np.float16))
+        seen.add(tuple(colour for _, colour in shown))
+    assert len(seen) == 3  # each head colours the tokens differently
+    assert page.locator("#facts dd").first.inner_text() == "random:tiny"
+
+
+def test_example_viewer_explains_a_missing_example(site):
+    base_url, browser, _ = site
+    visit_ = visit(browser, f"{base_url}example.html?model=random-tiny&dataset=1_toy&id=1")
+    assert any("404" in problem for problem in visit_.problems)
+    assert "no stored example 1" in visit_.page.locator("#error").inner_text()
+
+
+def test_store_page_loads_clean(site):
+    base_url, browser, _ = site
+    visit_ = visit(browser, base_url + "store.html", ARTIFACTS / "store.png")
+    visit_.assert_clean()
+    assert visit_.page.locator("table.sortable tbody tr").count() == 2
