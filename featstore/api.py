@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import xarray as xr
 
-from featstore.catalog.safe_sql import run_user_query
+from featstore.catalog.safe_sql import CatalogReader, run_user_query
 from featstore.project import Project, open_project
 from featstore.views.view import open_view
 
@@ -16,12 +17,22 @@ from featstore.views.view import open_view
 class Store:
     """A project's catalog and feature store, opened read-only."""
 
-    def __init__(self, project: Project):
+    def __init__(self, project: Project, reader: CatalogReader | None = None):
         self.project = project
+        self.reader = reader
 
     def sql(self, query: str, params: Sequence | Mapping | None = None) -> pd.DataFrame:
         """Run one read-only SELECT over the catalog and return its rows."""
+        if self.reader is not None:
+            return self.reader.query(query, params)
         return run_user_query(self.project.catalog_path, query, params)
+
+    @contextmanager
+    def reading(self) -> Iterator[Store]:
+        """This store with one catalog connection shared by its queries and views, for a batch of reads
+        (each query otherwise opens its own); writers wait until the block ends."""
+        with CatalogReader(self.project.catalog_path) as reader:
+            yield Store(self.project, reader)
 
     def view(
         self,
@@ -32,7 +43,7 @@ class Store:
         where: str | None = None,
     ) -> xr.Dataset:
         """A lazy xarray view of one split's features (see `featstore.views.view.open_view`)."""
-        return open_view(self.project, dataset, split, model=model, layers=layers, where=where)
+        return open_view(self.project, dataset, split, model=model, layers=layers, where=where, reader=self.reader)
 
 
 def open_store(root: str | Path = ".") -> Store:

@@ -7,7 +7,6 @@ import json
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 import zarr
 from transformers import AutoTokenizer
@@ -181,4 +180,5 @@ def test_with_nothing_probed_the_report_says_what_to_run(tmp_path):
 def test_resolve_scope_defaults_to_everything_built(reported):
     scope = data.resolve_scope(Store(reported), None, None, 0.8)
     assert scope.models == {MODEL: ["1_toy"]}
-    assert isinstance(data.model_results(Store(reported), MODEL, ["1_toy"]), pd.DataFrame)
+    loaded = data.load_model_data(Store(reported), MODEL, ["1_toy"])
+    assert len(loaded.results) == 6 and set(loaded.examples["split"]) == {"train", "test"}

@@ -99,6 +99,43 @@ def _fetch_at_most(result: duckdb.DuckDBPyConnection, max_rows: int) -> pd.DataF
     return pd.concat(frames, ignore_index=True).head(max_rows)
 
 
+class CatalogReader:
+    """One locked-down read-only connection reused for a batch of user queries; close it (or leave the `with`
+    block) promptly, since a writer waits for every reader to let go."""
+
+    def __init__(self, catalog_path: Path):
+        self.con = open_locked_down(catalog_path)
+
+    def query(
+        self, query: str, params: Sequence | Mapping | None = None, timeout_s: float = 30.0, max_rows: int | None = None
+    ) -> pd.DataFrame:
+        """The result of one user SELECT (`?` or `$name` params); max_rows keeps the first rows only."""
+        _check_limits(timeout_s, max_rows)
+        timer = threading.Timer(timeout_s, self.con.interrupt)
+        timer.start()
+        try:
+            result = self.con.execute(single_select(self.con, query), params)
+            return result.df() if max_rows is None else _fetch_at_most(result, max_rows)
+        except duckdb.InterruptException:
+            raise QueryRefused(f"query stopped after {timeout_s:g} s time limit") from None
+        except duckdb.PermissionException as err:
+            raise QueryRefused(f"refused: file access is disabled in user queries ({_one_line(err)})") from None
+        except duckdb.Error as err:
+            raise QueryRefused(f"query failed: {_one_line(err)}") from None
+        finally:
+            timer.cancel()
+            timer.join()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> CatalogReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def run_user_query(
     catalog_path: Path,
     query: str,
@@ -106,24 +143,14 @@ def run_user_query(
     timeout_s: float = 30.0,
     max_rows: int | None = None,
 ) -> pd.DataFrame:
-    """The result of one user SELECT on the catalog (`?` or `$name` params); max_rows keeps the first rows only."""
+    """The result of one user SELECT on the catalog, on a connection opened for it alone."""
+    _check_limits(timeout_s, max_rows)
+    with CatalogReader(catalog_path) as reader:
+        return reader.query(query, params, timeout_s, max_rows)
+
+
+def _check_limits(timeout_s: float, max_rows: int | None) -> None:
     if not timeout_s > 0:
         raise FeatstoreError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
     if max_rows is not None and max_rows < 0:
         raise FeatstoreError(f"max_rows must be 0 or more, got {max_rows}")
-    con = open_locked_down(catalog_path)
-    timer = threading.Timer(timeout_s, con.interrupt)
-    timer.start()
-    try:
-        result = con.execute(single_select(con, query), params)
-        return result.df() if max_rows is None else _fetch_at_most(result, max_rows)
-    except duckdb.InterruptException:
-        raise QueryRefused(f"query stopped after {timeout_s:g} s time limit") from None
-    except duckdb.PermissionException as err:
-        raise QueryRefused(f"refused: file access is disabled in user queries ({_one_line(err)})") from None
-    except duckdb.Error as err:
-        raise QueryRefused(f"query failed: {_one_line(err)}") from None
-    finally:
-        timer.cancel()
-        timer.join()
-        con.close()

@@ -65,19 +65,49 @@ def resolve_scope(store: Store, models: list[str] | None, datasets: list[str] | 
     return Scope(chosen, threshold)
 
 
-def model_results(store: Store, model: str, datasets: list[str]) -> pd.DataFrame:
-    """The model's probe results on these datasets, each with its setting label and reference role."""
-    frame = store.sql(
+@dataclass
+class ModelData:
+    """One model's catalog rows for the report, read in a few bulk queries: results with their setting labels
+    and roles, splits, examples with labels and lengths, head weights, and the test scores the pages need."""
+
+    model: str
+    results: pd.DataFrame
+    splits: pd.DataFrame
+    examples: pd.DataFrame
+    head_weights: pd.DataFrame
+    scores: pd.DataFrame
+
+
+def load_model_data(store: Store, model: str, datasets: list[str]) -> ModelData:
+    """The catalog rows of `model` on these datasets (scores only of the results the pages show)."""
+    chosen = {"model": model, "datasets": datasets}
+    results = store.sql(
         "SELECT result_id, dataset, probe, feature, layers, aggregation, baseline, roc_auc, roc_auc_ci_low, "
-        "roc_auc_ci_high, n_train, n_test, n_features, seed FROM probe_results WHERE model = ? ORDER BY dataset",
-        [model],
-    )
-    frame = frame[frame["dataset"].isin(datasets)].copy()
-    frame["setting"] = [" ".join(part for part in (row.probe, row.feature, short_layers(row.layers), row.aggregation)
-                                 if part) + (f" seed {row.seed}" if row.seed else "")
-                        for row in frame.itertuples()]
-    frame["role"] = np.select([frame["baseline"], frame["feature"] == LENGTH_FEATURE], ["baseline", "length"], "probe")
-    return frame
+        "roc_auc_ci_high, n_train, n_test, n_features, seed FROM probe_results "
+        "WHERE model = $model AND list_contains($datasets, dataset) ORDER BY dataset, result_id", chosen)
+    results["setting"] = [" ".join(part for part in (row.probe, row.feature, short_layers(row.layers), row.aggregation)
+                                   if part) + (f" seed {row.seed}" if row.seed else "")
+                          for row in results.itertuples()]
+    results["role"] = np.select([results["baseline"], results["feature"] == LENGTH_FEATURE], ["baseline", "length"], "probe")
+    splits = store.sql("SELECT dataset, split, n_examples, max_seq_len, n_layers, n_heads FROM feature_splits "
+                       "WHERE model = $model AND status = 'complete' AND list_contains($datasets, dataset) "
+                       "ORDER BY dataset, split", chosen)
+    examples = store.sql("SELECT f.dataset, f.split, f.example_id, f.seq_len, f.truncated, e.label FROM features f "
+                         "JOIN examples e USING (example_id, dataset, split) "
+                         "WHERE f.model = $model AND list_contains($datasets, f.dataset)", chosen)
+    head_weights = store.sql("SELECT w.result_id, w.layer, w.head, w.weight FROM probe_head_weights w JOIN probe_results r "
+                             "USING (result_id) WHERE r.model = $model AND list_contains($datasets, r.dataset) "
+                             "ORDER BY w.result_id, w.layer, w.head", chosen)
+    shown = [result_id for _, mine in results.groupby("dataset") for result_id in _shown_results(mine)]
+    scores = store.sql("SELECT result_id, example_id, score FROM probe_scores WHERE list_contains($ids, result_id)",
+                       {"ids": shown})
+    return ModelData(model, results, splits, examples, head_weights, scores)
+
+
+def _shown_results(results: pd.DataFrame) -> list[str]:
+    """The results whose scores a dataset page uses: its ROC curves' and its featured setting's."""
+    featured = _featured(results)
+    return list(dict.fromkeys(_roc_results(results)["result_id"].tolist() + ([featured.result_id] if featured else [])))
 
 
 def overview(results: pd.DataFrame, datasets: list[str], threshold: float) -> dict:
@@ -99,54 +129,57 @@ def overview(results: pd.DataFrame, datasets: list[str], threshold: float) -> di
     }
 
 
-def dataset_page(store: Store, model: str, dataset: str, results: pd.DataFrame, threshold: float) -> dict:
-    """Everything the dataset page shows, from the catalog and a small slice of the test split."""
-    mine = results[results["dataset"] == dataset].sort_values("roc_auc", ascending=False)
+def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) -> dict:
+    """Everything the dataset page shows, from the model's catalog rows and a small slice of the test split."""
+    mine = data.results[data.results["dataset"] == dataset].sort_values("roc_auc", ascending=False, kind="stable")
     length_auc = _length_auc(mine)
-    featured = _featured(store, mine)
-    splits = store.sql("SELECT split, n_examples, max_seq_len, n_layers, n_heads FROM feature_splits "
-                       "WHERE model = ? AND dataset = ? AND status = 'complete' ORDER BY split", [model, dataset])
+    featured = _featured(mine)
+    splits = data.splits[data.splits["dataset"] == dataset]
+    examples = data.examples[data.examples["dataset"] == dataset]
     page = {
-        "model": model,
+        "model": data.model,
         "dataset": dataset,
         "hard": _hard(mine, threshold),
         "threshold": threshold,
-        "splits": splits.to_dict("records"),
+        "splits": splits.drop(columns="dataset").to_dict("records"),
         "results": [{**_cell(row, length_auc), "setting": row.setting, "role": row.role, "n_train": int(row.n_train),
                      "n_test": int(row.n_test), "n_features": int(row.n_features)} for row in mine.itertuples()],
-        "roc": roc_curves(store, mine),
+        "roc": roc_curves(_roc_results(mine), data.scores, examples),
         "layer_curves": layer_curves(mine),
         "featured": None,
         "head_map": None,
         "top_heads": [],
-        "lengths": length_histogram(store, model, dataset),
+        "lengths": length_histogram(examples),
         "examples": {},
     }
-    if featured is not None:
-        page["featured"] = {"setting": featured.setting, "result_id": featured.result_id, "feature": featured.feature}
-        weights = store.sql("SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ? ORDER BY layer, head",
-                            [featured.result_id])
-        if len(weights):
-            page["head_map"] = head_map(weights, int(splits["n_heads"].max()))
-            top = weights.sort_values(["weight", "layer", "head"], ascending=[False, True, True]).head(TOP_HEADS)
-            page["top_heads"] = class_profiles(store, model, dataset, top)
-        page["examples"] = example_lists(store, model, dataset, featured.result_id)
+    if featured is None:
+        return page
+    page["featured"] = {"setting": featured.setting, "result_id": featured.result_id, "feature": featured.feature}
+    weights = data.head_weights[data.head_weights["result_id"] == featured.result_id]
+    if len(weights):
+        page["head_map"] = head_map(weights, int(splits["n_heads"].max()))
+        top = weights.sort_values(["weight", "layer", "head"], ascending=[False, True, True], kind="stable").head(TOP_HEADS)
+        page["top_heads"] = class_profiles(store, data.model, dataset, top)
+    page["examples"] = example_lists(data.scores[data.scores["result_id"] == featured.result_id], examples)
     return page
 
 
-def roc_curves(store: Store, results: pd.DataFrame) -> list[dict]:
-    """ROC curves from the stored test scores: the best probe settings, the baseline and the length control."""
-    chosen = pd.concat([results[results["role"] == "probe"].head(ROC_SETTINGS), results[results["role"] != "probe"]])
-    if chosen.empty:
-        return []
-    scores = _scores(store, chosen["result_id"].tolist())
+def roc_curves(chosen: pd.DataFrame, scores: pd.DataFrame, examples: pd.DataFrame) -> list[dict]:
+    """ROC curves from the stored test scores of the chosen results."""
+    labels = examples.set_index("example_id")["label"]
     curves = []
     for row in chosen.itertuples():
         mine = scores[scores["result_id"] == row.result_id]
-        fpr, tpr, _ = roc_curve(mine["label"], mine["score"])
+        fpr, tpr, _ = roc_curve(labels.loc[mine["example_id"]].to_numpy(), mine["score"].to_numpy())
         curves.append({"setting": row.setting, "role": row.role, "result_id": row.result_id, "auc": float(row.roc_auc),
                        "fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()})
     return curves
+
+
+def _roc_results(results: pd.DataFrame) -> pd.DataFrame:
+    """The settings a dataset's ROC chart shows: its best probe settings, the baseline and the length control."""
+    ranked = results.sort_values("roc_auc", ascending=False, kind="stable")
+    return pd.concat([ranked[ranked["role"] == "probe"].head(ROC_SETTINGS), ranked[ranked["role"] != "probe"]])
 
 
 def layer_curves(results: pd.DataFrame) -> list[dict]:
@@ -179,8 +212,8 @@ def class_profiles(store: Store, model: str, dataset: str, heads: pd.DataFrame) 
     view = view.isel(example=chosen)
     pairs = xr.Dataset(coords={"top": np.arange(len(heads))})
     attn = view["attn"].sel(layer=xr.DataArray(heads["layer"].to_numpy(), dims="top", coords=pairs.coords),
-                            head=xr.DataArray(heads["head"].to_numpy(), dims="top", coords=pairs.coords))
-    means = relative_bins(attn, PROFILE_BINS).groupby("label").mean("example").compute()
+                            head=xr.DataArray(heads["head"].to_numpy(), dims="top", coords=pairs.coords)).compute()
+    means = relative_bins(attn, PROFILE_BINS).groupby("label").mean("example")
     labels = view["label"].values
     profiles = []
     for i, row in enumerate(heads.itertuples()):
@@ -195,22 +228,21 @@ def class_profiles(store: Store, model: str, dataset: str, heads: pd.DataFrame) 
     return profiles
 
 
-def length_histogram(store: Store, model: str, dataset: str) -> dict:
+def length_histogram(examples: pd.DataFrame) -> dict:
     """Token counts per class over every built split, and how many prompts were truncated per split."""
-    frame = store.sql("SELECT f.split, f.seq_len, f.truncated, e.label FROM features f JOIN examples e USING "
-                      "(example_id, dataset, split) WHERE f.model = ? AND f.dataset = ?", [model, dataset])
-    lo, hi = int(frame["seq_len"].min()), int(frame["seq_len"].max())
+    lo, hi = int(examples["seq_len"].min()), int(examples["seq_len"].max())
     edges = np.unique(np.linspace(lo, hi + 1, LENGTH_BINS + 1).round().astype(int))
-    counts = {name: np.histogram(frame.loc[frame["label"] == label, "seq_len"], bins=edges)[0].tolist()
+    counts = {name: np.histogram(examples.loc[examples["label"] == label, "seq_len"], bins=edges)[0].tolist()
               for name, label in (("positive", 1), ("negative", 0))}
-    truncated = frame.groupby("split")["truncated"].sum()
+    truncated = examples.groupby("split")["truncated"].sum()
     return {"edges": edges.tolist(), **counts, "truncated": {k: int(v) for k, v in truncated.items()},
             "n_truncated": int(truncated.sum())}
 
 
-def example_lists(store: Store, model: str, dataset: str, result_id: str) -> dict:
+def example_lists(scores: pd.DataFrame, examples: pd.DataFrame) -> dict:
     """Test examples to open in the viewer: the highest scores, the most confidently wrong, a seeded random few."""
-    frame = _scores(store, [result_id]).sort_values("example_id").reset_index(drop=True)
+    frame = scores.merge(examples[["example_id", "label", "seq_len"]], on="example_id")
+    frame = frame.sort_values("example_id").reset_index(drop=True)
     wrongness = np.where(frame["label"] == 1, -frame["score"], frame["score"])
     used: set[int] = set()
     lists = {}
@@ -226,26 +258,30 @@ def example_lists(store: Store, model: str, dataset: str, result_id: str) -> dic
     return lists
 
 
-def example_record(store: Store, model: str, dataset: str, example_ids: list[int], scores: dict[str, str],
-                   decoder: TokenDecoder | None) -> list[dict]:
-    """Per example: tokens (decoded with the stored tokenizer), label, probe scores and every layer's and head's
-    attention row, values as float16 strings (shortest form that reads back as the stored float16)."""
-    view = store.view(dataset, TEST, model=model).sel(example=example_ids)
-    attn, tokens = view["attn"].values, view["tokens"].values
-    score_rows = _scores(store, list(scores.values()))
+def example_records(store: Store, data: ModelData, page: dict, decoder: TokenDecoder | None) -> list[dict]:
+    """Per linked example: tokens (decoded with the stored tokenizer), label, the featured and baseline probes'
+    scores, and every layer's and head's attention row as float16 decimals (the shortest that read back as the
+    stored float16)."""
+    example_ids = [row["example_id"] for rows in page["examples"].values() for row in rows]
+    if not example_ids:
+        return []
+    shown = {page["featured"]["setting"]: page["featured"]["result_id"]}
+    shown.update({r["setting"]: r["result_id"] for r in page["results"] if r["role"] == "baseline"})
+    scores = data.scores[data.scores["example_id"].isin(example_ids)].set_index(["result_id", "example_id"])["score"]
+    view = store.view(page["dataset"], TEST, model=data.model).sel(example=example_ids)[["attn", "tokens"]].compute()
     records = []
     for i, example_id in enumerate(example_ids):
         length = int(view["seq_len"].values[i])
-        ids = tokens[i, :length]
-        mine = score_rows[score_rows["example_id"] == example_id].set_index("result_id")["score"]
+        ids = view["tokens"].values[i, :length]
+        attn = view["attn"].values[i, :, :, :length]
         records.append({
-            "model": model, "dataset": dataset, "example_id": int(example_id), "label": int(view["label"].values[i]),
-            "seq_len": length, "token_ids": ids.tolist(),
+            "model": data.model, "dataset": page["dataset"], "example_id": int(example_id),
+            "label": int(view["label"].values[i]), "seq_len": length, "token_ids": ids.tolist(),
             "tokens": decoder.decode(ids) if decoder else [f"#{t}" for t in ids],
-            "scores": [{"setting": s, "result_id": r, "score": float(mine[r])} for s, r in scores.items() if r in mine],
+            "scores": [{"setting": s, "result_id": r, "score": float(scores[(r, example_id)])}
+                       for s, r in shown.items() if (r, example_id) in scores.index],
             "layers": view["layer"].values.tolist(), "n_heads": int(view.sizes["head"]),
-            "attn": [[_float16_strings(attn[i, layer, head, :length]) for head in range(attn.shape[2])]
-                     for layer in range(attn.shape[1])],
+            "attn": [[_float16_values(attn[layer, head]) for head in range(attn.shape[1])] for layer in range(attn.shape[0])],
         })
     return records
 
@@ -311,23 +347,12 @@ def _hard(results: pd.DataFrame, threshold: float) -> bool | None:
     return bool((baseline < threshold).any()) if len(baseline) else None
 
 
-def _featured(store: Store, results: pd.DataFrame):
+def _featured(results: pd.DataFrame):
     """The setting the page explains: the best attention probe, else the best probe of any feature but length."""
     for candidates in (results[results["feature"] == "attn"], results[results["role"] != "length"]):
         if len(candidates):
             return next(candidates.sort_values("roc_auc", ascending=False, kind="stable").itertuples())
     return None
-
-
-def _scores(store: Store, result_ids: list[str]) -> pd.DataFrame:
-    """Stored test scores of these results with each example's label and length."""
-    return store.sql(
-        "SELECT s.result_id, s.example_id, s.score, e.label, f.seq_len FROM probe_scores s "
-        "JOIN probe_results r USING (result_id) JOIN examples e USING (example_id) "
-        "JOIN features f ON f.example_id = s.example_id AND f.model = r.model AND f.split = e.split "
-        "WHERE list_contains($ids, s.result_id)",
-        {"ids": result_ids},
-    )
 
 
 def _sample_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -338,7 +363,7 @@ def _sample_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
 
 
-def _float16_strings(values: np.ndarray) -> list[float]:
+def _float16_values(values: np.ndarray) -> list[float]:
     """float16 values as the shortest decimals that read back as the same float16 (0.1, not 0.0999755859375)."""
     return [float(text) for text in np.asarray(values, dtype=np.float16).astype(str)]
 

@@ -12,8 +12,11 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import dask
 
 from featstore.api import Store
 from featstore.project import Project
@@ -81,18 +84,19 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
     for name in ASSETS:
         (assets / name).write_bytes(importlib.resources.files("featstore.report").joinpath("static", name).read_bytes())
     sections = []
-    for model, datasets in scope.models.items():
-        model_folder = model_dir_name(model)
-        results = data.model_results(store, model, datasets)
-        overview = data.overview(results, datasets, scope.threshold)
-        sections.append({"model": model, "folder": model_folder, "overview": overview})
-        decoder = data.token_decoder(store, model)
-        for dataset in datasets:
-            page = data.dataset_page(store, model, dataset, results, scope.threshold)
-            _write(folder / "models" / model_folder / f"{dataset}.html", pages.dataset_page(env, page, model_folder))
-            _write_json(folder / "data" / model_folder / f"{dataset}.json", page)
-            _write_examples(store, model, page, decoder, folder / "data" / model_folder / dataset / "examples")
-    summary = data.store_summary(store, list(scope.models))
+    with dask.config.set(scheduler="synchronous"):  # small slices: threads would cost more than they save
+        for model, datasets in scope.models.items():
+            model_folder = model_dir_name(model)
+            with store.reading() as reading:
+                model_data = data.load_model_data(reading, model, datasets)
+            sections.append({"model": model, "folder": model_folder,
+                             "overview": data.overview(model_data.results, datasets, scope.threshold)})
+            decoder = data.token_decoder(store, model)
+            write_dataset = functools.partial(_write_dataset, store, model_data, decoder, env, scope.threshold, folder)
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+                list(pool.map(write_dataset, datasets))
+        with store.reading() as reading:
+            summary = data.store_summary(reading, list(scope.models))
     _write(folder / "index.html", pages.overview_page(env, sections))
     _write(folder / "store.html", pages.store_page(env, summary, str(store.project.root)))
     _write(folder / "example.html", pages.example_page(env))
@@ -100,15 +104,17 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
     _write_json(folder / "data" / "store.json", {"models": summary})
 
 
-def _write_examples(store: Store, model: str, page: dict, decoder, folder: Path) -> None:
-    """The viewer's JSON for every example linked from the dataset page."""
-    example_ids = [row["example_id"] for rows in page["examples"].values() for row in rows]
-    if not example_ids:
-        return
-    scores = {page["featured"]["setting"]: page["featured"]["result_id"]}
-    scores.update({r["setting"]: r["result_id"] for r in page["results"] if r["role"] == "baseline"})
-    for record in data.example_record(store, model, page["dataset"], example_ids, scores, decoder):
-        _write_json(folder / f'{record["example_id"]}.json', record)
+def _write_dataset(store: Store, model_data: data.ModelData, decoder, env, threshold: float, folder: Path,
+                   dataset: str) -> None:
+    """One dataset's page, its JSON and its linked examples' JSON."""
+    model_folder = model_dir_name(model_data.model)
+    with store.reading() as reading:  # one connection per dataset: writers get in between
+        page = data.dataset_page(reading, model_data, dataset, threshold)
+        examples = data.example_records(reading, model_data, page, decoder)
+    _write(folder / "models" / model_folder / f"{dataset}.html", pages.dataset_page(env, page, model_folder))
+    _write_json(folder / "data" / model_folder / f"{dataset}.json", page)
+    for record in examples:
+        _write_json(folder / "data" / model_folder / dataset / "examples" / f'{record["example_id"]}.json', record)
 
 
 def _write(path: Path, text: str) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
-from featstore.catalog.safe_sql import run_user_query
+from featstore.catalog.safe_sql import CatalogReader, run_user_query
 from featstore.errors import FeatstoreError
 from featstore.project import Project
 from featstore.views import aggregations  # noqa: F401  (registers the .masked accessor on every view)
@@ -15,10 +16,11 @@ from featstore.views import aggregations  # noqa: F401  (registers the .masked a
 DASK_CHUNKS = {"example": 128, "layer": 1, "head": -1, "token": -1, "d_model": -1}
 
 
-def resolve_model(project: Project, dataset: str, split: str, model: str | None) -> tuple[str, str]:
+def resolve_model(project: Project, dataset: str, split: str, model: str | None,
+                  reader: CatalogReader | None = None) -> tuple[str, str]:
     """The model key and store-relative path of a complete split; with no model given, the only one built."""
-    built = run_user_query(
-        project.catalog_path,
+    built = _query(
+        project, reader,
         "SELECT model, path FROM feature_splits WHERE dataset = ? AND split = ? AND status = 'complete' ORDER BY model",
         [dataset, split],
     )
@@ -39,17 +41,19 @@ def open_view(
     model: str | None = None,
     layers: Sequence[int] | None = None,
     where: str | None = None,
+    reader: CatalogReader | None = None,
 ) -> xr.Dataset:
     """`attn`, `resid` and `tokens` of one split as lazy dask arrays; nothing of other splits is opened.
 
     `where` is a SQL condition over the columns of `examples` and `features` (e.g. `seq_len < 64`,
     `label = 1`, `prompt ILIKE '%war%'`); it runs on the same locked-down connection as `featstore sql`.
+    Catalog reads go through `reader` when given (a connection shared by a batch of reads).
     """
-    key, path = resolve_model(project, dataset, split, model)
+    key, path = resolve_model(project, dataset, split, model, reader)
     view = xr.open_zarr(project.store_dir / path, consolidated=False, chunks=DASK_CHUNKS, zarr_format=3)
     example_ids = view["example_id"].values
-    labels = run_user_query(
-        project.catalog_path,
+    labels = _query(
+        project, reader,
         "SELECT f.example_id, e.label FROM features f JOIN examples e USING (example_id, dataset, split) "
         "WHERE f.model = ? AND f.dataset = ? AND f.split = ?",
         [key, dataset, split],
@@ -69,7 +73,7 @@ def open_view(
     if layers is not None:
         view = _select_layers(view, layers)
     if where is not None:
-        view = _select_where(project, view, key, dataset, split, where)
+        view = _select_where(project, reader, view, key, dataset, split, where)
     return view
 
 
@@ -87,9 +91,14 @@ def _select_layers(view: xr.Dataset, layers: Sequence[int]) -> xr.Dataset:
     return view.isel(layer=layer_indices(layers, view.sizes["layer"], view.attrs["model"]))
 
 
-def _select_where(project: Project, view: xr.Dataset, key: str, dataset: str, split: str, where: str) -> xr.Dataset:
-    chosen = run_user_query(
-        project.catalog_path,
+def _query(project: Project, reader: CatalogReader | None, query: str, params) -> pd.DataFrame:
+    return reader.query(query, params) if reader is not None else run_user_query(project.catalog_path, query, params)
+
+
+def _select_where(project: Project, reader: CatalogReader | None, view: xr.Dataset, key: str, dataset: str,
+                  split: str, where: str) -> xr.Dataset:
+    chosen = _query(
+        project, reader,
         "SELECT example_id FROM features f JOIN examples e USING (example_id, dataset, split) "
         f"WHERE model = $model AND dataset = $dataset AND split = $split AND ({where})",
         {"model": key, "dataset": dataset, "split": split},
