@@ -4,7 +4,12 @@ loops over the raw Zarr arrays; bad requests write nothing; a rerun replaces the
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
 
 import numpy as np
 import pytest
@@ -12,6 +17,7 @@ import zarr
 from transformers import AutoTokenizer
 
 from featstore.api import Store
+from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.project import Project
 from featstore.report import data
@@ -182,3 +188,32 @@ def test_resolve_scope_defaults_to_everything_built(reported):
     assert scope.models == {MODEL: ["1_toy"]}
     loaded = data.load_model_data(Store(reported), MODEL, ["1_toy"])
     assert len(loaded.results) == 6 and set(loaded.examples["split"]) == {"train", "test"}
+
+
+def test_serve_answers_on_loopback_and_stops_on_ctrl_c(reported):
+    command = [sys.executable, "-m", "featstore.cli", "--root", str(reported.root), "report", "--serve", "--port", "0"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stderr.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
+        with urllib.request.urlopen(url + "index.html", timeout=10) as response:
+            assert response.status == 200 and b"featstore report" in response.read()
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=10) == 0
+    finally:
+        server.kill()
+        server.stderr.close()
+
+
+def test_an_older_catalog_is_upgraded_and_results_without_scores_still_render(reported, tmp_path):
+    project = Project(tmp_path / "old")
+    shutil.copytree(reported.root, project.root)
+    with catalog_writer(project) as con:  # as a catalog written before intervals and scores were kept
+        con.execute("DROP TABLE probe_scores")
+        con.execute("DROP TABLE probe_head_weights")
+        con.execute("ALTER TABLE probe_results DROP COLUMN roc_auc_ci_low")
+        con.execute("ALTER TABLE probe_results DROP COLUMN roc_auc_ci_high")
+    assert main(["--root", str(project.root), "report"]) == 0
+    page = read_json(project, FOLDER, "1_toy.json")
+    assert len(page["results"]) == 6 and page["roc"] == [] and page["examples"] == {}
+    assert all(result["low"] is None and result["flagged"] is None for result in page["results"])

@@ -125,6 +125,13 @@ def example_id(number: int, row: int) -> int:
     return number * EXAMPLE_ID_STRIDE + row
 
 
+def upgrade_catalog(project: Project) -> None:
+    """Bring an existing catalog's schema up to date (a no-op when it is current; nothing is created)."""
+    if project.catalog_path.is_file():
+        with catalog_writer(project):
+            pass
+
+
 @contextmanager
 def catalog_writer(project: Project, wait_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """The one read-write connection, waiting up to `wait_s` for readers to finish, then a clear error."""

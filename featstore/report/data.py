@@ -160,7 +160,8 @@ def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) 
         page["head_map"] = head_map(weights, int(splits["n_heads"].max()))
         top = weights.sort_values(["weight", "layer", "head"], ascending=[False, True, True], kind="stable").head(TOP_HEADS)
         page["top_heads"] = class_profiles(store, data.model, dataset, top)
-    page["examples"] = example_lists(data.scores[data.scores["result_id"] == featured.result_id], examples)
+    featured_scores = data.scores[data.scores["result_id"] == featured.result_id]
+    page["examples"] = example_lists(featured_scores, examples) if len(featured_scores) else {}
     return page
 
 
@@ -170,6 +171,8 @@ def roc_curves(chosen: pd.DataFrame, scores: pd.DataFrame, examples: pd.DataFram
     curves = []
     for row in chosen.itertuples():
         mine = scores[scores["result_id"] == row.result_id]
+        if mine.empty:  # fitted before scores were kept: `featstore probe --overwrite-eval` stores them
+            continue
         fpr, tpr, _ = roc_curve(labels.loc[mine["example_id"]].to_numpy(), mine["score"].to_numpy())
         curves.append({"setting": row.setting, "role": row.role, "result_id": row.result_id, "auc": float(row.roc_auc),
                        "fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()})

@@ -19,6 +19,7 @@ from pathlib import Path
 import dask
 
 from featstore.api import Store
+from featstore.catalog.database import upgrade_catalog
 from featstore.project import Project
 from featstore.report import data, pages
 from featstore.store.atomic import swap_folder
@@ -41,6 +42,7 @@ def write_report(project: Project, models: list[str] | None = None, datasets: li
                  out: Path | None = None, threshold: float = 0.8) -> ReportSummary:
     """Write the report of these models and datasets (default: all built) to `out` (default `<root>/report`)."""
     started = time.perf_counter()
+    upgrade_catalog(project)
     store = Store(project)
     scope = data.resolve_scope(store, models, datasets, threshold)
     out = Path(out or project.report_dir).resolve()
