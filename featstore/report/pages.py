@@ -12,6 +12,7 @@ from markupsafe import Markup
 from featstore.report import svg
 
 ROLE_COLOURS = {"baseline": "#555555", "length": "#6a3d9a"}
+ROLE_NAMES = {"baseline": "baseline", "length": "length control"}
 
 
 def environment() -> Environment:
@@ -21,6 +22,7 @@ def environment() -> Environment:
     env.filters["auc_colour"] = svg.auc_colour
     env.filters["auc_text"] = lambda auc: "#fff" if auc >= 0.85 else "#1d2330"
     env.filters["size"] = human_size
+    env.globals["role_names"] = ROLE_NAMES
     env.globals["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return env
 
@@ -48,8 +50,8 @@ def dataset_page(env: Environment, page: dict, folder: str) -> str:
 
 def dataset_charts(page: dict) -> dict[str, Markup | list[Markup] | None]:
     """The SVG charts of a dataset page (None where the data for one is missing)."""
-    references = [(f'{r["role"] == "baseline" and "baseline" or "length control"} ({r["setting"]})', r["auc"],
-                   ROLE_COLOURS[r["role"]]) for r in page["results"] if r["role"] != "probe"]
+    references = [(f'{ROLE_NAMES[r["role"]]} ({r["setting"]})', r["auc"], ROLE_COLOURS[r["role"]])
+                  for r in page["results"] if r["role"] != "probe"]
     forest_rows = [{"label": r["setting"], "auc": r["auc"], "low": r["low"], "high": r["high"],
                     "colour": ROLE_COLOURS.get(r["role"], "#6a3d9a" if r["flagged"] else svg.PALETTE[0])}
                    for r in page["results"]]
@@ -90,8 +92,7 @@ def _layer_chart(page: dict) -> Markup:
     series = [svg.Series(c["group"], c["layers"], c["auc"], svg.PALETTE[i % len(svg.PALETTE)],
                          band=(c["low"], c["high"]) if None not in c["low"] + c["high"] else None, markers=True)
               for i, c in enumerate(curves)]
-    references = [(f'{"baseline" if r["role"] == "baseline" else "length control"}', r["auc"], ROLE_COLOURS[r["role"]])
-                  for r in page["results"] if r["role"] != "probe"]
+    references = [(ROLE_NAMES[r["role"]], r["auc"], ROLE_COLOURS[r["role"]]) for r in page["results"] if r["role"] != "probe"]
     layer_ticks = [t for t in svg.nice_ticks(min(layers), max(layers), 8) if float(t).is_integer()] or sorted(set(layers))
     return svg.line_chart(series, "test ROC AUC by layer", "layer", "test ROC AUC", (min(layers), max(layers)),
                           (low, 1.0), layer_ticks, np.round(np.arange(low, 1.0001, 0.1), 2),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask
+from tqdm import tqdm
 
 from featstore.api import Store
 from featstore.catalog.database import upgrade_catalog
@@ -96,7 +97,8 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
             decoder = data.token_decoder(store, model)
             write_dataset = functools.partial(_write_dataset, store, model_data, decoder, env, scope.threshold, folder)
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-                list(pool.map(write_dataset, datasets))
+                list(tqdm(pool.map(write_dataset, datasets), total=len(datasets), unit="dataset",
+                          desc=f"report {model}", dynamic_ncols=True, disable=None))
         with store.reading() as reading:
             summary = data.store_summary(reading, list(scope.models))
     _write(folder / "index.html", pages.overview_page(env, sections))
