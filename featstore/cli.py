@@ -233,7 +233,11 @@ def run_results(args: argparse.Namespace) -> None:
     from featstore.api import Store
     from featstore.probing.results import results_table
 
-    print_frame(results_table(Store(open_project(args.root)), args.model, args.datasets, ci=args.ci), args.format)
+    from featstore.catalog.database import upgrade_catalog
+
+    project = open_project(args.root)
+    upgrade_catalog(project)
+    print_frame(results_table(Store(project), args.model, args.datasets, ci=args.ci), args.format)
 
 
 def run_report(args: argparse.Namespace) -> None:

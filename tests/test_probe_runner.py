@@ -249,3 +249,14 @@ def test_length_control_takes_no_layers_or_aggregation(built, capsys):
     assert probe(built, "--feature", "length", "--aggregation", "first") == 1
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "do not apply to --feature length" in lines[0] and "length takes none" in lines[1]
+
+
+def test_baseline_and_a_plain_probe_of_the_same_layer_and_seeds_get_their_own_columns(built, capsys):
+    assert probe(built, "--baseline") == 0
+    assert probe(built, "--feature", "resid", "--layers", "1") == 0
+    assert probe(built, "--feature", "resid", "--layers", "1", "--seed", "3") == 0
+    capsys.readouterr()
+    assert main(["--root", str(built.root), "results", "--ci", "--format", "csv"]) == 0
+    header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert header == ["dataset", "random:tiny logreg resid L1 last-token", "random:tiny logreg resid L1 last-token [baseline]",
+                      "random:tiny logreg resid L1 last-token seed 3"]

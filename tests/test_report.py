@@ -166,7 +166,8 @@ def test_rerun_replaces_the_folder_whole_and_unknown_names_write_nothing(reporte
     capsys.readouterr()
     out = tmp_path / "elsewhere"
     for args, expected in ((["--model", "random:gpt2-medium"], "no features of model 'random:gpt2-medium'"),
-                           (["--datasets", "2_nope"], "dataset '2_nope' is not in the catalog")):
+                           (["--datasets", "2_nope"], "dataset '2_nope' is not in the catalog"),
+                           (["--hard-threshold", "nan"], "the hard threshold is an AUC in [0, 1]")):
         assert main(["--root", str(project.root), "report", "--out", str(out), *args]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err
@@ -217,3 +218,15 @@ def test_an_older_catalog_is_upgraded_and_results_without_scores_still_render(re
     page = read_json(project, FOLDER, "1_toy.json")
     assert len(page["results"]) == 6 and page["roc"] == [] and page["examples"] == {}
     assert all(result["low"] is None and result["flagged"] is None for result in page["results"])
+
+
+def test_out_never_replaces_a_folder_that_no_report_wrote(reported, tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    for out, expected in ((precious, "was not written by featstore report"), (reported.root, "holds the project itself"),
+                          (reported.root.parent, "holds the project itself")):
+        assert main(["--root", str(reported.root), "report", "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err
+    assert (precious / "notes.txt").read_text() == "keep me" and (reported.store_dir / "catalog.duckdb").is_file()

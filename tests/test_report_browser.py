@@ -90,3 +90,34 @@ def test_store_page_loads_clean(site):
     visit_ = visit(browser, base_url + "store.html", ARTIFACTS / "store.png")
     visit_.assert_clean()
     assert visit_.page.locator("table.sortable tbody tr").count() == 2
+
+
+def test_a_dataset_name_that_needs_url_encoding_links_and_loads(site, tmp_path):
+    from featstore.catalog.splits import SplitParams
+    from featstore.cli import main
+    from featstore.datasets.cleaning import clean_datasets
+    from featstore.datasets.registry import load_registry
+    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.project import init_project
+    from tests.factories import registry_row, toy_raw, write_registry
+
+    project = init_project(tmp_path / "p")
+    project.raw_dir.mkdir(parents=True)
+    toy_raw(150).to_csv(project.raw_dir / "toy.csv", index=False)
+    write_registry(project, [registry_row(7, "c++ & 50% #x", "toy.csv")])
+    clean_datasets(project, load_registry(project), SplitParams())
+    build_features(project, "random:tiny", None, BuildSettings(device="cpu"))
+    assert main(["--root", str(project.root), "probe", "--model", "random:tiny"]) == 0
+    assert main(["--root", str(project.root), "report"]) == 0
+    browser = site[1]
+    with serve(project.report_dir) as base_url:
+        overview = visit(browser, base_url + "index.html")
+        overview.assert_clean()
+        overview.page.locator("table.results tbody a").click()
+        overview.page.wait_for_load_state("networkidle")
+        assert overview.page.locator("h1").inner_text().startswith("7_c++ & 50% #x")
+        overview.page.locator("a.example-link").first.click()
+        overview.page.wait_for_load_state("networkidle")
+        assert "7_c++ & 50% #x · example" in overview.page.locator("#title").inner_text()
+        assert overview.page.locator("#tokens span.token").count() > 1
+        assert overview.problems == []

@@ -6,24 +6,21 @@ import pandas as pd
 
 from featstore.api import Store
 
-SETTING_COLUMNS = ["model", "probe", "feature", "layers", "aggregation"]
-
-
 def results_table(store: Store, model: str | None = None, datasets: list[str] | None = None,
                   ci: bool = False) -> pd.DataFrame:
     """Dataset x (model, probe, feature, layers, aggregation) test AUC, rounded to 3 places, with a mean row;
     with `ci`, each cell is `AUC [low, high]`, the stored 95 % DeLong interval (the mean row stays a number)."""
     frame = store.sql(
-        "SELECT dataset, model, probe, feature, layers, aggregation, roc_auc, roc_auc_ci_low, roc_auc_ci_high "
-        "FROM probe_results WHERE ($model IS NULL OR model = $model) ORDER BY dataset",
+        "SELECT dataset, model, probe, feature, layers, aggregation, seed, baseline, roc_auc, roc_auc_ci_low, "
+        "roc_auc_ci_high FROM probe_results WHERE ($model IS NULL OR model = $model) ORDER BY dataset",
         {"model": model},
     )
     if datasets:
         frame = frame[frame["dataset"].isin(datasets)]
     if frame.empty:
         return frame
-    frame["setting"] = setting_labels(frame)
-    table = frame.pivot_table(index="dataset", columns="setting", values="roc_auc", aggfunc="first")
+    frame["setting"] = frame["model"] + " " + setting_labels(frame)
+    table = frame.pivot(index="dataset", columns="setting", values="roc_auc")
     means = table.mean().round(3)
     if ci:
         frame["cell"] = [_with_interval(*values) for values in
@@ -36,9 +33,13 @@ def results_table(store: Store, model: str | None = None, datasets: list[str] | 
 
 
 def setting_labels(frame: pd.DataFrame) -> pd.Series:
-    """`model probe feature layers aggregation` labels, layers shortened (`L0-23`)."""
-    parts = frame[SETTING_COLUMNS].assign(layers=frame["layers"].map(short_layers))
-    return parts.agg(lambda row: " ".join(part for part in row if part), axis=1)
+    """One label per setting of a model: `probe feature layers aggregation`, layers shortened (`L0-23`), with
+    ` seed N` for seeds other than 0 and ` [baseline]` for baselines, so two settings never share a label."""
+    return pd.Series([
+        " ".join(part for part in (row.probe, row.feature, short_layers(row.layers), row.aggregation) if part)
+        + (f" seed {row.seed}" if row.seed else "") + (" [baseline]" if row.baseline else "")
+        for row in frame.itertuples()
+    ], index=frame.index, dtype=str)
 
 
 def short_layers(layers: str) -> str:

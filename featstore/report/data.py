@@ -19,7 +19,7 @@ from sklearn.metrics import roc_curve
 from featstore.api import Store
 from featstore.catalog.splits import TEST
 from featstore.errors import FeatstoreError
-from featstore.probing.results import short_layers
+from featstore.probing.results import setting_labels
 from featstore.probing.runner import LENGTH_FEATURE
 from featstore.store.layout import model_dir_name, tokenizer_path
 from featstore.store.tokenizers import TokenDecoder
@@ -75,6 +75,7 @@ class ModelData:
     splits: pd.DataFrame
     examples: pd.DataFrame
     head_weights: pd.DataFrame
+    scored: set[str]
     scores: pd.DataFrame
 
 
@@ -85,9 +86,7 @@ def load_model_data(store: Store, model: str, datasets: list[str]) -> ModelData:
         "SELECT result_id, dataset, probe, feature, layers, aggregation, baseline, roc_auc, roc_auc_ci_low, "
         "roc_auc_ci_high, n_train, n_test, n_features, seed FROM probe_results "
         "WHERE model = $model AND list_contains($datasets, dataset) ORDER BY dataset, result_id", chosen)
-    results["setting"] = [" ".join(part for part in (row.probe, row.feature, short_layers(row.layers), row.aggregation)
-                                   if part) + (f" seed {row.seed}" if row.seed else "")
-                          for row in results.itertuples()]
+    results["setting"] = setting_labels(results)
     results["role"] = np.select([results["baseline"], results["feature"] == LENGTH_FEATURE], ["baseline", "length"], "probe")
     splits = store.sql("SELECT dataset, split, n_examples, max_seq_len, n_layers, n_heads FROM feature_splits "
                        "WHERE model = $model AND status = 'complete' AND list_contains($datasets, dataset) "
@@ -98,15 +97,17 @@ def load_model_data(store: Store, model: str, datasets: list[str]) -> ModelData:
     head_weights = store.sql("SELECT w.result_id, w.layer, w.head, w.weight FROM probe_head_weights w JOIN probe_results r "
                              "USING (result_id) WHERE r.model = $model AND list_contains($datasets, r.dataset) "
                              "ORDER BY w.result_id, w.layer, w.head", chosen)
-    shown = [result_id for _, mine in results.groupby("dataset") for result_id in _shown_results(mine)]
+    scored = set(store.sql("SELECT DISTINCT result_id FROM probe_scores WHERE list_contains($ids, result_id)",
+                           {"ids": results["result_id"].tolist()})["result_id"])
+    shown = [result_id for _, mine in results.groupby("dataset") for result_id in _shown_results(mine, scored)]
     scores = store.sql("SELECT result_id, example_id, score FROM probe_scores WHERE list_contains($ids, result_id)",
                        {"ids": shown})
-    return ModelData(model, results, splits, examples, head_weights, scores)
+    return ModelData(model, results, splits, examples, head_weights, scored, scores)
 
 
-def _shown_results(results: pd.DataFrame) -> list[str]:
+def _shown_results(results: pd.DataFrame, scored: set[str]) -> list[str]:
     """The results whose scores a dataset page uses: its ROC curves' and its featured setting's."""
-    featured = _featured(results)
+    featured = _featured(results, scored)
     return list(dict.fromkeys(_roc_results(results)["result_id"].tolist() + ([featured.result_id] if featured else [])))
 
 
@@ -133,7 +134,7 @@ def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) 
     """Everything the dataset page shows, from the model's catalog rows and a small slice of the test split."""
     mine = data.results[data.results["dataset"] == dataset].sort_values("roc_auc", ascending=False, kind="stable")
     length_auc = _length_auc(mine)
-    featured = _featured(mine)
+    featured = _featured(mine, data.scored)
     splits = data.splits[data.splits["dataset"] == dataset]
     examples = data.examples[data.examples["dataset"] == dataset]
     page = {
@@ -160,8 +161,7 @@ def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) 
         page["head_map"] = head_map(weights, int(splits["n_heads"].max()))
         top = weights.sort_values(["weight", "layer", "head"], ascending=[False, True, True], kind="stable").head(TOP_HEADS)
         page["top_heads"] = class_profiles(store, data.model, dataset, top)
-    featured_scores = data.scores[data.scores["result_id"] == featured.result_id]
-    page["examples"] = example_lists(featured_scores, examples) if len(featured_scores) else {}
+    page["examples"] = example_lists(data.scores[data.scores["result_id"] == featured.result_id], examples)
     return page
 
 
@@ -189,9 +189,10 @@ def layer_curves(results: pd.DataFrame) -> list[dict]:
     """AUC against layer for every setting fitted on single layers at two or more layers."""
     single = results[(results["layers"] != "") & ~results["layers"].str.contains(",")].copy()
     single["layer"] = single["layers"].astype(int) if len(single) else []
-    single["group"] = [" ".join(p for p in (r.probe, r.feature, r.aggregation) if p) for r in single.itertuples()]
+    single["group"] = [" ".join(p for p in (r.probe, r.feature, r.aggregation) if p) + (f" seed {r.seed}" if r.seed else "")
+                       + (" [baseline]" if r.baseline else "") for r in single.itertuples()]
     curves = []
-    for group, rows in single.sort_values("layer").groupby("group", sort=True):
+    for group, rows in single.sort_values("layer", kind="stable").groupby("group", sort=True):
         if rows["layer"].nunique() >= 2:
             rows = rows.drop_duplicates("layer")
             curves.append({"group": group, "layers": rows["layer"].tolist(), "auc": rows["roc_auc"].tolist(),
@@ -295,15 +296,17 @@ def token_decoder(store: Store, model: str) -> TokenDecoder | None:
     return TokenDecoder(folder) if folder.is_dir() else None
 
 
-def store_summary(store: Store, models: list[str]) -> list[dict]:
-    """Per model: its identity and, per split, examples, tokens, truncation, bytes on disk and compression."""
+def store_summary(store: Store, scope: Scope) -> list[dict]:
+    """Per model: its identity and, per split of the datasets in scope, examples, tokens, truncation, bytes on
+    disk and compression."""
     summary = []
-    for model in models:
+    for model, datasets in scope.models.items():
         splits = store.sql(
             "SELECT s.dataset, s.split, s.n_examples, s.max_seq_len, s.path, s.settings, s.built_at, s.build_seconds, "
             "sum(f.seq_len) AS tokens, count_if(f.truncated) AS truncated FROM feature_splits s JOIN features f "
-            "USING (model, dataset, split) WHERE s.model = ? AND s.status = 'complete' GROUP BY ALL ORDER BY ALL",
-            [model],
+            "USING (model, dataset, split) WHERE s.model = $model AND s.status = 'complete' "
+            "AND list_contains($datasets, s.dataset) GROUP BY ALL ORDER BY ALL",
+            {"model": model, "datasets": datasets},
         )
         rows, identity = [], {}
         for row in splits.itertuples():
@@ -322,7 +325,8 @@ def store_summary(store: Store, models: list[str]) -> list[dict]:
         totals = {key: sum(r[key] for r in rows) for key in ("n_examples", "tokens", "truncated", "bytes_on_disk",
                                                              "bytes_uncompressed")}
         totals["compression_ratio"] = totals["bytes_uncompressed"] / totals["bytes_on_disk"] if totals["bytes_on_disk"] else None
-        n_probes = int(store.sql("SELECT count(*) AS n FROM probe_results WHERE model = ?", [model])["n"][0])
+        n_probes = int(store.sql("SELECT count(*) AS n FROM probe_results WHERE model = $model AND "
+                                 "list_contains($datasets, dataset)", {"model": model, "datasets": datasets})["n"][0])
         summary.append({"model": model, "folder": model_dir_name(model), "identity": identity, "splits": rows,
                         "totals": totals, "n_probe_results": n_probes})
     return summary
@@ -350,8 +354,10 @@ def _hard(results: pd.DataFrame, threshold: float) -> bool | None:
     return bool((baseline < threshold).any()) if len(baseline) else None
 
 
-def _featured(results: pd.DataFrame):
-    """The setting the page explains: the best attention probe, else the best probe of any feature but length."""
+def _featured(results: pd.DataFrame, scored: set[str]):
+    """The setting the page explains: the best attention probe, else the best probe of any feature but length,
+    among the results with stored test scores."""
+    results = results[results["result_id"].isin(scored)]
     for candidates in (results[results["feature"] == "attn"], results[results["role"] != "length"]):
         if len(candidates):
             return next(candidates.sort_values("roc_auc", ascending=False, kind="stable").itertuples())

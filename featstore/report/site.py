@@ -21,12 +21,14 @@ from tqdm import tqdm
 
 from featstore.api import Store
 from featstore.catalog.database import upgrade_catalog
+from featstore.errors import FeatstoreError
 from featstore.project import Project
 from featstore.report import data, pages
 from featstore.store.atomic import swap_folder
 from featstore.store.layout import model_dir_name
 
 ASSETS = ("report.css", "report.js", "example.js")
+MARKER = ".featstore-report"
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,25 @@ def write_report(project: Project, models: list[str] | None = None, datasets: li
                  out: Path | None = None, threshold: float = 0.8) -> ReportSummary:
     """Write the report of these models and datasets (default: all built) to `out` (default `<root>/report`)."""
     started = time.perf_counter()
+    if not 0 <= threshold <= 1:
+        raise FeatstoreError(f"the hard threshold is an AUC in [0, 1], not {threshold}")
     upgrade_catalog(project)
     store = Store(project)
     scope = data.resolve_scope(store, models, datasets, threshold)
     out = Path(out or project.report_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _check_replaceable(out, project)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise FeatstoreError(f"cannot write a report next to {out}: {err.strerror}") from None
     try:
         _write_site(store, scope, staging)
+        (staging / MARKER).write_text("written by featstore report; the folder is replaced whole on each run\n")
         os.chmod(staging, 0o755)
         swap_folder(staging, out)
+    except OSError as err:
+        raise FeatstoreError(f"cannot write the report to {out}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     files = [f for f in out.rglob("*") if f.is_file()]
@@ -60,10 +71,22 @@ def write_report(project: Project, models: list[str] | None = None, datasets: li
                          time.perf_counter() - started)
 
 
+def _check_replaceable(out: Path, project: Project) -> None:
+    """Refuse an output folder that holds the project, or an existing path that no report run wrote."""
+    if out == project.root or out in project.root.parents:
+        raise FeatstoreError(f"--out {out} holds the project itself; choose a folder of its own")
+    if out.exists() and not (out / MARKER).is_file():
+        raise FeatstoreError(f"{out} exists and was not written by featstore report; choose another --out or remove it")
+
+
 def serve(folder: Path, port: int = 8000) -> None:
     """Serve `folder` on 127.0.0.1 until interrupted (http.server, as `python -m http.server -d folder`)."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as err:
+        raise FeatstoreError(f"cannot serve on 127.0.0.1:{port}: {err.strerror}") from None
+    with server:
         host, bound = server.server_address[:2]
         print(f"featstore: serving {folder} at http://{host}:{bound}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
         try:
@@ -100,7 +123,7 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
                 list(tqdm(pool.map(write_dataset, datasets), total=len(datasets), unit="dataset",
                           desc=f"report {model}", dynamic_ncols=True, disable=None))
         with store.reading() as reading:
-            summary = data.store_summary(reading, list(scope.models))
+            summary = data.store_summary(reading, scope)
     _write(folder / "index.html", pages.overview_page(env, sections))
     _write(folder / "store.html", pages.store_page(env, summary, str(store.project.root)))
     _write(folder / "example.html", pages.example_page(env))

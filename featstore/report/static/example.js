@@ -2,15 +2,17 @@
 // and colours its tokens by the last token's attention for the chosen layer and head.
 (function () {
   const params = new URLSearchParams(window.location.search);
-  const safe = (value) => value !== null && /^[A-Za-z0-9._-]+$/.test(value);
+  // Names become path parts below: refuse anything that could leave the report's folders.
+  const safe = (value) => value !== null && value !== "" && !/[\/\\]/.test(value) && value !== "." && value !== "..";
   const model = params.get("model"), dataset = params.get("dataset"), id = params.get("id");
+  const part = encodeURIComponent;
   const error = document.getElementById("error");
   const fail = (message) => { error.hidden = false; error.textContent = message; };
   if (!safe(model) || !safe(dataset) || !/^[0-9]+$/.test(id || "")) {
     fail("Open an example from a dataset page (this page needs ?model=…&dataset=…&id=…).");
     return;
   }
-  document.getElementById("back").href = `models/${model}/${dataset}.html`;
+  document.getElementById("back").href = `models/${part(model)}/${part(dataset)}.html`;
   document.getElementById("back").textContent = `${dataset}`;
   const layerSelect = document.getElementById("layer"), headSelect = document.getElementById("head");
   const skipFirst = document.getElementById("skip-first");
@@ -64,7 +66,7 @@
     render(example);
   }
 
-  fetch(`data/${model}/${dataset}/examples/${id}.json`)
+  fetch(`data/${part(model)}/${part(dataset)}/examples/${id}.json`)
     .then((response) => {
       if (!response.ok) throw new Error(`no stored example ${id} of ${dataset} in this report`);
       return response.json();
