@@ -41,9 +41,11 @@ class Store:
         model: str | None = None,
         layers: Sequence[int] | None = None,
         where: str | None = None,
+        dask: bool = True,
     ) -> xr.Dataset:
         """A lazy xarray view of one split's features (see `featstore.views.view.open_view`)."""
-        return open_view(self.project, dataset, split, model=model, layers=layers, where=where, reader=self.reader)
+        return open_view(self.project, dataset, split, model=model, layers=layers, where=where, reader=self.reader,
+                         dask=dask)
 
 
 def open_store(root: str | Path = ".") -> Store:

@@ -8,11 +8,11 @@ Nothing here refits or rescores a probe: AUCs, intervals and scores are the stor
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 import zarr
 from sklearn.metrics import roc_curve
 
@@ -114,8 +114,9 @@ def _shown_results(results: pd.DataFrame, scored: set[str]) -> list[str]:
 def overview(results: pd.DataFrame, datasets: list[str], threshold: float) -> dict:
     """Datasets x settings: AUC, interval and flags; the hard subset; the mean AUC of each setting."""
     order = {"baseline": 0, "length": 1, "probe": 2}
-    settings = (results.drop_duplicates("setting")[["setting", "role", "feature"]]
-                .assign(rank=lambda f: f["role"].map(order)).sort_values(["rank", "feature", "setting"]))
+    settings = results.drop_duplicates("setting")[["setting", "role", "feature"]]
+    settings = settings.iloc[sorted(range(len(settings)), key=lambda i: (
+        order[settings["role"].iloc[i]], settings["feature"].iloc[i], _natural(settings["setting"].iloc[i])))]
     rows = []
     for dataset in datasets:
         mine = results[results["dataset"] == dataset]
@@ -210,26 +211,25 @@ def head_map(weights: pd.DataFrame, n_heads: int) -> dict:
 
 def class_profiles(store: Store, model: str, dataset: str, heads: pd.DataFrame) -> list[dict]:
     """Class means of the top heads' attention over PROFILE_BINS relative-position bins (length-masked) on
-    the test split, from at most PROFILE_EXAMPLES_PER_CLASS examples of each class (a seeded sample)."""
-    view = store.view(dataset, TEST, model=model, layers=sorted(heads["layer"].unique().tolist()))
-    chosen = _sample_per_class(view["label"].values, PROFILE_EXAMPLES_PER_CLASS)
-    view = view.isel(example=chosen)
-    pairs = xr.Dataset(coords={"top": np.arange(len(heads))})
-    attn = view["attn"].sel(layer=xr.DataArray(heads["layer"].to_numpy(), dims="top", coords=pairs.coords),
-                            head=xr.DataArray(heads["head"].to_numpy(), dims="top", coords=pairs.coords)).compute()
-    means = relative_bins(attn, PROFILE_BINS).groupby("label").mean("example")
+    the test split, from at most PROFILE_EXAMPLES_PER_CLASS examples of each class (a seeded sample); read
+    one layer at a time, so memory is bounded by the sample and one layer."""
+    view = store.view(dataset, TEST, model=model, dask=False)
+    view = view.isel(example=_sample_per_class(view["label"].values, PROFILE_EXAMPLES_PER_CLASS))
     labels = view["label"].values
-    profiles = []
-    for i, row in enumerate(heads.itertuples()):
-        profile = {"layer": int(row.layer), "head": int(row.head), "weight": float(row.weight),
-                   "bins": ((np.arange(PROFILE_BINS) + 0.5) / PROFILE_BINS).tolist(),
-                   "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()),
-                   "example_ids": view["example_id"].values.tolist()}
-        for name, label in (("positive", 1), ("negative", 0)):
-            present = label in means["label"].values
-            profile[name] = means.sel(label=label).isel(top=i).values.astype(float).tolist() if present else None
-        profiles.append(profile)
-    return profiles
+    profiles = {}
+    for layer, rows in heads.groupby("layer", sort=False):
+        attn = view["attn"].isel(layer=int(layer)).isel(head=rows["head"].to_numpy()).load()
+        means = relative_bins(attn, PROFILE_BINS).groupby("label").mean("example")
+        for row in rows.itertuples():
+            profile = {"layer": int(row.layer), "head": int(row.head), "weight": float(row.weight),
+                       "bins": ((np.arange(PROFILE_BINS) + 0.5) / PROFILE_BINS).tolist(),
+                       "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()),
+                       "example_ids": view["example_id"].values.tolist()}
+            for name, label in (("positive", 1), ("negative", 0)):
+                present = label in means["label"].values
+                profile[name] = means.sel(label=label, head=row.head).values.astype(float).tolist() if present else None
+            profiles[(row.layer, row.head)] = profile
+    return [profiles[(row.layer, row.head)] for row in heads.itertuples()]
 
 
 def length_histogram(examples: pd.DataFrame) -> dict:
@@ -245,20 +245,20 @@ def length_histogram(examples: pd.DataFrame) -> dict:
 
 def example_lists(scores: pd.DataFrame, examples: pd.DataFrame) -> dict:
     """Test examples to open in the viewer: the highest scores, the most confidently wrong, a seeded random few."""
-    frame = scores.merge(examples[["example_id", "label", "seq_len"]], on="example_id")
-    frame = frame.sort_values("example_id").reset_index(drop=True)
-    wrongness = np.where(frame["label"] == 1, -frame["score"], frame["score"])
+    frame = scores.merge(examples[["example_id", "label", "seq_len"]], on="example_id").sort_values("example_id")
+    ids, labels = frame["example_id"].to_numpy(), frame["label"].to_numpy()
+    score, lengths = frame["score"].to_numpy(), frame["seq_len"].to_numpy()
+    wrongness = np.where(labels == 1, -score, score)
+    orders = {"highest scores": np.argsort(-score, kind="stable"),
+              "most confidently wrong": np.argsort(-wrongness, kind="stable"),
+              "random": np.random.default_rng(SEED).permutation(len(frame))}
     used: set[int] = set()
     lists = {}
-    rng = np.random.default_rng(SEED)
-    orders = {"highest scores": np.argsort(-frame["score"].to_numpy(), kind="stable"),
-              "most confidently wrong": np.argsort(-wrongness, kind="stable"),
-              "random": rng.permutation(len(frame))}
     for name, order in orders.items():
-        picked = [i for i in order if int(frame["example_id"][i]) not in used][:EXAMPLES_PER_LIST]
-        used.update(int(frame["example_id"][i]) for i in picked)
-        lists[name] = [{"example_id": int(frame["example_id"][i]), "label": int(frame["label"][i]),
-                        "score": float(frame["score"][i]), "seq_len": int(frame["seq_len"][i])} for i in picked]
+        picked = [i for i in order[:len(used) + EXAMPLES_PER_LIST] if ids[i] not in used][:EXAMPLES_PER_LIST]
+        used.update(int(ids[i]) for i in picked)
+        lists[name] = [{"example_id": int(ids[i]), "label": int(labels[i]), "score": float(score[i]),
+                        "seq_len": int(lengths[i])} for i in picked]
     return lists
 
 
@@ -272,7 +272,7 @@ def example_records(store: Store, data: ModelData, page: dict, decoder: TokenDec
     shown = {page["featured"]["setting"]: page["featured"]["result_id"]}
     shown.update({r["setting"]: r["result_id"] for r in page["results"] if r["role"] == "baseline"})
     scores = data.scores[data.scores["example_id"].isin(example_ids)].set_index(["result_id", "example_id"])["score"]
-    view = store.view(page["dataset"], TEST, model=data.model).sel(example=example_ids)[["attn", "tokens"]].compute()
+    view = store.view(page["dataset"], TEST, model=data.model, dask=False).sel(example=example_ids)[["attn", "tokens"]].load()
     records = []
     for i, example_id in enumerate(example_ids):
         length = int(view["seq_len"].values[i])
@@ -362,6 +362,11 @@ def _featured(results: pd.DataFrame, scored: set[str]):
         if len(candidates):
             return next(candidates.sort_values("roc_auc", ascending=False, kind="stable").itertuples())
     return None
+
+
+def _natural(text: str) -> list:
+    """A sort key that orders the numbers inside a label by value (L2 before L10)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 def _sample_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
