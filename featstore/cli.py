@@ -14,9 +14,9 @@ import pandas as pd
 from featstore import __version__
 from featstore.catalog.splits import SplitParams
 from featstore.errors import FeatstoreError
+from featstore.probing.families import FAMILIES
 from featstore.project import init_project, open_project
 
-PROBE_NAMES = ("logreg", "mass-mean", "mass-mean-lda")
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--each-layer", action="store_true", help="one probe per layer of --layers instead of one over all")
     probe.add_argument("--aggregation", nargs="+", metavar="SPEC",
                        help="for attn: mean, max, entropy, first, last:K, bins:N, with -nofirst/-ratio (default: first)")
-    probe.add_argument("--probe", nargs="+", choices=sorted(PROBE_NAMES), default=["logreg"], dest="probes")
+    probe.add_argument("--probe", nargs="+", choices=list(FAMILIES), default=["logreg"], dest="probes", metavar="PROBE",
+                       help="; ".join(f"{name}: {family.summary}" for name, family in FAMILIES.items())
+                       + " (default: logreg)")
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--baseline", action="store_true",
                        help="fit the SAE-Probes baseline: logistic regression on the last-token residual at one layer")

@@ -260,3 +260,43 @@ def test_baseline_and_a_plain_probe_of_the_same_layer_and_seeds_get_their_own_co
     header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert header == ["dataset", "random:tiny logreg resid L1 last-token", "random:tiny logreg resid L1 last-token [baseline]",
                       "random:tiny logreg resid L1 last-token seed 3"]
+
+
+def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
+    from probes import AttentionRows
+
+    assert probe(built, "--probe", "attention-row", "meta", "--aggregation", "first", "entropy") == 0
+    rows = results(built).set_index("probe")
+    assert rows.loc["attention-row", "aggregation"] == "rows"
+    assert rows.loc["meta", "aggregation"] == "stack[L0,1 first;L0,1 entropy]"
+    assert {"best_epoch", "validation_auc"} <= set(json.loads(rows.loc["attention-row", "hyperparameters"]))
+    group = zarr.open_group(split_path(built.features_dir, MODEL, "1_toy", "test"), mode="r")
+    ids = group["example_id"][:]
+    rows_input = AttentionRows(group["attn"][:], group["seq_len"][:], group["tokens"][:])
+    saved = joblib.load(built.store_dir / rows.loc["attention-row", "probe_path"])
+    stored = Store(built).sql("SELECT example_id, score FROM probe_scores WHERE result_id = ?",
+                              [rows.loc["attention-row", "result_id"]]).set_index("example_id")["score"].loc[ids]
+    np.testing.assert_allclose(stored, saved.decision_function(rows_input), rtol=1e-5, atol=1e-6)
+    logs = (built.store_dir / rows.loc["attention-row", "probe_path"]).with_suffix(".logs")
+    assert "val_auc" in (logs / "metrics.csv").read_text()
+    weights = Store(built).sql("SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ? ORDER BY ALL",
+                               [rows.loc["attention-row", "result_id"]])
+    np.testing.assert_allclose(weights["weight"], saved.head_importance().ravel())
+    attn_test, _, y_test = raw_arrays(built, "test")
+    meta = joblib.load(built.store_dir / rows.loc["meta", "probe_path"])
+    first = attn_test[..., 0].reshape(len(ids), -1)
+    lengths = group["seq_len"][:]
+    valid = np.arange(attn_test.shape[-1]) < lengths[:, None, None, None]
+    entropy = -np.where(valid & (attn_test > 0), attn_test * np.log(np.where(attn_test > 0, attn_test, 1)), 0).sum(-1)
+    assert rows.loc["meta", "roc_auc"] == pytest.approx(
+        meta.score([first, entropy.reshape(len(ids), -1)], y_test)["roc_auc"], abs=1e-6)
+    assert not list(built.probes_dir.rglob("*.staged"))
+    before = results(built)
+    assert probe(built, "--probe", "attention-row", "meta", "--aggregation", "first", "entropy") == 0
+    assert results(built).equals(before)
+
+
+def test_learned_probes_refuse_other_features_in_one_line(built, capsys):
+    assert probe(built, "--feature", "resid", "--probe", "attention-row") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use them with --feature attn" in err

@@ -15,10 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from datetime import datetime, timezone
 
 import joblib
@@ -34,21 +37,21 @@ from featstore.catalog.safe_sql import run_user_query
 from featstore.catalog.splits import TEST, TRAIN
 from featstore.errors import FeatstoreError
 from featstore.project import Project
+from featstore.probing.results import short_layers
+from featstore.store.atomic import swap_folder
 from featstore.store.layout import model_dir_name
 from featstore.views.aggregations import parse_aggregation
 from featstore.views.matrix import to_matrix
 from featstore.probing.head_weights import head_weights
 from featstore.views.view import layer_indices, open_view
-from probes import LogisticRegressionProbe, MassMeanProbe, ProbeInputError
+from featstore.probing.families import FAMILIES
+from probes import AttentionRows, ProbeInputError
 
-PROBES = {
-    "logreg": lambda seed: LogisticRegressionProbe(random_state=seed),
-    "mass-mean": lambda seed: MassMeanProbe(random_state=seed),
-    "mass-mean-lda": lambda seed: MassMeanProbe(tilt="lda", random_state=seed),
-}
 LAST_TOKEN = "last-token"
 LENGTH_FEATURE = "length"
 LENGTH_AGGREGATION = "log-seq_len"
+ROWS_AGGREGATION = "rows"
+STACK = re.compile(r"stack\[(?P<bases>.+)\]")
 HEAD_WEIGHT_COLUMNS = ["layer", "head", "weight"]
 
 
@@ -118,12 +121,24 @@ def plan_specs(project: Project, request: ProbeRequest) -> list[ProbeSpec]:
     aggregations = aggregation_names(request.feature, request.aggregations)
     if request.feature == LENGTH_FEATURE and (request.layers or request.each_layer):
         raise FeatstoreError("--layers and --each-layer do not apply to --feature length (it reads seq_len only)")
+    inputs = {FAMILIES[probe].input for probe in request.probes}
+    if inputs - {"matrix"} and request.feature != "attn":
+        raise FeatstoreError("--probe attention-row and meta read attention rows: use them with --feature attn")
     specs = []
     for dataset in datasets:
         layers = () if request.feature == LENGTH_FEATURE else resolve_layers(project, dataset, request.model, request.layers)
         layer_sets = [(layer,) for layer in layers] if request.each_layer else [layers]
-        specs += [ProbeSpec(dataset, request.model, request.feature, layer_set, aggregation, probe, request.seed)
-                  for layer_set in layer_sets for aggregation in aggregations for probe in dict.fromkeys(request.probes)]
+        for probe in dict.fromkeys(request.probes):
+            family = FAMILIES[probe].input
+            if family == "rows":
+                specs += [ProbeSpec(dataset, request.model, "attn", layer_set, ROWS_AGGREGATION, probe, request.seed)
+                          for layer_set in layer_sets]
+            elif family == "stack":
+                bases = ";".join(f"{short_layers(','.join(map(str, s)))} {a}" for s in layer_sets for a in aggregations)
+                specs.append(ProbeSpec(dataset, request.model, "attn", layers, f"stack[{bases}]", probe, request.seed))
+            else:
+                specs += [ProbeSpec(dataset, request.model, request.feature, layer_set, aggregation, probe, request.seed)
+                          for layer_set in layer_sets for aggregation in aggregations]
     return specs
 
 
@@ -172,8 +187,17 @@ class FeatureMatrix:
 
 
 def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> FeatureMatrix:
-    """The probe input of one split, read from that split alone."""
+    """The probe input of one split, read from that split alone: a matrix, lazy attention rows (read batch by
+    batch while fitting), or one matrix per base setting of a stack."""
+    stack = STACK.fullmatch(spec.aggregation)
+    if stack:
+        bases = [feature_matrix(project, replace(spec, layers=parse_short_layers(layers), aggregation=aggregation), split)
+                 for layers, aggregation in (base.split(" ", 1) for base in stack["bases"].split(";"))]
+        return FeatureMatrix([b.X for b in bases], bases[0].y, bases[0].example_ids, [])
     view = open_view(project, spec.dataset, split, model=spec.model, layers=list(spec.layers) or None)
+    if spec.aggregation == ROWS_AGGREGATION:
+        names = [f"L{layer}.H{head}" for layer in view["layer"].values for head in view["head"].values]
+        return FeatureMatrix(AttentionRows.from_view(view), view["label"].values, view["example_id"].values, names)
     if spec.feature == LENGTH_FEATURE:
         log_length = np.log(view["seq_len"].astype(np.float64))
         data = xr.Dataset({"log_seq_len": log_length, "log_seq_len_squared": log_length**2})
@@ -199,15 +223,18 @@ def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool =
     _check_splits(project, refit, (TRAIN, TEST))
     _check_splits(project, rescore, (TEST,))
     fitted: list[Fitted] = []
-    for spec in tqdm(refit + rescore, unit="probe", desc="probe", disable=None):
-        if spec in rescore:
-            fitted.append(reevaluate(project, spec, done[spec.result_id]))
-        else:
-            fitted.append(fit_and_score(project, spec))
-    rows = pd.DataFrame([f.row for f in fitted])
-    if fitted:
-        _write(project, fitted)
-    return rows
+    try:
+        for spec in tqdm(refit + rescore, unit="probe", desc="probe", disable=None):
+            if spec in rescore:
+                fitted.append(reevaluate(project, spec, done[spec.result_id]))
+            else:
+                fitted.append(fit_and_score(project, spec))
+        if fitted:
+            _write(project, fitted)
+    finally:  # learning curves of fits that were not committed
+        for spec in refit:
+            shutil.rmtree(_staged(_logs_path(project.store_dir / _probe_path(spec))), ignore_errors=True)
+    return pd.DataFrame([f.row for f in fitted])
 
 
 @dataclass
@@ -224,12 +251,18 @@ class Fitted:
 def fit_and_score(project: Project, spec: ProbeSpec) -> Fitted:
     """Fit on the train split, score on the test split."""
     train = feature_matrix(project, spec, TRAIN)
-    probe = PROBES[spec.probe](spec.seed)
+    probe = FAMILIES[spec.probe].make(spec.seed)
+    logs = _logs_path(project.store_dir / _probe_path(spec))
+    if "log_dir" in probe.get_params():  # learning curves, staged, then moved in beside the saved probe
+        shutil.rmtree(_staged(logs), ignore_errors=True)
+        probe.set_params(log_dir=str(_staged(logs)))
     started = time.perf_counter()
     with _probe_errors(spec):
         probe.fit(train.X, train.y)
+    if "log_dir" in probe.get_params():
+        probe.set_params(log_dir=str(logs))
     seconds = time.perf_counter() - started
-    weights = head_weights(probe.feature_weights(), train.X, train.names)
+    weights = head_weights(standardised_weights(probe, train), train.names)
     n_train = len(train.y)
     del train
     row, scores = _score(project, spec, probe, seconds, n_train)
@@ -254,6 +287,25 @@ def _score(project: Project, spec: ProbeSpec, probe, fit_seconds: float, n_train
         decision = probe.decision_function(test.X)
     scores = pd.DataFrame({"example_id": test.example_ids.astype(np.int64), "score": decision})
     return _row(spec, probe, metrics, n_train, fit_seconds), _keyed(scores, spec.result_id, ["example_id", "score"])
+
+
+def standardised_weights(probe, train: FeatureMatrix) -> np.ndarray:
+    """What the probe puts on each feature of `train.names`, on standardised features: a linear probe's weights
+    times the features' training standard deviations, or a learned row probe's per-head importance."""
+    if hasattr(probe, "head_importance"):
+        return probe.head_importance().ravel()
+    if hasattr(probe, "feature_weights") and not isinstance(train.X, list):
+        return probe.feature_weights() * train.X.std(axis=0, dtype=np.float64)
+    return np.zeros(len(train.names))
+
+
+def parse_short_layers(label: str) -> tuple[int, ...]:
+    """The layers of a `short_layers` label: `L0-23`, `L5`, `L1,3`."""
+    numbers = label.removeprefix("L")
+    if "-" in numbers:
+        first, last = numbers.split("-")
+        return tuple(range(int(first), int(last) + 1))
+    return tuple(int(n) for n in numbers.split(","))
 
 
 def _keyed(frame: pd.DataFrame | None, result_id: str, columns: list[str]) -> pd.DataFrame:
@@ -318,7 +370,7 @@ def _row(spec: ProbeSpec, probe, scores: dict, n_train: int, seconds: float) -> 
         "balanced_accuracy": scores["balanced_accuracy"], "f1": scores["f1"], "n_train": n_train,
         "n_test": scores["n"], "n_features": int(probe.n_features_in_), "seed": spec.seed, "fit_seconds": seconds,
         "featstore_version": __version__, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
-        "probe_path": f"probes/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}.joblib",
+        "probe_path": _probe_path(spec),
     }
 
 
@@ -335,7 +387,7 @@ def _write(project: Project, fitted: list[Fitted]) -> None:
             if item.probe is not None:
                 path = project.store_dir / item.row["probe_path"]
                 path.parent.mkdir(parents=True, exist_ok=True)
-                joblib.dump(item.probe, path.with_suffix(".staged"))
+                joblib.dump(item.probe, _staged(path))
                 staged.append(path)
         refitted = [item for item in fitted if item.head_weights is not None]
         with catalog_writer(project) as con:
@@ -345,7 +397,25 @@ def _write(project: Project, fitted: list[Fitted]) -> None:
                 [item.row["result_id"] for item in refitted],
             )
         for path in staged:
-            os.replace(path.with_suffix(".staged"), path)
+            os.replace(_staged(path), path)
+            if _staged(_logs_path(path)).is_dir():
+                swap_folder(_staged(_logs_path(path)), _logs_path(path))
     finally:
         for path in staged:
-            path.with_suffix(".staged").unlink(missing_ok=True)
+            _staged(path).unlink(missing_ok=True)
+            shutil.rmtree(_staged(_logs_path(path)), ignore_errors=True)
+
+
+def _probe_path(spec: ProbeSpec) -> str:
+    """Where a spec's fitted probe is saved, relative to the store."""
+    return f"probes/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}.joblib"
+
+
+def _logs_path(probe_path: Path) -> Path:
+    """The learning-curve folder beside a saved probe."""
+    return probe_path.with_suffix(".logs")
+
+
+def _staged(path: Path) -> Path:
+    """Where a file or folder is written before the catalog commit makes it part of the store."""
+    return path.with_name(path.name + ".staged")

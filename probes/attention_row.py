@@ -1,0 +1,299 @@
+"""A probe that learns where, and on which tokens, each head's attention row is informative.
+
+Per head and per reader m (a few per head), a weighting of the row's tokens
+    w(t) = sum_b a_b phi_b(relative position) + sum_c b_c psi_c(log(1 + distance from the last token))
+           + e * [t == 0] + u . E[token at t]
+gives the feature sum_t attn(t) w(t) over valid tokens; features are standardised (batch norm) and read
+out linearly. phi are Gaussian bumps over (0, 1), psi over log distance, E a learned token embedding.
+The fixed aggregations first, bins, last:K and span means are special cases (indicator-like weightings);
+unlike them, the weighting can sit on any window or on particular attended tokens.
+Trained with PyTorch Lightning: AdamW with weight decay, early stopping and best-checkpoint selection on
+the validation ROC AUC of a seeded, stratified holdout of min(20 %, 100) training rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from probes.base import BinaryProbe, as_numpy
+from probes.errors import ProbeInputError
+from probes.metrics import binary_scores
+from probes.rows import AttentionRows
+
+MAX_DISTANCE = 4096
+
+
+class RowWeighting(nn.Module):
+    """The learned per-head weightings and the linear read-out (see the module docstring)."""
+
+    def __init__(self, n_channels: int, readers: int, n_position: int, n_distance: int, vocab_size: int,
+                 content_dim: int):
+        super().__init__()
+        self.n_position, self.n_distance = n_position, n_distance
+        n_basis = n_position + n_distance + 1
+        self.basis_weights = nn.Parameter(torch.zeros(n_channels, readers, n_basis))
+        nn.init.normal_(self.basis_weights, std=0.1)
+        self.embedding = nn.Embedding(vocab_size, content_dim) if vocab_size else None
+        self.content_weights = nn.Parameter(torch.randn(n_channels, readers, content_dim) * 0.1) if vocab_size else None
+        self.norm = nn.BatchNorm1d(n_channels * readers, affine=False)
+        self.readout = nn.Linear(n_channels * readers, 1)
+
+    def basis(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """(batch, width, n_basis): position bumps, log-distance bumps, first-token indicator."""
+        t = torch.arange(width, dtype=torch.float32, device=lengths.device)
+        length = lengths.to(torch.float32)[:, None]
+        relative = (t + 0.5) / length
+        centres = torch.linspace(0, 1, self.n_position, device=lengths.device)
+        position = torch.exp(-0.5 * ((relative[..., None] - centres) * (self.n_position - 1)) ** 2)
+        distance = torch.log1p((length - 1 - t).clamp(min=0))
+        log_centres = torch.linspace(0, math.log1p(MAX_DISTANCE), self.n_distance, device=lengths.device)
+        spacing = math.log1p(MAX_DISTANCE) / max(self.n_distance - 1, 1)
+        near = torch.exp(-0.5 * ((distance[..., None] - log_centres) / spacing) ** 2)
+        first = (t == 0).to(torch.float32).expand(len(lengths), width)[..., None]
+        return torch.cat([position, near, first], dim=-1)
+
+    def features(self, attn: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """(batch, channels * readers) weighted sums of the rows (padding is zero in `attn`)."""
+        pooled = torch.einsum("bct,btk->bck", attn, self.basis(lengths, attn.shape[-1]))
+        features = torch.einsum("bck,cmk->bcm", pooled, self.basis_weights)
+        if self.embedding is not None and tokens is not None:
+            content = torch.einsum("bct,btd->bcd", attn, self.embedding(tokens))
+            features = features + torch.einsum("bcd,cmd->bcm", content, self.content_weights)
+        return features.flatten(1)
+
+    def forward(self, attn: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        return self.readout(self.norm(self.features(attn, lengths, tokens))).squeeze(-1)
+
+
+class AttentionRowProbe(BinaryProbe):
+    """Learned attention-row probe (see the module docstring). X is an `AttentionRows` (or a 4-D array with
+    `lengths=` and optional `tokens=` passed to fit/decision_function)."""
+
+    def __init__(self, readers_per_head: int = 2, n_position_basis: int = 24, n_distance_basis: int = 8,
+                 content_dim: int = 4, use_tokens: bool = True, learning_rate: float = 0.01,
+                 weight_decay: float = 0.01, batch_size: int = 64, max_epochs: int = 60, patience: int = 10,
+                 validation_size: float = 0.2, max_validation: int = 100, random_state: int = 0,
+                 accelerator: str = "auto", devices: str | int = "auto", log_dir: str | None = None):
+        self.readers_per_head = readers_per_head
+        self.n_position_basis = n_position_basis
+        self.n_distance_basis = n_distance_basis
+        self.content_dim = content_dim
+        self.use_tokens = use_tokens
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_size = validation_size
+        self.max_validation = max_validation
+        self.random_state = random_state
+        self.accelerator = accelerator
+        self.devices = devices
+        self.log_dir = log_dir
+
+    def fit(self, X, y, lengths=None, tokens=None) -> AttentionRowProbe:
+        """Train on a stratified split of (X, y), keeping the epoch with the best validation ROC AUC."""
+        import lightning as L
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger
+
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner of devices and tips per fit
+
+        rows = _rows(X, lengths, tokens)
+        y = np.asarray(as_numpy(y)).ravel()
+        self.classes_ = np.unique(y)
+        if self.classes_.size != 2 or len(y) != len(rows):
+            raise ProbeInputError(f"AttentionRowProbe.fit: needs {len(rows)} labels of exactly two classes, "
+                                  f"got {len(y)} labels of classes {self.classes_.tolist()}")
+        target = (y == self.classes_[1]).astype(np.float32)
+        n_validation = min(int(self.validation_size * len(y)), self.max_validation)
+        try:
+            fit_rows, val_rows = train_test_split(np.arange(len(y)), test_size=n_validation, stratify=target,
+                                                  random_state=self.random_state)
+        except ValueError as error:
+            raise ProbeInputError(f"AttentionRowProbe: cannot hold out a stratified validation set of {n_validation} "
+                                  f"from {len(y)} rows: {str(error).splitlines()[0]}") from error
+        self.n_layers_, self.n_heads_ = rows.n_layers, rows.n_heads
+        self.n_features_in_ = rows.n_channels
+        self.vocab_size_ = _vocab_size(rows) if self.use_tokens and rows.tokens is not None else 0
+        LightningRowProbe, BatchData = _lightning_classes()
+        L.seed_everything(self.random_state, workers=True, verbose=False)
+        module = LightningRowProbe(self._network(), self.learning_rate, self.weight_decay)
+        data = BatchData(rows, target, fit_rows, val_rows, self.batch_size, self.random_state)
+        with tempfile.TemporaryDirectory(prefix="attention-row-") as checkpoints:
+            best = ModelCheckpoint(dirpath=checkpoints, monitor="val_auc", mode="max", save_top_k=1)
+            trainer = L.Trainer(
+                accelerator=self.accelerator, devices=self.devices, max_epochs=self.max_epochs, deterministic=True,
+                callbacks=[EarlyStopping(monitor="val_auc", mode="max", patience=self.patience), best],
+                logger=CSVLogger(self.log_dir, name="", version="") if self.log_dir else False,
+                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers).*")
+                trainer.fit(module, datamodule=data)
+            state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            self.best_epoch_ = int(Path(best.best_model_path).stem.split("epoch=")[1].split("-")[0])
+            self.validation_auc_ = float(best.best_model_score)
+        self.state_ = {key.removeprefix("network."): value for key, value in state.items()}
+        self.epochs_run_ = int(trainer.current_epoch)
+        return self
+
+    def decision_function(self, X, lengths=None, tokens=None) -> np.ndarray:
+        """Logit of the positive class, shape (n,), computed batch by batch in length order."""
+        check_is_fitted(self, "state_")
+        rows = _rows(X, lengths, tokens)
+        if rows.n_channels != self.n_features_in_:
+            raise ProbeInputError(f"AttentionRowProbe: fitted on {self.n_features_in_} heads, got {rows.n_channels}")
+        network = self._network()
+        network.load_state_dict(self.state_)
+        network.eval()
+        out = np.empty(len(rows))
+        with torch.inference_mode():
+            for batch in rows.batches(np.arange(len(rows)), self.batch_size):
+                out[batch] = network(*_tensors(rows, batch, self.vocab_size_)).double().numpy()
+        return out
+
+    def score(self, X, y, lengths=None, tokens=None) -> dict[str, float]:
+        """Metrics on (X, y): roc_auc with its interval, accuracy, balanced_accuracy, f1, n."""
+        decision = self.decision_function(X, lengths, tokens)
+        y = np.asarray(as_numpy(y)).ravel()
+        return binary_scores(y == self.classes_[1], decision, decision > 0)
+
+    def predict_proba(self, X, lengths=None, tokens=None) -> np.ndarray:
+        positive = 1 / (1 + np.exp(-self.decision_function(X, lengths, tokens)))
+        return np.column_stack([1 - positive, positive])
+
+    def predict(self, X, lengths=None, tokens=None) -> np.ndarray:
+        return self.classes_[(self.decision_function(X, lengths, tokens) > 0).astype(np.int64)]
+
+    def head_importance(self) -> np.ndarray:
+        """(layers, heads): the L2 norm of each head's read-out weights (on batch-normalised features)."""
+        check_is_fitted(self, "state_")
+        weights = self.state_["readout.weight"].reshape(self.n_features_in_, self.readers_per_head)
+        return weights.norm(dim=1).reshape(self.n_layers_, self.n_heads_).numpy().astype(np.float64)
+
+    def position_weights(self, n_points: int = 50, length: int = 1024) -> np.ndarray:
+        """(layers, heads, n_points): each head's learned weighting (read-out folded in, content term left out)
+        along the relative position of an example of `length` tokens."""
+        check_is_fitted(self, "state_")
+        network = self._network()
+        network.load_state_dict(self.state_)
+        positions = np.linspace(0, length - 1, n_points).round().astype(int)
+        basis = network.basis(torch.tensor([length]), length)[0, positions]  # (points, n_basis)
+        readout = self.state_["readout.weight"].reshape(self.n_features_in_, self.readers_per_head)
+        scale = torch.sqrt(self.state_["norm.running_var"] + network.norm.eps).reshape(self.n_features_in_,
+                                                                                       self.readers_per_head)
+        per_reader = torch.einsum("pk,cmk->cmp", basis, self.state_["basis_weights"])
+        curves = torch.einsum("cmp,cm->cp", per_reader, readout / scale)
+        return curves.reshape(self.n_layers_, self.n_heads_, n_points).detach().numpy().astype(np.float64)
+
+    def chosen_hyperparameters(self) -> dict[str, float | int]:
+        """The chosen epoch and its validation ROC AUC, for a runner to record."""
+        check_is_fitted(self, "state_")
+        return {"best_epoch": self.best_epoch_, "validation_auc": self.validation_auc_, "epochs_run": self.epochs_run_}
+
+    def _network(self) -> RowWeighting:
+        return RowWeighting(self.n_features_in_, self.readers_per_head, self.n_position_basis, self.n_distance_basis,
+                            self.vocab_size_, self.content_dim)
+
+
+def _rows(X, lengths, tokens) -> AttentionRows:
+    if isinstance(X, AttentionRows):
+        return X
+    if lengths is None:
+        raise ProbeInputError("AttentionRowProbe needs lengths= with a 4-D array (or pass an AttentionRows)")
+    return AttentionRows(X, lengths, tokens)
+
+
+def _vocab_size(rows: AttentionRows) -> int:
+    """One more than the largest token id, read batch by batch."""
+    largest = 0
+    for batch in rows.batches(np.arange(len(rows)), 256):
+        largest = max(largest, int(rows.batch(batch)[2].max()))
+    return largest + 1
+
+
+def _tensors(rows: AttentionRows, batch: np.ndarray, vocab_size: int):
+    attn, lengths, tokens = rows.batch(batch)
+    tokens_tensor = torch.from_numpy(np.minimum(tokens, vocab_size - 1)) if vocab_size and tokens is not None else None
+    return torch.from_numpy(attn), torch.from_numpy(lengths), tokens_tensor
+
+
+def _lightning_classes():
+    """The LightningModule and DataModule, defined on first use so importing probes needs no lightning."""
+    import lightning as L
+
+    class LightningRowProbe(L.LightningModule):
+        """BCE training of a RowWeighting; the validation ROC AUC is logged as `val_auc` each epoch."""
+
+        def __init__(self, network: RowWeighting, learning_rate: float, weight_decay: float):
+            super().__init__()
+            self.network, self.learning_rate, self.weight_decay = network, learning_rate, weight_decay
+            self._val_logits: list[torch.Tensor] = []
+            self._val_targets: list[torch.Tensor] = []
+
+        def training_step(self, batch, _):
+            attn, lengths, tokens, target = batch
+            loss = nn.functional.binary_cross_entropy_with_logits(self.network(attn, lengths, tokens), target)
+            self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(target))
+            return loss
+
+        def validation_step(self, batch, _):
+            attn, lengths, tokens, target = batch
+            self._val_logits.append(self.network(attn, lengths, tokens).detach().cpu())
+            self._val_targets.append(target.cpu())
+
+        def on_validation_epoch_end(self):
+            logits, targets = torch.cat(self._val_logits).numpy(), torch.cat(self._val_targets).numpy()
+            self._val_logits.clear()
+            self._val_targets.clear()
+            auc = roc_auc_score(targets, logits) if 0 < targets.sum() < len(targets) else 0.5
+            self.log("val_auc", float(auc), prog_bar=False)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    class BatchData(L.LightningDataModule):
+        """Length-ordered batches of the training and validation rows (batch order shuffled, seeded)."""
+
+        def __init__(self, rows: AttentionRows, target: np.ndarray, fit_rows, val_rows, batch_size: int, seed: int):
+            super().__init__()
+            self.rows, self.target, self.seed = rows, target, seed
+            self.fit_batches = list(rows.batches(fit_rows, batch_size))
+            self.val_batches = list(rows.batches(val_rows, batch_size))
+
+        def _loader(self, batches, shuffle: bool):
+            rows, target = self.rows, self.target
+            vocab = self.trainer.lightning_module.network.embedding
+            vocab_size = vocab.num_embeddings if vocab is not None else 0
+
+            class Batches(torch.utils.data.Dataset):
+                def __len__(self):
+                    return len(batches)
+
+                def __getitem__(self, i):
+                    attn, lengths, tokens = _tensors(rows, batches[i], vocab_size)
+                    return attn, lengths, tokens, torch.from_numpy(target[batches[i]])
+
+            generator = torch.Generator().manual_seed(self.seed)
+            return torch.utils.data.DataLoader(Batches(), batch_size=None, shuffle=shuffle, generator=generator,
+                                               collate_fn=lambda item: item)
+
+        def train_dataloader(self):
+            return self._loader(self.fit_batches, shuffle=True)
+
+        def val_dataloader(self):
+            return self._loader(self.val_batches, shuffle=False)
+
+    return LightningRowProbe, BatchData
