@@ -230,3 +230,29 @@ def test_out_never_replaces_a_folder_that_no_report_wrote(reported, tmp_path, ca
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err
     assert (precious / "notes.txt").read_text() == "keep me" and (reported.store_dir / "catalog.duckdb").is_file()
+
+
+def test_worker_processes_write_the_same_report_as_one_process(tmp_path, monkeypatch):
+    from featstore.catalog.splits import SplitParams
+    from featstore.datasets.cleaning import clean_datasets
+    from featstore.datasets.registry import load_registry
+    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.project import init_project
+    from featstore.report import site
+    from tests.factories import registry_row, toy_raw, write_registry
+
+    project = init_project(tmp_path / "p")
+    project.raw_dir.mkdir(parents=True)
+    toy_raw(150).to_csv(project.raw_dir / "toy.csv", index=False)
+    write_registry(project, [registry_row(1, "a", "toy.csv"), registry_row(2, "b", "toy.csv")])
+    clean_datasets(project, load_registry(project), SplitParams())
+    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    assert main(["--root", str(project.root), "probe", "--model", MODEL, "--aggregation", "first"]) == 0
+    one = site.write_report(project, out=tmp_path / "one")
+    monkeypatch.setattr(site, "DATASETS_PER_WORKER", 1)
+    monkeypatch.setattr(site.os, "cpu_count", lambda: 2)
+    two = site.write_report(project, out=tmp_path / "two")
+    files = sorted(p.relative_to(one.folder) for p in (one.folder / "data").rglob("*.json"))
+    assert len(files) == 2 + 2 + 2 * 9 and files == sorted(p.relative_to(two.folder) for p in (two.folder / "data").rglob("*.json"))
+    for name in files:
+        assert (one.folder / name).read_bytes() == (two.folder / name).read_bytes(), name

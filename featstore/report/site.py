@@ -12,7 +12,8 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from featstore.store.layout import model_dir_name
 
 ASSETS = ("report.css", "report.js", "example.js")
 MARKER = ".featstore-report"
+DATASETS_PER_WORKER = 8  # below 2 x this, one process: starting a worker costs about as much as 8 pages
 
 
 @dataclass(frozen=True)
@@ -110,20 +112,14 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
     for name in ASSETS:
         (assets / name).write_bytes(importlib.resources.files("featstore.report").joinpath("static", name).read_bytes())
     sections = []
-    with dask.config.set(scheduler="synchronous"):  # small slices: threads would cost more than they save
-        for model, datasets in scope.models.items():
-            model_folder = model_dir_name(model)
-            with store.reading() as reading:
-                model_data = data.load_model_data(reading, model, datasets)
-            sections.append({"model": model, "folder": model_folder,
-                             "overview": data.overview(model_data.results, datasets, scope.threshold)})
-            decoder = data.token_decoder(store, model)
-            write_dataset = functools.partial(_write_dataset, store, model_data, decoder, env, scope.threshold, folder)
-            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-                list(tqdm(pool.map(write_dataset, datasets), total=len(datasets), unit="dataset",
-                          desc=f"report {model}", dynamic_ncols=True, disable=None))
+    for model, datasets in scope.models.items():
         with store.reading() as reading:
-            summary = data.store_summary(reading, scope)
+            model_data = data.load_model_data(reading, model, datasets)
+        sections.append({"model": model, "folder": model_dir_name(model),
+                         "overview": data.overview(model_data.results, datasets, scope.threshold)})
+        _write_datasets(store.project, model_data, datasets, scope.threshold, folder)
+    with store.reading() as reading:
+        summary = data.store_summary(reading, scope)
     _write(folder / "index.html", pages.overview_page(env, sections))
     _write(folder / "store.html", pages.store_page(env, summary, str(store.project.root)))
     _write(folder / "example.html", pages.example_page(env))
@@ -131,14 +127,46 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
     _write_json(folder / "data" / "store.json", {"models": summary})
 
 
-def _write_dataset(store: Store, model_data: data.ModelData, decoder, env, threshold: float, folder: Path,
-                   dataset: str) -> None:
+def _write_datasets(project: Project, model_data: data.ModelData, datasets: list[str], threshold: float,
+                    folder: Path) -> None:
+    """Every dataset's page and data, in worker processes when there are many (reading zarr chunks is
+    CPU-bound Python, so threads would not help), else in this process."""
+    workers = min(os.cpu_count() or 1, len(datasets) // DATASETS_PER_WORKER)
+    progress = functools.partial(tqdm, total=len(datasets), unit="dataset", desc=f"report {model_data.model}",
+                                 dynamic_ncols=True, disable=None)
+    if workers < 2:
+        _start_worker(project, model_data, threshold, folder)
+        try:
+            for _ in progress(map(_write_dataset, datasets)):
+                pass
+        finally:
+            _WORKER.clear()
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding zarr's and DuckDB's threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(project, model_data, threshold, folder)) as pool:
+        for _ in progress(pool.map(_write_dataset, datasets)):
+            pass
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(project: Project, model_data: data.ModelData, threshold: float, folder: Path) -> None:
+    """What every dataset of one model shares, set up once per process."""
+    _WORKER.update(store=Store(project), data=model_data, threshold=threshold, folder=folder, env=pages.environment(),
+                   decoder=data.token_decoder(Store(project), model_data.model))
+
+
+def _write_dataset(dataset: str) -> None:
     """One dataset's page, its JSON and its linked examples' JSON."""
+    store, model_data, folder = _WORKER["store"], _WORKER["data"], _WORKER["folder"]
     model_folder = model_dir_name(model_data.model)
-    with store.reading() as reading:  # one connection per dataset: writers get in between
-        page = data.dataset_page(reading, model_data, dataset, threshold)
-        examples = data.example_records(reading, model_data, page, decoder)
-    _write(folder / "models" / model_folder / f"{dataset}.html", pages.dataset_page(env, page, model_folder))
+    # one catalog connection per dataset (writers get in between); small slices: no dask thread pool
+    with store.reading() as reading, dask.config.set(scheduler="synchronous"):
+        page = data.dataset_page(reading, model_data, dataset, _WORKER["threshold"])
+        examples = data.example_records(reading, model_data, page, _WORKER["decoder"])
+    _write(folder / "models" / model_folder / f"{dataset}.html", pages.dataset_page(_WORKER["env"], page, model_folder))
     _write_json(folder / "data" / model_folder / f"{dataset}.json", page)
     for record in examples:
         _write_json(folder / "data" / model_folder / dataset / "examples" / f'{record["example_id"]}.json', record)
