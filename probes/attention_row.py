@@ -8,7 +8,9 @@ out linearly. phi are Gaussian bumps over (0, 1), psi over log distance, E a lea
 The fixed aggregations first, bins, last:K and span means are special cases (indicator-like weightings);
 unlike them, the weighting can sit on any window or on particular attended tokens.
 Trained with PyTorch Lightning: AdamW with weight decay, early stopping and best-checkpoint selection on
-the validation ROC AUC of a seeded, stratified holdout of min(20 %, 100) training rows.
+the validation ROC AUC of a seeded, stratified holdout of min(20 %, 100) training rows. Batches are read
+from the input in length order and kept in memory (float16) up to `cache_bytes`; past that budget they are
+read again each epoch, so memory stays bounded by the budget plus a batch.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class AttentionRowProbe(BinaryProbe):
                  content_dim: int = 4, use_tokens: bool = True, learning_rate: float = 0.01,
                  weight_decay: float = 0.01, batch_size: int = 64, max_epochs: int = 60, patience: int = 10,
                  validation_size: float = 0.2, max_validation: int = 100, random_state: int = 0,
-                 accelerator: str = "auto", devices: str | int = "auto", log_dir: str | None = None):
+                 cache_bytes: int = 2**31, accelerator: str = "auto", devices: str | int = "auto",
+                 log_dir: str | None = None):
         self.readers_per_head = readers_per_head
         self.n_position_basis = n_position_basis
         self.n_distance_basis = n_distance_basis
@@ -98,6 +101,7 @@ class AttentionRowProbe(BinaryProbe):
         self.validation_size = validation_size
         self.max_validation = max_validation
         self.random_state = random_state
+        self.cache_bytes = cache_bytes
         self.accelerator = accelerator
         self.devices = devices
         self.log_dir = log_dir
@@ -126,11 +130,11 @@ class AttentionRowProbe(BinaryProbe):
                                   f"from {len(y)} rows: {str(error).splitlines()[0]}") from error
         self.n_layers_, self.n_heads_ = rows.n_layers, rows.n_heads
         self.n_features_in_ = rows.n_channels
-        self.vocab_size_ = _vocab_size(rows) if self.use_tokens and rows.tokens is not None else 0
+        self.vocab_size_ = rows.max_token() + 1 if self.use_tokens and rows.tokens is not None else 0
         LightningRowProbe, BatchData = _lightning_classes()
         L.seed_everything(self.random_state, workers=True, verbose=False)
         module = LightningRowProbe(self._network(), self.learning_rate, self.weight_decay)
-        data = BatchData(rows, target, fit_rows, val_rows, self.batch_size, self.random_state)
+        data = BatchData(rows, target, fit_rows, val_rows, self.batch_size, self.random_state, self.cache_bytes)
         with tempfile.TemporaryDirectory(prefix="attention-row-") as checkpoints:
             best = ModelCheckpoint(dirpath=checkpoints, monitor="val_auc", mode="max", save_top_k=1)
             trainer = L.Trainer(
@@ -216,14 +220,6 @@ def _rows(X, lengths, tokens) -> AttentionRows:
     return AttentionRows(X, lengths, tokens)
 
 
-def _vocab_size(rows: AttentionRows) -> int:
-    """One more than the largest token id, read batch by batch."""
-    largest = 0
-    for batch in rows.batches(np.arange(len(rows)), 256):
-        largest = max(largest, int(rows.batch(batch)[2].max()))
-    return largest + 1
-
-
 def _tensors(rows: AttentionRows, batch: np.ndarray, vocab_size: int):
     attn, lengths, tokens = rows.batch(batch)
     tokens_tensor = torch.from_numpy(np.minimum(tokens, vocab_size - 1)) if vocab_size and tokens is not None else None
@@ -267,28 +263,46 @@ def _lightning_classes():
     class BatchData(L.LightningDataModule):
         """Length-ordered batches of the training and validation rows (batch order shuffled, seeded)."""
 
-        def __init__(self, rows: AttentionRows, target: np.ndarray, fit_rows, val_rows, batch_size: int, seed: int):
+        def __init__(self, rows: AttentionRows, target: np.ndarray, fit_rows, val_rows, batch_size: int, seed: int,
+                     cache_bytes: int):
             super().__init__()
             self.rows, self.target, self.seed = rows, target, seed
             self.fit_batches = list(rows.batches(fit_rows, batch_size))
             self.val_batches = list(rows.batches(val_rows, batch_size))
+            self.cache: dict[tuple, tuple] = {}
+            self.cache_left = cache_bytes
 
         def _loader(self, batches, shuffle: bool):
-            rows, target = self.rows, self.target
             vocab = self.trainer.lightning_module.network.embedding
             vocab_size = vocab.num_embeddings if vocab is not None else 0
+            data = self
 
             class Batches(torch.utils.data.Dataset):
                 def __len__(self):
                     return len(batches)
 
                 def __getitem__(self, i):
-                    attn, lengths, tokens = _tensors(rows, batches[i], vocab_size)
-                    return attn, lengths, tokens, torch.from_numpy(target[batches[i]])
+                    return data.batch(batches[i], vocab_size)
 
             generator = torch.Generator().manual_seed(self.seed)
             return torch.utils.data.DataLoader(Batches(), batch_size=None, shuffle=shuffle, generator=generator,
                                                collate_fn=lambda item: item)
+
+        def batch(self, rows: np.ndarray, vocab_size: int) -> tuple:
+            """A batch's tensors: read from the rows, kept in memory while the cache budget lasts (float16
+            attention), so later epochs need not read a lazy store again."""
+            key = tuple(rows.tolist())
+            if key in self.cache:
+                attn, lengths, tokens, target = self.cache[key]
+                return attn.float(), lengths, tokens, target
+            attn, lengths, tokens = _tensors(self.rows, rows, vocab_size)
+            target = torch.from_numpy(self.target[rows])
+            size = attn.numel() * 2 + (tokens.numel() * 8 if tokens is not None else 0)
+            if size <= self.cache_left:
+                self.cache_left -= size
+                self.cache[key] = (attn.half(), lengths, tokens, target)
+                attn = attn.half().float()  # the cached values, so every epoch sees the same numbers
+            return attn, lengths, tokens, target
 
         def train_dataloader(self):
             return self._loader(self.fit_batches, shuffle=True)

@@ -74,6 +74,13 @@ class AttentionRows:
             raise ProbeInputError("attention rows hold NaN or inf values inside their lengths")
         return attn, lengths, tokens
 
+    def max_token(self) -> int:
+        """The largest token id inside the examples' lengths (0 without tokens); reads the token ids only."""
+        if self.tokens is None or not len(self):
+            return 0
+        tokens = _read(self.tokens, np.arange(len(self)), int(self.lengths.max()))
+        return int(np.where(np.arange(tokens.shape[1]) < self.lengths[:, None], tokens, 0).max())
+
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         """`rows` sorted by length and cut into groups of `batch_size`: little padding inside a batch."""
         rows = np.asarray(rows)

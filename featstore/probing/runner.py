@@ -194,8 +194,9 @@ def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> FeatureMatr
         bases = [feature_matrix(project, replace(spec, layers=parse_short_layers(layers), aggregation=aggregation), split)
                  for layers, aggregation in (base.split(" ", 1) for base in stack["bases"].split(";"))]
         return FeatureMatrix([b.X for b in bases], bases[0].y, bases[0].example_ids, [])
-    view = open_view(project, spec.dataset, split, model=spec.model, layers=list(spec.layers) or None)
-    if spec.aggregation == ROWS_AGGREGATION:
+    rows = spec.aggregation == ROWS_AGGREGATION  # read in contiguous batches: straight through zarr is faster
+    view = open_view(project, spec.dataset, split, model=spec.model, layers=list(spec.layers) or None, dask=not rows)
+    if rows:
         names = [f"L{layer}.H{head}" for layer in view["layer"].values for head in view["head"].values]
         return FeatureMatrix(AttentionRows.from_view(view), view["label"].values, view["example_id"].values, names)
     if spec.feature == LENGTH_FEATURE:
