@@ -251,7 +251,9 @@ def _lightning_classes():
             self._val_targets.append(target.cpu())
 
         def on_validation_epoch_end(self):
-            logits, targets = torch.cat(self._val_logits).numpy(), torch.cat(self._val_targets).numpy()
+            # every process's validation rows (one process: the tensors themselves)
+            logits = self.all_gather(torch.cat(self._val_logits)).flatten().cpu().numpy()
+            targets = self.all_gather(torch.cat(self._val_targets)).flatten().cpu().numpy()
             self._val_logits.clear()
             self._val_targets.clear()
             auc = roc_auc_score(targets, logits) if 0 < targets.sum() < len(targets) else 0.5

@@ -99,15 +99,16 @@ def load_model_data(store: Store, model: str, datasets: list[str]) -> ModelData:
                              "ORDER BY w.result_id, w.layer, w.head", chosen)
     scored = set(store.sql("SELECT DISTINCT result_id FROM probe_scores WHERE list_contains($ids, result_id)",
                            {"ids": results["result_id"].tolist()})["result_id"])
-    shown = [result_id for _, mine in results.groupby("dataset") for result_id in _shown_results(mine, scored)]
+    weighted = set(head_weights["result_id"])
+    shown = [result_id for _, mine in results.groupby("dataset") for result_id in _shown_results(mine, scored, weighted)]
     scores = store.sql("SELECT result_id, example_id, score FROM probe_scores WHERE list_contains($ids, result_id)",
                        {"ids": shown})
     return ModelData(model, results, splits, examples, head_weights, scored, scores)
 
 
-def _shown_results(results: pd.DataFrame, scored: set[str]) -> list[str]:
+def _shown_results(results: pd.DataFrame, scored: set[str], weighted: set[str]) -> list[str]:
     """The results whose scores a dataset page uses: its ROC curves' and its featured setting's."""
-    featured = _featured(results, scored)
+    featured = _featured(results, scored, weighted)
     return list(dict.fromkeys(_roc_results(results)["result_id"].tolist() + ([featured.result_id] if featured else [])))
 
 
@@ -135,7 +136,7 @@ def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) 
     """Everything the dataset page shows, from the model's catalog rows and a small slice of the test split."""
     mine = data.results[data.results["dataset"] == dataset].sort_values("roc_auc", ascending=False, kind="stable")
     length_auc = _length_auc(mine)
-    featured = _featured(mine, data.scored)
+    featured = _featured(mine, data.scored, set(data.head_weights["result_id"]))
     splits = data.splits[data.splits["dataset"] == dataset]
     examples = data.examples[data.examples["dataset"] == dataset]
     page = {
@@ -354,11 +355,12 @@ def _hard(results: pd.DataFrame, threshold: float) -> bool | None:
     return bool((baseline < threshold).any()) if len(baseline) else None
 
 
-def _featured(results: pd.DataFrame, scored: set[str]):
-    """The setting the page explains: the best attention probe, else the best probe of any feature but length,
-    among the results with stored test scores."""
+def _featured(results: pd.DataFrame, scored: set[str], weighted: set[str]):
+    """The setting the page explains, among the results with stored test scores: the best attention probe with
+    head weights, else the best attention probe, else the best probe of any feature but length."""
     results = results[results["result_id"].isin(scored)]
-    for candidates in (results[results["feature"] == "attn"], results[results["role"] != "length"]):
+    attn = results[results["feature"] == "attn"]
+    for candidates in (attn[attn["result_id"].isin(weighted)], attn, results[results["role"] != "length"]):
         if len(candidates):
             return next(candidates.sort_values("roc_auc", ascending=False, kind="stable").itertuples())
     return None
