@@ -98,12 +98,17 @@ def main() -> None:
     parser.add_argument("--datasets", type=int, default=113)
     parser.add_argument("--settings", type=int, default=20)
     parser.add_argument("--examples", type=int, default=1200, help="rows per toy dataset (train 1024, test the rest)")
+    parser.add_argument("--root", type=Path, help="keep the built project here and reuse it on later runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        project = toy_store(Path(folder) / "p", args.datasets, args.examples)
-        n_results = synthetic_results(project, args.settings)
-        print(f"setup: {args.datasets} datasets built and {n_results} results written in {time.perf_counter() - started:.0f} s")
+        root = args.root or Path(folder) / "p"
+        if not (root / "store" / "catalog.duckdb").is_file():
+            started = time.perf_counter()
+            project = toy_store(root, args.datasets, args.examples)
+            n_results = synthetic_results(project, args.settings)
+            print(f"setup: {args.datasets} datasets built and {n_results} results written in "
+                  f"{time.perf_counter() - started:.0f} s")
+        project = Project(root.resolve())
         summary = write_report(project)
         floor = floor_seconds(project)
         pages = sorted((f.stat().st_size, f.relative_to(summary.folder)) for f in summary.folder.rglob("*.html"))
