@@ -65,6 +65,9 @@ def test_learns_planted_signals_that_fixed_aggregations_miss(kind):
         assert baseline.score(fixed_test[name], y_test)["roc_auc"] <= 0.70, name
     assert learned.head_importance().shape == (2, 3)
     assert np.unravel_index(learned.head_importance().argmax(), (2, 3)) == (1, 2)
+    if kind == "window":  # the learned weighting of head 1.2 peaks inside the window, not on its flanks
+        curve = learned.position_weights(n_points=101, length=64)[1, 2]
+        assert curve[50] > max(curve[42], curve[58])
 
 
 @pytest.fixture(scope="module")

@@ -294,9 +294,22 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
     before = results(built)
     assert probe(built, "--probe", "attention-row", "meta", "--aggregation", "first", "entropy") == 0
     assert results(built).equals(before)
+    assert probe(built, "--probe", "attention-row", "--overwrite-eval") == 0
+    rescored = results(built).set_index("probe")
+    assert rescored.loc["attention-row", "roc_auc"] == pytest.approx(rows.loc["attention-row", "roc_auc"])
+    assert rescored.loc["attention-row", "created_at"] == rows.loc["attention-row", "created_at"]
 
 
 def test_learned_probes_refuse_other_features_in_one_line(built, capsys):
     assert probe(built, "--feature", "resid", "--probe", "attention-row") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "use them with --feature attn" in err
+
+
+def test_learned_probe_on_nan_rows_is_one_line_and_writes_nothing(built, capsys):
+    corrupt_first_value(built)
+    assert probe(built, "--probe", "attention-row") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NaN" in err and "attention-row" in err
+    assert results(built).empty
+    assert not built.probes_dir.exists() or not [p for p in built.probes_dir.rglob("*") if p.is_file()]
