@@ -7,12 +7,12 @@ import functools
 import http.server
 import importlib.resources
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
