@@ -22,6 +22,7 @@ def environment() -> Environment:
     env.filters["auc_colour"] = svg.auc_colour
     env.filters["auc_text"] = lambda auc: "#fff" if auc >= 0.85 else "#1d2330"
     env.filters["size"] = human_size
+    env.filters["brief"] = brief
     env.globals["role_names"] = ROLE_NAMES
     env.globals["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return env
@@ -50,15 +51,15 @@ def dataset_page(env: Environment, page: dict, folder: str) -> str:
 
 def dataset_charts(page: dict) -> dict[str, Markup | list[Markup] | None]:
     """The SVG charts of a dataset page (None where the data for one is missing)."""
-    references = [(f'{ROLE_NAMES[r["role"]]} ({r["setting"]})', r["auc"], ROLE_COLOURS[r["role"]])
+    references = [(f'{ROLE_NAMES[r["role"]]} ({brief(r["setting"])})', r["auc"], ROLE_COLOURS[r["role"]])
                   for r in page["results"] if r["role"] != "probe"]
-    forest_rows = [{"label": r["setting"], "auc": r["auc"], "low": r["low"], "high": r["high"],
+    forest_rows = [{"label": brief(r["setting"]), "auc": r["auc"], "low": r["low"], "high": r["high"],
                     "colour": ROLE_COLOURS.get(r["role"], "#6a3d9a" if r["flagged"] else svg.PALETTE[0])}
                    for r in page["results"]]
     charts: dict = {"forest": svg.forest_plot(forest_rows, "test ROC AUC of every setting", references)
                     if page["results"] else None}
     charts["roc"] = svg.line_chart(
-        [svg.Series(f'{c["setting"]} (AUC {c["auc"]:.3f})', c["fpr"], c["tpr"],
+        [svg.Series(f'{brief(c["setting"])} (AUC {c["auc"]:.3f})', c["fpr"], c["tpr"],
                     ROLE_COLOURS.get(c["role"], svg.PALETTE[i % len(svg.PALETTE)]), dashed=c["role"] != "probe")
          for i, c in enumerate(page["roc"])],
         "ROC curves on the test split", "false positive rate", "true positive rate", (0, 1), (0, 1),
@@ -71,6 +72,11 @@ def dataset_charts(page: dict) -> dict[str, Markup | list[Markup] | None]:
     charts["lengths"] = svg.histogram(lengths["edges"], {"positive": lengths["positive"], "negative": lengths["negative"]},
                                       "prompt length per class", "tokens")
     return charts
+
+
+def brief(label: str, width: int = 48) -> str:
+    """A setting label cut to `width` characters (a stack of 30 bases is long); pages show the whole one on hover."""
+    return label if len(label) <= width else label[:width - 1] + "…"
 
 
 def human_size(n: int | None) -> str:
