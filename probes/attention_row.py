@@ -46,7 +46,8 @@ class RowWeighting(nn.Module):
         n_basis = n_position + n_distance + 1
         self.basis_weights = nn.Parameter(torch.zeros(n_channels, readers, n_basis))
         nn.init.normal_(self.basis_weights, std=0.1)
-        self.embedding = nn.Embedding(vocab_size, content_dim) if vocab_size else None
+        # index vocab_size is every id unseen in training: a zero embedding that never trains
+        self.embedding = nn.Embedding(vocab_size + 1, content_dim, padding_idx=vocab_size) if vocab_size else None
         self.content_weights = nn.Parameter(torch.randn(n_channels, readers, content_dim) * 0.1) if vocab_size else None
         self.norm = nn.BatchNorm1d(n_channels * readers, affine=False)
         self.readout = nn.Linear(n_channels * readers, 1)
@@ -86,7 +87,7 @@ class AttentionRowProbe(BinaryProbe):
                  content_dim: int = 4, use_tokens: bool = True, learning_rate: float = 0.01,
                  weight_decay: float = 0.01, batch_size: int = 64, max_epochs: int = 60, patience: int = 10,
                  validation_size: float = 0.2, max_validation: int = 100, random_state: int = 0,
-                 cache_bytes: int = 2**31, accelerator: str = "auto", devices: str | int = "auto",
+                 cache_bytes: int = 2**31, accelerator: str = "auto", devices: str | int = 1,
                  log_dir: str | None = None):
         self.readers_per_head = readers_per_head
         self.n_position_basis = n_position_basis
@@ -128,6 +129,9 @@ class AttentionRowProbe(BinaryProbe):
         except ValueError as error:
             raise ProbeInputError(f"AttentionRowProbe: cannot hold out a stratified validation set of {n_validation} "
                                   f"from {len(y)} rows: {str(error).splitlines()[0]}") from error
+        if np.unique(target[val_rows]).size < 2:
+            raise ProbeInputError(f"AttentionRowProbe: the validation holdout of {n_validation} rows has one class; "
+                                  "early stopping needs both (more rows of the rarer class, or a larger validation_size)")
         self.n_layers_, self.n_heads_ = rows.n_layers, rows.n_heads
         self.n_features_in_ = rows.n_channels
         self.vocab_size_ = rows.max_token() + 1 if self.use_tokens and rows.tokens is not None else 0
@@ -221,8 +225,11 @@ def _rows(X, lengths, tokens) -> AttentionRows:
 
 
 def _tensors(rows: AttentionRows, batch: np.ndarray, vocab_size: int):
+    """A batch as tensors; token ids not seen in training map to the unknown index `vocab_size`."""
     attn, lengths, tokens = rows.batch(batch)
-    tokens_tensor = torch.from_numpy(np.minimum(tokens, vocab_size - 1)) if vocab_size and tokens is not None else None
+    if vocab_size and tokens is None:
+        raise ProbeInputError("AttentionRowProbe was fitted with token ids; pass them (tokens=) to score too")
+    tokens_tensor = torch.from_numpy(np.where(tokens < vocab_size, tokens, vocab_size)) if vocab_size else None
     return torch.from_numpy(attn), torch.from_numpy(lengths), tokens_tensor
 
 
@@ -276,7 +283,7 @@ def _lightning_classes():
 
         def _loader(self, batches, shuffle: bool):
             vocab = self.trainer.lightning_module.network.embedding
-            vocab_size = vocab.num_embeddings if vocab is not None else 0
+            vocab_size = vocab.padding_idx if vocab is not None else 0
             data = self
 
             class Batches(torch.utils.data.Dataset):

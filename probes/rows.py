@@ -66,7 +66,7 @@ class AttentionRows:
         ascending = rows[order]
         attn = _read(self.attn, ascending, width).astype(np.float32)[np.argsort(order)]
         valid = np.arange(width) < lengths[:, None]
-        attn = attn.reshape(len(rows), -1, width) * valid[:, None, :]
+        attn = np.where(valid[:, None, :], attn.reshape(len(rows), -1, width), np.float32(0))
         tokens = None
         if self.tokens is not None:
             tokens = _read(self.tokens, ascending, width).astype(np.int64)[np.argsort(order)] * valid
@@ -74,24 +74,29 @@ class AttentionRows:
             raise ProbeInputError("attention rows hold NaN or inf values inside their lengths")
         return attn, lengths, tokens
 
-    def max_token(self) -> int:
-        """The largest token id inside the examples' lengths (0 without tokens); reads the token ids only."""
-        if self.tokens is None or not len(self):
-            return 0
-        tokens = _read(self.tokens, np.arange(len(self)), int(self.lengths.max()))
-        return int(np.where(np.arange(tokens.shape[1]) < self.lengths[:, None], tokens, 0).max())
+    def max_token(self, batch_size: int = 1024) -> int:
+        """The largest token id inside the examples' lengths (0 without tokens); reads token ids only, a batch
+        at a time."""
+        largest = 0
+        if self.tokens is None:
+            return largest
+        for rows in self.batches(np.arange(len(self)), batch_size):
+            lengths = self.lengths[rows]
+            tokens = _read(self.tokens, rows, int(lengths.max()))
+            largest = max(largest, int(np.where(np.arange(tokens.shape[1]) < lengths[:, None], tokens, 0).max()))
+        return largest
 
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-        """`rows` sorted by length and cut into groups of `batch_size`: little padding inside a batch."""
+        """`rows` sorted by length and cut into near-equal groups of at most `batch_size` (no lone last row):
+        little padding inside a batch."""
         rows = np.asarray(rows)
         ordered = rows[np.argsort(self.lengths[rows], kind="stable")]
-        for start in range(0, len(ordered), batch_size):
-            yield ordered[start:start + batch_size]
+        yield from (batch for batch in np.array_split(ordered, max(1, -(-len(ordered) // batch_size))) if batch.size)
 
 
 def _read(array: Any, rows: np.ndarray, width: int) -> np.ndarray:
     """rows (ascending) of `array`, first `width` tokens, as numpy: one read for a contiguous range."""
-    contiguous = rows.size and rows[-1] - rows[0] + 1 == rows.size
+    contiguous = rows.size and bool(np.all(np.diff(rows) == 1))
     index = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
     if hasattr(array, "isel"):  # xarray: positional on the first dim, then the token axis
         first = array.dims[0]

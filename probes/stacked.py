@@ -34,6 +34,10 @@ class StackedProbe(BinaryProbe):
         self.classes_ = np.unique(y)
         if self.classes_.size != 2:
             raise ProbeInputError(f"StackedProbe.fit: y needs exactly two classes, got {self.classes_.tolist()}")
+        rarest = int(np.unique(y, return_counts=True)[1].min())
+        if rarest < self.n_folds:
+            raise ProbeInputError(f"StackedProbe: the rarer class has {rarest} training rows, fewer than the "
+                                  f"{self.n_folds} folds of its cross-fitting")
         folds = StratifiedKFold(self.n_folds, shuffle=True, random_state=self.random_state)
         out_of_fold = np.zeros((len(y), len(matrices)))
         for fit_rows, held_out in folds.split(np.zeros(len(y)), y):

@@ -124,6 +124,30 @@ def test_bad_input_is_one_clear_error(fitted):
     broken[0, 0, 0, 0] = np.nan
     with pytest.raises(ProbeInputError, match="NaN"):
         probe.decision_function(AttentionRows(broken, rows.lengths, rows.tokens))
+    with pytest.raises(ProbeInputError, match="fitted with token ids"):
+        probe.decision_function(AttentionRows(rows.attn, rows.lengths))
+    rare = np.zeros(60, dtype=int)
+    rare[:2] = 1
+    with pytest.raises(ProbeInputError, match="has one class"):
+        AttentionRowProbe().fit(AttentionRows(rows.attn[:60], rows.lengths[:60], rows.tokens[:60]), rare)
+    with pytest.raises(ProbeInputError, match="fewer than the 5 folds"):
+        StackedProbe().fit([np.zeros((60, 2))], rare)
+
+
+def test_padding_nan_duplicates_unseen_tokens_and_a_lone_row(fitted):
+    probe, rows, y = fitted
+    padded = rows.attn.copy()
+    for i, length in enumerate(rows.lengths):
+        padded[i, :, :, length:] = np.nan
+    np.testing.assert_array_equal(AttentionRows(padded, rows.lengths, rows.tokens).batch(np.arange(5))[0],
+                                  rows.batch(np.arange(5))[0])
+    repeated = rows.batch(np.array([0, 0, 2]))[0]  # a repeated row is read twice, not as its neighbour
+    np.testing.assert_array_equal(repeated[1], repeated[0])
+    assert not np.array_equal(repeated[1], rows.batch(np.array([0, 1, 2]))[0][1])
+    unseen = [AttentionRows(rows.attn, rows.lengths, np.where(rows.tokens > 0, value, 0)) for value in (1000, 5000)]
+    np.testing.assert_array_equal(probe.decision_function(unseen[0]), probe.decision_function(unseen[1]))
+    assert [len(b) for b in rows.batches(np.arange(65), 64)] == [33, 32]
+    AttentionRowProbe(max_epochs=1).fit(AttentionRows(rows.attn[:81], rows.lengths[:81], rows.tokens[:81]), y[:81])
 
 
 def test_stacked_probe_is_cross_fitted_on_the_training_rows_only():

@@ -45,7 +45,7 @@ from featstore.views.matrix import to_matrix
 from featstore.probing.head_weights import head_weights
 from featstore.views.view import layer_indices, open_view
 from featstore.probing.families import FAMILIES
-from probes import AttentionRows, ProbeInputError
+from probes import AttentionRows, ProbeInputError, binary_scores
 
 LAST_TOKEN = "last-token"
 LENGTH_FEATURE = "length"
@@ -284,8 +284,8 @@ def _score(project: Project, spec: ProbeSpec, probe, fit_seconds: float, n_train
     """The result row and the per-example decision scores of a fitted probe on the test split."""
     test = feature_matrix(project, spec, TEST)
     with _probe_errors(spec):
-        metrics = probe.score(test.X, test.y)
-        decision = probe.decision_function(test.X)
+        decision = probe.decision_function(test.X)  # once: scoring lazy rows is a pass over the split
+        metrics = binary_scores(test.y == probe.classes_[1], decision, decision > 0)
     scores = pd.DataFrame({"example_id": test.example_ids.astype(np.int64), "score": decision})
     return _row(spec, probe, metrics, n_train, fit_seconds), _keyed(scores, spec.result_id, ["example_id", "score"])
 
