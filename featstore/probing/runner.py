@@ -309,10 +309,9 @@ def parse_short_layers(label: str) -> tuple[int, ...]:
     return tuple(int(n) for n in numbers.split(","))
 
 
-def _keyed(frame: pd.DataFrame | None, result_id: str, columns: list[str]) -> pd.DataFrame:
-    """`frame` with a result_id column first (an empty frame of those columns for None)."""
-    frame = pd.DataFrame({c: pd.Series(dtype=float) for c in columns}) if frame is None else frame[columns]
-    return frame.assign(result_id=result_id)[["result_id", *columns]]
+def _keyed(frame: pd.DataFrame, result_id: str, columns: list[str]) -> pd.DataFrame:
+    """`frame`'s columns with a result_id column first."""
+    return frame[columns].assign(result_id=result_id)[["result_id", *columns]]
 
 
 def baseline_specs(project: Project, model: str, datasets: list[str], layer: int | None, seed: int) -> list[ProbeSpec]:
@@ -394,7 +393,8 @@ def _write(project: Project, fitted: list[Fitted]) -> None:
         with catalog_writer(project) as con:
             replace_probe_results(
                 con, pd.DataFrame([item.row for item in fitted]), pd.concat([item.scores for item in fitted]),
-                pd.concat([item.head_weights for item in refitted] or [_keyed(None, "", HEAD_WEIGHT_COLUMNS)]),
+                pd.concat([item.head_weights for item in refitted]
+                          or [_keyed(head_weights(np.zeros(0), []), "", HEAD_WEIGHT_COLUMNS)]),
                 [item.row["result_id"] for item in refitted],
             )
         for path in staged:
