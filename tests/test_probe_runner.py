@@ -313,3 +313,10 @@ def test_learned_probe_on_nan_rows_is_one_line_and_writes_nothing(built, capsys)
     assert err.count("\n") == 1 and "NaN" in err and "attention-row" in err
     assert results(built).empty
     assert not built.probes_dir.exists() or not [p for p in built.probes_dir.rglob("*") if p.is_file()]
+
+
+def test_baseline_refuses_options_it_would_ignore(built, capsys):
+    assert probe(built, "--baseline", "--feature", "length", "--each-layer") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "drop --feature, --each-layer" in err
+    assert results(built).empty

@@ -117,6 +117,12 @@ def plan_specs(project: Project, request: ProbeRequest) -> list[ProbeSpec]:
     if request.hard_threshold is not None:
         datasets = hard_datasets(project, request.model, datasets, request.hard_threshold)
     if request.baseline:
+        ignored = [flag for flag, given in (("--feature", request.feature != "attn"), ("--layers", request.layers),
+                                            ("--each-layer", request.each_layer), ("--aggregation", request.aggregations),
+                                            ("--probe", request.probes != ["logreg"])) if given]
+        if ignored:
+            raise FeatstoreError(f"--baseline fits the SAE-Probes baseline only (last-token residual, logreg); "
+                                 f"drop {', '.join(ignored)} or run them separately")
         return baseline_specs(project, request.model, datasets, request.baseline_layer, request.seed)
     aggregations = aggregation_names(request.feature, request.aggregations)
     if request.feature == LENGTH_FEATURE and (request.layers or request.each_layer):
