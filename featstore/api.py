@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
-from featstore.catalog.safe_sql import CatalogReader, run_user_query
+from featstore.catalog.safe_sql import CatalogReader, query_catalog
 from featstore.project import Project, open_project
 from featstore.views.view import open_view
 
@@ -23,9 +23,7 @@ class Store:
 
     def sql(self, query: str, params: Sequence | Mapping | None = None) -> pd.DataFrame:
         """Run one read-only SELECT over the catalog and return its rows."""
-        if self.reader is not None:
-            return self.reader.query(query, params)
-        return run_user_query(self.project.catalog_path, query, params)
+        return query_catalog(self.project.catalog_path, query, params, self.reader)
 
     @contextmanager
     def reading(self) -> Iterator[Store]:

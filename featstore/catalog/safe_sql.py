@@ -149,6 +149,12 @@ def run_user_query(
         return reader.query(query, params, timeout_s, max_rows)
 
 
+def query_catalog(catalog_path: Path, query: str, params: Sequence | Mapping | None = None,
+                  reader: CatalogReader | None = None) -> pd.DataFrame:
+    """One user SELECT through `reader` when a batch of reads shares one, else on its own connection."""
+    return reader.query(query, params) if reader is not None else run_user_query(catalog_path, query, params)
+
+
 def _check_limits(timeout_s: float, max_rows: int | None) -> None:
     if not timeout_s > 0:
         raise FeatstoreError(f"timeout_s must be a positive number of seconds, got {timeout_s}")

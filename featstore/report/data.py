@@ -191,8 +191,7 @@ def layer_curves(results: pd.DataFrame) -> list[dict]:
     """AUC against layer for every setting fitted on single layers at two or more layers."""
     single = results[(results["layers"] != "") & ~results["layers"].str.contains(",")].copy()
     single["layer"] = single["layers"].astype(int) if len(single) else []
-    single["group"] = [" ".join(p for p in (r.probe, r.feature, r.aggregation) if p) + (f" seed {r.seed}" if r.seed else "")
-                       + (" [baseline]" if r.baseline else "") for r in single.itertuples()]
+    single["group"] = setting_labels(single.assign(layers=""))  # the setting without its layer
     curves = []
     for group, rows in single.sort_values("layer", kind="stable").groupby("group", sort=True):
         if rows["layer"].nunique() >= 2:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
-from featstore.catalog.safe_sql import CatalogReader, run_user_query
+from featstore.catalog.safe_sql import CatalogReader, query_catalog
 from featstore.errors import FeatstoreError
 from featstore.project import Project
 from featstore.views import aggregations  # noqa: F401  (registers the .masked accessor on every view)
@@ -19,10 +18,11 @@ DASK_CHUNKS = {"example": 128, "layer": 1, "head": -1, "token": -1, "d_model": -
 def resolve_model(project: Project, dataset: str, split: str, model: str | None,
                   reader: CatalogReader | None = None) -> tuple[str, str]:
     """The model key and store-relative path of a complete split; with no model given, the only one built."""
-    built = _query(
-        project, reader,
+    built = query_catalog(
+        project.catalog_path,
         "SELECT model, path FROM feature_splits WHERE dataset = ? AND split = ? AND status = 'complete' ORDER BY model",
         [dataset, split],
+        reader,
     )
     if model is not None:
         built = built[built["model"] == model]
@@ -55,11 +55,12 @@ def open_view(
     view = xr.open_zarr(project.store_dir / path, consolidated=False, chunks=DASK_CHUNKS if dask else None,
                         zarr_format=3)
     example_ids = view["example_id"].values
-    labels = _query(
-        project, reader,
+    labels = query_catalog(
+        project.catalog_path,
         "SELECT f.example_id, e.label FROM features f JOIN examples e USING (example_id, dataset, split) "
         "WHERE f.model = ? AND f.dataset = ? AND f.split = ?",
         [key, dataset, split],
+        reader,
     ).set_index("example_id")["label"]
     if len(labels) != len(example_ids) or not labels.index.isin(example_ids).all():
         raise FeatstoreError(f"the catalog no longer matches the stored {dataset}/{split} of {key}; rebuild it")
@@ -94,16 +95,13 @@ def _select_layers(view: xr.Dataset, layers: Sequence[int]) -> xr.Dataset:
     return view.isel(layer=layer_indices(layers, view.sizes["layer"], view.attrs["model"]))
 
 
-def _query(project: Project, reader: CatalogReader | None, query: str, params) -> pd.DataFrame:
-    return reader.query(query, params) if reader is not None else run_user_query(project.catalog_path, query, params)
-
-
 def _select_where(project: Project, reader: CatalogReader | None, view: xr.Dataset, key: str, dataset: str,
                   split: str, where: str) -> xr.Dataset:
-    chosen = _query(
-        project, reader,
+    chosen = query_catalog(
+        project.catalog_path,
         "SELECT example_id FROM features f JOIN examples e USING (example_id, dataset, split) "
         f"WHERE model = $model AND dataset = $dataset AND split = $split AND ({where})",
         {"model": key, "dataset": dataset, "split": split},
+        reader,
     )["example_id"].to_numpy()
     return view.isel(example=np.flatnonzero(np.isin(view["example_id"].values, chosen)))
