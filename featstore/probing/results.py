@@ -52,6 +52,15 @@ def short_layers(layers: str) -> str:
     return "L" + ",".join(map(str, numbers))
 
 
+def parse_short_layers(label: str) -> tuple[int, ...]:
+    """The layers of a `short_layers` label: `L0-23`, `L5`, `L1,3`."""
+    numbers = label.removeprefix("L")
+    if "-" in numbers:
+        first, last = numbers.split("-")
+        return tuple(range(int(first), int(last) + 1))
+    return tuple(int(n) for n in numbers.split(","))
+
+
 def _with_interval(auc: float, low: float, high: float) -> str:
     """`0.812 [0.781, 0.843]`; results fitted before intervals were stored show the AUC alone."""
     return f"{auc:.3f}" if pd.isna(low) else f"{auc:.3f} [{low:.3f}, {high:.3f}]"

@@ -37,7 +37,7 @@ from featstore.catalog.safe_sql import run_user_query
 from featstore.catalog.splits import TEST, TRAIN
 from featstore.errors import FeatstoreError
 from featstore.project import Project
-from featstore.probing.results import short_layers
+from featstore.probing.results import parse_short_layers, short_layers
 from featstore.store.atomic import swap_folder
 from featstore.store.layout import model_dir_name
 from featstore.views.aggregations import parse_aggregation
@@ -304,15 +304,6 @@ def standardised_weights(probe, train: FeatureMatrix) -> np.ndarray:
     if hasattr(probe, "feature_weights") and not isinstance(train.X, list):
         return probe.feature_weights() * train.X.std(axis=0, dtype=np.float64)
     return np.zeros(len(train.names))
-
-
-def parse_short_layers(label: str) -> tuple[int, ...]:
-    """The layers of a `short_layers` label: `L0-23`, `L5`, `L1,3`."""
-    numbers = label.removeprefix("L")
-    if "-" in numbers:
-        first, last = numbers.split("-")
-        return tuple(range(int(first), int(last) + 1))
-    return tuple(int(n) for n in numbers.split(","))
 
 
 def _keyed(frame: pd.DataFrame, result_id: str, columns: list[str]) -> pd.DataFrame:

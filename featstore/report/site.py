@@ -154,8 +154,9 @@ _WORKER: dict = {}
 
 def _start_worker(project: Project, model_data: data.ModelData, threshold: float, folder: Path) -> None:
     """What every dataset of one model shares, set up once per process."""
-    _WORKER.update(store=Store(project), data=model_data, threshold=threshold, folder=folder, env=pages.environment(),
-                   decoder=data.token_decoder(Store(project), model_data.model))
+    store = Store(project)
+    _WORKER.update(store=store, data=model_data, threshold=threshold, folder=folder, env=pages.environment(),
+                   decoder=data.token_decoder(store, model_data.model))
 
 
 def _write_dataset(dataset: str) -> None:
