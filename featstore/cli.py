@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -233,13 +234,16 @@ def run_probe(args: argparse.Namespace) -> None:
 
 def run_results(args: argparse.Namespace) -> None:
     from featstore.api import Store
-    from featstore.probing.results import results_table
-
     from featstore.catalog.database import upgrade_catalog
+    from featstore.probing.results import result_rows, results_table, results_text
 
     project = open_project(args.root)
     upgrade_catalog(project)
-    print_frame(results_table(Store(project), args.model, args.datasets, ci=args.ci), args.format)
+    rows = result_rows(Store(project), args.model, args.datasets)
+    if args.format == "table":
+        print(results_text(rows, ci=args.ci, width=shutil.get_terminal_size((120, 24)).columns))
+    else:
+        print_frame(results_table(rows, ci=args.ci), args.format)
 
 
 def run_report(args: argparse.Namespace) -> None:
