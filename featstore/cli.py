@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_split_options(sae)
     sae.set_defaults(handler=run_import_sae_probes)
 
-    listing = datasets.add_parser("list", help="print each dataset's size, class balance and prompt lengths")
+    listing = datasets.add_parser("list", help="print each dataset's size, class balance, prompt lengths and the "
+                              "models whose features are built")
     listing.set_defaults(handler=run_list)
 
     build = commands.add_parser("build", help="extract attention rows and residuals into the feature store")
@@ -196,12 +197,16 @@ def run_list(args: argparse.Namespace) -> None:
     from featstore.api import Store
 
     frame = Store(open_project(args.root)).sql(
-        """SELECT d.name AS dataset, d.n_examples AS n, d.n_train, d.n_test,
+        """WITH per_model AS (
+               SELECT dataset, model || CASE WHEN count(*) = 2 THEN '' ELSE ' (' || any_value(split) || ')' END AS built
+               FROM feature_splits WHERE status = 'complete' GROUP BY dataset, model),
+           built AS (SELECT dataset, string_agg(built, ', ' ORDER BY built) AS built FROM per_model GROUP BY dataset)
+           SELECT d.name AS dataset, d.n_examples AS n, d.n_train, d.n_test,
                   round(d.n_pos / d.n_examples, 3) AS pos_fraction,
                   min(e.n_chars) AS chars_min, CAST(median(e.n_chars) AS INTEGER) AS chars_median,
-                  max(e.n_chars) AS chars_max
-           FROM datasets d JOIN examples e ON e.dataset = d.name
-           GROUP BY ALL ORDER BY any_value(d.number)"""
+                  max(e.n_chars) AS chars_max, coalesce(any_value(b.built), '') AS built
+           FROM datasets d JOIN examples e ON e.dataset = d.name LEFT JOIN built b ON b.dataset = d.name
+           GROUP BY d.name, d.n_examples, d.n_train, d.n_test, d.n_pos ORDER BY any_value(d.number)"""
     )
     print_frame(frame, "table")
 
