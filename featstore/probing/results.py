@@ -1,4 +1,5 @@
-"""The `featstore results` table: test ROC AUC, one row per dataset, one column per probe setting."""
+"""The `featstore results` table: test ROC AUC, one row per dataset, one column per probe setting (one wide frame
+for CSV and JSON; per-model text tables that fit the terminal)."""
 
 from __future__ import annotations
 
