@@ -30,7 +30,7 @@ def result_rows(store: Store, model: str | None = None, datasets: list[str] | No
         without = [name for name in names if name not in set(frame["dataset"])]
         if without:
             raise FeatstoreError(f"no probe results of {', '.join(without)}{f' for model {model!r}' if model else ''}; "
-                                 f"run `featstore probe --datasets {' '.join(without)}` first")
+                                 f"run `featstore probe --model {model or '<model>'} --datasets {' '.join(without)}` first")
         frame = frame[frame["dataset"].isin(names)]
     return frame.assign(setting=setting_labels(frame))
 
