@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_split_options(sae)
     sae.set_defaults(handler=run_import_sae_probes)
 
-    listing = datasets.add_parser("list", help="print each dataset's size, class balance and prompt lengths")
+    listing = datasets.add_parser("list", help="print each dataset's size, class balance, prompt lengths and the "
+                              "models whose features are built")
     listing.set_defaults(handler=run_list)
 
     build = commands.add_parser("build", help="extract attention rows and residuals into the feature store")
@@ -195,12 +197,16 @@ def run_list(args: argparse.Namespace) -> None:
     from featstore.api import Store
 
     frame = Store(open_project(args.root)).sql(
-        """SELECT d.name AS dataset, d.n_examples AS n, d.n_train, d.n_test,
+        """WITH per_model AS (
+               SELECT dataset, model || CASE WHEN count(*) = 2 THEN '' ELSE ' (' || any_value(split) || ')' END AS built
+               FROM feature_splits WHERE status = 'complete' GROUP BY dataset, model),
+           built AS (SELECT dataset, string_agg(built, ', ' ORDER BY built) AS built FROM per_model GROUP BY dataset)
+           SELECT d.name AS dataset, d.n_examples AS n, d.n_train, d.n_test,
                   round(d.n_pos / d.n_examples, 3) AS pos_fraction,
                   min(e.n_chars) AS chars_min, CAST(median(e.n_chars) AS INTEGER) AS chars_median,
-                  max(e.n_chars) AS chars_max
-           FROM datasets d JOIN examples e ON e.dataset = d.name
-           GROUP BY ALL ORDER BY any_value(d.number)"""
+                  max(e.n_chars) AS chars_max, coalesce(any_value(b.built), '') AS built
+           FROM datasets d JOIN examples e ON e.dataset = d.name LEFT JOIN built b ON b.dataset = d.name
+           GROUP BY d.name, d.n_examples, d.n_train, d.n_test, d.n_pos ORDER BY any_value(d.number)"""
     )
     print_frame(frame, "table")
 
@@ -233,13 +239,16 @@ def run_probe(args: argparse.Namespace) -> None:
 
 def run_results(args: argparse.Namespace) -> None:
     from featstore.api import Store
-    from featstore.probing.results import results_table
-
     from featstore.catalog.database import upgrade_catalog
+    from featstore.probing.results import result_rows, results_table, results_text
 
     project = open_project(args.root)
     upgrade_catalog(project)
-    print_frame(results_table(Store(project), args.model, args.datasets, ci=args.ci), args.format)
+    rows = result_rows(Store(project), args.model, args.datasets)
+    if args.format == "table":
+        print(results_text(rows, ci=args.ci, width=shutil.get_terminal_size((120, 24)).columns))
+    else:
+        print_frame(results_table(rows, ci=args.ci), args.format)
 
 
 def run_report(args: argparse.Namespace) -> None:

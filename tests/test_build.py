@@ -210,7 +210,7 @@ def test_concurrent_builds_neither_corrupt_nor_duplicate(tmp_path):
 
 def test_unknown_dataset_and_unloadable_model_are_one_line_errors(built, capsys):
     assert main(["--root", str(built.root), "build", "--model", MODEL, "--datasets", "9_nope"]) == 1
-    assert "not in the catalog: 9_nope" in capsys.readouterr().err
+    assert "dataset '9_nope' is not in the catalog" in capsys.readouterr().err
     assert main(["--root", str(built.root), "build", "--model", "./no/such/model", "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err

@@ -118,7 +118,7 @@ def single_class_test_split(project):
 
 
 BAD = {
-    "no features for model": (None, ["--model", "random:gpt2-medium"], "no features built"),
+    "no features for model": (None, ["--model", "random:gpt2-medium"], "no features of model"),
     "missing layer": (None, ["--layers", "7"], "layer 7 does not exist"),
     "bad layer word": (None, ["--layers", "middle"], "--layers takes"),
     "unknown aggregation": (None, ["--aggregation", "median"], "aggregation"),
@@ -184,7 +184,7 @@ def test_unknown_dataset_and_resid_aggregation_are_one_line_errors(built, capsys
     assert probe(built, "--datasets", "nope") == 1
     assert probe(built, "--feature", "resid", "--aggregation", "first") == 1
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 2 and "no complete features of nope" in lines[0] and "applies to --feature attn" in lines[1]
+    assert len(lines) == 2 and "dataset 'nope' is not in the catalog" in lines[0] and "applies to --feature attn" in lines[1]
 
 
 def test_length_control_equals_a_probe_fitted_by_hand_on_log_length(built):

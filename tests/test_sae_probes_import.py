@@ -85,7 +85,7 @@ def test_import_from_directory_with_only_and_reimport_keeps_user_rows(tmp_path):
 
 def test_import_refuses_unknown_names_and_number_clashes(tmp_path, fake_wheel):
     project = init_project(tmp_path / "p")
-    with pytest.raises(FeatstoreError, match="not an SAE-Probes binary dataset: 3_temperature"):
+    with pytest.raises(FeatstoreError, match="'3_temperature' is not an SAE-Probes binary dataset"):
         import_sae_probes(project, fake_wheel, ["3_temperature"], SplitParams())
     project.registry_path.write_text(project.registry_path.read_text() + "87,,,mine,,,prompt,target,Binary Classification,,x.csv,col,col\n")
     with pytest.raises(FeatstoreError, match="already uses number 87"):

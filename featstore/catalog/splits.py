@@ -14,6 +14,7 @@ import numpy as np
 from featstore.errors import FeatstoreError
 
 TRAIN, TEST, UNUSED = "train", "test", "unused"
+FEATURE_SPLITS = (TRAIN, TEST)  # the splits a build extracts
 
 
 @dataclass(frozen=True)

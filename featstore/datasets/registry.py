@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from featstore.catalog.names import DatasetNames
 from featstore.datasets.expressions import compile_extraction
 from featstore.errors import FeatstoreError
 from featstore.project import REGISTRY_COLUMNS, Project
@@ -113,16 +114,13 @@ def load_registry(project: Project) -> list[DatasetEntry]:
 
 
 def select_entries(entries: list[DatasetEntry], names: list[str] | None) -> list[DatasetEntry]:
-    """The entries named (by name `87_glue_cola`, tag `glue_cola` or number `87`); all when names is empty."""
+    """The entries named (see `featstore.catalog.names`: the exact name, else an unambiguous number or tag), in
+    registry order; all when names is empty."""
     if not names:
         return entries
-    lookup: dict[str, DatasetEntry] = {}
-    for entry in entries:
-        lookup.update({entry.name: entry, entry.tag: entry, str(entry.number): entry})
-    unknown = [n for n in names if n not in lookup]
-    if unknown:
-        raise FeatstoreError(f"unknown dataset(s): {', '.join(unknown)} (see `featstore datasets list`)")
-    chosen = {lookup[n].name: lookup[n] for n in names}
+    registered = DatasetNames(tuple(e.name for e in entries), tuple(str(e.number) for e in entries),
+                              tuple(e.tag for e in entries), "in datasets/main.csv")
+    chosen = set(registered.resolve_all(names))
     return [e for e in entries if e.name in chosen]
 
 

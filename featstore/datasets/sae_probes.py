@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from featstore.catalog.names import DatasetNames
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import BINARY, parse_registry, read_registry_frame, select_entries, write_registry_frame
@@ -136,14 +137,9 @@ def import_sae_probes(
     data = locate_package_data(source, project.store_dir / ".cache")
     benchmark = benchmark_rows(data)
     if only:
-        keys = set(only)
-        chosen = benchmark[
-            benchmark["number"].isin(keys) | benchmark["tag"].isin(keys) | (benchmark["number"] + "_" + benchmark["tag"]).isin(keys)
-        ]
-        found = set(chosen["number"]) | set(chosen["tag"]) | set(chosen["number"] + "_" + chosen["tag"])
-        if keys - found:
-            raise FeatstoreError(f"not an SAE-Probes binary dataset: {', '.join(sorted(keys - found))}")
-        benchmark = chosen
+        offered = DatasetNames(tuple(benchmark["number"] + "_" + benchmark["tag"]), tuple(benchmark["number"]),
+                               tuple(benchmark["tag"]), "an SAE-Probes binary dataset")
+        benchmark = benchmark[(benchmark["number"] + "_" + benchmark["tag"]).isin(offered.resolve_all(only))]
     project.raw_dir.mkdir(parents=True, exist_ok=True)
     new_rows, created = [], []
     try:

@@ -23,8 +23,9 @@ from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
 from featstore.catalog.database import catalog_writer
+from featstore.catalog.names import DatasetNames
 from featstore.catalog.probe_records import drop_probe_results
-from featstore.catalog.splits import TEST, TRAIN, hash_order
+from featstore.catalog.splits import FEATURE_SPLITS, hash_order
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
 from featstore.extraction.capture import capture_last_token
@@ -34,8 +35,6 @@ from featstore.store.layout import SplitShape, split_path, tokenizer_path
 from featstore.store.tokenizers import save_tokenizer
 from featstore.store.locking import exclusive_build
 from featstore.store.writer import SplitWriter
-
-SPLITS = (TRAIN, TEST)
 
 
 @dataclass(frozen=True)
@@ -96,16 +95,13 @@ def plan_jobs(project: Project, datasets: list[str] | None, limit: int | None) -
     if not project.catalog_path.exists():
         raise FeatstoreError("the catalog is empty; run `featstore datasets import-sae-probes` or `featstore datasets clean`")
     with catalog_writer(project) as con:
-        known = {name: (fingerprint, json.loads(params)) for name, fingerprint, params in
-                 con.execute("SELECT name, fingerprint, split_params FROM datasets ORDER BY number").fetchall()}
-        names = datasets or list(known)
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise FeatstoreError(f"dataset(s) not in the catalog: {', '.join(unknown)} (run `featstore datasets clean`)")
+        indexed = con.execute("SELECT name, number, tag, fingerprint, split_params FROM datasets ORDER BY number").df()
+        known = {row.name: (row.fingerprint, json.loads(row.split_params)) for row in indexed.itertuples()}
+        names = DatasetNames.from_frame(indexed).resolve_all(datasets) if datasets else list(known)
         jobs = []
         for name in names:
             fingerprint, split_params = known[name]
-            for split in SPLITS:
+            for split in FEATURE_SPLITS:
                 rows = con.execute(
                     'SELECT example_id, "row", label, prompt FROM examples WHERE dataset = ? AND split = ? ORDER BY example_id',
                     [name, split],

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from featstore import __version__
 from featstore.catalog.database import catalog_writer
+from featstore.catalog.names import built_models, catalog_dataset_names, unknown_model
 from featstore.catalog.probe_records import replace_probe_results
 from featstore.catalog.safe_sql import run_user_query
 from featstore.catalog.splits import TEST, TRAIN
@@ -104,16 +105,13 @@ def plan_specs(project: Project, request: ProbeRequest) -> list[ProbeSpec]:
         "SELECT DISTINCT dataset FROM feature_splits WHERE model = ? AND status = 'complete' ORDER BY dataset",
         [request.model],
     )["dataset"].tolist()
-    datasets = list(dict.fromkeys(request.datasets or built))
-    if not datasets:
-        raise FeatstoreError(
-            f"no features built for model {request.model!r}; run `featstore build --model {request.model}` first"
-        )
+    if not built:
+        raise unknown_model(request.model, built_models(project))
+    datasets = catalog_dataset_names(project).resolve_all(request.datasets) if request.datasets else built
     missing = [d for d in datasets if d not in built]
     if missing:
-        raise FeatstoreError(
-            f"no complete features of {', '.join(missing)} for model {request.model!r}; run `featstore build` first"
-        )
+        raise FeatstoreError(f"no complete features of {', '.join(missing)} for model {request.model!r}; "
+                             f"run `featstore build --model {request.model} --datasets {' '.join(missing)}` first")
     if request.hard_threshold is not None:
         datasets = hard_datasets(project, request.model, datasets, request.hard_threshold)
     if request.baseline:

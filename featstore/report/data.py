@@ -17,6 +17,7 @@ import zarr
 from sklearn.metrics import roc_curve
 
 from featstore.api import Store
+from featstore.catalog.names import catalog_dataset_names, unknown_model
 from featstore.catalog.splits import TEST
 from featstore.errors import FeatstoreError
 from featstore.probing.results import setting_labels
@@ -49,12 +50,9 @@ def resolve_scope(store: Store, models: list[str] | None, datasets: list[str] | 
     known_models = list(dict.fromkeys(built["model"]))
     unknown = [m for m in models or [] if m not in known_models]
     if unknown:
-        raise FeatstoreError(f"no features of model {unknown[0]!r} in this store (built: {', '.join(known_models) or 'none'})")
+        raise unknown_model(unknown[0], known_models)
     if datasets:
-        registered = set(store.sql("SELECT name FROM datasets")["name"])
-        missing = [d for d in datasets if d not in registered]
-        if missing:
-            raise FeatstoreError(f"dataset {missing[0]!r} is not in the catalog (see `featstore datasets list`)")
+        datasets = catalog_dataset_names(store.project, store.reader).resolve_all(datasets)
         unbuilt = [d for d in datasets if d not in set(built["dataset"])]
         if unbuilt:
             raise FeatstoreError(f"dataset {unbuilt[0]!r} has no features yet; run `featstore build --datasets {unbuilt[0]}`")

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from featstore.catalog.names import DatasetNames, did_you_mean, unknown_model
 from featstore.catalog.safe_sql import CatalogReader, query_catalog
+from featstore.catalog.splits import FEATURE_SPLITS
 from featstore.errors import FeatstoreError
 from featstore.project import Project
 from featstore.views import aggregations  # noqa: F401  (registers the .masked accessor on every view)
@@ -15,15 +17,23 @@ from featstore.views import aggregations  # noqa: F401  (registers the .masked a
 DASK_CHUNKS = {"example": 128, "layer": 1, "head": -1, "token": -1, "d_model": -1}
 
 
-def resolve_model(project: Project, dataset: str, split: str, model: str | None,
-                  reader: CatalogReader | None = None) -> tuple[str, str]:
-    """The model key and store-relative path of a complete split; with no model given, the only one built."""
-    built = query_catalog(
+def resolve_split(project: Project, dataset: str, split: str, model: str | None,
+                  reader: CatalogReader | None = None) -> tuple[str, str, str]:
+    """The dataset's name, the model key and the store-relative path of a complete split (the dataset named as
+    `featstore.catalog.names` resolves it); with no model given, the only one built. Unknown names are errors."""
+    splits = query_catalog(
         project.catalog_path,
-        "SELECT model, path FROM feature_splits WHERE dataset = ? AND split = ? AND status = 'complete' ORDER BY model",
-        [dataset, split],
-        reader,
+        "SELECT d.name, d.number, d.tag, s.model, s.split, s.path FROM datasets d LEFT JOIN feature_splits s "
+        "ON s.dataset = d.name AND s.status = 'complete' ORDER BY d.number, s.model",
+        reader=reader,
     )
+    dataset = DatasetNames.from_frame(splits.drop_duplicates("name")).resolve(dataset)
+    if split not in FEATURE_SPLITS:
+        raise FeatstoreError(f"no split {split!r}: features are built for {' and '.join(FEATURE_SPLITS)}"
+                             f"{did_you_mean(split, FEATURE_SPLITS)}")
+    if model is not None and model not in set(splits["model"].dropna()):
+        raise unknown_model(model, sorted(set(splits["model"].dropna())))
+    built = splits[(splits["name"] == dataset) & (splits["split"] == split)]
     if model is not None:
         built = built[built["model"] == model]
     if built.empty:
@@ -31,7 +41,7 @@ def resolve_model(project: Project, dataset: str, split: str, model: str | None,
         raise FeatstoreError(f"no complete features of {dataset}/{split} for {which}; run `featstore build` first")
     if len(built) > 1:
         raise FeatstoreError(f"{dataset}/{split} has features of several models ({', '.join(built['model'])}); pass model=")
-    return str(built["model"].iloc[0]), str(built["path"].iloc[0])
+    return dataset, str(built["model"].iloc[0]), str(built["path"].iloc[0])
 
 
 def open_view(
@@ -51,7 +61,7 @@ def open_view(
     Catalog reads go through `reader` when given (a connection shared by a batch of reads). With
     `dask=False` the arrays stay lazy but an index goes straight to zarr: faster for a few examples.
     """
-    key, path = resolve_model(project, dataset, split, model, reader)
+    dataset, key, path = resolve_split(project, dataset, split, model, reader)
     view = xr.open_zarr(project.store_dir / path, consolidated=False, chunks=DASK_CHUNKS if dask else None,
                         zarr_format=3)
     example_ids = view["example_id"].values
