@@ -287,10 +287,9 @@ def _fit_or_rescore(project: Project, spec: ProbeSpec, previous: dict | None, sc
 
 
 def _setting(spec: ProbeSpec) -> str:
-    """The dataset and setting of a spec, as warnings name them."""
-    layers = f" L{short_layers(spec.layers_label)}" if spec.layers else ""
-    baseline = ", baseline" if spec.baseline else ""
-    return f"{spec.dataset} ({spec.feature}{layers}, {spec.aggregation}, {spec.probe}{baseline})"
+    """The dataset and setting of a spec, as warnings name them: `1_toy (resid L6, last-token, logreg, baseline)`."""
+    parts = [f"{spec.feature} {short_layers(spec.layers_label)}".strip(), spec.aggregation, spec.probe]
+    return f"{spec.dataset} ({', '.join(parts + ['baseline'] * spec.baseline)})"
 
 
 def fit_and_score(project: Project, spec: ProbeSpec, scratch: Path) -> Fitted:
