@@ -54,6 +54,13 @@ def warn_once_per_message(seen: set[str]) -> Callable[..., None]:
     return show
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="featstore",
@@ -124,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--hard-threshold", type=float, default=0.8)
     probe.add_argument("--overwrite-train", action="store_true", help="refit combinations already in probe_results")
     probe.add_argument("--overwrite-eval", action="store_true", help="re-score saved probes on the test split, without refitting")
+    probe.add_argument("--jobs", type=positive_int, metavar="N",
+                       help="fit independent combinations in N processes (default: by the number of fits and CPUs)")
     probe.set_defaults(handler=run_probe)
 
     results = commands.add_parser("results", help="print test ROC AUC: dataset by probe, feature, layers and aggregation")
@@ -234,7 +243,7 @@ def run_probe(args: argparse.Namespace) -> None:
         each_layer=args.each_layer,
     )
     run_probes(project, plan_specs(project, request), overwrite_train=args.overwrite_train,
-               overwrite_eval=args.overwrite_eval)
+               overwrite_eval=args.overwrite_eval, jobs=args.jobs)
 
 
 def run_results(args: argparse.Namespace) -> None:

@@ -74,6 +74,11 @@ class Project:
     def lock_path(self) -> Path:
         return self.store_dir / ".write.lock"
 
+    @property
+    def probe_lock_path(self) -> Path:
+        """Held while saved probes and their catalog rows are written, so writers never interleave."""
+        return self.store_dir / ".probes.lock"
+
     def cleaned_path(self, dataset: str) -> Path:
         return self.cleaned_dir / f"{dataset}.csv"
 

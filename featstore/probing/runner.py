@@ -1,8 +1,9 @@
 """`featstore probe`: fit probes on train views, score them on test views, record each fit in the catalog.
 
 Fitting opens only the train split and evaluation only the test split. Every combination asked for
-is fitted first; the probe files and catalog rows (results, test scores, head weights) are written
-together at the end, so a run that fails writes nothing.
+is fitted first (in parallel processes when there are many); then, under a lock, the probe files are put
+in place and the catalog rows (results, test scores, head weights) committed in one transaction, so a
+run that fails writes nothing and a row is visible only when its probe file is there.
 
 Features: `attn` (a token aggregation of the attention rows), `resid` (the last-token residual) and
 `length`, the length-only control: log(seq_len) and its square, so a probe can also use a length
@@ -17,7 +18,10 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
+import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -39,8 +43,8 @@ from featstore.catalog.splits import TEST, TRAIN
 from featstore.errors import FeatstoreError
 from featstore.project import Project
 from featstore.probing.results import parse_short_layers, short_layers
-from featstore.store.atomic import swap_folder
 from featstore.store.layout import model_dir_name
+from featstore.store.locking import waiting_lock
 from featstore.views.aggregations import parse_aggregation
 from featstore.views.matrix import to_matrix
 from featstore.probing.head_weights import head_weights
@@ -215,83 +219,120 @@ def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> FeatureMatr
 
 
 def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool = False,
-               overwrite_eval: bool = False) -> pd.DataFrame:
+               overwrite_eval: bool = False, jobs: int | None = None) -> pd.DataFrame:
     """Fit (or re-evaluate) every spec not already in `probe_results`; returns the rows written.
 
     Probe results are deleted whenever their dataset is re-cleaned or its features rebuilt, so a skipped
-    combination always refers to the features in the store now.
+    combination always refers to the features in the store now. A row whose saved probe is missing (left by
+    an older version killed mid-write) counts as not done. Independent combinations are fitted in `jobs`
+    processes (default: by the number of fits and CPUs).
     """
     specs = list(dict.fromkeys(specs))
-    done = _existing(project)
+    done = _with_saved_probe(project, _recorded(project))
     refit = [s for s in specs if s.result_id not in done or overwrite_train]
     rescore = [s for s in specs if s.result_id in done and overwrite_eval and not overwrite_train]
     _check_splits(project, refit, (TRAIN, TEST))
     _check_splits(project, rescore, (TEST,))
-    fitted: list[Fitted] = []
-    try:
-        for spec in tqdm(refit + rescore, unit="probe", desc="probe", disable=None):
-            if spec in rescore:
-                fitted.append(reevaluate(project, spec, done[spec.result_id]))
-            else:
-                fitted.append(fit_and_score(project, spec))
-        if fitted:
-            _write(project, fitted)
-    finally:  # learning curves of fits that were not committed
-        for spec in refit:
-            shutil.rmtree(_staged(_logs_path(project.store_dir / _probe_path(spec))), ignore_errors=True)
-    return pd.DataFrame([f.row for f in fitted])
+    tasks = [(spec, None) for spec in refit] + [(spec, done[spec.result_id]) for spec in rescore]
+    with tempfile.TemporaryDirectory(prefix="featstore-probe-") as scratch:  # learning curves until written
+        fitted = _fit_all(project, tasks, Path(scratch), jobs)
+        written = _write(project, fitted, overwrite_train)
+    return pd.DataFrame([f.row for f in written])
+
+
+FITS_PER_WORKER = 4  # below 2 x this, one process: starting a worker costs about as much as a few fits
 
 
 @dataclass
 class Fitted:
-    """What one fit or re-evaluation writes: the result row, its test scores, and (after a fit) the probe
-    and its head weights."""
+    """What one fit or re-evaluation writes: the result row, its test scores, and (after a fit) the probe,
+    its head weights and the folder of its learning curves; plus the warnings raised on the way."""
 
     row: dict
     scores: pd.DataFrame
     probe: object | None = None
     head_weights: pd.DataFrame | None = None
+    logs: Path | None = None
+    warnings: list[tuple] = field(default_factory=list)
 
 
-def fit_and_score(project: Project, spec: ProbeSpec) -> Fitted:
-    """Fit on the train split, score on the test split."""
+def _fit_all(project: Project, tasks: list[tuple[ProbeSpec, dict | None]], scratch: Path,
+             jobs: int | None) -> list[Fitted]:
+    """Fit (or re-score, where a previous row is given) every task, in worker processes when there are many;
+    each one's warnings are re-issued here, naming its dataset and setting."""
+    workers = min(jobs or max(1, len(tasks) // FITS_PER_WORKER), _usable_cpus(), max(1, len(tasks)))
+    calls = (joblib.delayed(_fit_or_rescore)(project, spec, previous, scratch) for spec, previous in tasks)
+    fitted = []
+    for item in tqdm(joblib.Parallel(n_jobs=workers, return_as="generator")(calls), total=len(tasks),
+                     unit="probe", desc="probe", disable=None):
+        for category, message, filename, lineno in item.warnings:
+            warnings.warn_explicit(message, category, filename, lineno)
+        fitted.append(item)
+    return fitted
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _fit_or_rescore(project: Project, spec: ProbeSpec, previous: dict | None, scratch: Path) -> Fitted:
+    """One task, its warnings recorded (a worker process's would otherwise be lost) and prefixed by its setting."""
+    with warnings.catch_warnings(record=True) as caught:
+        item = fit_and_score(project, spec, scratch) if previous is None else reevaluate(project, spec, previous)
+    item.warnings = [(w.category, f"{_setting(spec)}: {w.message}", w.filename, w.lineno) for w in caught]
+    return item
+
+
+def _setting(spec: ProbeSpec) -> str:
+    """The dataset and setting of a spec, as warnings name them: `1_toy (resid L6, last-token, logreg, baseline)`."""
+    parts = [f"{spec.feature} {short_layers(spec.layers_label)}".strip(), spec.aggregation, spec.probe]
+    return f"{spec.dataset} ({', '.join(parts + ['baseline'] * spec.baseline)})"
+
+
+def fit_and_score(project: Project, spec: ProbeSpec, scratch: Path) -> Fitted:
+    """Fit on the train split, score on the test split; learning curves (if the probe keeps any) go to `scratch`."""
     train = feature_matrix(project, spec, TRAIN)
     probe = FAMILIES[spec.probe].make(spec.seed)
-    logs = _logs_path(project.store_dir / _probe_path(spec))
-    if "log_dir" in probe.get_params():  # learning curves, staged, then moved in beside the saved probe
-        shutil.rmtree(_staged(logs), ignore_errors=True)
-        probe.set_params(log_dir=str(_staged(logs)))
+    probe_path = _new_probe_path(spec)
+    logs = None
+    if "log_dir" in probe.get_params():  # learning curves, moved in beside the saved probe when it is written
+        logs = scratch / spec.result_id
+        probe.set_params(log_dir=str(logs))
     started = time.perf_counter()
     with _probe_errors(spec):
         probe.fit(train.X, train.y)
-    if "log_dir" in probe.get_params():
-        probe.set_params(log_dir=str(logs))
+    if logs is not None:
+        probe.set_params(log_dir=str(_logs_path(project.store_dir / probe_path)))
     seconds = time.perf_counter() - started
     weights = head_weights(standardised_weights(probe, train), train.names)
     n_train = len(train.y)
     del train
-    row, scores = _score(project, spec, probe, seconds, n_train)
-    return Fitted(row, scores, probe, _keyed(weights, spec.result_id, HEAD_WEIGHT_COLUMNS))
+    row, scores = _score(project, spec, probe, seconds, n_train, probe_path)
+    return Fitted(row, scores, probe, _keyed(weights, spec.result_id, HEAD_WEIGHT_COLUMNS), logs)
 
 
 def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> Fitted:
     """Score a saved probe on the test split again, without refitting (reads no train data)."""
     path = project.store_dir / previous["probe_path"]
-    if not path.exists():
-        raise FeatstoreError(f"the saved probe {path} is missing; rerun with --overwrite-train")
-    probe = joblib.load(path)
-    row, scores = _score(project, spec, probe, previous["fit_seconds"], previous["n_train"])
+    try:
+        probe = joblib.load(path)
+    except FileNotFoundError:
+        raise FeatstoreError(f"the saved probe {path} is missing; rerun with --overwrite-train") from None
+    row, scores = _score(project, spec, probe, previous["fit_seconds"], previous["n_train"], previous["probe_path"])
     return Fitted({**row, "created_at": previous["created_at"]}, scores)
 
 
-def _score(project: Project, spec: ProbeSpec, probe, fit_seconds: float, n_train: int) -> tuple[dict, pd.DataFrame]:
+def _score(project: Project, spec: ProbeSpec, probe, fit_seconds: float, n_train: int,
+           probe_path: str) -> tuple[dict, pd.DataFrame]:
     """The result row and the per-example decision scores of a fitted probe on the test split."""
     test = feature_matrix(project, spec, TEST)
     with _probe_errors(spec):
         decision = probe.decision_function(test.X)  # once: scoring lazy rows is a pass over the split
         metrics = binary_scores(test.y == probe.classes_[1], decision, decision > 0)
     scores = pd.DataFrame({"example_id": test.example_ids.astype(np.int64), "score": decision})
-    return _row(spec, probe, metrics, n_train, fit_seconds), _keyed(scores, spec.result_id, ["example_id", "score"])
+    row = _row(spec, probe, metrics, n_train, fit_seconds, probe_path)
+    return row, _keyed(scores, spec.result_id, ["example_id", "score"])
 
 
 def standardised_weights(probe, train: FeatureMatrix) -> np.ndarray:
@@ -355,7 +396,7 @@ def _check_splits(project: Project, specs: list[ProbeSpec], splits: tuple[str, .
                 raise FeatstoreError(f"{dataset}: the {split} split of {model} has one class only; probes need both")
 
 
-def _row(spec: ProbeSpec, probe, scores: dict, n_train: int, seconds: float) -> dict:
+def _row(spec: ProbeSpec, probe, scores: dict, n_train: int, seconds: float, probe_path: str) -> dict:
     return {
         "result_id": spec.result_id, "dataset": spec.dataset, "model": spec.model, "feature": spec.feature,
         "layers": spec.layers_label, "heads": "all", "aggregation": spec.aggregation, "probe": spec.probe,
@@ -365,46 +406,118 @@ def _row(spec: ProbeSpec, probe, scores: dict, n_train: int, seconds: float) -> 
         "balanced_accuracy": scores["balanced_accuracy"], "f1": scores["f1"], "n_train": n_train,
         "n_test": scores["n"], "n_features": int(probe.n_features_in_), "seed": spec.seed, "fit_seconds": seconds,
         "featstore_version": __version__, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
-        "probe_path": _probe_path(spec),
+        "probe_path": probe_path,
     }
 
 
-def _existing(project: Project) -> dict[str, dict]:
+def _recorded(project: Project) -> dict[str, dict]:
+    """Every row of `probe_results`, by result id."""
     frame = run_user_query(project.catalog_path, "SELECT * FROM probe_results")
     return {row["result_id"]: row for row in frame.to_dict("records")}
 
 
-def _write(project: Project, fitted: list[Fitted]) -> None:
-    """Probe files staged under temporary names, rows committed, then the files moved into place."""
-    staged = []
+def _with_saved_probe(project: Project, recorded: dict[str, dict]) -> dict[str, dict]:
+    """The rows whose saved probe is in place."""
+    return {rid: row for rid, row in recorded.items() if (project.store_dir / row["probe_path"]).is_file()}
+
+
+def _write(project: Project, fitted: list[Fitted], overwrite_train: bool) -> list[Fitted]:
+    """Under the probe lock: remove what killed runs left, put each new probe file (and learning curves) in
+    place, then commit the rows in one transaction, then delete the files of the rows it replaced. A row is
+    visible only once its file is in place. Results another run committed meanwhile are kept, not
+    duplicated. Returns what was written."""
+    with waiting_lock(project.probe_lock_path):
+        recorded = _recorded(project)
+        _remove_orphans(project, recorded)
+        wanted = [item for item in fitted if _still_wanted(project, item, recorded, overwrite_train)]
+        if not wanted:
+            return []
+        placed: list[Path] = []
+        committing = False
+        try:
+            for item in wanted:
+                if item.probe is not None:
+                    placed += _place(project, item)
+            refitted = [item for item in wanted if item.head_weights is not None]
+            committing = True
+            with catalog_writer(project) as con:
+                replace_probe_results(
+                    con, pd.DataFrame([item.row for item in wanted]), pd.concat([item.scores for item in wanted]),
+                    pd.concat([item.head_weights for item in refitted]
+                              or [_keyed(head_weights(np.zeros(0), []), "", HEAD_WEIGHT_COLUMNS)]),
+                    [item.row["result_id"] for item in refitted],
+                )
+        except BaseException:
+            if not committing:  # nothing refers to the files yet; after that, the next run decides
+                for path in placed:
+                    _remove(path)
+            raise
+        for item in refitted:
+            replaced = recorded.get(item.row["result_id"])
+            if replaced and replaced["probe_path"] != item.row["probe_path"]:
+                _remove(project.store_dir / replaced["probe_path"])
+                _remove(_logs_path(project.store_dir / replaced["probe_path"]))
+    return wanted
+
+
+def _still_wanted(project: Project, item: Fitted, recorded: dict[str, dict], overwrite_train: bool) -> bool:
+    """Whether a fit or re-score should still be written, now that the lock is held: not when another run
+    committed the same combination meanwhile (a fit it need not overwrite), or refitted or dropped the row a
+    re-score read."""
+    current = recorded.get(item.row["result_id"])
+    if item.probe is None:
+        return current is not None and current["probe_path"] == item.row["probe_path"]
+    return overwrite_train or current is None or not (project.store_dir / current["probe_path"]).is_file()
+
+
+def _place(project: Project, item: Fitted) -> list[Path]:
+    """Write a fit's probe file and learning curves under staged names, then rename them into place (learning
+    curves first, so a probe file in place means its curves are too). Returns the paths placed."""
+    path = project.store_dir / item.row["probe_path"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    placed = []
     try:
-        for item in fitted:
-            if item.probe is not None:
-                path = project.store_dir / item.row["probe_path"]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                joblib.dump(item.probe, _staged(path))
-                staged.append(path)
-        refitted = [item for item in fitted if item.head_weights is not None]
-        with catalog_writer(project) as con:
-            replace_probe_results(
-                con, pd.DataFrame([item.row for item in fitted]), pd.concat([item.scores for item in fitted]),
-                pd.concat([item.head_weights for item in refitted]
-                          or [_keyed(head_weights(np.zeros(0), []), "", HEAD_WEIGHT_COLUMNS)]),
-                [item.row["result_id"] for item in refitted],
-            )
-        for path in staged:
-            os.replace(_staged(path), path)
-            if _staged(_logs_path(path)).is_dir():
-                swap_folder(_staged(_logs_path(path)), _logs_path(path))
-    finally:
-        for path in staged:
-            _staged(path).unlink(missing_ok=True)
-            shutil.rmtree(_staged(_logs_path(path)), ignore_errors=True)
+        if item.logs is not None and item.logs.is_dir():
+            shutil.copytree(item.logs, _staged(_logs_path(path)))
+            os.replace(_staged(_logs_path(path)), _logs_path(path))
+            placed.append(_logs_path(path))
+        with open(_staged(path), "wb") as handle:
+            joblib.dump(item.probe, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(_staged(path), path)
+        placed.append(path)
+    except BaseException:
+        for leftover in [_staged(path), _staged(_logs_path(path)), *placed]:
+            _remove(leftover)
+        raise
+    return placed
 
 
-def _probe_path(spec: ProbeSpec) -> str:
-    """Where a spec's fitted probe is saved, relative to the store."""
-    return f"probes/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}.joblib"
+def _remove_orphans(project: Project, recorded: dict[str, dict]) -> None:
+    """Delete, under the probe lock, the staged files and the probe files (with learning curves) that no row
+    refers to: what a run killed before or after its catalog commit, or a dropped result, left behind."""
+    if not project.probes_dir.is_dir():
+        return
+    referenced = {project.store_dir / row["probe_path"] for row in recorded.values()}
+    for entry in project.probes_dir.glob("*/*/*"):  # probes/<model>/<dataset>/<entry>
+        kept = entry.with_suffix(".joblib") if entry.suffix == ".logs" else entry
+        if entry.name.endswith(".staged") or (entry.suffix in (".joblib", ".logs") and kept not in referenced):
+            _remove(entry)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _new_probe_path(spec: ProbeSpec) -> str:
+    """Where a new fit of a spec is saved, relative to the store: a name of its own, so a refit never
+    overwrites the file that the committed row still refers to."""
+    return f"probes/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}-{uuid.uuid4().hex[:12]}.joblib"
 
 
 def _logs_path(probe_path: Path) -> Path:
@@ -413,5 +526,5 @@ def _logs_path(probe_path: Path) -> Path:
 
 
 def _staged(path: Path) -> Path:
-    """Where a file or folder is written before the catalog commit makes it part of the store."""
+    """Where a file or folder is written before it is renamed into place."""
     return path.with_name(path.name + ".staged")

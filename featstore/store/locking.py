@@ -1,4 +1,5 @@
-"""One build at a time per store: an advisory lock file that the OS releases when the process dies."""
+"""Advisory lock files that the OS releases when the process dies: one build at a time per store, and one
+writer at a time of the saved probes."""
 
 from __future__ import annotations
 
@@ -29,6 +30,18 @@ def exclusive_build(lock_path: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def waiting_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an advisory lock, waiting while another process holds it (for short critical sections only)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
