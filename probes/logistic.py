@@ -7,6 +7,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from probes.base import BinaryProbe
 from probes.errors import ProbeInputError
@@ -19,7 +20,9 @@ class LogisticRegressionProbe(BinaryProbe):
     of the grid on the rest (warm-started from the strongest regularisation up), keeps the C with the best
     validation ROC AUC (ties go to the first C of the grid, as in the SAE-Probes code: by default the
     largest), and refits on all training rows with it. L2 uses lbfgs, L1 liblinear. With standardize=True a StandardScaler fitted on the training rows precedes the model;
-    coef_ and intercept_ always act on the raw features (the scaler is folded in).
+    coef_ and intercept_ always act on the raw features (the scaler is folded in). Fitting uses one BLAS
+    thread: lbfgs's stopping point (and so the chosen C) moved with the thread count; run fits in parallel
+    processes instead.
     """
 
     def __init__(
@@ -58,8 +61,11 @@ class LogisticRegressionProbe(BinaryProbe):
         return Pipeline([("scale", StandardScaler() if self.standardize else "passthrough"), ("model", model)])
 
     def fit(self, X, y) -> "LogisticRegressionProbe":
-        """Choose C on a validation holdout, then refit on all of (X, y)."""
-        X, y = self._fit_inputs(X, y)
+        """Choose C on a validation holdout, then refit on all of (X, y), on one BLAS thread."""
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._fit(*self._fit_inputs(X, y))
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> "LogisticRegressionProbe":
         self.Cs_ = np.logspace(5, -5, 10) if self.Cs is None else np.atleast_1d(np.asarray(self.Cs, dtype=float))
         if self.Cs_.ndim != 1 or not np.all(self.Cs_ > 0):
             raise ProbeInputError(

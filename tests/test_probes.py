@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from probes import (
     LogisticRegressionProbe,
@@ -351,3 +352,19 @@ def test_scoring_inputs_are_checked():
         probe.score(X, y[:10])
     with pytest.raises(ProbeInputError, match="both classes"):
         probe.score(X[y == 1], y[y == 1])
+
+
+def test_logistic_probe_fits_on_one_blas_thread_so_its_answer_does_not_depend_on_the_machine(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    original = LogisticRegression.fit
+
+    def recording_fit(self, X, y, *args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return original(self, X, y, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", recording_fit)
+    with threadpool_limits(limits=2, user_api="blas"):
+        LogisticRegressionProbe(Cs=[1.0, 0.1]).fit(*small_data(n=200, d=10))
+    assert seen and set(seen) == {1}

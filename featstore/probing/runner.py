@@ -240,7 +240,7 @@ def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool =
     return pd.DataFrame([f.row for f in written])
 
 
-FITS_PER_WORKER = 4  # below 2 x this, one process: starting a worker costs about as much as a few fits
+FITS_PER_WORKER = 2  # below 2 x this, one process: starting a worker costs about as much as a fit
 
 
 @dataclass
