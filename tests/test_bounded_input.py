@@ -1,0 +1,83 @@
+"""Untrusted input on the command line: hostile expressions, SQL, paths and sizes end in one line, a
+meaningful exit code and nothing left behind (issue 8, cases 4-7 and 9-11)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from featstore.bounded import Budget
+from featstore.cli import main
+from featstore.datasets import expressions
+from featstore.project import Project
+from tests.factories import registry_row, write_registry
+
+HOSTILE_REGEX = "col.str.contains('(a+)+$', flags=2)"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clean(project: Project, *extra: str) -> int:
+    return main(["--root", str(project.root), "datasets", "clean", *extra])
+
+
+def leftovers(project: Project) -> list[str]:
+    """Files a failed command must not leave: staged, temporary or cleaned outputs."""
+    patterns = ["datasets/raw/tmp*", "datasets/cleaned/*", "**/*.staged", "**/*.tmp"]
+    return sorted(str(p.relative_to(project.root)) for pattern in patterns for p in project.root.glob(pattern))
+
+
+def one_error_line(capsys) -> str:
+    """The command's one error line (pandas' one-line warnings about regex groups may come before it)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("featstore: warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("featstore: error: "), lines
+    return lines[0] + "\n"
+
+
+def hostile_project(project: Project) -> None:
+    pd.DataFrame({"text": ["a" * 40 + "!", "b"] * 50, "label": [0, 1] * 50}).to_csv(project.raw_dir / "evil.csv", index=False)
+    write_registry(project, [registry_row(2, "evil", "evil.csv", **{"Probe to": "text", "Probe to extraction": HOSTILE_REGEX})])
+
+
+def test_case4_backtracking_regex_is_one_line_within_the_time_limit(project: Project, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(expressions, "EVALUATION_BUDGET", Budget(seconds=1.0, memory_bytes=2**30))
+    hostile_project(project)
+    started = time.monotonic()
+    assert clean(project) == 1
+    assert time.monotonic() - started < 15
+    err = one_error_line(capsys)
+    assert "line 2 (2_evil), Probe to extraction" in err and err.endswith("stopped after 1 s time limit\n")
+    assert leftovers(project) == [] and not project.catalog_path.exists()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def test_case4_ctrl_c_stops_a_backtracking_regex(project: Project) -> None:
+    hostile_project(project)
+    command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "datasets", "clean"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _children(process.pid) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)  # the expression runs in a child: the regex is under way
+        time.sleep(0.5)
+        evaluating = _children(process.pid)
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole process group
+        _, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130 and err.endswith("featstore: interrupted\n") and "Traceback" not in err
+    assert evaluating and not any(Path(f"/proc/{child}").exists() for child in evaluating)
+    assert leftovers(project) == []
