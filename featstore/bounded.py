@@ -1,7 +1,8 @@
 """Run untrusted work (user SQL, extraction expressions) in a forked child under a time and memory budget.
 
 A regex that backtracks for hours or a DuckDB list function that allocates outside DuckDB's own memory
-limit cannot be interrupted from inside: the child gets an address-space limit (RLIMIT_AS) on top of
+limit cannot be interrupted from inside: the child gets a data-size limit (RLIMIT_DATA: heap and private
+writable mappings; an address-space limit would also count glibc's per-thread arena reservations) on top of
 what it inherited, and the parent kills it when the time is up or on Ctrl-C. The child is forked, so it
 starts in milliseconds with everything imported; callers fork before opening DuckDB connections.
 """
@@ -35,18 +36,18 @@ class BudgetExceeded(FeatstoreError):
     """The work ran past its time or memory budget and was stopped."""
 
 
-def _virtual_size() -> int:
+def _data_size() -> int:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmSize:"):
+            if line.startswith("VmData:"):
                 return int(line.split()[1]) * 1024
     return 0
 
 
 def _child(send, memory_bytes: int, function: Callable, args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills this process
-    limit = _virtual_size() + memory_bytes
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit = _data_size() + memory_bytes
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     try:
         outcome = ("ok", function(*args))
     except MemoryError:

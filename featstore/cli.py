@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from featstore import __version__
+from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS
 from featstore.catalog.splits import SplitParams
 from featstore.errors import FeatstoreError
 from featstore.probing.families import FAMILIES
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sql = commands.add_parser("sql", help="run one read-only SELECT over the catalog")
     sql.add_argument("query", help='for example "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
+                     help="refuse results with more rows than this (default: %(default)s)")
     sql.set_defaults(handler=run_sql)
     return parser
 
@@ -253,9 +256,11 @@ def run_report(args: argparse.Namespace) -> None:
 
 
 def run_sql(args: argparse.Namespace) -> None:
-    from featstore.api import Store
+    from featstore.catalog.safe_sql import run_bounded_query
 
-    print_frame(Store(open_project(args.root)).sql(args.query), args.format)
+    if args.max_rows < 1:
+        raise FeatstoreError("--max-rows must be at least 1")
+    print_frame(run_bounded_query(open_project(args.root).catalog_path, args.query, args.max_rows), args.format)
 
 
 def print_frame(frame: pd.DataFrame, fmt: str) -> None:

@@ -81,3 +81,41 @@ def test_case4_ctrl_c_stops_a_backtracking_regex(project: Project) -> None:
     assert process.returncode == 130 and err.endswith("featstore: interrupted\n") and "Traceback" not in err
     assert evaluating and not any(Path(f"/proc/{child}").exists() for child in evaluating)
     assert leftovers(project) == []
+
+
+def sql(project: Project, *args: str) -> int:
+    return main(["--root", str(project.root), "sql", *args])
+
+
+@pytest.fixture
+def catalogued(project: Project) -> Project:
+    """The toy project, cleaned: a catalog to query."""
+    assert clean(project) == 0
+    return project
+
+
+def test_case6_large_results_are_refused_at_the_row_cap(catalogued: Project, capsys) -> None:
+    assert sql(catalogued, "SELECT * FROM range(200000)", "--format", "csv") == 1
+    assert one_error_line(capsys) == ("featstore: error: refused: the result has more than 100,000 rows (--max-rows 100000); "
+                                      "add a LIMIT or an aggregate, or raise --max-rows\n")
+    assert capsys.readouterr().out == ""
+    assert sql(catalogued, "SELECT * FROM range(1000)", "--format", "csv", "--max-rows", "999") == 1
+    assert "more than 999 rows (--max-rows 999)" in one_error_line(capsys)
+    assert sql(catalogued, "SELECT * FROM range(1000)", "--format", "csv", "--max-rows", "1000") == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [str(i) for i in range(1000)]
+
+
+def test_case6_memory_outside_duckdbs_limit_is_bounded(catalogued: Project, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("featstore.catalog.safe_sql.USER_QUERY_BUDGET", Budget(seconds=30, memory_bytes=2**29))
+    started = time.monotonic()
+    assert sql(catalogued, "SELECT list_sort(range(50000000))[1] AS first") == 1
+    assert one_error_line(capsys).startswith("featstore: error: query stopped: out of memory (")
+    assert time.monotonic() - started < 20
+
+
+def test_case6_time_limit_holds_inside_a_long_list_function(catalogued: Project, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("featstore.catalog.safe_sql.USER_QUERY_BUDGET", Budget(seconds=1, memory_bytes=8 * 2**30))
+    started = time.monotonic()
+    assert sql(catalogued, "SELECT list_sort(range(200000000))[1] AS first") == 1
+    assert one_error_line(capsys) == "featstore: error: query stopped after 1 s time limit\n"
+    assert time.monotonic() - started < 10
