@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -39,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader (e.g. `| head`) went away: stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as err:  # a full disk or quota, wherever the write was (pandas, zarr's writer thread, ...)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"featstore: error: no space left on device{f' writing {err.filename}' if err.filename else ''}; "
+              "free some space and run the command again", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 

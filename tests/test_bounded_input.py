@@ -119,3 +119,82 @@ def test_case6_time_limit_holds_inside_a_long_list_function(catalogued: Project,
     assert sql(catalogued, "SELECT list_sort(range(200000000))[1] AS first") == 1
     assert one_error_line(capsys) == "featstore: error: query stopped after 1 s time limit\n"
     assert time.monotonic() - started < 10
+
+
+READER_LOOP = """
+import sys, time
+from featstore.catalog.safe_sql import CatalogReader
+catalog, offset, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+time.sleep(offset)
+print("ready", flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    with CatalogReader(catalog) as reader:  # a long read: the connection held for a second
+        reader.query("SELECT count(*) FROM examples")
+        time.sleep(1.0)
+"""
+
+
+def test_case7_overlapping_readers_do_not_starve_a_writer(catalogued: Project) -> None:
+    from featstore.catalog.database import catalog_writer
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    readers = [subprocess.Popen([sys.executable, "-c", READER_LOOP, str(catalogued.catalog_path), str(offset), "20"],
+                                env=env, stdout=subprocess.PIPE, text=True) for offset in (0.0, 0.5)]
+    try:
+        assert [reader.stdout.readline().strip() for reader in readers] == ["ready", "ready"]
+        time.sleep(1.0)  # from now on some reader always holds the catalog
+        started = time.monotonic()
+        with catalog_writer(catalogued, wait_s=5) as con:
+            con.execute("UPDATE datasets SET n_examples = n_examples")
+        waited = time.monotonic() - started
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
+    assert waited < 2.5  # one reader's hold, not the readers' whole run
+
+
+def test_case9_huge_dataset_number_is_refused_before_anything_is_written(project: Project, capsys) -> None:
+    write_registry(project, [registry_row(3000000000, "huge", "toy.csv")])
+    assert clean(project) == 1
+    assert one_error_line(capsys) == ("featstore: error: datasets/main.csv line 2: number 3000000000 is too large "
+                                      "(at most 2147483647)\n")
+    assert leftovers(project) == [] and not project.catalog_path.exists()
+
+
+@pytest.mark.parametrize("command", [["datasets", "clean", "--overwrite"], ["datasets", "list"],
+                                     ["build", "--model", "random:tiny", "--device", "cpu"]])
+def test_case9_truncated_catalog_is_one_line(catalogued: Project, capsys, command: list[str]) -> None:
+    size = catalogued.catalog_path.stat().st_size
+    with open(catalogued.catalog_path, "r+b") as handle:
+        handle.truncate(size // 2 // 4096 * 4096)  # opens, but its tables' blocks are cut off
+    assert main(["--root", str(catalogued.root), *command]) == 1
+    assert "Could not read enough bytes from file" in one_error_line(capsys)
+    assert leftovers(catalogued) == ["datasets/cleaned/1_toy.csv"]
+
+
+def test_case10_links_out_of_datasets_raw_are_not_followed(project: Project, capsys, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.csv").write_text("text,label\nhunter2,1\nswordfish,0\n")
+    (project.raw_dir / "file_link.csv").symlink_to(outside / "secret.csv")
+    (project.raw_dir / "folder_link").symlink_to(outside)
+    (project.raw_dir / "inside_link.csv").symlink_to(project.raw_dir / "toy.csv")
+    for source in ("file_link.csv", "folder_link/secret.csv"):
+        write_registry(project, [registry_row(2, "leak", source)])
+        assert clean(project) == 1
+        assert one_error_line(capsys) == (
+            f"featstore: error: datasets/main.csv line 2 (2_leak), source: datasets/raw/{source} leads through a link "
+            f"to {outside.resolve() / 'secret.csv'}, outside datasets/raw/; copy the file in instead\n")
+        assert leftovers(project) == [] and not project.catalog_path.exists()
+    write_registry(project, [registry_row(2, "inside", "inside_link.csv")])
+    assert clean(project) == 0
+
+
+def test_case11_a_folder_as_source_is_called_a_folder(project: Project, capsys) -> None:
+    (project.raw_dir / "sub").mkdir()
+    write_registry(project, [registry_row(2, "folder", "sub")])
+    assert clean(project) == 1
+    assert one_error_line(capsys) == ("featstore: error: datasets/main.csv line 2 (2_folder), source: datasets/raw/sub is a "
+                                      "folder; name a file (CSV, compressed CSV or Parquet) inside it\n")

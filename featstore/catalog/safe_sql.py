@@ -24,11 +24,12 @@ import pandas as pd
 
 from featstore.bounded import Budget, run_bounded
 from featstore.errors import FeatstoreError
+from featstore.store.locking import catalog_gate
 
 USER_QUERY_BUDGET = Budget(seconds=30.0, memory_bytes=3 * 2**30)  # DuckDB's 2 GB plus room for the fetched frame
 DEFAULT_MAX_ROWS = 100_000
 MAX_RESULT_BYTES = 256 * 2**20
-LOCK_WAIT_S = 10.0  # how long a reader waits for a writer (a build registering a split) to let go
+LOCK_WAIT_S = 120.0  # how long a reader waits for a writer (a build registering a split) to let go
 
 LOCKED_DOWN_CONFIG: dict[str, str | int | bool] = {
     "enable_external_access": False,  # no files, URLs, ATTACH, COPY, INSTALL, Python objects
@@ -60,18 +61,20 @@ def open_locked_down(catalog_path: Path) -> duckdb.DuckDBPyConnection:
         raise FeatstoreError(
             f"no catalog at {catalog_path}; run `featstore datasets import-sae-probes` or `featstore datasets clean` first"
         )
+    busy = "the catalog is being written by another featstore process; try again when it finishes"
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
-            return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
+            with catalog_gate(catalog_path, exclusive=False, wait_s=max(0.0, deadline - time.monotonic())) as passed:
+                if not passed:
+                    raise FeatstoreError(busy)
+                return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
         except duckdb.IOException as err:
             if "lock" not in str(err).lower():
                 raise FeatstoreError(f"cannot open {catalog_path}: {_one_line(err)}") from None
             if time.monotonic() > deadline:
-                raise FeatstoreError(
-                    "the catalog is being written by another featstore process; try again when it finishes"
-                ) from None
-            time.sleep(0.2)
+                raise FeatstoreError(busy) from None
+            time.sleep(0.05)
         except duckdb.ConnectionException as err:
             raise FeatstoreError(
                 f"cannot open {catalog_path} for a user query while this process holds another connection to it "

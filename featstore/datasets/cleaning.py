@@ -52,8 +52,8 @@ def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitPa
             splits = assign_splits(entry.name, cleaned["row"].to_numpy(), cleaned["target"].to_numpy(), params)
             staging = project.cleaned_path(entry.name).with_suffix(".csv.staged")
             staging.parent.mkdir(parents=True, exist_ok=True)
+            staged[entry.name] = (staging, _example_rows(entry, cleaned, splits))  # removed below if writing fails
             cleaned.to_csv(staging, index=False)
-            staged[entry.name] = (staging, _example_rows(entry, cleaned, splits))
         for name, (staging, _) in staged.items():
             os.replace(staging, project.cleaned_path(name))
     finally:
@@ -84,11 +84,23 @@ def clean_frame(project: Project, entry: DatasetEntry) -> pd.DataFrame:
     )
 
 
+def raw_path(project: Project, entry: DatasetEntry) -> Path:
+    """The dataset's source file with links followed, which must be a file inside `datasets/raw/`."""
+    raw_dir = project.raw_dir.resolve()
+    path = (project.raw_dir / entry.source).resolve()
+    shown = f"{entry.where('source')}: datasets/raw/{entry.source}"
+    if not path.is_relative_to(raw_dir):
+        raise FeatstoreError(f"{shown} leads through a link to {path}, outside datasets/raw/; copy the file in instead")
+    if path.is_dir():
+        raise FeatstoreError(f"{shown} is a folder; name a file (CSV, compressed CSV or Parquet) inside it")
+    if not path.is_file():
+        raise FeatstoreError(f"{shown} does not exist")
+    return path
+
+
 def read_raw(project: Project, entry: DatasetEntry) -> pd.DataFrame:
     """The source file of a dataset (CSV, optionally compressed, or Parquet)."""
-    path = project.raw_dir / entry.source
-    if not path.is_file():
-        raise FeatstoreError(f"{entry.where('source')}: datasets/raw/{entry.source} does not exist")
+    path = raw_path(project, entry)
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
@@ -181,9 +193,7 @@ def _fingerprint(project: Project, entry: DatasetEntry, params: SplitParams) -> 
     fields = [entry.name, entry.source, entry.probe_from, entry.probe_to, entry.prompt_extraction,
               entry.target_extraction, entry.data_type, json.dumps(params.as_dict(), sort_keys=True)]
     digest.update(json.dumps(fields).encode())
-    path = project.raw_dir / entry.source
-    if path.is_file():
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    with raw_path(project, entry).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()

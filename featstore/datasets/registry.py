@@ -28,6 +28,7 @@ REQUIRED_COLUMNS = [
     "Probe to extraction",
 ]
 BINARY = "Binary Classification"
+MAX_NUMBER = 2**31 - 1  # the catalog's datasets.number is an INTEGER
 FORBIDDEN_TAG_CHARACTERS = set('/\\:*?"<>|\0')
 
 
@@ -131,8 +132,12 @@ def write_registry_frame(project: Project, frame: pd.DataFrame) -> None:
     columns = REGISTRY_COLUMNS + [c for c in frame.columns if c not in REGISTRY_COLUMNS]
     frame = frame.reindex(columns=columns, fill_value="")
     temporary = project.registry_path.with_suffix(".csv.tmp")
-    frame.to_csv(temporary, index=False)
-    os.replace(temporary, project.registry_path)
+    try:
+        frame.to_csv(temporary, index=False)
+        os.replace(temporary, project.registry_path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _parse_number(value: str, line: int) -> int:
@@ -142,6 +147,8 @@ def _parse_number(value: str, line: int) -> int:
         raise FeatstoreError(f"datasets/main.csv line {line}: number {value!r} is not a whole number") from None
     if number < 0:
         raise FeatstoreError(f"datasets/main.csv line {line}: number {number} is negative")
+    if number > MAX_NUMBER:
+        raise FeatstoreError(f"datasets/main.csv line {line}: number {number} is too large (at most {MAX_NUMBER})")
     return number
 
 

@@ -184,6 +184,12 @@ def _merged_registry(existing: pd.DataFrame, imported: pd.DataFrame) -> pd.DataF
 
 
 def _write_atomically(path: Path, payload: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-        handle.write(payload)
-    os.replace(handle.name, path)
+    """Write through a temporary file beside `path`, removed again when the write fails (e.g. a full disk)."""
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, delete=False)
+    try:
+        with handle:
+            handle.write(payload)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
