@@ -29,7 +29,7 @@ def clean(project: Project, *extra: str) -> int:
 
 def leftovers(project: Project) -> list[str]:
     """Files a failed command must not leave: staged, temporary or cleaned outputs."""
-    patterns = ["datasets/raw/tmp*", "datasets/cleaned/*", "**/*.staged", "**/*.tmp"]
+    patterns = ["datasets/raw/tmp*", "datasets/cleaned/*", "**/*.staged", "**/*.tmp", "**/*.retired"]
     return sorted(str(p.relative_to(project.root)) for pattern in patterns for p in project.root.glob(pattern))
 
 
@@ -198,3 +198,102 @@ def test_case11_a_folder_as_source_is_called_a_folder(project: Project, capsys) 
     assert clean(project) == 1
     assert one_error_line(capsys) == ("featstore: error: datasets/main.csv line 2 (2_folder), source: datasets/raw/sub is a "
                                       "folder; name a file (CSV, compressed CSV or Parquet) inside it\n")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 16 MiB tmpfs to fill up (mounting needs root); skipped where it cannot be mounted."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}); needs root")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+def fill_leaving(disk: Path, free_bytes: int) -> Path:
+    """A filler file that leaves `free_bytes` free on the disk; delete it to free the space again."""
+    stats = os.statvfs(disk)
+    filler = disk / "filler"
+    with open(filler, "wb") as handle:
+        handle.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - free_bytes))
+    return filler
+
+
+def fake_sae_wheel(path: Path) -> Path:
+    import zipfile
+
+    from tests.test_sae_probes_import import fake_data_files
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, payload in fake_data_files(2000).items():
+            archive.writestr(f"sae_probes/data/{name}", payload)
+    return path
+
+
+def disk_project(disk: Path) -> Project:
+    from featstore.project import init_project
+    from tests.factories import toy_raw
+
+    project = init_project(disk / "p")
+    project.raw_dir.mkdir(parents=True, exist_ok=True)
+    toy_raw(2000).to_csv(project.raw_dir / "toy.csv", index=False)
+    write_registry(project, [registry_row(1, "toy", "toy.csv")])
+    return project
+
+
+# free space at which each command failed in a different place (a raw file, a staged CSV, the catalog's WAL,
+# zarr chunks, the registry) when these tests were written; every one must end the same way
+FULL_DISK_CASES = [
+    ("clean", 0), ("clean", 50_000), ("clean", 200_000),
+    ("import", 0), ("import", 50_000), ("import", 200_000),
+    ("build", 0), ("build", 200_000), ("build", 3_000_000),
+]
+
+
+@pytest.mark.parametrize(("command", "free_bytes"), FULL_DISK_CASES)
+def test_case9_full_disk_is_one_line_leaves_nothing_and_a_rerun_succeeds(small_disk: Path, tmp_path: Path, capsys,
+                                                                        command: str, free_bytes: int) -> None:
+    project = disk_project(small_disk)
+    argv = {"clean": ["datasets", "clean"],
+            "import": ["datasets", "import-sae-probes", "--source", str(fake_sae_wheel(tmp_path / "sae_probes-0-py3-none-any.whl"))],
+            "build": ["build", "--model", "random:tiny", "--device", "cpu"]}[command]
+    if command == "build":
+        assert clean(project) == 0
+    registry = project.registry_path.read_bytes()
+    filler = fill_leaving(small_disk, free_bytes)
+    assert main(["--root", str(project.root), *argv]) == 1
+    err = one_error_line(capsys)
+    assert "no space left on device" in err.lower()
+    assert [p for p in leftovers(project) if not p.startswith("datasets/cleaned/1_toy.csv")] == []
+    assert project.registry_path.read_bytes() == registry
+    filler.unlink()
+    assert main(["--root", str(project.root), *argv]) == 0
+
+
+def test_case9_catalog_commit_failing_for_space_keeps_the_old_files_and_rows(small_disk: Path, capsys, monkeypatch) -> None:
+    import duckdb
+
+    from featstore.datasets import cleaning
+
+    project = disk_project(small_disk)
+    assert clean(project) == 0
+    cleaned_before = project.cleaned_path("1_toy").read_bytes()
+    write_registry(project, [registry_row(1, "toy", "toy.csv", **{"Probe to extraction": "col == 0"})])
+    index = cleaning._index
+    monkeypatch.setattr(cleaning, "_index", lambda *args: (fill_leaving(small_disk, 0), index(*args)))
+    assert clean(project) == 1
+    err = one_error_line(capsys)
+    assert err.startswith(f"featstore: error: cannot write {project.catalog_path}: ") and "No space left on device" in err
+    assert project.cleaned_path("1_toy").read_bytes() == cleaned_before
+    assert leftovers(project) == ["datasets/cleaned/1_toy.csv"]
+    (small_disk / "filler").unlink()
+    con = duckdb.connect(str(project.catalog_path), read_only=True)
+    assert con.execute("SELECT sum(label) FROM examples").fetchone()[0] == pd.read_csv(project.raw_dir / "toy.csv")["label"].sum()
+    con.close()
+    monkeypatch.setattr(cleaning, "_index", index)
+    assert clean(project) == 0
+    assert pd.read_csv(project.cleaned_path("1_toy"))["target"].sum() == (pd.read_csv(project.raw_dir / "toy.csv")["label"] == 0).sum()

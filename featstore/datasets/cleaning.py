@@ -1,7 +1,8 @@
 """Raw files + registry rows -> cleaned files (`prompt`, `target`, `row`) and catalog rows.
 
 Every selected dataset is read, extracted and validated before anything is written; cleaned files
-replace the old ones only once all are staged, and the catalog is updated in one transaction.
+replace the old ones only once all are staged, the catalog is updated in one transaction, and the old
+files are put back when that transaction fails (a full disk, say).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitPa
         if overwrite or indexed.get(e.name) != fingerprints[e.name] or not project.cleaned_path(e.name).exists()
     ]
     staged: dict[str, tuple[Path, pd.DataFrame]] = {}
+    replaced: list[Path] = []
     try:
         for entry in todo:
             cleaned = clean_frame(project, entry)
@@ -54,14 +56,32 @@ def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitPa
             staging.parent.mkdir(parents=True, exist_ok=True)
             staged[entry.name] = (staging, _example_rows(entry, cleaned, splits))  # removed below if writing fails
             cleaned.to_csv(staging, index=False)
-        for name, (staging, _) in staged.items():
-            os.replace(staging, project.cleaned_path(name))
+        try:
+            for name, (staging, _) in staged.items():
+                final = project.cleaned_path(name)
+                if final.exists():
+                    os.replace(final, _retired(final))
+                replaced.append(final)
+                os.replace(staging, final)
+            if staged:
+                _index(project, todo, staged, fingerprints, params)
+        except BaseException:  # e.g. the catalog's commit failed for space: the old files go back with the old rows
+            for final in replaced:
+                if _retired(final).exists():
+                    os.replace(_retired(final), final)
+                else:
+                    final.unlink(missing_ok=True)
+            raise
     finally:
-        for staging, _ in staged.values():
+        for name, (staging, _) in staged.items():
             staging.unlink(missing_ok=True)
-    if staged:
-        _index(project, todo, staged, fingerprints, params)
+            _retired(project.cleaned_path(name)).unlink(missing_ok=True)
     return list(staged)
+
+
+def _retired(cleaned: Path) -> Path:
+    """Where the previous cleaned file waits until the catalog has committed the new one."""
+    return cleaned.with_suffix(".csv.retired")
 
 
 def clean_frame(project: Project, entry: DatasetEntry) -> pd.DataFrame:
