@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from featstore import __version__
-from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS
+from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, run_bounded_query
 from featstore.catalog.splits import SplitParams
 from featstore.errors import FeatstoreError
 from featstore.probing.families import FAMILIES
@@ -263,8 +263,6 @@ def run_report(args: argparse.Namespace) -> None:
 
 
 def run_sql(args: argparse.Namespace) -> None:
-    from featstore.catalog.safe_sql import run_bounded_query
-
     if args.max_rows < 1:
         raise FeatstoreError("--max-rows must be at least 1")
     print_frame(run_bounded_query(open_project(args.root).catalog_path, args.query, args.max_rows), args.format)

@@ -287,7 +287,7 @@ def test_case9_catalog_commit_failing_for_space_keeps_the_old_files_and_rows(sma
     monkeypatch.setattr(cleaning, "_index", lambda *args: (fill_leaving(small_disk, 0), index(*args)))
     assert clean(project) == 1
     err = one_error_line(capsys)
-    assert err.startswith(f"featstore: error: cannot write {project.catalog_path}: ") and "No space left on device" in err
+    assert err.startswith(f"featstore: error: cannot read or write {project.catalog_path}: ") and "No space left on device" in err
     assert project.cleaned_path("1_toy").read_bytes() == cleaned_before
     assert leftovers(project) == ["datasets/cleaned/1_toy.csv"]
     (small_disk / "filler").unlink()

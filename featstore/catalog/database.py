@@ -163,6 +163,6 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
         except (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException) as err:
             # a full disk failing the commit, a truncated or damaged file: DuckDB's reason, on one line
             reason = " ".join(str(err).split())
-            raise FeatstoreError(f"cannot write {project.catalog_path}: {reason}") from None
+            raise FeatstoreError(f"cannot read or write {project.catalog_path}: {reason}") from None
         finally:
             con.close()
