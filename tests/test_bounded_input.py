@@ -234,13 +234,13 @@ def fake_sae_wheel(path: Path) -> Path:
     return path
 
 
-def disk_project(disk: Path) -> Project:
+def disk_project(disk: Path, n: int = 2000) -> Project:
     from featstore.project import init_project
     from tests.factories import toy_raw
 
     project = init_project(disk / "p")
     project.raw_dir.mkdir(parents=True, exist_ok=True)
-    toy_raw(2000).to_csv(project.raw_dir / "toy.csv", index=False)
+    toy_raw(n).to_csv(project.raw_dir / "toy.csv", index=False)
     write_registry(project, [registry_row(1, "toy", "toy.csv")])
     return project
 
@@ -250,17 +250,17 @@ def disk_project(disk: Path) -> Project:
 FULL_DISK_CASES = [
     ("clean", 0), ("clean", 50_000), ("clean", 200_000),
     ("import", 0), ("import", 50_000), ("import", 200_000),
-    ("build", 0), ("build", 200_000), ("build", 3_000_000),
+    ("build", 0), ("build", 100_000), ("build", 400_000),  # 16 examples a split
 ]
 
 
 @pytest.mark.parametrize(("command", "free_bytes"), FULL_DISK_CASES)
 def test_case9_full_disk_is_one_line_leaves_nothing_and_a_rerun_succeeds(small_disk: Path, tmp_path: Path, capsys,
                                                                         command: str, free_bytes: int) -> None:
-    project = disk_project(small_disk)
+    project = disk_project(small_disk, 300 if command == "build" else 2000)
     argv = {"clean": ["datasets", "clean"],
             "import": ["datasets", "import-sae-probes", "--source", str(fake_sae_wheel(tmp_path / "sae_probes-0-py3-none-any.whl"))],
-            "build": ["build", "--model", "random:tiny", "--device", "cpu"]}[command]
+            "build": ["build", "--model", "random:tiny", "--device", "cpu", "--limit", "16"]}[command]
     if command == "build":
         assert clean(project) == 0
     registry = project.registry_path.read_bytes()
@@ -297,3 +297,11 @@ def test_case9_catalog_commit_failing_for_space_keeps_the_old_files_and_rows(sma
     monkeypatch.setattr(cleaning, "_index", index)
     assert clean(project) == 0
     assert pd.read_csv(project.cleaned_path("1_toy"))["target"].sum() == (pd.read_csv(project.raw_dir / "toy.csv")["label"] == 0).sum()
+
+
+def test_case6_results_over_the_byte_cap_are_refused(catalogued: Project, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("featstore.catalog.safe_sql.MAX_RESULT_BYTES", 2**20)
+    assert sql(catalogued, "SELECT repeat('x', 10000) AS text FROM range(200)") == 1
+    assert one_error_line(capsys).startswith("featstore: error: refused: the result holds 2 MiB, more than the 1 MiB allowed")
+    assert sql(catalogued, "SELECT * FROM range(3)", "--max-rows", "0") == 1
+    assert one_error_line(capsys) == "featstore: error: --max-rows must be at least 1\n"
