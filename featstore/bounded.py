@@ -9,6 +9,7 @@ starts in milliseconds with everything imported; callers fork before opening Duc
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import resource
 import signal
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from featstore.errors import FeatstoreError
 
 T = TypeVar("T")
+CPU_TIME_FACTOR = 4  # CPU seconds allowed per wall-clock second (DuckDB runs user queries on 2 threads)
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,14 @@ def _data_size() -> int:
     return 0
 
 
-def _child(send, memory_bytes: int, function: Callable, args: tuple) -> None:
+def _child(send, budget: Budget, function: Callable, args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills this process
-    limit = _data_size() + memory_bytes
+    limit = _data_size() + budget.memory_bytes
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    # a backstop should the parent be killed before it can kill this child: the kernel stops it (SIGXCPU) after
+    # CPU time that a few threads could not spend within the wall-clock budget
+    cpu_seconds = math.ceil(CPU_TIME_FACTOR * budget.seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     try:
         outcome = ("ok", function(*args))
     except MemoryError:
@@ -70,7 +76,7 @@ def run_bounded(function: Callable[..., T], *args: Any, budget: Budget, what: st
     """
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(send, budget.memory_bytes, function, args), daemon=True)
+    child = context.Process(target=_child, args=(send, budget, function, args), daemon=True)
     child.start()
     send.close()
     try:
@@ -85,6 +91,8 @@ def run_bounded(function: Callable[..., T], *args: Any, budget: Budget, what: st
             child.kill()
         child.join()
         receive.close()
+    if child.exitcode == -signal.SIGXCPU:
+        raise BudgetExceeded(f"{what} stopped after {budget.seconds:g} s time limit (CPU time)")
     if status == "memory":
         raise BudgetExceeded(f"{what} stopped: it needed more than its {budget.describe_memory()} memory limit")
     if status == "error":

@@ -65,3 +65,10 @@ def test_ctrl_c_in_the_parent_kills_the_child(tmp_path: Path) -> None:
         run_bounded(_spin_writing_pid, str(pid_file), budget=Budget(30, 2**30), what="spinning")
     timer.join()
     _assert_gone(pid_file)
+
+
+def test_an_orphaned_child_is_stopped_by_its_cpu_limit(tmp_path: Path, monkeypatch) -> None:
+    # the parent cannot kill a child once it is itself killed: the kernel's CPU limit ends a spinning child
+    monkeypatch.setattr("featstore.bounded.CPU_TIME_FACTOR", 0)
+    with pytest.raises(BudgetExceeded, match=r"^spinning stopped after 30 s time limit \(CPU time\)$"):
+        run_bounded(_spin_writing_pid, str(tmp_path / "pid"), budget=Budget(30, 2**30), what="spinning")
