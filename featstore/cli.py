@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from featstore import __version__
+from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, run_bounded_query
 from featstore.catalog.splits import SplitParams
 from featstore.errors import FeatstoreError
 from featstore.probing.families import FAMILIES
@@ -39,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader (e.g. `| head`) went away: stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as err:  # a full disk or quota, wherever the write was (pandas, zarr's writer thread, ...)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"featstore: error: no space left on device{f' writing {err.filename}' if err.filename else ''}; "
+              "free some space and run the command again", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 
@@ -158,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     sql = commands.add_parser("sql", help="run one read-only SELECT over the catalog")
     sql.add_argument("query", help='for example "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
+                     help="refuse results with more rows than this (default: %(default)s)")
     sql.set_defaults(handler=run_sql)
     return parser
 
@@ -271,9 +281,9 @@ def run_report(args: argparse.Namespace) -> None:
 
 
 def run_sql(args: argparse.Namespace) -> None:
-    from featstore.api import Store
-
-    print_frame(Store(open_project(args.root)).sql(args.query), args.format)
+    if args.max_rows < 1:
+        raise FeatstoreError("--max-rows must be at least 1")
+    print_frame(run_bounded_query(open_project(args.root).catalog_path, args.query, args.max_rows), args.format)
 
 
 def print_frame(frame: pd.DataFrame, fmt: str) -> None:

@@ -3,12 +3,14 @@
 import inspect
 import re
 import sys
+import time
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from featstore.bounded import Budget
 from featstore.datasets import expressions
 from featstore.datasets.expressions import ExpressionError, compile_extraction, evaluate_extraction
 from featstore.errors import FeatstoreError
@@ -259,6 +261,10 @@ def test_regex_escapes_in_plain_strings_do_not_warn():
     [
         ('col.str.replace("", "abcdefghij")', "matches the empty string"),
         ('col.str.replace("a*", "xx", regex=True)', "matches the empty string"),
+        ('col.str.replace("(?=a)", "xx", regex=True)', "matches the empty string"),
+        (r'col.str.replace("\\b", "xx", regex=True)', "matches the empty string"),
+        ('col.str.replace("^", "xx", regex=True)', "matches the empty string"),
+        ('col.str.replace("(?<=a)|b", "xx", regex=True)', "matches the empty string"),
         ('col.str.replace("a", "' + "x" * 60 + '")', "longer than 50"),
         ('col.str.join("--")', "method 'join'"),
     ],
@@ -272,3 +278,34 @@ def test_ordinary_replacements_still_work():
     column = pd.Series(["a_b", "c_d"])
     assert evaluate_extraction('col.str.replace("_", " ")', column, "here").tolist() == ["a b", "c d"]
     assert evaluate_extraction('col.str.replace("[bd]", "!", regex=True)', column, "here").tolist() == ["a_!", "c_!"]
+
+
+def test_zero_width_lookarounds_inside_a_match_are_still_allowed():
+    column = pd.Series(["ab", "b"])
+    assert evaluate_extraction('col.str.replace("(?<=a)b", "!", regex=True)', column, WHERE).tolist() == ["a!", "b"]
+
+
+def test_catastrophic_backtracking_is_stopped_by_the_time_limit(monkeypatch):
+    monkeypatch.setattr(expressions, "EVALUATION_BUDGET", Budget(seconds=1.0, memory_bytes=2**30))
+    started = time.monotonic()
+    with pytest.raises(FeatstoreError, match=r"^here: .*\(a\+\)\+\$.* stopped after 1 s time limit$"):
+        evaluate_extraction("col.str.contains('(a+)+$', flags=2)", pd.Series(["a" * 30 + "!"]), "here")
+    assert time.monotonic() - started < 10
+
+
+CHAINED = "col" + (".str.replace('a', '" + "a" * 50 + "')") * 3
+
+
+def test_chained_replacements_stop_at_the_row_limit():
+    column = pd.Series(["abc abc " * 10, "short"])
+    with pytest.raises(ExpressionError, match=r"would make raw row 0 2,500,060 characters long, "
+                                              r"more than the 100,000 allowed per row$"):
+        evaluate_extraction(CHAINED, column, WHERE)
+
+
+def test_concatenation_stops_at_the_row_limit_but_long_sources_pass_unchanged():
+    long_text = pd.Series(["x" * 60_000, "y"])
+    with pytest.raises(ExpressionError, match=r"would make raw row 0 120,000 characters long"):
+        evaluate_extraction("col + col", long_text, WHERE)
+    longer = pd.Series(["x" * 150_000 + " ", "y"])
+    assert evaluate_extraction("col.str.strip().str.replace('x', 'z')", longer, WHERE).str.len().tolist() == [150_000, 1]

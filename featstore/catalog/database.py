@@ -14,6 +14,11 @@ import duckdb
 
 from featstore.errors import FeatstoreError
 from featstore.project import Project
+from featstore.store.locking import catalog_gate
+
+# Readers hold the catalog for at most a user query's 30 s (safe_sql.USER_QUERY_BUDGET) once a writer waits at the
+# gate; a writer waits for them with room to spare.
+WRITER_WAIT_S = 120.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -133,24 +138,31 @@ def upgrade_catalog(project: Project) -> None:
 
 
 @contextmanager
-def catalog_writer(project: Project, wait_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The one read-write connection, waiting up to `wait_s` for readers to finish, then a clear error."""
+def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The one read-write connection, waiting up to `wait_s` for other writers and the readers already connected
+    to finish (new readers wait behind it, see `catalog_gate`), then a clear error."""
     project.store_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
-    while True:
+    busy = f"{project.catalog_path} is open in another featstore process; try again when it finishes"
+    with catalog_gate(project.catalog_path, exclusive=True, wait_s=wait_s) as passed:
+        if not passed:
+            raise FeatstoreError(busy)
+        while True:
+            try:
+                con = duckdb.connect(str(project.catalog_path))
+                break
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower():
+                    raise FeatstoreError(f"cannot open {project.catalog_path}: {str(err).splitlines()[0]}") from None
+                if time.monotonic() > deadline:
+                    raise FeatstoreError(busy) from None
+                time.sleep(0.05)
         try:
-            con = duckdb.connect(str(project.catalog_path))
-            break
-        except duckdb.IOException as err:
-            if "lock" not in str(err).lower():
-                raise FeatstoreError(f"cannot open {project.catalog_path}: {str(err).splitlines()[0]}") from None
-            if time.monotonic() > deadline:
-                raise FeatstoreError(
-                    f"{project.catalog_path} is open in another featstore process; try again when it finishes"
-                ) from None
-            time.sleep(0.2)
-    try:
-        con.execute(SCHEMA)
-        yield con
-    finally:
-        con.close()
+            con.execute(SCHEMA)
+            yield con
+        except (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException) as err:
+            # a full disk failing the commit, a truncated or damaged file: DuckDB's reason, on one line
+            reason = " ".join(str(err).split())
+            raise FeatstoreError(f"cannot read or write {project.catalog_path}: {reason}") from None
+        finally:
+            con.close()

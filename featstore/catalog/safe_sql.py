@@ -6,6 +6,9 @@ Accepted: statements DuckDB's parser types as SELECT, which include WITH, FROM-f
 VALUES, `TABLE t`, UNPIVOT and the read-only DESCRIBE / SHOW / SUMMARIZE. Refused: everything else,
 including EXPLAIN (EXPLAIN ANALYZE runs its query), PRAGMA and CALL (use `SELECT * FROM pragma_table_info('t')`
 or `FROM duckdb_settings()`), and PIVOT without an IN list (DuckDB runs it as several statements).
+DuckDB's own memory limit does not cover everything (list functions allocate outside it) and its
+interrupt is not checked inside every operator, so `featstore sql` runs its query in a forked child
+under USER_QUERY_BUDGET (`run_bounded_query`), fetching and capping the rows there.
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from featstore.bounded import Budget, run_bounded
 from featstore.errors import FeatstoreError
+from featstore.store.locking import catalog_gate
 
-LOCK_WAIT_S = 10.0  # how long a reader waits for a writer (a build registering a split) to let go
+USER_QUERY_BUDGET = Budget(seconds=30.0, memory_bytes=3 * 2**30)  # DuckDB's 2 GB plus room for the fetched frame
+DEFAULT_MAX_ROWS = 100_000
+MAX_RESULT_BYTES = 256 * 2**20
+LOCK_WAIT_S = 120.0  # how long a reader waits for a writer (a build registering a split) to let go
 
 LOCKED_DOWN_CONFIG: dict[str, str | int | bool] = {
     "enable_external_access": False,  # no files, URLs, ATTACH, COPY, INSTALL, Python objects
@@ -53,18 +61,20 @@ def open_locked_down(catalog_path: Path) -> duckdb.DuckDBPyConnection:
         raise FeatstoreError(
             f"no catalog at {catalog_path}; run `featstore datasets import-sae-probes` or `featstore datasets clean` first"
         )
+    busy = "the catalog is being written by another featstore process; try again when it finishes"
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
-            return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
+            with catalog_gate(catalog_path, exclusive=False, wait_s=max(0.0, deadline - time.monotonic())) as passed:
+                if not passed:
+                    raise FeatstoreError(busy)
+                return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
         except duckdb.IOException as err:
             if "lock" not in str(err).lower():
                 raise FeatstoreError(f"cannot open {catalog_path}: {_one_line(err)}") from None
             if time.monotonic() > deadline:
-                raise FeatstoreError(
-                    "the catalog is being written by another featstore process; try again when it finishes"
-                ) from None
-            time.sleep(0.2)
+                raise FeatstoreError(busy) from None
+            time.sleep(0.05)
         except duckdb.ConnectionException as err:
             raise FeatstoreError(
                 f"cannot open {catalog_path} for a user query while this process holds another connection to it "
@@ -118,6 +128,8 @@ class CatalogReader:
             return result.df() if max_rows is None else _fetch_at_most(result, max_rows)
         except duckdb.InterruptException:
             raise QueryRefused(f"query stopped after {timeout_s:g} s time limit") from None
+        except duckdb.OutOfMemoryException as err:
+            raise QueryRefused(f"query stopped: out of memory ({str(err).splitlines()[0].split(' Possible solutions')[0]})") from None
         except duckdb.PermissionException as err:
             raise QueryRefused(f"refused: file access is disabled in user queries ({_one_line(err)})") from None
         except duckdb.Error as err:
@@ -147,6 +159,31 @@ def run_user_query(
     _check_limits(timeout_s, max_rows)
     with CatalogReader(catalog_path) as reader:
         return reader.query(query, params, timeout_s, max_rows)
+
+
+def run_bounded_query(catalog_path: Path, query: str, max_rows: int = DEFAULT_MAX_ROWS) -> pd.DataFrame:
+    """One user SELECT run, fetched and capped in a forked child within USER_QUERY_BUDGET (time and memory);
+    a result of more than `max_rows` rows or MAX_RESULT_BYTES bytes is refused, not cut."""
+    if max_rows < 1:
+        raise FeatstoreError(f"max_rows must be at least 1, got {max_rows}")
+    budget = USER_QUERY_BUDGET
+    return run_bounded(_capped_query, catalog_path, query, max_rows, budget.seconds, budget=budget, what="query")
+
+
+def _capped_query(catalog_path: Path, query: str, max_rows: int, timeout_s: float) -> pd.DataFrame:
+    frame = run_user_query(catalog_path, query, timeout_s=timeout_s, max_rows=max_rows + 1)
+    if len(frame) > max_rows:
+        raise QueryRefused(
+            f"refused: the result has more than {max_rows:,} rows (--max-rows {max_rows}); "
+            "add a LIMIT or an aggregate, or raise --max-rows"
+        )
+    size = int(frame.memory_usage(deep=True).sum())
+    if size > MAX_RESULT_BYTES:
+        raise QueryRefused(
+            f"refused: the result holds {size / 2**20:,.0f} MiB, more than the {MAX_RESULT_BYTES / 2**20:,.0f} MiB "
+            "allowed; select fewer or shorter columns"
+        )
+    return frame
 
 
 def query_catalog(catalog_path: Path, query: str, params: Sequence | Mapping | None = None,

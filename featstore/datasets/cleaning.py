@@ -1,7 +1,8 @@
 """Raw files + registry rows -> cleaned files (`prompt`, `target`, `row`) and catalog rows.
 
 Every selected dataset is read, extracted and validated before anything is written; cleaned files
-replace the old ones only once all are staged, and the catalog is updated in one transaction.
+replace the old ones only once all are staged, the catalog is updated in one transaction, and the old
+files are put back when that transaction fails (a full disk, say).
 """
 
 from __future__ import annotations
@@ -46,22 +47,41 @@ def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitPa
         if overwrite or indexed.get(e.name) != fingerprints[e.name] or not project.cleaned_path(e.name).exists()
     ]
     staged: dict[str, tuple[Path, pd.DataFrame]] = {}
+    replaced: list[Path] = []
     try:
         for entry in todo:
             cleaned = clean_frame(project, entry)
             splits = assign_splits(entry.name, cleaned["row"].to_numpy(), cleaned["target"].to_numpy(), params)
             staging = project.cleaned_path(entry.name).with_suffix(".csv.staged")
             staging.parent.mkdir(parents=True, exist_ok=True)
+            staged[entry.name] = (staging, _example_rows(entry, cleaned, splits))  # removed below if writing fails
             cleaned.to_csv(staging, index=False)
-            staged[entry.name] = (staging, _example_rows(entry, cleaned, splits))
-        for name, (staging, _) in staged.items():
-            os.replace(staging, project.cleaned_path(name))
+        try:
+            for name, (staging, _) in staged.items():
+                final = project.cleaned_path(name)
+                if final.exists():
+                    os.replace(final, _retired(final))
+                replaced.append(final)
+                os.replace(staging, final)
+            if staged:
+                _index(project, todo, staged, fingerprints, params)
+        except BaseException:  # e.g. the catalog's commit failed for space: the old files go back with the old rows
+            for final in replaced:
+                if _retired(final).exists():
+                    os.replace(_retired(final), final)
+                else:
+                    final.unlink(missing_ok=True)
+            raise
     finally:
-        for staging, _ in staged.values():
+        for name, (staging, _) in staged.items():
             staging.unlink(missing_ok=True)
-    if staged:
-        _index(project, todo, staged, fingerprints, params)
+            _retired(project.cleaned_path(name)).unlink(missing_ok=True)
     return list(staged)
+
+
+def _retired(cleaned: Path) -> Path:
+    """Where the previous cleaned file waits until the catalog has committed the new one."""
+    return cleaned.with_suffix(".csv.retired")
 
 
 def clean_frame(project: Project, entry: DatasetEntry) -> pd.DataFrame:
@@ -84,11 +104,23 @@ def clean_frame(project: Project, entry: DatasetEntry) -> pd.DataFrame:
     )
 
 
+def raw_path(project: Project, entry: DatasetEntry) -> Path:
+    """The dataset's source file with links followed, which must be a file inside `datasets/raw/`."""
+    raw_dir = project.raw_dir.resolve()
+    path = (project.raw_dir / entry.source).resolve()
+    shown = f"{entry.where('source')}: datasets/raw/{entry.source}"
+    if not path.is_relative_to(raw_dir):
+        raise FeatstoreError(f"{shown} leads through a link to {path}, outside datasets/raw/; copy the file in instead")
+    if path.is_dir():
+        raise FeatstoreError(f"{shown} is a folder; name a file (CSV, compressed CSV or Parquet) inside it")
+    if not path.is_file():
+        raise FeatstoreError(f"{shown} does not exist")
+    return path
+
+
 def read_raw(project: Project, entry: DatasetEntry) -> pd.DataFrame:
     """The source file of a dataset (CSV, optionally compressed, or Parquet)."""
-    path = project.raw_dir / entry.source
-    if not path.is_file():
-        raise FeatstoreError(f"{entry.where('source')}: datasets/raw/{entry.source} does not exist")
+    path = raw_path(project, entry)
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
@@ -181,9 +213,7 @@ def _fingerprint(project: Project, entry: DatasetEntry, params: SplitParams) -> 
     fields = [entry.name, entry.source, entry.probe_from, entry.probe_to, entry.prompt_extraction,
               entry.target_extraction, entry.data_type, json.dumps(params.as_dict(), sort_keys=True)]
     digest.update(json.dumps(fields).encode())
-    path = project.raw_dir / entry.source
-    if path.is_file():
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    with raw_path(project, entry).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()

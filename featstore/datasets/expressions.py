@@ -6,25 +6,33 @@ Allowed: `col`; literals (str, int, float, bool, None, lists/tuples of them); ==
 `.str`, with literal arguments only; `.str[int]` and `.str[start:stop:step]` with int literals.
 Refused: other names and attributes, dunders, `and`/`or`/`not` (use & | ~), `in` (use isin),
 lambdas, comprehensions, f-strings, `**`, starred arguments, and any operation without `col`.
-`*` and `%` need numbers on both sides, `replace` needs a pattern that cannot match the empty string and
-a replacement of at most MAX_REPLACEMENT characters, and `.str.join` is not offered, so text cannot be
-blown up by repetition, padding or insertion.
-Not guarded: a regex with catastrophic backtracking (e.g. `(a+)+$`) can spend a lot of CPU time.
+`*` and `%` need numbers on both sides, `replace` needs a pattern that cannot match the empty string
+(zero-width ones such as `(?=a)` or `\\b` included) and a replacement of at most MAX_REPLACEMENT characters,
+and `.str.join` is not offered, so text cannot be blown up by repetition, padding or insertion; chained
+replacements still multiply, so no step may make a row longer than MAX_ROW_CHARS characters (or its
+source text, when that is longer), checked before a replacement runs.
+Any expression other than a bare `col` runs in a forked child under EVALUATION_BUDGET (time and memory),
+so a regex with catastrophic backtracking (e.g. `(a+)+$`) is stopped, and Ctrl-C stops it too.
 """
 
 import ast
 import inspect
 import operator
 import re
+import re._parser
 import warnings
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
+from featstore.bounded import Budget, run_bounded
 from featstore.errors import FeatstoreError
 
 MAX_EXPRESSION_LENGTH = 500
 MAX_REPLACEMENT = 50
+MAX_ROW_CHARS = 100_000  # about 25k tokens: past the context of every supported model
+EVALUATION_BUDGET = Budget(seconds=60.0, memory_bytes=4 * 2**30)
 SERIES_METHODS = frozenset({
     "isin", "between", "isna", "notna", "isnull", "notnull", "fillna", "astype", "abs", "round",
     "clip", "eq", "ne", "lt", "le", "gt", "ge",
@@ -65,6 +73,14 @@ class ExpressionError(FeatstoreError):
 
 class _Refused(Exception):
     """Internal: the reason a piece of the expression is not allowed."""
+
+
+class _TooLong(Exception):
+    """Internal: a step would make a row's text longer than allowed."""
+
+    def __init__(self, row: int, length: int, allowed: int):
+        super().__init__(row, length, allowed)
+        self.row, self.length, self.allowed = row, length, allowed
 
 
 def _piece(node: ast.AST) -> str:
@@ -110,7 +126,7 @@ def _binary(node: ast.AST, op: ast.AST, left: ast.AST, right: ast.AST) -> Compil
             if kind == LITERAL and type(_literal(operand)) not in (int, float):
                 raise _Refused(f"{_piece(node)} (* and % take numbers only)")
         return SERIES, lambda col: function(_numbers_only(left_fn(col)), _numbers_only(right_fn(col)))
-    return SERIES, lambda col: function(left_fn(col), right_fn(col))
+    return SERIES, lambda col: _within_row_limit(function(left_fn(col), right_fn(col)), col)
 
 
 def _method_call(receiver: ast.AST, method: str, args: list, keywords: list) -> Compiled:
@@ -135,11 +151,18 @@ def _method_call(receiver: ast.AST, method: str, args: list, keywords: list) -> 
     if method == "astype" and bound.arguments.get("dtype") not in ASTYPE_DTYPES:
         raise _Refused(f"astype dtype {bound.arguments.get('dtype')!r} (allowed: {sorted(ASTYPE_DTYPES)})")
 
+    texts = _compile(receiver.value)[1] if method == "replace" else None  # the Series under `.str`
+
     def call(col: pd.Series) -> pd.Series:
-        result = getattr(target(col), method)(*positional, **named)
+        if texts is None:
+            result = getattr(target(col), method)(*positional, **named)
+        else:
+            source = texts(col)
+            _check_replacement_size(source, bound.arguments, col)
+            result = source.str.replace(*positional, **named)
         if not isinstance(result, pd.Series):
             raise TypeError(f"{method}() gave a {type(result).__name__}, not a Series")
-        return result
+        return _within_row_limit(result, col)
 
     return SERIES, call
 
@@ -150,13 +173,58 @@ def _check_replacement(arguments: dict) -> None:
     if not isinstance(pattern, str) or not isinstance(replacement, str):
         raise _Refused("replace() without a text pattern and a text replacement")
     try:
-        matches_empty = re.search(pattern, "") is not None if arguments.get("regex") else pattern == ""
+        matches_empty = _can_match_empty(pattern, arguments.get("flags", 0)) if arguments.get("regex") else pattern == ""
     except re.error as error:
         raise _Refused(f"replace() pattern {pattern!r}: {error}") from None
     if matches_empty:
         raise _Refused(f"replace() pattern {pattern!r}, which matches the empty string")
     if len(replacement) > MAX_REPLACEMENT:
         raise _Refused(f"replace() with a replacement longer than {MAX_REPLACEMENT} characters")
+
+
+def _can_match_empty(pattern: str, flags: int) -> bool:
+    """Whether the regex can match zero characters anywhere (`a*`, `x|`, and zero-width `(?=a)`, `\\b`, `^`):
+    the shortest match that Python's own regex parser computes for it."""
+    return re._parser.parse(pattern, flags).getwidth()[0] == 0
+
+
+def _text_lengths(values: pd.Series) -> np.ndarray:
+    """The length of each text value; 0 where a value is not text."""
+    if not (pd.api.types.is_string_dtype(values) or values.dtype == object):
+        return np.zeros(len(values), dtype=np.int64)
+    return values.map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy(dtype=np.int64)
+
+
+def _raise_if_too_long(lengths: np.ndarray, col: pd.Series) -> None:
+    allowed = np.maximum(MAX_ROW_CHARS, _text_lengths(col))
+    over = np.flatnonzero(lengths > allowed)
+    if len(over):
+        row = int(over[0])
+        raise _TooLong(row, int(lengths[row]), int(allowed[row]))
+
+
+def _within_row_limit(result: Any, col: pd.Series) -> Any:
+    """`result`, if none of its texts is longer than MAX_ROW_CHARS (or than the source row, when longer)."""
+    if isinstance(result, pd.Series) and len(result) == len(col):
+        _raise_if_too_long(_text_lengths(result), col)
+    return result
+
+
+def _check_replacement_size(texts: pd.Series, arguments: dict, col: pd.Series) -> None:
+    """Before replacing: refuse when a row would outgrow the limit. Each match of at least the pattern's
+    shortest length gives way to the replacement, so the new length is at most a sum over the matches."""
+    pattern, repl, flags = arguments["pat"], arguments["repl"], arguments.get("flags", 0)
+    literal, ignore_case = not arguments.get("regex"), arguments.get("case") is False
+    if literal and not ignore_case:  # str.count: pandas would count it as a regex, far slower
+        matches = texts.map(lambda v: v.count(pattern) if isinstance(v, str) else 0).to_numpy(dtype=np.int64)
+    else:
+        flags |= re.IGNORECASE if ignore_case else 0
+        matches = texts.str.count(re.escape(pattern) if literal else pattern, flags=flags)
+        matches = matches.fillna(0).to_numpy(dtype=np.int64)
+    if arguments.get("n", -1) >= 0:
+        matches = np.minimum(matches, arguments["n"])
+    shortest = len(pattern) if literal else re._parser.parse(pattern, flags).getwidth()[0]
+    _raise_if_too_long(_text_lengths(texts) + matches * (len(repl) - shortest), col)
 
 
 def _str_subscript(node: ast.Subscript) -> Compiled:
@@ -235,7 +303,17 @@ def compile_extraction(expression: str, where: str) -> Callable[[pd.Series], pd.
 
     def extract(column: pd.Series) -> pd.Series:
         try:
-            result = apply(column)
+            if isinstance(tree.body, ast.Name):  # bare `col`: nothing to bound
+                result = apply(column)
+            else:
+                result = run_bounded(apply, column, budget=EVALUATION_BUDGET, what=f"{where}: {expression!r}")
+        except FeatstoreError:
+            raise
+        except _TooLong as too_long:
+            raise ExpressionError(
+                f"{where}: {expression!r} would make raw row {too_long.row} {too_long.length:,} characters long, "
+                f"more than the {too_long.allowed:,} allowed per row"
+            ) from None
         except Exception as error:  # pandas raises many types; each becomes one line naming `where`
             message = " ".join(str(error).split())
             raise ExpressionError(

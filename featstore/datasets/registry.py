@@ -8,6 +8,8 @@ extraction expressions see as `col`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ REQUIRED_COLUMNS = [
     "Probe to extraction",
 ]
 BINARY = "Binary Classification"
+MAX_NUMBER = 2**31 - 1  # the catalog's datasets.number is an INTEGER
 FORBIDDEN_TAG_CHARACTERS = set('/\\:*?"<>|\0')
 
 
@@ -124,13 +127,19 @@ def select_entries(entries: list[DatasetEntry], names: list[str] | None) -> list
     return [e for e in entries if e.name in chosen]
 
 
-def write_registry_frame(project: Project, frame: pd.DataFrame) -> None:
-    """Replace `datasets/main.csv` atomically, keeping the standard columns first."""
+@contextmanager
+def registry_replaced_after(project: Project, frame: pd.DataFrame) -> Iterator[None]:
+    """Write `frame` as the new `datasets/main.csv` beside the old one, run the block, then swap it in by a
+    rename (which needs no space); when writing or the block fails, the old registry stays and no file is left."""
     columns = REGISTRY_COLUMNS + [c for c in frame.columns if c not in REGISTRY_COLUMNS]
     frame = frame.reindex(columns=columns, fill_value="")
     temporary = project.registry_path.with_suffix(".csv.tmp")
-    frame.to_csv(temporary, index=False)
-    os.replace(temporary, project.registry_path)
+    try:
+        frame.to_csv(temporary, index=False)
+        yield
+        os.replace(temporary, project.registry_path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _parse_number(value: str, line: int) -> int:
@@ -140,6 +149,8 @@ def _parse_number(value: str, line: int) -> int:
         raise FeatstoreError(f"datasets/main.csv line {line}: number {value!r} is not a whole number") from None
     if number < 0:
         raise FeatstoreError(f"datasets/main.csv line {line}: number {number} is negative")
+    if number > MAX_NUMBER:
+        raise FeatstoreError(f"datasets/main.csv line {line}: number {number} is too large (at most {MAX_NUMBER})")
     return number
 
 

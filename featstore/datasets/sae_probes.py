@@ -22,7 +22,9 @@ import pandas as pd
 from featstore.catalog.names import DatasetNames
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.cleaning import clean_datasets
-from featstore.datasets.registry import BINARY, parse_registry, read_registry_frame, select_entries, write_registry_frame
+from featstore.datasets.registry import (
+    BINARY, parse_registry, read_registry_frame, registry_replaced_after, select_entries,
+)
 from featstore.errors import FeatstoreError
 from featstore.project import Project
 
@@ -153,13 +155,12 @@ def import_sae_probes(
             new_rows.append(registry_row(master_row, raw, target.name))
         frame = _merged_registry(existing, pd.DataFrame(new_rows, dtype=str))
         entries = select_entries(parse_registry(frame), [f"{r['number']}_{r['Dataset Tag']}" for r in new_rows])
-        results = clean_datasets(project, entries, params, overwrite=overwrite)
+        with registry_replaced_after(project, frame):
+            return clean_datasets(project, entries, params, overwrite=overwrite)
     except BaseException:
         for path in created:  # nothing half-written: raw files this run added go again
             path.unlink(missing_ok=True)
         raise
-    write_registry_frame(project, frame)
-    return results
 
 
 def _merged_registry(existing: pd.DataFrame, imported: pd.DataFrame) -> pd.DataFrame:
@@ -180,6 +181,12 @@ def _merged_registry(existing: pd.DataFrame, imported: pd.DataFrame) -> pd.DataF
 
 
 def _write_atomically(path: Path, payload: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-        handle.write(payload)
-    os.replace(handle.name, path)
+    """Write through a temporary file beside `path`, removed again when the write fails (e.g. a full disk)."""
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, delete=False)
+    try:
+        with handle:
+            handle.write(payload)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
