@@ -10,6 +10,7 @@ import xarray as xr
 from featstore.catalog.safe_sql import CatalogReader, query_catalog
 from featstore.errors import FeatstoreError
 from featstore.project import Project
+from featstore.store.integrity import MANIFEST, SEAL, SplitRef, open_split_store
 from featstore.views import aggregations  # noqa: F401  (registers the .masked accessor on every view)
 
 DASK_CHUNKS = {"example": 128, "layer": 1, "head": -1, "token": -1, "d_model": -1}
@@ -52,7 +53,8 @@ def open_view(
     `dask=False` the arrays stay lazy but an index goes straight to zarr: faster for a few examples.
     """
     key, path = resolve_model(project, dataset, split, model, reader)
-    view = xr.open_zarr(project.store_dir / path, consolidated=False, chunks=DASK_CHUNKS if dask else None,
+    store = open_split_store(project.store_dir / path, SplitRef(key, dataset, split))
+    view = xr.open_zarr(store, consolidated=False, chunks=DASK_CHUNKS if dask else None,
                         zarr_format=3)
     example_ids = view["example_id"].values
     labels = query_catalog(
@@ -73,6 +75,7 @@ def open_view(
         head=np.arange(view.sizes["head"]),
         token=np.arange(view.sizes["token"]),
     )
+    view.attrs = {name: value for name, value in view.attrs.items() if name not in (MANIFEST, SEAL)}
     view.attrs.update({"model": key, "dataset": dataset, "split": split})
     if layers is not None:
         view = _select_layers(view, layers)
