@@ -230,16 +230,11 @@ def run_build(args: argparse.Namespace) -> None:
 def run_verify(args: argparse.Namespace) -> None:
     from featstore.store.verify import verify_store
 
-    damaged = verify_store(open_project(args.root), args.model, args.datasets)
+    damaged, commands = verify_store(open_project(args.root), args.model, args.datasets)
     for damage in damaged:
         for problem in damage.problems:
             print(f"{damage.split}: {problem}")
     if damaged:
-        datasets: dict[str, dict[str, None]] = {}
-        for damage in damaged:
-            datasets.setdefault(damage.split.model, {})[damage.split.dataset] = None
-        commands = [f"featstore build --repair --model {model} --datasets {' '.join(names)}"
-                    for model, names in datasets.items()]
         raise FeatstoreError(f"{len(damaged)} damaged split(s); rebuild them with `{'`; `'.join(commands)}`")
 
 

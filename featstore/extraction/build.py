@@ -254,7 +254,8 @@ def _needs_build(found: tuple[str, str] | None, key: str, job: SplitJob, setting
     if stored != settings.stored():
         raise FeatstoreError(
             f"{job.dataset}/{job.split} already has {key} features built with {stored}, not {settings.stored()}; "
-            "pass --overwrite to rebuild them"
+            + ("repair them with the options they were built with" if settings.repair else
+               "pass --overwrite to rebuild them")
         )
     return False
 

@@ -53,6 +53,9 @@ class DamagedSplit(FeatstoreError):
                          f"`{split.repair_command}`")
         self.split, self.problem = split, problem
 
+    def __reduce__(self):  # rebuilt from its fields, so it crosses process boundaries (report workers)
+        return DamagedSplit, (self.split, self.problem)
+
 
 def checksum(data: bytes | np.ndarray) -> int:
     """crc32c, the checksum zarr's `crc32c` codec and sharding index use."""
