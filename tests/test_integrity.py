@@ -12,6 +12,7 @@ import pytest
 import zarr
 
 from featstore.api import Store
+from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.errors import FeatstoreError
 from featstore.project import Project
@@ -231,3 +232,18 @@ def test_report_on_a_damaged_store_is_one_line(copy, capsys):
     code, _, err = run_cli(capsys, "--root", str(copy.root), "report")
     assert code == 1 and "attn/zarr.json is missing" in err
     assert_one_error_line(err)
+
+
+def test_a_build_killed_before_the_format_change_starts_over_in_the_new_format(pristine, copy, capsys):
+    building = folder(copy).with_name(".train.building")
+    shutil.copytree(folder(copy), building)
+    document = json.loads((building / "zarr.json").read_bytes())
+    document["attributes"] = {k: v for k, v in document["attributes"].items() if k not in ("manifest", "seal")}
+    document["attributes"].update(format=1, complete=False, shards_done=1)
+    (building / "zarr.json").write_text(json.dumps(document))
+    with catalog_writer(copy) as con:
+        con.execute("UPDATE feature_splits SET status = 'building' WHERE split = 'train'")
+
+    assert run_cli(capsys, "--root", str(copy.root), "build", "--model", MODEL, "--device", "cpu")[0] == 0
+    assert data_files(copy) == data_files(pristine)
+    assert run_cli(capsys, "--root", str(copy.root), "verify") == (0, "", "")

@@ -34,7 +34,8 @@ class SplitWriter:
         self.building = building_path(final)
         if self.building.exists():
             group = _open_resumable(self.building)
-            if group is not None and group.attrs.get("build_key") == build_key:
+            if group is not None and group.attrs.get("build_key") == build_key \
+                    and group.attrs.get("format") == FORMAT_VERSION:
                 self.group = group
                 self.recorder.manifest.update(group.attrs[MANIFEST])
                 return
@@ -61,7 +62,7 @@ class SplitWriter:
         kept = {key: entry for key, entry in manifest.items() if entry[2] not in shards}
         for key in manifest.keys() - kept.keys():
             (building / key).unlink(missing_ok=True)
-        group.attrs.update({"build_key": build_key, "complete": False, REPAIRING: sorted(shards), MANIFEST: kept})
+        group.attrs.update({"complete": False, REPAIRING: sorted(shards), MANIFEST: kept})
         return cls(final, shape, {}, build_key)
 
     @property
