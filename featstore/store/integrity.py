@@ -71,15 +71,15 @@ def seal_value(document: dict) -> int:
 
 class RecordingStore(WrapperStore[LocalStore]):
     """A writable store that records each file written below the root in `manifest` as [size, crc32c, shard],
-    with `shard` the shard being written (None for metadata and the row index)."""
+    with `shard` the shard its writes belong to (None for metadata and the row index)."""
 
-    def __init__(self, store: LocalStore, manifest: dict[str, list] | None = None):
+    def __init__(self, store: LocalStore, manifest: dict[str, list] | None = None, shard: int | None = None):
         super().__init__(store)
         self.manifest = {} if manifest is None else manifest
-        self.shard: int | None = None
+        self.shard = shard
 
     def _with_store(self, store: LocalStore) -> RecordingStore:
-        return RecordingStore(store, self.manifest)
+        return RecordingStore(store, self.manifest, self.shard)
 
     async def set(self, key: str, value: Buffer) -> None:
         await self._store.set(key, value)

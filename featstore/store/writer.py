@@ -87,13 +87,10 @@ class SplitWriter:
     def write_shard(self, shard: int, attn: np.ndarray, resid: np.ndarray, tokens: np.ndarray) -> None:
         """Write shard `shard` (rows in length order, narrower than the split on the token axis) and record it done."""
         rows = self.shape.shard_rows(shard)
-        self.recorder.shard = shard
-        try:
-            self.group["attn"][rows, :, :, : attn.shape[-1]] = attn
-            self.group["resid"][rows] = resid
-            self.group["tokens"][rows, : tokens.shape[-1]] = tokens
-        finally:
-            self.recorder.shard = None
+        arrays = zarr.open_group(RecordingStore(LocalStore(self.building), self.recorder.manifest, shard), mode="r+")
+        arrays["attn"][rows, :, :, : attn.shape[-1]] = attn
+        arrays["resid"][rows] = resid
+        arrays["tokens"][rows, : tokens.shape[-1]] = tokens
         done = {"shards_done": max(self.shards_done, shard + 1), MANIFEST: self.recorder.manifest}
         if REPAIRING in self.group.attrs:
             done[REPAIRING] = [s for s in self.group.attrs[REPAIRING] if s != shard]
