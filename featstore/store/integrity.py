@@ -137,17 +137,6 @@ class IntegrityStore(WrapperStore[LocalStore]):
     async def exists(self, key: str) -> bool:
         return key == ROOT or key in self.manifest
 
-    @property
-    def supports_writes(self) -> bool:
-        return False
-
-    @property
-    def supports_deletes(self) -> bool:
-        return False
-
-    async def set(self, key: str, value: Buffer) -> None:
-        raise DamagedSplit(self.split, f"refusing to write {key} through a read-only view")
-
     async def list(self) -> AsyncIterator[str]:
         for key in self._keys():
             yield key
