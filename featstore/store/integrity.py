@@ -9,6 +9,7 @@ must match the crc32c stored at its end (the sharding index codec and every arra
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -119,7 +120,12 @@ class IntegrityStore(WrapperStore[LocalStore]):
         entry = self.manifest.get(key)
         if entry is None:
             return None  # never written: every value in it is the fill value
-        found = await self._store.get(key, prototype, byte_range)
+        return await asyncio.to_thread(self._read_verified, key, entry, prototype, byte_range)
+
+    def _read_verified(self, key: str, entry: list, prototype: BufferPrototype,
+                       byte_range: ByteRequest | None) -> Buffer:
+        """Read and check in a worker thread, as LocalStore reads, keeping the checksums off zarr's event loop."""
+        found = self._store.get_sync(key, prototype=prototype, byte_range=byte_range)
         if found is None:
             raise DamagedSplit(self.split, f"{key} is missing")
         data = found.as_numpy_array()
