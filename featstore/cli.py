@@ -116,7 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                        help="the model's compute dtype (stored arrays are float16 either way)")
     build.add_argument("--overwrite", action="store_true", help="rebuild splits that are already built")
+    build.add_argument("--repair", action="store_true",
+                       help="also rebuild what `featstore verify` finds damaged: only the damaged shards where it can")
     build.set_defaults(handler=run_build)
+
+    verify = commands.add_parser("verify", help="check the stored features file by file against their checksums",
+                                 description="Check every complete split's files against the checksums recorded "
+                                 "when they were written. Prints each damaged file and exits 1 with the command "
+                                 "that rebuilds them; quiet when all match.")
+    verify.add_argument("--model", help="only this model")
+    verify.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets")
+    verify.set_defaults(handler=run_verify)
 
     probe = commands.add_parser("probe", help="fit probes on train splits and score them on test splits")
     probe.add_argument("--model", required=True, help="the model key the features were built with")
@@ -238,8 +248,19 @@ def run_build(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise FeatstoreError(f"--{name.replace('_', '-')} must be at least 1")
     settings = BuildSettings(max_len=args.max_len, batch_tokens=args.batch_tokens, limit=args.limit,
-                             device=args.device, dtype=args.dtype, overwrite=args.overwrite)
+                             device=args.device, dtype=args.dtype, overwrite=args.overwrite, repair=args.repair)
     build_features(open_project(args.root), args.model, args.datasets, settings)
+
+
+def run_verify(args: argparse.Namespace) -> None:
+    from featstore.store.verify import verify_store
+
+    damaged, commands = verify_store(open_project(args.root), args.model, args.datasets)
+    for damage in damaged:
+        for problem in damage.problems:
+            print(f"{damage.split}: {problem}")
+    if damaged:
+        raise FeatstoreError(f"{len(damaged)} damaged split(s); rebuild them with `{'`; `'.join(commands)}`")
 
 
 def run_probe(args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ from featstore.probing import runner
 from featstore.store.layout import split_path
 from probes import LogisticRegressionProbe, MassMeanProbe
 from probes.metrics import roc_auc_ci
-from tests.builders import MODEL, built_toy_project
+from tests.builders import MODEL, built_toy_project, rewrite_stored
 
 
 def probe(project, *args):
@@ -108,8 +108,7 @@ def test_hard_subset_and_results_table(built, capsys):
 
 
 def corrupt_first_value(project):
-    group = zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", "train"), mode="r+")
-    group["attn"][0, 0, 0, 0] = np.nan
+    rewrite_stored(project, "train", lambda group: group["attn"].__setitem__((0, 0, 0, 0), np.nan))
 
 
 def single_class_test_split(project):

@@ -31,6 +31,7 @@ from featstore.extraction.batching import TokenizedSplit, order_split, token_bat
 from featstore.extraction.capture import capture_last_token
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.project import Project
+from featstore.store.integrity import Damage, SplitRef, verify_split
 from featstore.store.layout import SplitShape, split_path, tokenizer_path
 from featstore.store.tokenizers import save_tokenizer
 from featstore.store.locking import exclusive_build
@@ -48,6 +49,7 @@ class BuildSettings:
     device: str = "auto"
     dtype: str = "float32"
     overwrite: bool = False
+    repair: bool = False
 
     def stored(self) -> dict:
         """The settings that must match for stored features to be reused or mixed (the weights' source included)."""
@@ -73,6 +75,8 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
         jobs = plan_jobs(project, datasets, settings.limit)
         recorded = _recorded_splits(project, key)
         pending = [job for job in jobs if _needs_build(recorded.get((job.dataset, job.split)), key, job, settings)]
+        repairs = _damaged_shards(project, key, jobs, recorded) if settings.repair and not settings.overwrite else {}
+        pending += [job for job in jobs if (job.dataset, job.split) in repairs]
         if not pending:
             return 0
         transformers_logging.disable_progress_bar()
@@ -84,7 +88,9 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
                             dynamic_ncols=True, disable=None)
             with progress, torch.inference_mode():
                 for job in pending:
-                    build_split(project, model, job, settings, max_len, progress)
+                    repair = repairs.get((job.dataset, job.split))
+                    build_split(project, model, job, _repair_settings(settings, recorded, job) if repair else settings,
+                                max_len, progress, repair.shards if repair else None)
         finally:
             release_model(model)
     return len(pending)
@@ -123,9 +129,11 @@ def limited(rows: pd.DataFrame, dataset: str, limit: int, seed: int) -> pd.DataF
 
 
 def build_split(
-    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: tqdm
+    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: tqdm,
+    repair: frozenset[int] | None = None,
 ) -> None:
-    """Extract one split shard by shard (resuming a killed build), publish it, register it."""
+    """Extract one split shard by shard (resuming a killed build), publish it, register it; with `repair`,
+    write only those shards of the published split again (its catalog rows stay as they are)."""
     started = time.perf_counter()
     final = split_path(project.features_dir, model.key, job.dataset, job.split)
     encoded = model.encode(job.prompts)
@@ -136,14 +144,18 @@ def build_split(
              "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens},
              "dataset_fingerprint": job.fingerprint}
     build_key = _digest([model.identity, settings.stored(), max_len, job.fingerprint, tokenized.example_ids.tolist()])
-    _record_status(project, model.key, job, "building", shape, final, attrs["settings"])
-    writer = SplitWriter(final, shape, attrs, build_key)
-    if writer.shards_done == 0:
-        writer.write_index(tokenized.example_ids, tokenized.seq_lens)
-    progress.update(min(shape.shard_rows(writer.shards_done).start, shape.n_examples))  # rows already written
+    writer = SplitWriter.repairing(final, shape, build_key, repair) if repair is not None else None
+    if writer is None:
+        repair = None
+        _record_status(project, model.key, job, "building", shape, final, attrs["settings"])
+        writer = SplitWriter(final, shape, attrs, build_key)
+        if writer.shards_done == 0:
+            writer.write_index(tokenized.example_ids, tokenized.seq_lens)
+    pending = writer.pending_shards
+    progress.update(shape.n_examples - sum(len(range(shape.n_examples)[shape.shard_rows(s)]) for s in pending))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool:
         writing: Future | None = None
-        for shard in range(writer.shards_done, shape.n_shards):
+        for shard in pending:
             arrays = extract_shard(model, tokenized, shape.shard_rows(shard), settings.batch_tokens, progress)
             if writing is not None:
                 writing.result()
@@ -151,7 +163,9 @@ def build_split(
         if writing is not None:
             writing.result()
     writer.publish()
-    register_split(project, model.key, job, tokenized, shape, final, attrs["settings"], time.perf_counter() - started)
+    if repair is None:
+        register_split(project, model.key, job, tokenized, shape, final, attrs["settings"],
+                       time.perf_counter() - started)
 
 
 def extract_shard(
@@ -236,9 +250,30 @@ def _needs_build(found: tuple[str, str] | None, key: str, job: SplitJob, setting
     if stored != settings.stored():
         raise FeatstoreError(
             f"{job.dataset}/{job.split} already has {key} features built with {stored}, not {settings.stored()}; "
-            "pass --overwrite to rebuild them"
+            + ("repair them with the options they were built with" if settings.repair else
+               "pass --overwrite to rebuild them")
         )
     return False
+
+
+def _damaged_shards(project: Project, key: str, jobs: list[SplitJob],
+                    recorded: dict[tuple[str, str], tuple[str, str]]) -> dict[tuple[str, str], Damage]:
+    """The complete splits among `jobs` that fail verification, with what rebuilds each."""
+    damaged = {}
+    for job in jobs:
+        if recorded.get((job.dataset, job.split), ("",))[0] == "complete":
+            final = split_path(project.features_dir, key, job.dataset, job.split)
+            damage = verify_split(final, SplitRef(key, job.dataset, job.split))
+            if damage is not None:
+                damaged[(job.dataset, job.split)] = damage
+    return damaged
+
+
+def _repair_settings(settings: BuildSettings, recorded: dict[tuple[str, str], tuple[str, str]],
+                     job: SplitJob) -> BuildSettings:
+    """The settings a split was built with, batch size included, so its repaired shards come out identical."""
+    built = json.loads(recorded[(job.dataset, job.split)][1])
+    return replace(settings, batch_tokens=built.get("batch_tokens", settings.batch_tokens))
 
 
 def _resolve_max_len(model: LoadedModel, settings: BuildSettings) -> int:

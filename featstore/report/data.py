@@ -22,6 +22,7 @@ from featstore.catalog.splits import TEST
 from featstore.errors import FeatstoreError
 from featstore.probing.results import setting_labels
 from featstore.probing.runner import LENGTH_FEATURE
+from featstore.store.integrity import SplitRef, open_split_store
 from featstore.store.layout import model_dir_name, tokenizer_path
 from featstore.store.tokenizers import TokenDecoder
 from featstore.views.aggregations import relative_bins
@@ -309,7 +310,7 @@ def store_summary(store: Store, scope: Scope) -> list[dict]:
         rows, identity = [], {}
         for row in splits.itertuples():
             folder = store.project.store_dir / row.path
-            group = zarr.open_group(folder, mode="r")
+            group = zarr.open_group(open_split_store(folder, SplitRef(model, row.dataset, row.split)), mode="r")
             identity = identity or dict(group.attrs.get("model", {}))
             logical = sum(int(np.prod(array.shape)) * array.dtype.itemsize for _, array in group.arrays())
             on_disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

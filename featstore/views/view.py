@@ -12,6 +12,7 @@ from featstore.catalog.safe_sql import CatalogReader, query_catalog
 from featstore.catalog.splits import FEATURE_SPLITS
 from featstore.errors import FeatstoreError
 from featstore.project import Project
+from featstore.store.integrity import MANIFEST, SEAL, SplitRef, open_split_store
 from featstore.views import aggregations  # noqa: F401  (registers the .masked accessor on every view)
 
 DASK_CHUNKS = {"example": 128, "layer": 1, "head": -1, "token": -1, "d_model": -1}
@@ -62,7 +63,8 @@ def open_view(
     `dask=False` the arrays stay lazy but an index goes straight to zarr: faster for a few examples.
     """
     dataset, key, path = resolve_split(project, dataset, split, model, reader)
-    view = xr.open_zarr(project.store_dir / path, consolidated=False, chunks=DASK_CHUNKS if dask else None,
+    store = open_split_store(project.store_dir / path, SplitRef(key, dataset, split))
+    view = xr.open_zarr(store, consolidated=False, chunks=DASK_CHUNKS if dask else None,
                         zarr_format=3)
     example_ids = view["example_id"].values
     labels = query_catalog(
@@ -83,6 +85,7 @@ def open_view(
         head=np.arange(view.sizes["head"]),
         token=np.arange(view.sizes["token"]),
     )
+    view.attrs = {name: value for name, value in view.attrs.items() if name not in (MANIFEST, SEAL)}
     view.attrs.update({"model": key, "dataset": dataset, "split": split})
     if layers is not None:
         view = _select_layers(view, layers)

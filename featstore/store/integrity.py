@@ -1,0 +1,247 @@
+"""Damage in a stored split is an error, never a different number.
+
+The writer records every file it writes (size, crc32c, and the shard it belongs to) in a manifest kept in
+the split's root attributes, and seals that root document with its own crc32c. Reads go through
+`IntegrityStore`: a file in the manifest that is gone is an error (a file not in it was never written: all
+padding), a whole file must match its recorded crc32c, and a part of a shard (its index or one inner chunk)
+must match the crc32c stored at its end (the sharding index codec and every array's `crc32c` codec write it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+from zarr.abc.store import ByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import LocalStore, WrapperStore
+
+from featstore.errors import FeatstoreError
+from featstore.store.layout import FORMAT_VERSION
+
+ROOT = "zarr.json"
+MANIFEST = "manifest"
+SEAL = "seal"
+READ_BLOCK = 16 << 20
+
+
+@dataclass(frozen=True)
+class SplitRef:
+    """Which stored split a message is about."""
+
+    model: str
+    dataset: str
+    split: str
+
+    def __str__(self) -> str:
+        return f"{self.dataset}/{self.split} of {self.model}"
+
+    @property
+    def repair_command(self) -> str:
+        return f"featstore build --repair --model {self.model} --datasets {self.dataset}"
+
+
+class DamagedSplit(FeatstoreError):
+    """A stored split that cannot be read as it was written; `problem` says which file and how."""
+
+    def __init__(self, split: SplitRef, problem: str):
+        super().__init__(f"the stored features of {split} are damaged: {problem}; rebuild them with "
+                         f"`{split.repair_command}`")
+        self.split, self.problem = split, problem
+
+    def __reduce__(self):  # rebuilt from its fields, so it crosses process boundaries (report workers)
+        return DamagedSplit, (self.split, self.problem)
+
+
+def checksum(data: bytes | np.ndarray) -> int:
+    """crc32c, the checksum zarr's `crc32c` codec and sharding index use."""
+    return int(google_crc32c.value(data))
+
+
+def seal_value(document: dict) -> int:
+    """The crc32c of a root document without its seal, in a canonical JSON form."""
+    attributes = {k: v for k, v in document.get("attributes", {}).items() if k != SEAL}
+    unsealed = {**document, "attributes": attributes}
+    return checksum(json.dumps(unsealed, sort_keys=True, separators=(",", ":")).encode())
+
+
+class RecordingStore(WrapperStore[LocalStore]):
+    """A writable store that records each file written below the root in `manifest` as [size, crc32c, shard],
+    with `shard` the shard its writes belong to (None for metadata and the row index)."""
+
+    def __init__(self, store: LocalStore, manifest: dict[str, list] | None = None, shard: int | None = None):
+        super().__init__(store)
+        self.manifest = {} if manifest is None else manifest
+        self.shard = shard
+
+    def _with_store(self, store: LocalStore) -> RecordingStore:
+        return RecordingStore(store, self.manifest, self.shard)
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await self._store.set(key, value)
+        self._record(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        await self._store.set_if_not_exists(key, value)
+        self._record(key, value)
+
+    async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        for key, value in values:
+            await self.set(key, value)
+
+    async def delete(self, key: str) -> None:
+        await self._store.delete(key)
+        self.manifest.pop(key, None)
+
+    def _record(self, key: str, value: Buffer) -> None:
+        if key != ROOT:
+            data = value.as_numpy_array()
+            self.manifest[key] = [int(data.nbytes), checksum(data), self.shard]
+
+
+class IntegrityStore(WrapperStore[LocalStore]):
+    """A read-only view of a sealed split that raises `DamagedSplit` instead of returning damaged bytes."""
+
+    def __init__(self, store: LocalStore, split: SplitRef, root: bytes, manifest: dict[str, list]):
+        super().__init__(store)
+        self.split, self.root, self.manifest = split, root, manifest
+
+    def _with_store(self, store: LocalStore) -> IntegrityStore:
+        return IntegrityStore(store, self.split, self.root, self.manifest)
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if key == ROOT:
+            return prototype.buffer.from_bytes(self.root) if byte_range is None else None
+        entry = self.manifest.get(key)
+        if entry is None:
+            return None  # never written: every value in it is the fill value
+        return await asyncio.to_thread(self._read_verified, key, entry, prototype, byte_range)
+
+    def _read_verified(self, key: str, entry: list, prototype: BufferPrototype,
+                       byte_range: ByteRequest | None) -> Buffer:
+        """Read and check in a worker thread, as LocalStore reads, keeping the checksums off zarr's event loop."""
+        found = self._store.get_sync(key, prototype=prototype, byte_range=byte_range)
+        if found is None:
+            raise DamagedSplit(self.split, f"{key} is missing")
+        data = found.as_numpy_array()
+        if byte_range is None:
+            if data.nbytes != entry[0] or checksum(data) != entry[1]:
+                raise DamagedSplit(self.split, f"{key} does not match its checksum")
+        elif not _ends_with_its_crc(data, byte_range):
+            raise DamagedSplit(self.split, f"{key} ({_describe(byte_range)}) does not match its checksum")
+        return found
+
+    async def get_partial_values(self, prototype: BufferPrototype,
+                                 key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+        return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
+
+    async def exists(self, key: str) -> bool:
+        return key == ROOT or key in self.manifest
+
+    async def list(self) -> AsyncIterator[str]:
+        for key in self._keys():
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        for key in self._keys():
+            if key.startswith(prefix):
+                yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        children = {key[len(prefix):].split("/", 1)[0] for key in self._keys() if key.startswith(prefix)}
+        for child in sorted(children):
+            yield child
+
+    def _keys(self) -> list[str]:
+        return [ROOT, *self.manifest]
+
+
+def _ends_with_its_crc(data: np.ndarray, byte_range: ByteRequest) -> bool:
+    """Whether a part of a shard is whole and ends with the crc32c of what precedes it."""
+    if isinstance(byte_range, RangeByteRequest) and data.nbytes != byte_range.end - byte_range.start:
+        return False
+    return data.nbytes >= 4 and checksum(data[:-4]) == int.from_bytes(data[-4:].tobytes(), "little")
+
+
+def _describe(byte_range: ByteRequest) -> str:
+    if isinstance(byte_range, RangeByteRequest):
+        return f"the chunk at bytes {byte_range.start}-{byte_range.end}"
+    if isinstance(byte_range, SuffixByteRequest):
+        return f"its shard index, the last {byte_range.suffix} bytes"
+    return str(byte_range)
+
+
+def read_sealed_root(folder: Path, split: SplitRef) -> tuple[bytes, dict]:
+    """The split's root document (bytes and parsed), checked against its seal and the store format."""
+    try:
+        raw = (folder / ROOT).read_bytes()
+    except FileNotFoundError:
+        raise DamagedSplit(split, f"{ROOT} is missing from {folder}") from None
+    except OSError as err:
+        raise DamagedSplit(split, f"{folder / ROOT} cannot be read ({err.strerror})") from None
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DamagedSplit(split, f"{ROOT} is not valid JSON") from None
+    attributes = document.get("attributes") if isinstance(document, dict) else None
+    if not isinstance(attributes, dict):
+        raise DamagedSplit(split, f"{ROOT} has no attributes")
+    if attributes.get("format") != FORMAT_VERSION:
+        raise DamagedSplit(split, f"it was written in store format {attributes.get('format')!r}, which has no "
+                                  f"checksums (this featstore reads format {FORMAT_VERSION})")
+    if attributes.get(SEAL) != seal_value(document) or not isinstance(attributes.get(MANIFEST), dict):
+        raise DamagedSplit(split, f"{ROOT} does not match its seal")
+    return raw, document
+
+
+def open_split_store(folder: Path, split: SplitRef) -> IntegrityStore:
+    """A verifying, read-only zarr store over one published split (for `xr.open_zarr` or `zarr.open_group`)."""
+    raw, document = read_sealed_root(folder, split)
+    return IntegrityStore(LocalStore(folder, read_only=True), split, raw, document["attributes"][MANIFEST])
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What is wrong with one split and what rebuilds it: some shards, or (`shards` None) the whole split."""
+
+    split: SplitRef
+    problems: list[str]
+    shards: frozenset[int] | None
+
+
+def verify_split(folder: Path, split: SplitRef) -> Damage | None:
+    """Check every file the split's manifest lists, whole; None when all match."""
+    try:
+        _, document = read_sealed_root(folder, split)
+    except DamagedSplit as err:
+        return Damage(split, [err.problem], None)
+    problems, shards = [], set()
+    for key, (size, crc, shard) in document["attributes"][MANIFEST].items():
+        problem = _file_problem(folder / key, size, crc)
+        if problem:
+            problems.append(f"{key} {problem}")
+            shards.add(shard)
+    if not problems:
+        return None
+    return Damage(split, problems, None if None in shards else frozenset(shards))
+
+
+def _file_problem(path: Path, size: int, crc: int) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            found, length = 0, 0
+            while block := handle.read(READ_BLOCK):
+                found, length = google_crc32c.extend(found, block), length + len(block)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if length != size:
+        return f"has {length} bytes, not {size}"
+    return None if found == crc else "does not match its checksum"

@@ -1,0 +1,44 @@
+"""`featstore verify`: check every complete split the catalog lists, file by file, and say what to rebuild."""
+
+from __future__ import annotations
+
+import json
+
+from featstore.catalog.safe_sql import query_catalog
+from featstore.errors import FeatstoreError
+from featstore.project import Project
+from featstore.store.integrity import Damage, SplitRef, verify_split
+
+
+def verify_store(project: Project, model: str | None = None,
+                 datasets: list[str] | None = None) -> tuple[list[Damage], list[str]]:
+    """The damaged splits among the complete ones of `model` and `datasets` (all by default), and the
+    `featstore build --repair` commands (with the options the splits were built with) that fix them."""
+    if not project.catalog_path.exists():
+        raise FeatstoreError("the catalog is empty; nothing is built to verify")
+    splits = query_catalog(
+        project.catalog_path,
+        "SELECT model, dataset, split, path, settings FROM feature_splits WHERE status = 'complete' "
+        "AND ($model IS NULL OR model = $model) AND ($datasets IS NULL OR list_contains($datasets, dataset)) "
+        "ORDER BY ALL",
+        {"model": model, "datasets": datasets},
+    )
+    if splits.empty:
+        raise FeatstoreError(f"no complete features of {model or 'any model'} to verify"
+                             + (f" for {', '.join(datasets)}" if datasets else ""))
+    damaged, commands = [], {}
+    for row in splits.itertuples():
+        damage = verify_split(project.store_dir / row.path, SplitRef(row.model, row.dataset, row.split))
+        if damage is not None:
+            damaged.append(damage)
+            command = f"featstore build --repair --model {row.model}{_build_options(json.loads(row.settings))} --datasets"
+            commands.setdefault(command, {})[row.dataset] = None
+    return damaged, [f"{command} {' '.join(names)}" for command, names in commands.items()]
+
+
+def _build_options(settings: dict) -> str:
+    """The `featstore build` options that reproduce these recorded settings."""
+    options = [f"--max-len {settings['max_len']}" if settings.get("max_len") else "",
+               f"--limit {settings['limit']}" if settings.get("limit") else "",
+               f"--dtype {settings['dtype']}" if settings.get("dtype", "float32") != "float32" else ""]
+    return "".join(f" {option}" for option in options if option)
