@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, TextIO
+from typing import Callable, Iterator, Sequence, TextIO, TypeVar
 
 from tqdm import tqdm
 
+T = TypeVar("T")
 LOG_INTERVAL_S = 30.0
 LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}, ETA {remaining}{postfix}"
 
@@ -61,3 +62,11 @@ def open_progress(total: int, unit: str, desc: str, stream: TextIO | None = None
     if stream.isatty():
         return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=stream)
     return LineProgress(total, unit, desc, stream)
+
+
+def track(items: Sequence[T], unit: str, desc: str) -> Iterator[T]:
+    """Iterate over `items`, counting each one done in an `open_progress` counter."""
+    with open_progress(len(items), unit, desc) as progress:
+        for item in items:
+            yield item
+            progress.update()

@@ -28,7 +28,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import xarray as xr
-from tqdm import tqdm
 
 from featstore import __version__
 from featstore.catalog.database import catalog_writer
@@ -36,6 +35,7 @@ from featstore.catalog.probe_records import replace_probe_results
 from featstore.catalog.safe_sql import run_user_query
 from featstore.catalog.splits import TEST, TRAIN
 from featstore.errors import FeatstoreError
+from featstore.progress import track
 from featstore.project import Project
 from featstore.probing.results import parse_short_layers, short_layers
 from featstore.store.atomic import swap_folder
@@ -231,7 +231,7 @@ def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool =
     _check_splits(project, rescore, (TEST,))
     fitted: list[Fitted] = []
     try:
-        for spec in tqdm(refit + rescore, unit="probe", desc="probe", disable=None):
+        for spec in track(refit + rescore, "probe", "probe"):
             if spec in rescore:
                 fitted.append(reevaluate(project, spec, done[spec.result_id]))
             else:
