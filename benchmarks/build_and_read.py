@@ -1,16 +1,21 @@
 """Build and read one dataset with one model, timed against baselines run in the same process.
 
 Prints ratios (absolute seconds beside them, for context only):
-1. build time / bare forward time over the same length-sorted batches. The model is loaded once and
-   not timed; "build" is `build_split` on train and test (tokenise, sort, forward with capture hooks,
-   compress and write, register); "bare" is only the forward passes (logits_to_keep=1, attention mask,
-   inference mode, no hooks, no writing) of (a) the bridge's `original_model`, whose modules the bridge
-   has wrapped in place, and (b) a plain Hugging Face copy with the same weights and its default attention.
-   The three alternate split by split; wall-clock and process CPU time are both reported.
-2. padded tokens / real tokens of the build's batches, and of batches of 32 in example_id order.
-3. bytes on disk (file sizes) per example against unpadded and padded-to-longest float16 bytes,
+1. the build's tokens/s against the bare forward's tokens/s at its best batch shape for these lengths.
+   The model is loaded once and not timed; "build" is `build_split` on train and test (tokenise, sort,
+   forward with capture hooks, compress and write, register); "bare" is only the forward passes
+   (logits_to_keep=1, attention mask, inference mode, no hooks, no writing) of a plain Hugging Face copy
+   with the same weights and its default (SDPA) attention, over the same length-sorted rows in batches
+   of each budget in BARE_BUDGETS; the fastest budget is the reference. Tokens/s counts real tokens.
+   Build and bare runs alternate split by split; `--rounds` repeats them.
+2. with `--peer`: a sae-probes-style extractor (the recipe of sae_probes/generate_model_activations.py
+   ported to the bridge: batches of 32 in file order, `run_with_cache` of the same hooks, last-token rows
+   gathered per example, one `torch.save` file per hook) alternating with the build in the same loop:
+   build time, tokens computed (padded), bytes on disk, and the time to read one layer of the test split.
+3. padded tokens / real tokens of the build's batches, and of batches of 32 in example_id order.
+4. bytes on disk (file sizes) per example against unpadded and padded-to-longest float16 bytes,
    and the compression ratio (uncompressed array bytes / bytes on disk).
-4. time to compute first-token mass and entropy of one layer of the test split through the view,
+5. time to compute first-token mass and entropy of one layer of the test split through the view,
    against the same reductions in numpy on an in-memory copy, and against the same on all layers.
 
 Run: python benchmarks/build_and_read.py --model random:gpt2-medium --dataset 87_glue_cola --limit 128
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import os
 import tempfile
 import time
@@ -30,19 +36,21 @@ import numpy as np
 import torch
 import xarray as xr
 import zarr
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from featstore.api import open_store
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.sae_probes import import_sae_probes
-from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
-from featstore.extraction.build import BuildSettings, SplitJob, build_split, plan_jobs
+from featstore.extraction.batching import TokenizedSplit, order_split, truncate_left
+from featstore.extraction.build import BuildSettings, SplitJob, build_split, plan_jobs, split_batches
 from featstore.extraction.models import LoadedModel, load_model
+from featstore.progress import LineProgress
 from featstore.project import init_project
-from featstore.store.layout import SplitShape, split_path
+from featstore.store.layout import split_path
 
 REPEATS = 5
+BARE_BUDGETS = (2048, 8192, 32768)
+PEER_BATCH = 32
 
 
 def timed(action) -> np.ndarray:
@@ -52,9 +60,9 @@ def timed(action) -> np.ndarray:
     return np.array([time.perf_counter() - wall, time.process_time() - cpu])
 
 
-def best_of(action) -> float:
-    """The fastest wall-clock time of REPEATS runs."""
-    return min(timed(action)[0] for _ in range(REPEATS))
+def best_of(action, repeats: int = REPEATS) -> float:
+    """The fastest wall-clock time of `repeats` runs."""
+    return min(timed(action)[0] for _ in range(repeats))
 
 
 def forward_all(hf_model: torch.nn.Module, batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -74,22 +82,19 @@ def plain_copy(wrapped: torch.nn.Module) -> torch.nn.Module:
     return plain
 
 
-def split_batches(model: LoadedModel, job: SplitJob, batch_tokens: int) -> tuple[TokenizedSplit, list[slice]]:
-    """A split in the build's row order and the build's batches: `token_batches` within each shard."""
-    split = order_split(job.example_ids, model.encode(job.prompts), model.n_ctx, keep_first=model.prepend_bos)
-    shape = SplitShape(len(split.example_ids), model.n_layers, model.n_heads, model.d_model, int(split.seq_lens.max()))
-    return split, [rows for shard in range(shape.n_shards)
-                   for rows in token_batches(split.seq_lens, shape.shard_rows(shard), batch_tokens)]
+def tokenized_split(model: LoadedModel, job: SplitJob, max_len: int) -> TokenizedSplit:
+    """A split in the build's row order."""
+    return order_split(job.example_ids, model.encode(job.prompts), max_len, keep_first=model.prepend_bos)
 
 
-def padding_ratios(model: LoadedModel, jobs: list[SplitJob], batch_tokens: int) -> tuple[float, float]:
+def padding_ratios(model: LoadedModel, jobs: list[SplitJob], batch_tokens: int, max_len: int) -> tuple[float, float]:
     """Padded / real tokens of the build's batches, and of batches of 32 in example_id order."""
     sorted_lengths, file_lengths = [], []
     for job in jobs:
-        split, slices = split_batches(model, job, batch_tokens)
-        sorted_lengths += [split.seq_lens[rows] for rows in slices]
+        split = tokenized_split(model, job, max_len)
+        sorted_lengths += [split.seq_lens[rows] for rows in split_batches(split, batch_tokens)]
         in_file_order = split.seq_lens[np.argsort(split.example_ids)]
-        file_lengths += [in_file_order[i:i + 32] for i in range(0, len(in_file_order), 32)]
+        file_lengths += [in_file_order[i:i + PEER_BATCH] for i in range(0, len(in_file_order), PEER_BATCH)]
     real = sum(int(b.sum()) for b in sorted_lengths)
     return padded_tokens(sorted_lengths) / real, padded_tokens(file_lengths) / real
 
@@ -101,6 +106,45 @@ def padded_tokens(batches: list[np.ndarray]) -> int:
 
 def disk_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+class PeerExtractor:
+    """The sae-probes recipe ported to the bridge: batches of 32 in file order, right-padded without an
+    attention mask (causal attention leaves the last real token unaffected), `run_with_cache` of every
+    layer's pattern and residual, each example's last-token rows copied out, one `torch.save` per hook."""
+
+    def __init__(self, model: LoadedModel, out: Path, max_len: int):
+        self.model, self.out, self.max_len = model, out, max_len
+        self.hooks = [f"blocks.{layer}.{name}" for layer in range(model.n_layers)
+                      for name in ("attn.hook_pattern", "hook_resid_post")]
+        self.tokens_computed = 0
+
+    def extract(self, job: SplitJob) -> None:
+        ids = [truncate_left(row, self.max_len, self.model.prepend_bos) for row in self.model.encode(job.prompts)]
+        longest = max(len(row) for row in ids)
+        kept = {name: [] for name in self.hooks}
+        with torch.inference_mode():
+            for start in range(0, len(ids), PEER_BATCH):
+                batch = ids[start:start + PEER_BATCH]
+                width = max(len(row) for row in batch)
+                tokens = torch.zeros((len(batch), width), dtype=torch.long)
+                for i, row in enumerate(batch):
+                    tokens[i, : len(row)] = torch.as_tensor(row)
+                self.tokens_computed += tokens.numel()
+                _, cache = self.model.bridge.run_with_cache(tokens, names_filter=self.hooks)
+                for j, row in enumerate(batch):
+                    last = len(row) - 1
+                    for name in self.hooks:
+                        value = cache[name][j, :, last] if name.endswith("pattern") else cache[name][j, last]
+                        kept[name].append(value.to(torch.float16).clone())
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, rows in kept.items():
+            if name.endswith("pattern"):
+                rows = [torch.nn.functional.pad(row, (0, longest - row.shape[-1])) for row in rows]
+            torch.save(torch.stack(rows), self.out / f"{job.dataset}_{job.split}_{name}.pt")
+
+    def read_layer(self, dataset: str, split: str, layer: int) -> np.ndarray:
+        return torch.load(self.out / f"{dataset}_{split}_blocks.{layer}.attn.hook_pattern.pt").numpy()
 
 
 def numpy_reductions(attn: np.ndarray, seq_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +165,11 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--limit", type=int, default=256, help="examples per split")
+    parser.add_argument("--max-len", type=int, help="truncate prompts to this many tokens (default: the context)")
     parser.add_argument("--root", type=Path, help="project directory (default: a temporary one)")
-    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--batch-tokens", type=int, default=BuildSettings.batch_tokens)
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of build, peer and bare forwards")
+    parser.add_argument("--peer", action="store_true", help="also run the sae-probes-style extractor")
     args = parser.parse_args()
     if args.root is not None:
         benchmark(args, args.root)
@@ -132,50 +179,74 @@ def main() -> None:
 
 
 def benchmark(args: argparse.Namespace, root: Path) -> None:
-    """Build, then measure and print the four comparisons for `args.model` on `args.dataset`."""
+    """Build, then measure and print the comparisons for `args.model` on `args.dataset`."""
     project = init_project(root)
     import_sae_probes(project, None, [args.dataset], SplitParams())
-    settings = BuildSettings(limit=args.limit, batch_tokens=args.batch_tokens, overwrite=True)
+    settings = BuildSettings(limit=args.limit, batch_tokens=args.batch_tokens, overwrite=True, max_len=args.max_len)
     jobs = plan_jobs(project, [args.dataset], args.limit)
 
     started = time.perf_counter()
     model = load_model(args.model)
     load_s = time.perf_counter() - started
+    max_len = args.max_len or model.n_ctx
     print(f"model {model.key}: {model.n_layers} layers x {model.n_heads} heads, d_model {model.d_model}, "
           f"loaded in {load_s:.1f} s (not timed below); load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs; project {root}")
+          f"on {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; project {root}", flush=True)
 
-    # 1. Build vs bare forward over the build's own batches, split by split in turn so that other
-    #    work on the machine weighs on all three alike.
-    batches_by_job = []
-    for job in jobs:
-        split, slices = split_batches(model, job, args.batch_tokens)
-        batches_by_job.append([(split.padded(rows), split.seq_lens[rows]) for rows in slices])
-    sorted_batches = [batch for batches in batches_by_job for batch in batches]
-    n_tokens = sum(int(lengths.sum()) for _, lengths in sorted_batches)
-    wrapped, plain = model.bridge.original_model, plain_copy(model.bridge.original_model)
-    for hf_model in (wrapped, plain):
-        forward_all(hf_model, sorted_batches[:1])  # warm-up, untimed
-    build, bare_wrapped, bare_plain = np.zeros(2), np.zeros(2), np.zeros(2)
+    # 1 and 2. Build, peer and bare forwards alternate split by split, so other work on the machine
+    #    weighs on all of them alike.
+    splits = [tokenized_split(model, job, max_len) for job in jobs]
+    n_tokens = sum(int(split.seq_lens.sum()) for split in splits)
+    shaped = {budget: [[(split.padded(rows), split.seq_lens[rows]) for rows in split_batches(split, budget)]
+                       for split in splits] for budget in BARE_BUDGETS}
+    plain = plain_copy(model.bridge.original_model)
+    forward_all(plain, shaped[BARE_BUDGETS[0]][0][:1])  # warm-up, untimed
+    peer = PeerExtractor(model, root / "peer", max_len) if args.peer else None
+    build, peer_s, bare = np.zeros(2), np.zeros(2), {budget: np.zeros(2) for budget in BARE_BUDGETS}
+    quiet = LineProgress(0, "ex", "build", io.StringIO(), interval=float("inf"))
     with torch.inference_mode():
-        for job, batches in zip(jobs, batches_by_job):
-            build += timed(lambda: build_split(project, model, job, settings, model.n_ctx, tqdm(disable=True)))
-            bare_wrapped += timed(lambda: forward_all(wrapped, batches))
-            bare_plain += timed(lambda: forward_all(plain, batches))
-    print(f"1. build / bare forward ({len(sorted_batches)} batches, {n_tokens} real tokens, train+test), "
-          f"wall-clock (CPU time): {build[0] / bare_wrapped[0]:.2f}x ({build[1] / bare_wrapped[1]:.2f}x) the "
-          f"bridge-wrapped HF model without hooks, {build[0] / bare_plain[0]:.2f}x ({build[1] / bare_plain[1]:.2f}x) "
-          f"a plain HF copy (sdpa)  [build {build[0]:.1f} s = {n_tokens / build[0]:.0f} tok/s; "
-          f"wrapped {bare_wrapped[0]:.1f} s; plain {bare_plain[0]:.1f} s]")
+        for _ in range(args.rounds):
+            for i, job in enumerate(jobs):
+                build += timed(lambda: build_split(project, model, job, settings, max_len, quiet))
+                if peer is not None:
+                    peer_s += timed(lambda: peer.extract(job))
+                for budget in BARE_BUDGETS:
+                    bare[budget] += timed(lambda: forward_all(plain, shaped[budget][i]))
+    best = min(BARE_BUDGETS, key=lambda budget: bare[budget][0])
+    build_rate, bare_rate = n_tokens * args.rounds / build[0], n_tokens * args.rounds / bare[best][0]
+    per_budget = ", ".join(f"{budget}: {n_tokens * args.rounds / bare[budget][0]:.0f}" for budget in BARE_BUDGETS)
+    print(f"1. build tokens/s / bare forward tokens/s at its best batch budget ({len(jobs)} splits, "
+          f"{n_tokens} real tokens, {n_tokens / sum(len(s.seq_lens) for s in splits):.1f} per example, "
+          f"{args.rounds} round(s)): {build_rate / bare_rate:.2f}x wall-clock "
+          f"({bare[best][1] / build[1]:.2f}x CPU time)  [build {build_rate:.0f} tok/s at --batch-tokens "
+          f"{args.batch_tokens}; bare plain HF (sdpa) tok/s by batch budget {per_budget}]", flush=True)
 
-    # 2. Padding of the length-sorted batches against batches of 32 in example_id order.
+    layer = model.n_layers // 2
+    store = open_store(project.root)
+    if peer is not None:
+        ours_tokens = sum(padded_tokens([split.seq_lens[rows] for rows in split_batches(split, args.batch_tokens)])
+                          for split in splits)
+        ours_bytes = sum(disk_bytes(split_path(project.features_dir, model.key, j.dataset, j.split)) for j in jobs)
+        peer_bytes = disk_bytes(peer.out)
+        ours_read = best_of(lambda: store.view(args.dataset, "test", layers=[layer]).attn.values, 3)
+        peer_read = best_of(lambda: peer.read_layer(args.dataset, "test", layer), 3)
+        peer_tokens = peer.tokens_computed // args.rounds
+        print(f"2. featstore / sae-probes-style peer ({sum(len(j.example_ids) for j in jobs)} examples): "
+              f"build time {build[0] / peer_s[0]:.2f}x ({build[1] / peer_s[1]:.2f}x CPU time); "
+              f"tokens computed {ours_tokens / peer_tokens:.2f}x; bytes on disk {ours_bytes / peer_bytes:.2f}x; "
+              f"reading layer {layer} of the test split {ours_read / peer_read:.2f}x  "
+              f"[build {build[0]:.1f} s vs {peer_s[0]:.1f} s; tokens {ours_tokens} vs {peer_tokens}; "
+              f"{ours_bytes / 1e6:.1f} MB vs {peer_bytes / 1e6:.1f} MB; read {ours_read * 1e3:.0f} ms vs "
+              f"{peer_read * 1e3:.0f} ms]", flush=True)
+
+    # 3. Padding of the length-sorted batches against batches of 32 in example_id order.
     whole_splits = plan_jobs(project, [args.dataset], None)
     for label, chosen in (("these examples", jobs), ("whole splits, tokenised only", whole_splits)):
-        sorted_pad, file_pad = padding_ratios(model, chosen, args.batch_tokens)
-        print(f"2. padded / real tokens ({label}, {sum(len(j.example_ids) for j in chosen)} ex.): "
+        sorted_pad, file_pad = padding_ratios(model, chosen, args.batch_tokens, max_len)
+        print(f"3. padded / real tokens ({label}, {sum(len(j.example_ids) for j in chosen)} ex.): "
               f"length-sorted batches {sorted_pad:.3f}, batches of 32 in example_id order {file_pad:.3f}")
 
-    # 3. Bytes on disk against unpadded and padded float16.
+    # 4. Bytes on disk against unpadded and padded float16.
     store_bytes = uncompressed = 0
     for job in jobs:
         folder = split_path(project.features_dir, model.key, job.dataset, job.split)
@@ -190,7 +261,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
         arrays_uncompressed = sum(group[name].nbytes for name in group.array_keys())
         store_bytes += disk_bytes(folder)
         uncompressed += arrays_uncompressed
-        print(f"3. {job.split} ({n} ex., {lens.min()}..{lens.max()} tokens): {stored / n:.0f} B/example "
+        print(f"4. {job.split} ({n} ex., {lens.min()}..{lens.max()} tokens): {stored / n:.0f} B/example "
               f"(attn+resid+tokens) = {stored / unpadded:.3f}x unpadded fp16, "
               f"{stored / padded:.3f}x padded to longest; "
               f"attn alone {attn_disk / n:.0f} B/example = {attn_disk / attn_unpadded:.3f}x unpadded; "
@@ -198,9 +269,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     print(f"   store compression ratio (uncompressed array bytes / bytes on disk, both splits): "
           f"{uncompressed / store_bytes:.2f}x  [{uncompressed / 1e6:.1f} MB -> {store_bytes / 1e6:.1f} MB]")
 
-    # 4. One-layer reductions through the lazy view against numpy in memory and against all layers.
-    layer = model.n_layers // 2
-    store = open_store(project.root)
+    # 5. One-layer reductions through the lazy view against numpy in memory and against all layers.
     open_s = timed(lambda: store.view(args.dataset, "test", layers=[layer]))[0]
     one, every = store.view(args.dataset, "test", layers=[layer]), store.view(args.dataset, "test")
     in_memory, lengths = one.attn.values, one.seq_len.values
@@ -211,7 +280,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     one_s = best_of(lambda: view_reductions(one))
     numpy_s = best_of(lambda: numpy_reductions(in_memory, lengths))
     all_s = best_of(lambda: view_reductions(every))
-    print(f"4. first+entropy of layer {layer}, test split (best of {REPEATS}): view / numpy in memory "
+    print(f"5. first+entropy of layer {layer}, test split (best of {REPEATS}): view / numpy in memory "
           f"{one_s / numpy_s:.1f}x; one layer / all {model.n_layers} layers {one_s / all_s:.3f} "
           f"(1/n_layers = {1 / model.n_layers:.3f})  "
           f"[view {one_s * 1e3:.1f} ms, numpy {numpy_s * 1e3:.1f} ms, all layers {all_s * 1e3:.1f} ms, "

@@ -18,9 +18,16 @@ def test_batches_cover_rows_in_order_within_budget_and_with_little_padding(seed)
         batch_lengths = lengths[batch]
         padded = len(batch_lengths) * batch_lengths.max()
         assert padded <= 2048 or len(batch_lengths) == 1
-        assert batch_lengths.max() <= max(int(batch_lengths[0] * 1.25), batch_lengths[0] + 8)
+        assert padded <= 1.25 * batch_lengths.sum()
     padded = sum((b.stop - b.start) * lengths[b].max() for b in batches)
-    assert padded / lengths[rows].sum() < 1.25
+    assert padded / lengths[rows].sum() <= 1.25
+
+
+def test_hundreds_of_short_rows_fill_big_batches_with_little_padding():
+    lengths = np.sort(4 + np.random.default_rng(0).poisson(3, size=512))  # 4..13 tokens, mostly 5..8
+    batches = token_batches(lengths, slice(0, 512), batch_tokens=8192)
+    assert max(b.stop - b.start for b in batches) > 256
+    assert sum((b.stop - b.start) * lengths[b].max() for b in batches) / lengths.sum() <= 1.25
 
 
 def test_a_row_longer_than_the_budget_gets_its_own_batch():

@@ -8,20 +8,26 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import zarr
 
 from featstore.api import Store
+from featstore.catalog.splits import SplitParams
 from featstore.cli import main
+from featstore.datasets.cleaning import clean_datasets
+from featstore.datasets.registry import load_registry
 from featstore.errors import FeatstoreError
 from featstore.extraction import build as build_module
 from featstore.extraction.build import BuildSettings, build_features
 from featstore.extraction.models import load_model
-from featstore.store.layout import split_path
+from featstore.project import init_project
+from featstore.store.layout import SHARD_EXAMPLES, split_path
 from featstore.store.locking import exclusive_build
 from featstore.store.writer import SplitWriter
 from tests.builders import MODEL, built_toy_project, toy_project
+from tests.factories import registry_row, write_registry
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +242,22 @@ def test_a_building_folder_killed_before_its_metadata_is_started_afresh(tmp_path
     split_path(project.features_dir, MODEL, "1_toy", "train").with_name(".train.building").mkdir(parents=True)
     build_features(project, MODEL, None, BuildSettings(device="cpu"))
     assert Store(project).view("1_toy", "train").sizes["example"] == 200
+
+
+def test_batches_of_short_rows_are_not_capped_by_the_shard_size(tmp_path, monkeypatch):
+    project = init_project(tmp_path / "p")
+    project.raw_dir.mkdir(parents=True)
+    texts = [f"{'war' if i % 2 else 'sea'} {i:03d}" for i in range(300)]  # 8 bytes each
+    pd.DataFrame({"text": texts, "label": [i % 2 for i in range(300)]}).to_csv(project.raw_dir / "short.csv", index=False)
+    write_registry(project, [registry_row(1, "short", "short.csv")])
+    clean_datasets(project, load_registry(project), SplitParams())
+    batch_rows, real_capture = [], build_module.capture_last_token
+
+    def recording_capture(model, input_ids, lengths):
+        batch_rows.append(len(lengths))
+        return real_capture(model, input_ids, lengths)
+
+    monkeypatch.setattr(build_module, "capture_last_token", recording_capture)
+    build_features(project, MODEL, None, BuildSettings(device="cpu", batch_tokens=100_000))
+    assert max(batch_rows) > SHARD_EXAMPLES
+    assert sum(batch_rows) == Store(project).sql("SELECT count(*) AS n FROM examples")["n"][0]

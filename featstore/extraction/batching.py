@@ -52,23 +52,20 @@ def order_split(example_ids: np.ndarray, encoded: list[np.ndarray], max_len: int
     )
 
 
-def token_batches(seq_lens: np.ndarray, rows: slice, batch_tokens: int, slack: float = 0.25,
-                  slack_tokens: int = 8) -> list[slice]:
+def token_batches(seq_lens: np.ndarray, rows: slice, batch_tokens: int, slack: float = 0.25) -> list[slice]:
     """Consecutive rows (sorted by length) whose padded size, rows x longest, stays within `batch_tokens`.
 
-    A batch also ends where a row is longer than its first row by more than `slack` (relative) and
-    `slack_tokens` (absolute), so padding stays small even when one batch could hold a whole shard.
+    A batch also ends where the next row would make its padded tokens more than (1 + `slack`) times
+    its real ones, so padding stays small even when one batch could hold thousands of short rows.
     """
     batches, start = [], rows.start
     while start < rows.stop:
-        shortest = int(seq_lens[start])
-        longest_allowed = max(int(shortest * (1 + slack)), shortest + slack_tokens)
-        stop = start + 1
-        while (
-            stop < rows.stop
-            and (stop + 1 - start) * int(seq_lens[stop]) <= batch_tokens
-            and int(seq_lens[stop]) <= longest_allowed
-        ):
+        stop, real = start + 1, int(seq_lens[start])
+        while stop < rows.stop:
+            longest, count = int(seq_lens[stop]), stop + 1 - start
+            if count * longest > batch_tokens or count * longest > (1 + slack) * (real + longest):
+                break
+            real += longest
             stop += 1
         batches.append(slice(start, stop))
         start = stop

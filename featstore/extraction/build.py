@@ -1,10 +1,11 @@
 """`featstore build`: run a model over the catalog's splits and store what the probes read.
 
-For each split: tokenise, truncate from the left, sort by length, then for each shard of rows
-run length-homogeneous batches through the model and hand the shard to a background writer, so
-compression and disk I/O overlap the next forward passes. Memory is bounded by one shard being
-filled plus one being written. Finished splits are published atomically and registered in the
-catalog; killed builds resume at the first unwritten shard, with identical batches.
+For each split: tokenise, truncate from the left, sort by length, then run length-homogeneous
+batches (planned over the whole split, so short rows fill a batch across shard boundaries) through
+the model and hand each completed shard to a background writer, so compression and disk I/O overlap
+the next forward pass. Memory is bounded by one batch and the shards it touches, plus those being
+written. Finished splits are published atomically and registered in the catalog; killed builds
+resume at the first unwritten shard, with identical batches.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
 from featstore.catalog.database import catalog_writer
@@ -30,6 +30,8 @@ from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
 from featstore.extraction.capture import capture_last_token
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
+from featstore.extraction.shards import ShardAssembler
+from featstore.progress import Progress, open_progress
 from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, verify_split
 from featstore.store.layout import SplitShape, split_path, tokenizer_path
@@ -84,8 +86,7 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
         try:
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
-            progress = tqdm(total=sum(len(j.example_ids) for j in pending), unit="ex", desc=f"build {key}",
-                            dynamic_ncols=True, disable=None)
+            progress = open_progress(sum(len(j.example_ids) for j in pending), "ex", f"build {key}")
             with progress, torch.inference_mode():
                 for job in pending:
                     repair = repairs.get((job.dataset, job.split))
@@ -129,11 +130,11 @@ def limited(rows: pd.DataFrame, dataset: str, limit: int, seed: int) -> pd.DataF
 
 
 def build_split(
-    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: tqdm,
+    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: Progress,
     repair: frozenset[int] | None = None,
 ) -> None:
-    """Extract one split shard by shard (resuming a killed build), publish it, register it; with `repair`,
-    write only those shards of the published split again (its catalog rows stay as they are)."""
+    """Extract one split (resuming a killed build at its first unwritten shard), publish it, register it; with
+    `repair`, write only those shards of the published split again (its catalog rows stay as they are)."""
     started = time.perf_counter()
     final = split_path(project.features_dir, model.key, job.dataset, job.split)
     encoded = model.encode(job.prompts)
@@ -151,43 +152,36 @@ def build_split(
         writer = SplitWriter(final, shape, attrs, build_key)
         if writer.shards_done == 0:
             writer.write_index(tokenized.example_ids, tokenized.seq_lens)
-    pending = writer.pending_shards
-    progress.update(shape.n_examples - sum(len(range(shape.n_examples)[shape.shard_rows(s)]) for s in pending))
+    assembler = ShardAssembler(tokenized, shape, writer.pending_shards)
+    progress.update(shape.n_examples - assembler.rows_to_write)  # rows already written
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool:
-        writing: Future | None = None
-        for shard in pending:
-            arrays = extract_shard(model, tokenized, shape.shard_rows(shard), settings.batch_tokens, progress)
-            if writing is not None:
-                writing.result()
-            writing = pool.submit(writer.write_shard, shard, *arrays)
-        if writing is not None:
-            writing.result()
+        writing: list[Future] = []
+        for batch in split_batches(tokenized, settings.batch_tokens):
+            rows_to_write = assembler.rows_in(batch)
+            if not rows_to_write:
+                continue
+            lengths = tokenized.seq_lens[batch]
+            batch_started = time.perf_counter()
+            batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths)
+            progress.set_postfix(tok_s=int(lengths.sum() / max(time.perf_counter() - batch_started, 1e-9)),
+                                 refresh=False)
+            completed = assembler.add(batch, batch_attn, batch_resid)
+            progress.update(rows_to_write)
+            for write in writing:  # the previous batch's shards were written while this batch ran
+                write.result()
+            writing = [pool.submit(writer.write_shard, shard, *arrays) for shard, arrays in completed]
+        for write in writing:
+            write.result()
     writer.publish()
     if repair is None:
         register_split(project, model.key, job, tokenized, shape, final, attrs["settings"],
                        time.perf_counter() - started)
 
 
-def extract_shard(
-    model: LoadedModel, tokenized: TokenizedSplit, rows: slice, batch_tokens: int, progress: tqdm
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The attention rows, residuals and token ids of one shard, filled batch by batch."""
-    width = int(tokenized.seq_lens[rows.stop - 1])
-    n = rows.stop - rows.start
-    attn = np.zeros((n, model.n_layers, model.n_heads, width), dtype=np.float16)
-    resid = np.zeros((n, model.n_layers, model.d_model), dtype=np.float16)
-    tokens = tokenized.padded(rows)
-    started = time.perf_counter()
-    for batch in token_batches(tokenized.seq_lens, rows, batch_tokens):
-        lengths = tokenized.seq_lens[batch]
-        batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths)
-        local = slice(batch.start - rows.start, batch.stop - rows.start)
-        attn[local, :, :, : batch_attn.shape[-1]] = batch_attn
-        resid[local] = batch_resid
-        progress.update(len(lengths))
-    elapsed = max(time.perf_counter() - started, 1e-9)
-    progress.set_postfix(tok_s=f"{int(tokenized.seq_lens[rows].sum() / elapsed)}", refresh=False)
-    return attn, resid, tokens.astype(np.int32)
+def split_batches(tokenized: TokenizedSplit, batch_tokens: int) -> list[slice]:
+    """The split's batches: `token_batches` over all its rows, so a resumed build or a repair recomputes a
+    shard in exactly the batches of the first build (and so gets the same values)."""
+    return token_batches(tokenized.seq_lens, slice(0, len(tokenized.seq_lens)), batch_tokens)
 
 
 def register_split(

@@ -32,7 +32,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import xarray as xr
-from tqdm import tqdm
 
 from featstore import __version__
 from featstore.catalog.database import catalog_writer
@@ -41,6 +40,7 @@ from featstore.catalog.probe_records import replace_probe_results
 from featstore.catalog.safe_sql import run_user_query
 from featstore.catalog.splits import TEST, TRAIN
 from featstore.errors import FeatstoreError
+from featstore.progress import open_progress
 from featstore.project import Project
 from featstore.probing.results import parse_short_layers, short_layers
 from featstore.store.layout import model_dir_name
@@ -263,11 +263,12 @@ def _fit_all(project: Project, tasks: list[tuple[ProbeSpec, dict | None]], scrat
     workers = min(jobs or max(1, len(tasks) // FITS_PER_WORKER), _usable_cpus(), max(1, len(tasks)))
     calls = (joblib.delayed(_fit_or_rescore)(project, spec, previous, scratch) for spec, previous in tasks)
     fitted = []
-    for item in tqdm(joblib.Parallel(n_jobs=workers, return_as="generator")(calls), total=len(tasks),
-                     unit="probe", desc="probe", disable=None):
-        for category, message, filename, lineno in item.warnings:
-            warnings.warn_explicit(message, category, filename, lineno)
-        fitted.append(item)
+    with open_progress(len(tasks), "probe", "probe") as progress:
+        for item in joblib.Parallel(n_jobs=workers, return_as="generator")(calls):
+            for category, message, filename, lineno in item.warnings:
+                warnings.warn_explicit(message, category, filename, lineno)
+            fitted.append(item)
+            progress.update()
     return fitted
 
 
