@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from featstore.cli import main
-from featstore.project import Project, init_project
+from featstore.project import Project, init_project, open_project
 from tests.builders import MODEL, built_toy_project
 from tests.factories import registry_row, toy_raw, write_registry
 
@@ -23,6 +24,18 @@ def project(tmp_path: Path) -> Project:
     toy_raw().to_csv(project.raw_dir / "toy.csv", index=False)
     write_registry(project, [registry_row(1, "toy", "toy.csv")])
     return project
+
+
+@pytest.fixture(scope="session")
+def toy_template(tmp_path_factory) -> Project:
+    """A built toy project shared by the tests that copy it (never modify it: use `toy_copy`)."""
+    return built_toy_project(tmp_path_factory.mktemp("template") / "p")
+
+
+@pytest.fixture
+def toy_copy(toy_template: Project, tmp_path: Path) -> Project:
+    """A private copy of the built toy project, for a test that probes, interrupts or damages it."""
+    return open_project(shutil.copytree(toy_template.root, tmp_path / "p"))
 
 
 @pytest.fixture(scope="session")

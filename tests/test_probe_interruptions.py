@@ -1,7 +1,6 @@
 """A probe run stopped at any moment (Ctrl-C, kill -9) or run twice at once: every recorded row has its saved
 probe, nothing is staged or orphaned after the next run, and no finished result is lost."""
 
-import os
 import random
 import shutil
 import signal
@@ -17,8 +16,7 @@ from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import EXIT_INTERRUPTED, main
 from featstore.probing import runner
-from featstore.project import open_project
-from tests.builders import MODEL, built_toy_project
+from tests.builders import MODEL
 
 SETTINGS = ["--feature", "length", "--probe", "logreg", "mass-mean", "mass-mean-lda"]  # three quick combinations
 TRACED = {Path(runner.__file__).name, "probe_records.py", "locking.py", "database.py"}
@@ -57,15 +55,6 @@ runner._write = write
 sys.exit(main(sys.argv[3:]))
 """
 
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return built_toy_project(tmp_path_factory.mktemp("template") / "p")
-
-
-@pytest.fixture
-def built(template, tmp_path):
-    return open_project(shutil.copytree(template.root, tmp_path / "p"))
 
 
 def probe_args(project, *args):
@@ -125,19 +114,19 @@ def run_traced(project, moment, *args):
     return code, count[0]
 
 
-def test_ctrl_c_at_many_moments_leaves_every_row_with_its_probe_and_loses_nothing(built):
-    code, n_lines = run_traced(built, None)
-    assert code == 0 and len(rows(built)) == 3
+def test_ctrl_c_at_many_moments_leaves_every_row_with_its_probe_and_loses_nothing(toy_copy):
+    code, n_lines = run_traced(toy_copy, None)
+    assert code == 0 and len(rows(toy_copy)) == 3
     moments = sorted(random.Random(0).sample(range(1, n_lines), min(8, n_lines - 1)))
     for moment in moments:
-        code, _ = run_traced(built, moment, "--overwrite-train")
+        code, _ = run_traced(toy_copy, moment, "--overwrite-train")
         assert code == EXIT_INTERRUPTED, moment
-        assert len(rows(built)) == 3, moment
-        assert_every_row_has_its_probe(built)
-    assert main(probe_args(built, "--overwrite-eval")) == 0
-    assert len(rows(built)) == 3
-    assert_every_row_has_its_probe(built)
-    assert_nothing_orphaned(built)
+        assert len(rows(toy_copy)) == 3, moment
+        assert_every_row_has_its_probe(toy_copy)
+    assert main(probe_args(toy_copy, "--overwrite-eval")) == 0
+    assert len(rows(toy_copy)) == 3
+    assert_every_row_has_its_probe(toy_copy)
+    assert_nothing_orphaned(toy_copy)
 
 
 def forget_results(project):
@@ -146,18 +135,18 @@ def forget_results(project):
     shutil.rmtree(project.probes_dir, ignore_errors=True)
 
 
-def test_ctrl_c_at_every_line_of_the_write_commits_all_or_nothing_and_rows_only_with_files(built):
+def test_ctrl_c_at_every_line_of_the_write_commits_all_or_nothing_and_rows_only_with_files(toy_copy):
     writes = []
     real_write = runner._write
     runner._write = lambda *args: (writes.append(args), real_write(*args))[1]
     try:
-        assert main(probe_args(built)) == 0
+        assert main(probe_args(toy_copy)) == 0
     finally:
         runner._write = real_write
     moment, interrupted = 0, True
     while interrupted:  # every line the write runs, from the first to past the last
         moment += 1
-        forget_results(built)
+        forget_results(toy_copy)
         tracer, _ = interrupt_at_line(moment)
         sys.settrace(tracer)
         try:
@@ -167,28 +156,28 @@ def test_ctrl_c_at_every_line_of_the_write_commits_all_or_nothing_and_rows_only_
             pass
         finally:
             sys.settrace(None)
-        assert len(rows(built)) in (0, 3), moment
-        assert_every_row_has_its_probe(built)
-    assert moment > 20 and len(rows(built)) == 3
-    assert main(probe_args(built)) == 0
-    assert_nothing_orphaned(built)
+        assert len(rows(toy_copy)) in (0, 3), moment
+        assert_every_row_has_its_probe(toy_copy)
+    assert moment > 20 and len(rows(toy_copy)) == 3
+    assert main(probe_args(toy_copy)) == 0
+    assert_nothing_orphaned(toy_copy)
 
 
 @pytest.mark.parametrize("point", ["mid-dump", "before-commit", "after-commit"])
-def test_kill_9_while_writing_then_a_rerun_completes_and_cleans_up(built, point):
-    assert main(probe_args(built, "--probe", "mass-mean")) == 0  # an earlier result, to be kept or replaced
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *probe_args(built, "--overwrite-train")],
+def test_kill_9_while_writing_then_a_rerun_completes_and_cleans_up(toy_copy, point):
+    assert main(probe_args(toy_copy, "--probe", "mass-mean")) == 0  # an earlier result, to be kept or replaced
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *probe_args(toy_copy, "--overwrite-train")],
                             capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL
-    assert_every_row_has_its_probe(built)
-    assert main(probe_args(built, "--overwrite-eval")) == 0
-    assert len(rows(built)) == 3
-    assert_every_row_has_its_probe(built)
-    assert_nothing_orphaned(built)
+    assert_every_row_has_its_probe(toy_copy)
+    assert main(probe_args(toy_copy, "--overwrite-eval")) == 0
+    assert len(rows(toy_copy)) == 3
+    assert_every_row_has_its_probe(toy_copy)
+    assert_nothing_orphaned(toy_copy)
 
 
-def test_real_signals_at_random_delays(built):
-    command = [sys.executable, "-m", "featstore.cli", *probe_args(built, "--overwrite-train")]
+def test_real_signals_at_random_delays(toy_copy):
+    command = [sys.executable, "-m", "featstore.cli", *probe_args(toy_copy, "--overwrite-train")]
     delays = random.Random(2)
     for sig in (signal.SIGINT, signal.SIGKILL, signal.SIGINT, signal.SIGKILL):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -198,39 +187,39 @@ def test_real_signals_at_random_delays(built):
         assert process.returncode in (0, EXIT_INTERRUPTED, -signal.SIGKILL, -signal.SIGINT)
         if process.returncode != -signal.SIGINT:  # -SIGINT: stopped while Python imported modules, before main()
             assert "Traceback" not in err
-        assert_every_row_has_its_probe(built)
-    assert main(probe_args(built)) == 0
-    assert len(rows(built)) == 3
-    assert_nothing_orphaned(built)
+        assert_every_row_has_its_probe(toy_copy)
+    assert main(probe_args(toy_copy)) == 0
+    assert len(rows(toy_copy)) == 3
+    assert_nothing_orphaned(toy_copy)
 
 
-def test_two_identical_runs_at_once_both_succeed_and_write_each_result_once(built, tmp_path):
+def test_two_identical_runs_at_once_both_succeed_and_write_each_result_once(toy_copy, tmp_path):
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    runs = [subprocess.Popen([sys.executable, "-c", BOTH_AT_THE_WRITE, str(barrier), name, *probe_args(built)],
+    runs = [subprocess.Popen([sys.executable, "-c", BOTH_AT_THE_WRITE, str(barrier), name, *probe_args(toy_copy)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
     outcomes = [(run.wait(), run.stderr.read()) for run in runs]
     assert outcomes == [(0, ""), (0, "")]
-    assert len(rows(built)) == 3
-    assert_every_row_has_its_probe(built)
-    assert_nothing_orphaned(built)
+    assert len(rows(toy_copy)) == 3
+    assert_every_row_has_its_probe(toy_copy)
+    assert_nothing_orphaned(toy_copy)
 
 
-def test_a_row_whose_probe_file_is_missing_is_refitted_by_overwrite_eval(built):
-    assert main(probe_args(built)) == 0
-    lost = rows(built).iloc[0]
-    (built.store_dir / lost["probe_path"]).unlink()
-    assert main(probe_args(built, "--overwrite-eval")) == 0
-    assert len(rows(built)) == 3
-    assert_every_row_has_its_probe(built)
-    assert_nothing_orphaned(built)
+def test_a_row_whose_probe_file_is_missing_is_refitted_by_overwrite_eval(toy_copy):
+    assert main(probe_args(toy_copy)) == 0
+    lost = rows(toy_copy).iloc[0]
+    (toy_copy.store_dir / lost["probe_path"]).unlink()
+    assert main(probe_args(toy_copy, "--overwrite-eval")) == 0
+    assert len(rows(toy_copy)) == 3
+    assert_every_row_has_its_probe(toy_copy)
+    assert_nothing_orphaned(toy_copy)
 
 
-def test_staged_and_unreferenced_files_of_older_runs_are_removed(built):
-    assert main(probe_args(built, "--probe", "mass-mean")) == 0
-    folder = (built.store_dir / rows(built)["probe_path"][0]).parent
+def test_staged_and_unreferenced_files_of_older_runs_are_removed(toy_copy):
+    assert main(probe_args(toy_copy, "--probe", "mass-mean")) == 0
+    folder = (toy_copy.store_dir / rows(toy_copy)["probe_path"][0]).parent
     for name in ("abc.joblib.staged", "abc.joblib", "abc.logs.staged", "abc.logs"):
         (folder / name).mkdir() if name.endswith((".logs", ".logs.staged")) else (folder / name).write_bytes(b"x")
-    assert main(probe_args(built)) == 0
-    assert_nothing_orphaned(built)
+    assert main(probe_args(toy_copy)) == 0
+    assert_nothing_orphaned(toy_copy)
     assert not (folder / "abc.logs").exists()

@@ -10,17 +10,8 @@ from featstore.cli import main
 from featstore.probing.families import FAMILIES, ProbeFamily
 from featstore.project import open_project
 from probes import LogisticRegressionProbe
-from tests.builders import MODEL, built_toy_project
+from tests.builders import MODEL
 
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    return built_toy_project(tmp_path_factory.mktemp("template") / "p")
-
-
-@pytest.fixture
-def built(template, tmp_path):
-    return open_project(shutil.copytree(template.root, tmp_path / "p"))
 
 
 def probe(project, *args):
@@ -31,27 +22,27 @@ def results(project):
     return Store(project).sql("SELECT result_id, roc_auc, hyperparameters FROM probe_results ORDER BY result_id")
 
 
-def test_a_convergence_warning_names_the_dataset_and_setting(built, capsys, monkeypatch):
+def test_a_convergence_warning_names_the_dataset_and_setting(toy_copy, capsys, monkeypatch):
     monkeypatch.setitem(FAMILIES, "logreg", ProbeFamily("matrix", lambda seed: LogisticRegressionProbe(max_iter=1), ""))
-    assert probe(built, "--baseline") == 0
+    assert probe(toy_copy, "--baseline") == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "ConvergenceWarning" in line]
     assert lines and all(line.startswith("featstore: warning: ConvergenceWarning: 1_toy (resid L1, last-token, "
                                          "logreg, baseline): lbfgs failed to converge") for line in lines)
 
 
-def test_jobs_give_the_rows_of_one_process_and_pass_warnings_on(built, tmp_path, capsys):
-    single = open_project(shutil.copytree(built.root, tmp_path / "single"))
+def test_jobs_give_the_rows_of_one_process_and_pass_warnings_on(toy_copy, tmp_path, capsys):
+    single = open_project(shutil.copytree(toy_copy.root, tmp_path / "single"))
     settings = ["--aggregation", "mean", "first", "--probe", "logreg", "mass-mean"]
     assert probe(single, *settings, "--jobs", "1") == 0
     capsys.readouterr()
-    assert probe(built, *settings, "--jobs", "2") == 0
+    assert probe(toy_copy, *settings, "--jobs", "2") == 0
     err = capsys.readouterr().err.splitlines()
-    assert results(built).equals(results(single)) and len(results(built)) == 4
+    assert results(toy_copy).equals(results(single)) and len(results(toy_copy)) == 4
     length_only = [line for line in err if "LengthOnlyFeatureWarning" in line]
     assert {line.split(": ")[3] for line in length_only} == {"1_toy (attn L0,1, mean, logreg)", "1_toy (attn L0,1, mean, mass-mean)"}
 
 
-def test_jobs_must_be_a_positive_number(built, capsys):
+def test_jobs_must_be_a_positive_number(toy_copy, capsys):
     with pytest.raises(SystemExit) as exit_:
-        probe(built, "--jobs", "0")
+        probe(toy_copy, "--jobs", "0")
     assert exit_.value.code == 2 and "expected a whole number of at least 1, got '0'" in capsys.readouterr().err
