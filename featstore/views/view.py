@@ -62,6 +62,9 @@ def open_view(
     Catalog reads go through `reader` when given (a connection shared by a batch of reads). With
     `dask=False` the arrays stay lazy but an index goes straight to zarr: faster for a few examples.
     """
+    if reader is None:  # one connection for the view's few catalog reads (opening one costs ~30 ms)
+        with CatalogReader(project.catalog_path) as own:
+            return open_view(project, dataset, split, model, layers, where, own, dask)
     dataset, key, path = resolve_split(project, dataset, split, model, reader)
     store = open_split_store(project.store_dir / path, SplitRef(key, dataset, split))
     view = xr.open_zarr(store, consolidated=False, chunks=DASK_CHUNKS if dask else None,
