@@ -46,15 +46,20 @@ def _data_size() -> int:
     return 0
 
 
+def _limit(kind: int, value: int) -> None:
+    """Lower a resource limit to `value`, never above the hard limit this process inherited."""
+    _, hard = resource.getrlimit(kind)
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(kind, (value, hard if kind == resource.RLIMIT_CPU else value))
+
+
 def _child(send, budget: Budget, function: Callable, args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills this process
-    limit = _data_size() + budget.memory_bytes
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    # a backstop should the parent be killed before it can kill this child: the kernel stops it (SIGXCPU) after
-    # CPU time that a few threads could not spend within the wall-clock budget
-    cpu_seconds = math.ceil(CPU_TIME_FACTOR * budget.seconds) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     try:
+        _limit(resource.RLIMIT_DATA, _data_size() + budget.memory_bytes)
+        # a backstop should the parent be killed before it can kill this child: the kernel stops it (SIGXCPU)
+        # after CPU time that a few threads could not spend within the wall-clock budget
+        _limit(resource.RLIMIT_CPU, math.ceil(CPU_TIME_FACTOR * budget.seconds) + 1)
         outcome = ("ok", function(*args))
     except MemoryError:
         outcome = ("memory", None)

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql = commands.add_parser("sql", help="run one read-only SELECT over the catalog")
     sql.add_argument("query", help='for example "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    sql.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
+    sql.add_argument("--max-rows", type=positive_int, default=DEFAULT_MAX_ROWS,
                      help="refuse results with more rows than this (default: %(default)s)")
     sql.set_defaults(handler=run_sql)
     return parser
@@ -302,8 +302,6 @@ def run_report(args: argparse.Namespace) -> None:
 
 
 def run_sql(args: argparse.Namespace) -> None:
-    if args.max_rows < 1:
-        raise FeatstoreError("--max-rows must be at least 1")
     print_frame(run_bounded_query(open_project(args.root).catalog_path, args.query, args.max_rows), args.format)
 
 

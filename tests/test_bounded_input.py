@@ -303,5 +303,6 @@ def test_case6_results_over_the_byte_cap_are_refused(catalogued: Project, capsys
     monkeypatch.setattr("featstore.catalog.safe_sql.MAX_RESULT_BYTES", 2**20)
     assert sql(catalogued, "SELECT repeat('x', 10000) AS text FROM range(200)") == 1
     assert one_error_line(capsys).startswith("featstore: error: refused: the result holds 2 MiB, more than the 1 MiB allowed")
-    assert sql(catalogued, "SELECT * FROM range(3)", "--max-rows", "0") == 1
-    assert one_error_line(capsys) == "featstore: error: --max-rows must be at least 1\n"
+    with pytest.raises(SystemExit) as exit_:
+        sql(catalogued, "SELECT * FROM range(3)", "--max-rows", "0")
+    assert exit_.value.code == 2 and "expected a whole number of at least 1, got '0'" in capsys.readouterr().err

@@ -309,3 +309,12 @@ def test_concatenation_stops_at_the_row_limit_but_long_sources_pass_unchanged():
         evaluate_extraction("col + col", long_text, WHERE)
     longer = pd.Series(["x" * 150_000 + " ", "y"])
     assert evaluate_extraction("col.str.strip().str.replace('x', 'z')", longer, WHERE).str.len().tolist() == [150_000, 1]
+
+
+@pytest.mark.parametrize("expression, reason", [
+    ('col.str.replace("a", "b", regex=True, flags="i")', "flags must be a whole number, got 'i'"),
+    ('col.str.replace("(a+)", "\\\\1\\\\1", regex=True)', "a backslash in a regex replacement"),
+], ids=["text flags", "group references"])
+def test_replacements_that_could_escape_the_checks_are_refused_in_one_line(expression, reason):
+    with pytest.raises(ExpressionError, match=re.escape(reason)):
+        compile_extraction(expression, WHERE)

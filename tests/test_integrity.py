@@ -157,7 +157,7 @@ def test_verify_is_quiet_and_exits_0_on_a_healthy_store(pristine, capsys):
 
 def test_verify_refuses_a_model_with_nothing_built(pristine, capsys):
     code, _, err = run_cli(capsys, "--root", str(pristine.root), "verify", "--model", "random:gpt2-medium")
-    assert code == 1 and "no complete features of random:gpt2-medium" in err
+    assert code == 1 and "no features of model 'random:gpt2-medium' in this store (models with features: random:tiny)" in err
     assert_one_error_line(err)
 
 
@@ -247,3 +247,17 @@ def test_a_build_killed_before_the_format_change_starts_over_in_the_new_format(p
     assert run_cli(capsys, "--root", str(copy.root), "build", "--model", MODEL, "--device", "cpu")[0] == 0
     assert data_files(copy) == data_files(pristine)
     assert run_cli(capsys, "--root", str(copy.root), "verify") == (0, "", "")
+
+
+def test_the_writer_refuses_a_shard_out_of_order_and_a_split_with_shards_missing(tmp_path):
+    from featstore.store.layout import SplitShape
+
+    shape = SplitShape(n_examples=300, n_layers=1, n_heads=1, d_model=2, max_seq_len=4)
+    writer = SplitWriter(tmp_path / "split", shape, {}, build_key="k")
+    rows = shape.shard_rows(1)
+    n = rows.stop - rows.start
+    arrays = (np.ones((n, 1, 1, 4), np.float16), np.ones((n, 1, 2), np.float16), np.ones((n, 4), np.int32))
+    with pytest.raises(FeatstoreError, match="shard 1 .* written out of order"):
+        writer.write_shard(1, *arrays)
+    with pytest.raises(FeatstoreError, match=r"cannot be published: shards \[0, 1, 2\] are not written"):
+        writer.publish()

@@ -172,6 +172,10 @@ def _check_replacement(arguments: dict) -> None:
     pattern, replacement = arguments.get("pat"), arguments.get("repl")
     if not isinstance(pattern, str) or not isinstance(replacement, str):
         raise _Refused("replace() without a text pattern and a text replacement")
+    if type(arguments.get("flags", 0)) is not int:
+        raise _Refused(f"replace() flags must be a whole number, got {arguments['flags']!r}")
+    if arguments.get("regex") and "\\" in replacement:
+        raise _Refused("replace() with a backslash in a regex replacement (group references can multiply the text)")
     try:
         matches_empty = _can_match_empty(pattern, arguments.get("flags", 0)) if arguments.get("regex") else pattern == ""
     except re.error as error:

@@ -8,6 +8,7 @@ extraction expressions see as `col`.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -133,7 +134,9 @@ def registry_replaced_after(project: Project, frame: pd.DataFrame) -> Iterator[N
     rename (which needs no space); when writing or the block fails, the old registry stays and no file is left."""
     columns = REGISTRY_COLUMNS + [c for c in frame.columns if c not in REGISTRY_COLUMNS]
     frame = frame.reindex(columns=columns, fill_value="")
-    temporary = project.registry_path.with_suffix(".csv.tmp")
+    handle, name = tempfile.mkstemp(dir=project.registry_path.parent, prefix=".main.csv.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)  # a name of its own, so concurrent imports never share or delete each other's file
     try:
         frame.to_csv(temporary, index=False)
         yield

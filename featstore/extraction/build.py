@@ -144,7 +144,8 @@ def build_split(
     attrs = {"model": model.identity, "dataset": job.dataset, "split": job.split,
              "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens},
              "dataset_fingerprint": job.fingerprint}
-    build_key = _digest([model.identity, settings.stored(), max_len, job.fingerprint, tokenized.example_ids.tolist()])
+    build_key = _digest([model.identity, settings.stored(), settings.batch_tokens, max_len, job.fingerprint,
+                         tokenized.example_ids.tolist()])
     writer = SplitWriter.repairing(final, shape, build_key, repair) if repair is not None else None
     if writer is None:
         repair = None
@@ -155,7 +156,7 @@ def build_split(
     assembler = ShardAssembler(tokenized, shape, writer.pending_shards)
     progress.update(shape.n_examples - assembler.rows_to_write)  # rows already written
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool:
-        writing: list[Future] = []
+        writing: Future | None = None
         for batch in split_batches(tokenized, settings.batch_tokens):
             rows_to_write = assembler.rows_in(batch)
             if not rows_to_write:
@@ -167,15 +168,22 @@ def build_split(
                                  refresh=False)
             completed = assembler.add(batch, batch_attn, batch_resid)
             progress.update(rows_to_write)
-            for write in writing:  # the previous batch's shards were written while this batch ran
-                write.result()
-            writing = [pool.submit(writer.write_shard, shard, *arrays) for shard, arrays in completed]
-        for write in writing:
-            write.result()
+            if writing is not None:  # the previous batch's shards were written while this batch ran
+                writing.result()
+            writing = pool.submit(_write_in_order, writer, completed)
+        if writing is not None:
+            writing.result()
     writer.publish()
     if repair is None:
         register_split(project, model.key, job, tokenized, shape, final, attrs["settings"],
                        time.perf_counter() - started)
+
+
+def _write_in_order(writer: SplitWriter, completed: list[tuple[int, tuple[np.ndarray, ...]]]) -> None:
+    """Write a batch's completed shards in order, as one task: a failed shard stops the ones after it, so
+    the record of shards done never skips one."""
+    for shard, arrays in completed:
+        writer.write_shard(shard, *arrays)
 
 
 def split_batches(tokenized: TokenizedSplit, batch_tokens: int) -> list[slice]:

@@ -440,8 +440,8 @@ def _write(project: Project, fitted: list[Fitted], overwrite_train: bool) -> lis
                 if item.probe is not None:
                     placed += _place(project, item)
             refitted = [item for item in wanted if item.head_weights is not None]
-            committing = True
             with catalog_writer(project) as con:
+                committing = True  # from here the commit may have happened: the next run decides
                 replace_probe_results(
                     con, pd.DataFrame([item.row for item in wanted]), pd.concat([item.scores for item in wanted]),
                     pd.concat([item.head_weights for item in refitted]
@@ -449,7 +449,7 @@ def _write(project: Project, fitted: list[Fitted], overwrite_train: bool) -> lis
                     [item.row["result_id"] for item in refitted],
                 )
         except BaseException:
-            if not committing:  # nothing refers to the files yet; after that, the next run decides
+            if not committing:  # nothing refers to the files yet
                 for path in placed:
                     _remove(path)
             raise

@@ -41,17 +41,14 @@ class SplitRef:
     def __str__(self) -> str:
         return f"{self.dataset}/{self.split} of {self.model}"
 
-    @property
-    def repair_command(self) -> str:
-        return f"featstore build --repair --model {self.model} --datasets {self.dataset}"
 
 
 class DamagedSplit(FeatstoreError):
     """A stored split that cannot be read as it was written; `problem` says which file and how."""
 
     def __init__(self, split: SplitRef, problem: str):
-        super().__init__(f"the stored features of {split} are damaged: {problem}; rebuild them with "
-                         f"`{split.repair_command}`")
+        super().__init__(f"the stored features of {split} are damaged: {problem}; `featstore verify --model "
+                         f"{split.model} --datasets {split.dataset}` lists the damage and the command that repairs it")
         self.split, self.problem = split, problem
 
     def __reduce__(self):  # rebuilt from its fields, so it crosses process boundaries (report workers)
@@ -125,7 +122,10 @@ class IntegrityStore(WrapperStore[LocalStore]):
     def _read_verified(self, key: str, entry: list, prototype: BufferPrototype,
                        byte_range: ByteRequest | None) -> Buffer:
         """Read and check in a worker thread, as LocalStore reads, keeping the checksums off zarr's event loop."""
-        found = self._store.get_sync(key, prototype=prototype, byte_range=byte_range)
+        try:
+            found = self._store.get_sync(key, prototype=prototype, byte_range=byte_range)
+        except OSError as err:
+            raise DamagedSplit(self.split, f"{key} cannot be read ({err.strerror or err})") from None
         if found is None:
             raise DamagedSplit(self.split, f"{key} is missing")
         data = found.as_numpy_array()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from featstore.catalog.names import catalog_dataset_names, unknown_model
 from featstore.catalog.safe_sql import query_catalog
 from featstore.errors import FeatstoreError
 from featstore.project import Project
@@ -16,13 +17,15 @@ def verify_store(project: Project, model: str | None = None,
     `featstore build --repair` commands (with the options the splits were built with) that fix them."""
     if not project.catalog_path.exists():
         raise FeatstoreError("the catalog is empty; nothing is built to verify")
-    splits = query_catalog(
-        project.catalog_path,
-        "SELECT model, dataset, split, path, settings FROM feature_splits WHERE status = 'complete' "
-        "AND ($model IS NULL OR model = $model) AND ($datasets IS NULL OR list_contains($datasets, dataset)) "
-        "ORDER BY ALL",
-        {"model": model, "datasets": datasets},
-    )
+    splits = query_catalog(project.catalog_path, "SELECT model, dataset, split, path, settings FROM feature_splits "
+                                                 "WHERE status = 'complete' ORDER BY ALL")
+    if model is not None:
+        if model not in set(splits["model"]):
+            raise unknown_model(model, sorted(set(splits["model"])))
+        splits = splits[splits["model"] == model]
+    if datasets:
+        datasets = catalog_dataset_names(project).resolve_all(datasets)
+        splits = splits[splits["dataset"].isin(datasets)]
     if splits.empty:
         raise FeatstoreError(f"no complete features of {model or 'any model'} to verify"
                              + (f" for {', '.join(datasets)}" if datasets else ""))

@@ -19,6 +19,7 @@ import zarr
 import zarr.errors
 from zarr.storage import LocalStore
 
+from featstore.errors import FeatstoreError
 from featstore.store.atomic import swap_folder
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
 from featstore.store.layout import FORMAT_VERSION, SplitShape, building_path, compressors
@@ -86,6 +87,8 @@ class SplitWriter:
 
     def write_shard(self, shard: int, attn: np.ndarray, resid: np.ndarray, tokens: np.ndarray) -> None:
         """Write shard `shard` (rows in length order, narrower than the split on the token axis) and record it done."""
+        if shard != self.shards_done and shard not in self.group.attrs.get(REPAIRING, []):
+            raise FeatstoreError(f"shard {shard} of {self.final} written out of order (next: {self.shards_done})")
         rows = self.shape.shard_rows(shard)
         arrays = zarr.open_group(RecordingStore(LocalStore(self.building), self.recorder.manifest, shard), mode="r+")
         arrays["attn"][rows, :, :, : attn.shape[-1]] = attn
@@ -99,6 +102,8 @@ class SplitWriter:
     def publish(self) -> None:
         """Mark the split complete, seal its root document and make it visible at its final path, replacing
         an older build."""
+        if self.pending_shards:
+            raise FeatstoreError(f"{self.final} cannot be published: shards {self.pending_shards} are not written")
         self.group.attrs.update({"complete": True, MANIFEST: self.recorder.manifest})
         if REPAIRING in self.group.attrs:
             del self.group.attrs[REPAIRING]
