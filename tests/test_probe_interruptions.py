@@ -123,10 +123,15 @@ def test_ctrl_c_at_many_moments_leaves_every_row_with_its_probe_and_loses_nothin
         assert code == EXIT_INTERRUPTED, moment
         assert len(rows(toy_copy)) == 3, moment
         assert_every_row_has_its_probe(toy_copy)
-    assert main(probe_args(toy_copy, "--overwrite-eval")) == 0
-    assert len(rows(toy_copy)) == 3
-    assert_every_row_has_its_probe(toy_copy)
-    assert_nothing_orphaned(toy_copy)
+    assert_a_rerun_recovers_everything(toy_copy)
+
+
+def assert_a_rerun_recovers_everything(project):
+    """A re-scoring run after an interruption succeeds with all three rows, each with its file, and no orphans."""
+    assert main(probe_args(project, "--overwrite-eval")) == 0
+    assert len(rows(project)) == 3
+    assert_every_row_has_its_probe(project)
+    assert_nothing_orphaned(project)
 
 
 def forget_results(project):
@@ -170,10 +175,7 @@ def test_kill_9_while_writing_then_a_rerun_completes_and_cleans_up(toy_copy, poi
                             capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL
     assert_every_row_has_its_probe(toy_copy)
-    assert main(probe_args(toy_copy, "--overwrite-eval")) == 0
-    assert len(rows(toy_copy)) == 3
-    assert_every_row_has_its_probe(toy_copy)
-    assert_nothing_orphaned(toy_copy)
+    assert_a_rerun_recovers_everything(toy_copy)
 
 
 def test_real_signals_at_random_delays(toy_copy):
@@ -209,10 +211,7 @@ def test_a_row_whose_probe_file_is_missing_is_refitted_by_overwrite_eval(toy_cop
     assert main(probe_args(toy_copy)) == 0
     lost = rows(toy_copy).iloc[0]
     (toy_copy.store_dir / lost["probe_path"]).unlink()
-    assert main(probe_args(toy_copy, "--overwrite-eval")) == 0
-    assert len(rows(toy_copy)) == 3
-    assert_every_row_has_its_probe(toy_copy)
-    assert_nothing_orphaned(toy_copy)
+    assert_a_rerun_recovers_everything(toy_copy)
 
 
 def test_staged_and_unreferenced_files_of_older_runs_are_removed(toy_copy):
