@@ -46,7 +46,6 @@ from featstore.extraction.build import BuildSettings, SplitJob, build_split, pla
 from featstore.extraction.models import LoadedModel, load_model
 from featstore.progress import LineProgress
 from featstore.project import init_project
-from featstore.store.layout import split_path
 
 REPEATS = 5
 BARE_BUDGETS = (2048, 8192, 32768)
@@ -102,6 +101,13 @@ def padding_ratios(model: LoadedModel, jobs: list[SplitJob], batch_tokens: int, 
 def padded_tokens(batches: list[np.ndarray]) -> int:
     """Tokens computed when each batch (an array of lengths) is padded to its longest."""
     return sum(len(lengths) * int(lengths.max()) for lengths in batches)
+
+
+def published_folder(project, model: str, dataset: str, split: str) -> Path:
+    """The folder of the split version the catalog points to."""
+    path = open_store(project.root).sql("SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
+                                        [model, dataset, split])["path"][0]
+    return project.store_dir / path
 
 
 def disk_bytes(folder: Path) -> int:
@@ -226,7 +232,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     if peer is not None:
         ours_tokens = sum(padded_tokens([split.seq_lens[rows] for rows in split_batches(split, args.batch_tokens)])
                           for split in splits)
-        ours_bytes = sum(disk_bytes(split_path(project.features_dir, model.key, j.dataset, j.split)) for j in jobs)
+        ours_bytes = sum(disk_bytes(published_folder(project, model.key, j.dataset, j.split)) for j in jobs)
         peer_bytes = disk_bytes(peer.out)
         ours_read = best_of(lambda: store.view(args.dataset, "test", layers=[layer]).attn.values, 3)
         peer_read = best_of(lambda: peer.read_layer(args.dataset, "test", layer), 3)
@@ -249,7 +255,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     # 4. Bytes on disk against unpadded and padded float16.
     store_bytes = uncompressed = 0
     for job in jobs:
-        folder = split_path(project.features_dir, model.key, job.dataset, job.split)
+        folder = published_folder(project, model.key, job.dataset, job.split)
         group = zarr.open_group(folder, mode="r")
         lens = group["seq_len"][:].astype(np.int64)
         n, layers, heads, longest = group["attn"].shape

@@ -32,6 +32,7 @@ import zarr
 
 from featstore.store.integrity import SplitRef, open_split_store
 from featstore.store.layout import SplitShape, compressor
+from featstore.store.location import LocalLocation
 from featstore.store.writer import SplitWriter
 from featstore.views import aggregations  # noqa: F401  (the .masked accessor)
 from featstore.views.view import DASK_CHUNKS
@@ -40,12 +41,13 @@ REPEATS = 21
 D_MODEL = 1024
 
 
-def synthetic_split(folder: Path, n: int, layers: int, heads: int, context: int, seed: int = 0) -> None:
-    """Write a length-sorted split of random attention rows with `SplitWriter`, shard by shard."""
+def synthetic_split(folder: Path, n: int, layers: int, heads: int, context: int, seed: int = 0) -> Path:
+    """Write a length-sorted split of random attention rows with `SplitWriter`, shard by shard, under `folder`;
+    returns its published version folder."""
     rng = np.random.default_rng(seed)
     seq_lens = np.sort(np.exp(rng.uniform(np.log(8), np.log(context), n)).astype(np.int32))
     shape = SplitShape(n, layers, heads, D_MODEL, int(seq_lens.max()))
-    writer = SplitWriter(folder, shape, {"synthetic": True}, build_key="benchmark")
+    writer = SplitWriter(LocalLocation(folder.parent), folder.name, shape, {"synthetic": True}, build_key="benchmark")
     writer.write_index(np.arange(n, dtype=np.int64), seq_lens)
     for shard in range(shape.n_shards):
         rows = shape.shard_rows(shard)
@@ -58,7 +60,7 @@ def synthetic_split(folder: Path, n: int, layers: int, heads: int, context: int,
         resid = rng.standard_normal((len(lengths), layers, D_MODEL), dtype=np.float32).astype(np.float16)
         tokens = np.where(np.arange(width) < lengths[:, None], rng.integers(1, 50000, (len(lengths), width)), 0)
         writer.write_shard(shard, attn, resid, tokens.astype(np.int32))
-    writer.publish()
+    return folder.parent / writer.publish()
 
 
 def unverified_copy(folder: Path, target: Path) -> Path:
@@ -114,7 +116,8 @@ def compare(folder: Path, ref: SplitRef, plain: Path, layer: int | None) -> None
         "3. first-token mass + entropy of one layer": lambda store: reduce_layer(store, layer),
     }
     for label, action in cases.items():
-        times = paired_times(lambda: action(str(plain)), lambda: action(open_split_store(folder, ref)))
+        times = paired_times(lambda: action(str(plain)),
+                             lambda: action(open_split_store(LocalLocation(folder.parent), folder.name, ref)))
         best = times.min(axis=0)
         median = np.median(times[:, 1] / times[:, 0], axis=0)
         print(f"{label}: verified / unverified, CPU time {best[1, 1] / best[0, 1]:.3f}x best-of, {median[1]:.3f}x "
@@ -131,8 +134,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, help="the layer read (default: the middle one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="featstore-bench-") as scratch:
-        folder = Path(scratch) / "test"
-        synthetic_split(folder, args.examples, args.layers, args.heads, args.context)
+        folder = synthetic_split(Path(scratch) / "test", args.examples, args.layers, args.heads, args.context)
         ref = SplitRef("synthetic", "benchmark", "test")
         compare(folder, ref, unverified_copy(folder, Path(scratch) / "unverified"), args.layer)
 

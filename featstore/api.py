@@ -46,6 +46,7 @@ class Store:
                          dask=dask)
 
 
-def open_store(root: str | Path = ".") -> Store:
-    """Open the project at `root` (a directory holding `datasets/main.csv` and `store/`)."""
-    return Store(open_project(root))
+def open_store(root: str | Path = ".", store: str | None = None) -> Store:
+    """Open the project at `root` (a directory holding `datasets/main.csv`); its features are read from `store`
+    (a folder or URL) when given, else from where the project's settings say (see `open_project`)."""
+    return Store(open_project(root, store))

@@ -18,7 +18,8 @@ from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, run_bounded_query
 from featstore.catalog.splits import SplitParams
 from featstore.errors import FeatstoreError
 from featstore.probing.families import FAMILIES
-from featstore.project import init_project, open_project
+from featstore.project import Project, init_project, open_project
+from featstore.store.location import is_unreachable, unreachable
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -42,10 +43,18 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except OSError as err:  # a full disk or quota, wherever the write was (pandas, zarr's writer thread, ...)
+        if is_unreachable(err):
+            print(f"featstore: error: {unreachable(args.store or 'of this project', err)}", file=sys.stderr)
+            return EXIT_ERROR
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"featstore: error: no space left on device{f' writing {err.filename}' if err.filename else ''}; "
               "free some space and run the command again", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:  # an object store that stayed unreachable, raised inside zarr or s3fs
+        if not is_unreachable(err):
+            raise
+        print(f"featstore: error: {unreachable(args.store or 'of this project', err)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
 
@@ -78,12 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--datasets 87_glue_cola --limit 500; featstore probe --model smollm2-135m --baseline; featstore results",
     )
     parser.add_argument("--root", type=Path, default=Path("."), help="project directory (default: the current one)")
+    parser.add_argument("--store", metavar="URL", help="where features and probe files live: a folder or an "
+                        "object-store URL such as s3://bucket/prefix (default: $FEATSTORE_STORE, else the project's "
+                        "featstore.toml, else <root>/store)")
     parser.add_argument("--version", action="version", version=f"featstore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="create an empty project directory")
     init.add_argument("directory", nargs="?", type=Path, help="where (default: --root)")
+    init.add_argument("--store", dest="init_store", metavar="URL",
+                      help="keep features in this folder or bucket (written to featstore.toml)")
     init.set_defaults(handler=run_init)
+
+    clone = commands.add_parser("clone", help="a working project from a store URL: registry, datasets and catalog "
+                                "downloaded, features read in place")
+    clone.add_argument("url", help="the store, e.g. s3://bucket/prefix")
+    clone.add_argument("directory", type=Path, help="a new project directory")
+    clone.set_defaults(handler=run_clone)
 
     datasets = commands.add_parser("datasets", help="the dataset registry").add_subparsers(
         dest="datasets_command", required=True, metavar="SUBCOMMAND"
@@ -200,18 +220,29 @@ def split_params(args: argparse.Namespace) -> SplitParams:
     return SplitParams(args.seed, args.max_examples, args.max_train, args.min_test)
 
 
+def project_of(args: argparse.Namespace) -> Project:
+    """The project named by --root, with its store overridden by --store."""
+    return open_project(args.root, args.store)
+
+
 def run_init(args: argparse.Namespace) -> None:
     try:
-        init_project(args.directory or args.root)
+        init_project(args.directory or args.root, args.init_store or args.store)
     except OSError as err:
         raise FeatstoreError(f"cannot create a project at {args.directory or args.root}: {err.strerror}") from None
+
+
+def run_clone(args: argparse.Namespace) -> None:
+    from featstore.store.mirror import clone
+
+    clone(args.url, args.directory)
 
 
 def run_clean(args: argparse.Namespace) -> None:
     from featstore.datasets.cleaning import clean_datasets
     from featstore.datasets.registry import load_registry, select_entries
 
-    project = open_project(args.root)
+    project = project_of(args)
     entries = select_entries(load_registry(project), args.datasets)
     clean_datasets(project, entries, split_params(args), overwrite=args.overwrite)
 
@@ -219,13 +250,13 @@ def run_clean(args: argparse.Namespace) -> None:
 def run_import_sae_probes(args: argparse.Namespace) -> None:
     from featstore.datasets.sae_probes import import_sae_probes
 
-    import_sae_probes(open_project(args.root), args.source, args.only, split_params(args), overwrite=args.overwrite)
+    import_sae_probes(project_of(args), args.source, args.only, split_params(args), overwrite=args.overwrite)
 
 
 def run_list(args: argparse.Namespace) -> None:
     from featstore.api import Store
 
-    frame = Store(open_project(args.root)).sql(
+    frame = Store(project_of(args)).sql(
         """WITH per_model AS (
                SELECT dataset, model || CASE WHEN count(*) = 2 THEN '' ELSE ' (' || any_value(split) || ')' END AS built
                FROM feature_splits WHERE status = 'complete' GROUP BY dataset, model),
@@ -249,13 +280,13 @@ def run_build(args: argparse.Namespace) -> None:
             raise FeatstoreError(f"--{name.replace('_', '-')} must be at least 1")
     settings = BuildSettings(max_len=args.max_len, batch_tokens=args.batch_tokens, limit=args.limit,
                              device=args.device, dtype=args.dtype, overwrite=args.overwrite, repair=args.repair)
-    build_features(open_project(args.root), args.model, args.datasets, settings)
+    build_features(project_of(args), args.model, args.datasets, settings)
 
 
 def run_verify(args: argparse.Namespace) -> None:
     from featstore.store.verify import verify_store
 
-    damaged, commands = verify_store(open_project(args.root), args.model, args.datasets)
+    damaged, commands = verify_store(project_of(args), args.model, args.datasets)
     for damage in damaged:
         for problem in damage.problems:
             print(f"{damage.split}: {problem}")
@@ -266,7 +297,7 @@ def run_verify(args: argparse.Namespace) -> None:
 def run_probe(args: argparse.Namespace) -> None:
     from featstore.probing.runner import ProbeRequest, plan_specs, run_probes
 
-    project = open_project(args.root)
+    project = project_of(args)
     request = ProbeRequest(
         model=args.model, datasets=args.datasets, feature=args.feature, layers=args.layers,
         aggregations=args.aggregation, probes=args.probes, seed=args.seed, baseline=args.baseline,
@@ -282,7 +313,7 @@ def run_results(args: argparse.Namespace) -> None:
     from featstore.catalog.database import upgrade_catalog
     from featstore.probing.results import result_rows, results_table, results_text
 
-    project = open_project(args.root)
+    project = project_of(args)
     upgrade_catalog(project)
     rows = result_rows(Store(project), args.model, args.datasets)
     if args.format == "table":
@@ -296,13 +327,13 @@ def run_report(args: argparse.Namespace) -> None:
 
     if not 0 <= args.port <= 65535:
         raise FeatstoreError(f"--port must be 0..65535, not {args.port}")
-    summary = write_report(open_project(args.root), args.models, args.datasets, args.out, args.hard_threshold)
+    summary = write_report(project_of(args), args.models, args.datasets, args.out, args.hard_threshold)
     if args.serve:
         serve(summary.folder, args.port)
 
 
 def run_sql(args: argparse.Namespace) -> None:
-    print_frame(run_bounded_query(open_project(args.root).catalog_path, args.query, args.max_rows), args.format)
+    print_frame(run_bounded_query(project_of(args).catalog_path, args.query, args.max_rows), args.format)
 
 
 def print_frame(frame: pd.DataFrame, fmt: str) -> None:

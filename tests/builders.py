@@ -15,7 +15,8 @@ from featstore.datasets.registry import load_registry
 from featstore.extraction.build import BuildSettings, build_features
 from featstore.project import Project, init_project
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
-from featstore.store.layout import split_path
+from featstore.catalog.safe_sql import query_catalog
+from featstore.store.layout import COMPLETE, split_prefix
 from tests.factories import registry_row, toy_raw, write_registry
 
 MODEL = "random:tiny"
@@ -37,10 +38,31 @@ def built_toy_project(root: Path, **settings) -> Project:
     return project
 
 
+def published_folder(project: Project, split: str, model: str = MODEL, dataset: str = "1_toy") -> Path:
+    """The folder of the version of a split that the catalog points to."""
+    found = query_catalog(project.catalog_path, "SELECT path FROM feature_splits WHERE model = ? AND dataset = ? "
+                          "AND split = ?", [model, dataset, split])
+    return project.store_dir / found["path"][0]
+
+
+def building_folder(project: Project, split: str, model: str = MODEL, dataset: str = "1_toy") -> Path | None:
+    """The unpublished version folder of a split being built (None when there is none)."""
+    prefix = project.store_dir / split_prefix(model, dataset, split)
+    found = sorted(v for v in prefix.iterdir() if v.is_dir() and not (v / COMPLETE).exists()) if prefix.is_dir() else []
+    return found[0] if found else None
+
+
+def new_version_folder(project: Project, split: str, model: str = MODEL, dataset: str = "1_toy") -> Path:
+    """A path for a fresh (not yet created) version folder of a split."""
+    from featstore.store.layout import new_version
+
+    return project.store_dir / split_prefix(model, dataset, split) / new_version()
+
+
 def rewrite_stored(project: Project, split: str, write: Callable[[zarr.Group], None]) -> None:
     """Change a published split of `1_toy` as a build would have written it (manifest and seal updated), so a test
     sees what readers do with unusual values rather than a damaged store."""
-    folder = split_path(project.features_dir, MODEL, "1_toy", split)
+    folder = published_folder(project, split)
     recorder = RecordingStore(LocalStore(folder))
     group = zarr.open_group(recorder, mode="r+")
     recorder.manifest.update(group.attrs[MANIFEST])

@@ -23,10 +23,10 @@ from featstore.extraction import build as build_module
 from featstore.extraction.build import BuildSettings, build_features
 from featstore.extraction.models import load_model
 from featstore.project import init_project
-from featstore.store.layout import SHARD_EXAMPLES, split_path
-from featstore.store.locking import exclusive_build
+from featstore.store.layout import SHARD_EXAMPLES
+from featstore.store.locking import BUILD_LOCK, exclusive_build
 from featstore.store.writer import SplitWriter
-from tests.builders import MODEL, built_toy_project, toy_project
+from tests.builders import MODEL, building_folder, built_toy_project, new_version_folder, published_folder, toy_project
 from tests.factories import registry_row, write_registry
 
 
@@ -41,7 +41,7 @@ def tiny():
 
 
 def arrays(project, split):
-    group = zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", split), mode="r")
+    group = zarr.open_group(published_folder(project, split), mode="r")
     return {name: group[name][:] for name in ("attn", "resid", "tokens", "seq_len", "example_id")}
 
 
@@ -81,7 +81,7 @@ def test_view_is_lazy_and_test_split_reads_with_train_files_deleted(tmp_path):
     project = built_toy_project(tmp_path / "p")
     import shutil
 
-    shutil.rmtree(split_path(project.features_dir, MODEL, "1_toy", "train"))
+    shutil.rmtree(published_folder(project, "train"))
     view = Store(project).view("1_toy", "test")
     assert hasattr(view["attn"].data, "dask")
     first = view["attn"].masked.first().compute()
@@ -113,11 +113,11 @@ def test_view_where_and_layers(built):
 
 
 def test_rerun_skips_and_other_settings_are_refused_without_overwrite(built, capsys):
-    before = {s: os.stat(split_path(built.features_dir, MODEL, "1_toy", s)).st_mtime_ns for s in ("train", "test")}
+    before = {s: os.stat(published_folder(built, s)).st_mtime_ns for s in ("train", "test")}
     assert build_features(built, MODEL, None, BuildSettings(device="cpu")) == 0
     assert main(["--root", str(built.root), "build", "--model", MODEL, "--max-len", "16"]) == 1
     assert "pass --overwrite" in capsys.readouterr().err
-    after = {s: os.stat(split_path(built.features_dir, MODEL, "1_toy", s)).st_mtime_ns for s in ("train", "test")}
+    after = {s: os.stat(published_folder(built, s)).st_mtime_ns for s in ("train", "test")}
     assert before == after
 
 
@@ -149,7 +149,7 @@ def test_build_killed_part_way_resumes_to_identical_arrays(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         build_features(project, MODEL, None, BuildSettings(device="cpu"))
     monkeypatch.undo()
-    building = split_path(project.features_dir, MODEL, "1_toy", "train").with_name(".train.building")
+    building = building_folder(project, "train")
     assert zarr.open_group(building, mode="r").attrs["shards_done"] == 1
     with pytest.raises(FeatstoreError, match="no complete features"):
         Store(project).view("1_toy", "train")
@@ -169,11 +169,11 @@ def test_sigkill_leaves_a_readable_store_and_rerun_completes(tmp_path):
     command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL,
                "--device", "cpu", "--batch-tokens", "64"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    building = split_path(project.features_dir, MODEL, "1_toy", "train").with_name(".train.building")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if zarr.open_group(building, mode="r").attrs.get("shards_done", 0) >= 1:
+            building = building_folder(project, "train")
+            if building is not None and zarr.open_group(building, mode="r").attrs.get("shards_done", 0) >= 1:
                 break
         except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
             pass
@@ -192,7 +192,7 @@ def test_sigkill_leaves_a_readable_store_and_rerun_completes(tmp_path):
 
 def test_second_build_at_the_same_time_refuses_and_changes_nothing(built, capsys):
     before = Store(built).sql("SELECT * FROM features ORDER BY ALL")
-    with exclusive_build(built.lock_path):
+    with exclusive_build(built.store_dir / BUILD_LOCK):
         assert main(["--root", str(built.root), "build", "--model", MODEL, "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "another featstore build" in err
@@ -223,7 +223,7 @@ def test_unknown_dataset_and_unloadable_model_are_one_line_errors(built, capsys)
 
 
 def test_cleaning_waits_for_no_build_and_max_len_rules(built, capsys):
-    with exclusive_build(built.lock_path):
+    with exclusive_build(built.store_dir / BUILD_LOCK):
         assert main(["--root", str(built.root), "datasets", "clean", "--seed", "7"]) == 1
     assert "another featstore build" in capsys.readouterr().err
     assert main(["--root", str(built.root), "build", "--model", MODEL, "--max-len", "128"]) == 0  # = the context
@@ -239,7 +239,7 @@ def test_features_of_other_weights_under_the_same_key_are_not_reused(built, monk
 
 def test_a_building_folder_killed_before_its_metadata_is_started_afresh(tmp_path):
     project = toy_project(tmp_path / "p")
-    split_path(project.features_dir, MODEL, "1_toy", "train").with_name(".train.building").mkdir(parents=True)
+    new_version_folder(project, "train").mkdir(parents=True)
     build_features(project, MODEL, None, BuildSettings(device="cpu"))
     assert Store(project).view("1_toy", "train").sizes["example"] == 200
 

@@ -16,9 +16,8 @@ from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.errors import FeatstoreError
 from featstore.project import Project
-from featstore.store.layout import split_path
 from featstore.store.writer import SplitWriter
-from tests.builders import MODEL, built_toy_project
+from tests.builders import MODEL, built_toy_project, new_version_folder, published_folder
 
 ARRAYS = ("attn", "resid", "tokens", "seq_len", "example_id")
 DAMAGES = ("delete", "truncate", "flip")
@@ -38,7 +37,7 @@ def copy(pristine, tmp_path) -> Project:
 
 
 def folder(project: Project, split: str = "train") -> Path:
-    return split_path(project.features_dir, MODEL, "1_toy", split)
+    return published_folder(project, split)
 
 
 def stored(project: Project, split: str = "train") -> dict[str, np.ndarray]:
@@ -235,7 +234,7 @@ def test_report_on_a_damaged_store_is_one_line(copy, capsys):
 
 
 def test_a_build_killed_before_the_format_change_starts_over_in_the_new_format(pristine, copy, capsys):
-    building = folder(copy).with_name(".train.building")
+    building = new_version_folder(copy, "train")
     shutil.copytree(folder(copy), building)
     document = json.loads((building / "zarr.json").read_bytes())
     document["attributes"] = {k: v for k, v in document["attributes"].items() if k not in ("manifest", "seal")}
@@ -251,9 +250,10 @@ def test_a_build_killed_before_the_format_change_starts_over_in_the_new_format(p
 
 def test_the_writer_refuses_a_shard_out_of_order_and_a_split_with_shards_missing(tmp_path):
     from featstore.store.layout import SplitShape
+    from featstore.store.location import LocalLocation
 
     shape = SplitShape(n_examples=300, n_layers=1, n_heads=1, d_model=2, max_seq_len=4)
-    writer = SplitWriter(tmp_path / "split", shape, {}, build_key="k")
+    writer = SplitWriter(LocalLocation(tmp_path), "split", shape, {}, build_key="k")
     rows = shape.shard_rows(1)
     n = rows.stop - rows.start
     arrays = (np.ones((n, 1, 1, 4), np.float16), np.ones((n, 1, 2), np.float16), np.ones((n, 4), np.int32))

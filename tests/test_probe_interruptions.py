@@ -24,20 +24,22 @@ KILL_AT = """
 import os, signal, sys
 from featstore.cli import main
 from featstore.probing import runner
-point, real_commit, real_dump = sys.argv[1], runner.replace_probe_results, runner.joblib.dump
+from featstore.store.location import LocalLocation
+point, real_commit = sys.argv[1], runner.replace_probe_results
 def commit(*args, **kwargs):
     if point == "before-commit":
         os.kill(os.getpid(), signal.SIGKILL)
     real_commit(*args, **kwargs)
     if point == "after-commit":
         os.kill(os.getpid(), signal.SIGKILL)
-def dump(value, handle, *args, **kwargs):
-    handle.write(b"half a probe")
-    handle.flush()
+def put_half(self, path, key):
+    staged = self.path(key).with_name(f".{self.path(key).name}.staged")
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(b"half a probe")
     os.kill(os.getpid(), signal.SIGKILL)
 runner.replace_probe_results = commit
 if point == "mid-dump":
-    runner.joblib.dump = dump
+    LocalLocation.put_file = put_half
 main(sys.argv[2:])
 """
 BOTH_AT_THE_WRITE = """
@@ -73,8 +75,8 @@ def assert_every_row_has_its_probe(project):
 
 def assert_nothing_orphaned(project):
     referenced = {project.store_dir / path for path in rows(project)["probe_path"]}
-    assert set(project.probes_dir.rglob("*.joblib")) == referenced
-    assert not [p for p in project.probes_dir.rglob("*") if p.name.endswith(".staged")]
+    assert set((project.store_dir / "probes").rglob("*.joblib")) == referenced
+    assert not [p for p in (project.store_dir / "probes").rglob("*") if p.name.endswith(".staged")]
 
 
 def interrupt_at_line(moment):
@@ -137,7 +139,7 @@ def assert_a_rerun_recovers_everything(project):
 def forget_results(project):
     with catalog_writer(project) as con:
         con.execute("DELETE FROM probe_scores; DELETE FROM probe_head_weights; DELETE FROM probe_results")
-    shutil.rmtree(project.probes_dir, ignore_errors=True)
+    shutil.rmtree((project.store_dir / "probes"), ignore_errors=True)
 
 
 def test_ctrl_c_at_every_line_of_the_write_commits_all_or_nothing_and_rows_only_with_files(toy_copy):
@@ -217,8 +219,9 @@ def test_a_row_whose_probe_file_is_missing_is_refitted_by_overwrite_eval(toy_cop
 def test_staged_and_unreferenced_files_of_older_runs_are_removed(toy_copy):
     assert main(probe_args(toy_copy, "--probe", "mass-mean")) == 0
     folder = (toy_copy.store_dir / rows(toy_copy)["probe_path"][0]).parent
-    for name in ("abc.joblib.staged", "abc.joblib", "abc.logs.staged", "abc.logs"):
-        (folder / name).mkdir() if name.endswith((".logs", ".logs.staged")) else (folder / name).write_bytes(b"x")
+    for name in (".abc.joblib.staged", "abc.joblib", "abc.logs/version_0/metrics.csv"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x")
     assert main(probe_args(toy_copy)) == 0
     assert_nothing_orphaned(toy_copy)
     assert not (folder / "abc.logs").exists()

@@ -15,10 +15,9 @@ from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.probing import runner
-from featstore.store.layout import split_path
 from probes import LogisticRegressionProbe, MassMeanProbe
 from probes.metrics import roc_auc_ci
-from tests.builders import MODEL, built_toy_project, rewrite_stored
+from tests.builders import MODEL, built_toy_project, published_folder, rewrite_stored
 
 
 def probe(project, *args):
@@ -30,14 +29,14 @@ def results(project):
 
 
 def raw_arrays(project, split):
-    group = zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", split), mode="r")
+    group = zarr.open_group(published_folder(project, split), mode="r")
     ids = group["example_id"][:]
     labels = Store(project).sql("SELECT example_id, label FROM examples").set_index("example_id")["label"]
     return group["attn"][:].astype(np.float32), group["resid"][:].astype(np.float32), labels[ids].to_numpy()
 
 
 def raw_index(project, split):
-    group = zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", split), mode="r")
+    group = zarr.open_group(published_folder(project, split), mode="r")
     return group["example_id"][:], group["seq_len"][:]
 
 
@@ -76,7 +75,7 @@ def test_reruns_skip_and_overwrite_flags_refit_or_reevaluate(built):
     refit = results(built)
     assert len(refit) == 1 and refit["created_at"][0] > first["created_at"][0]
     assert refit["roc_auc"][0] == pytest.approx(first["roc_auc"][0])
-    shutil.rmtree(split_path(built.features_dir, MODEL, "1_toy", "train"))
+    shutil.rmtree(published_folder(built, "train"))
     assert probe(built, "--aggregation", "entropy", "--overwrite-eval") == 0
     reevaluated = results(built)
     assert reevaluated["created_at"][0] == refit["created_at"][0]
@@ -138,7 +137,7 @@ def test_bad_input_is_one_line_and_writes_nothing(built, capsys, case):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err
     assert results(built).empty
-    assert not built.probes_dir.exists()
+    assert not (built.store_dir / "probes").exists()
 
 
 def test_length_only_mean_warns_in_one_line_on_the_command_line(built):
@@ -164,7 +163,7 @@ def test_baseline_is_not_mistaken_for_a_plain_resid_probe(built):
 def test_repeated_and_differently_spelled_aggregations_fit_once(built):
     assert probe(built, "--aggregation", "first", "first", "BINS:8", "bins:8", "--probe", "logreg", "logreg") == 0
     assert sorted(results(built)["aggregation"]) == ["bins:8", "first"]
-    assert not list(built.probes_dir.rglob("*.staged"))
+    assert not list((built.store_dir / "probes").rglob("*.staged"))
 
 
 def test_rebuilding_features_drops_their_probe_results(built):
@@ -269,7 +268,7 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
     assert rows.loc["attention-row", "aggregation"] == "rows"
     assert rows.loc["meta", "aggregation"] == "stack[L0,1 first;L0,1 entropy]"
     assert {"best_epoch", "validation_auc"} <= set(json.loads(rows.loc["attention-row", "hyperparameters"]))
-    group = zarr.open_group(split_path(built.features_dir, MODEL, "1_toy", "test"), mode="r")
+    group = zarr.open_group(published_folder(built, "test"), mode="r")
     ids = group["example_id"][:]
     rows_input = AttentionRows(group["attn"][:], group["seq_len"][:], group["tokens"][:])
     saved = joblib.load(built.store_dir / rows.loc["attention-row", "probe_path"])
@@ -289,7 +288,7 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
     entropy = -np.where(valid & (attn_test > 0), attn_test * np.log(np.where(attn_test > 0, attn_test, 1)), 0).sum(-1)
     assert rows.loc["meta", "roc_auc"] == pytest.approx(
         meta.score([first, entropy.reshape(len(ids), -1)], y_test)["roc_auc"], abs=1e-6)
-    assert not list(built.probes_dir.rglob("*.staged"))
+    assert not list((built.store_dir / "probes").rglob("*.staged"))
     before = results(built)
     assert probe(built, "--probe", "attention-row", "meta", "--aggregation", "first", "entropy") == 0
     assert results(built).equals(before)
@@ -311,7 +310,7 @@ def test_learned_probe_on_nan_rows_is_one_line_and_writes_nothing(built, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NaN" in err and "attention-row" in err
     assert results(built).empty
-    assert not built.probes_dir.exists() or not [p for p in built.probes_dir.rglob("*") if p.is_file()]
+    assert not (built.store_dir / "probes").exists() or not [p for p in (built.store_dir / "probes").rglob("*") if p.is_file()]
 
 
 def test_baseline_refuses_options_it_would_ignore(built, capsys):

@@ -21,9 +21,9 @@ from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.project import Project
 from featstore.report import data
-from featstore.store.layout import split_path, tokenizer_path
+from featstore.store.layout import tokenizer_path
 from probes.metrics import roc_auc_ci
-from tests.builders import MODEL, built_toy_project
+from tests.builders import MODEL, built_toy_project, published_folder
 
 FOLDER = "random-tiny"
 
@@ -37,7 +37,7 @@ def catalog(project, query, params=None):
 
 
 def raw_split(project, split="test"):
-    return zarr.open_group(split_path(project.features_dir, MODEL, "1_toy", split), mode="r")
+    return zarr.open_group(published_folder(project, split), mode="r")
 
 
 def test_overview_equals_the_catalog(reported):
@@ -148,7 +148,7 @@ def test_length_histogram_and_store_summary_equal_the_catalog_and_the_files(repo
     assert page["lengths"]["n_truncated"] == int(features["truncated"].sum())
     (model,) = read_json(reported, "store.json")["models"]
     for split in model["splits"]:
-        folder = split_path(reported.features_dir, MODEL, "1_toy", split["split"])
+        folder = published_folder(reported, split["split"])
         assert split["bytes_on_disk"] == sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         assert split["tokens"] == int(raw_split(reported, split["split"])["seq_len"][:].sum())
         assert split["build_seconds"] > 0

@@ -22,7 +22,7 @@ from featstore.datasets.expressions import evaluate_extraction
 from featstore.datasets.registry import DatasetEntry
 from featstore.errors import FeatstoreError
 from featstore.project import Project
-from featstore.store.locking import exclusive_build
+from featstore.store.locking import holding_store
 
 CLEANED_COLUMNS = ["prompt", "target", "row"]
 
@@ -34,7 +34,7 @@ def clean_datasets(
 
     Holds the store's build lock: re-splitting a dataset while a build reads its examples would mix splits.
     """
-    with exclusive_build(project.lock_path):
+    with holding_store(project, "featstore datasets clean"):
         return _clean_locked(project, entries, params, overwrite)
 
 

@@ -15,7 +15,6 @@ import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,10 +33,10 @@ from featstore.extraction.shards import ShardAssembler
 from featstore.progress import Progress, open_progress
 from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, verify_split
-from featstore.store.layout import SplitShape, split_path, tokenizer_path
+from featstore.store.layout import SplitShape, split_prefix, tokenizer_path
+from featstore.store.locking import holding_store
 from featstore.store.tokenizers import save_tokenizer
-from featstore.store.locking import exclusive_build
-from featstore.store.writer import SplitWriter
+from featstore.store.writer import SplitWriter, retire_versions
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
     """Extract every requested split not already built with the same settings; returns how many were built."""
     key = model_key(model_spec)
     settings = replace(settings, source=source_fingerprint(model_spec))
-    with exclusive_build(project.lock_path):
+    with holding_store(project, "featstore build"):
         jobs = plan_jobs(project, datasets, settings.limit)
         recorded = _recorded_splits(project, key)
         pending = [job for job in jobs if _needs_build(recorded.get((job.dataset, job.split)), key, job, settings)]
@@ -136,7 +135,7 @@ def build_split(
     """Extract one split (resuming a killed build at its first unwritten shard), publish it, register it; with
     `repair`, write only those shards of the published split again (its catalog rows stay as they are)."""
     started = time.perf_counter()
-    final = split_path(project.features_dir, model.key, job.dataset, job.split)
+    prefix = split_prefix(model.key, job.dataset, job.split)
     encoded = model.encode(job.prompts)
     tokenized = order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
     shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
@@ -146,11 +145,13 @@ def build_split(
              "dataset_fingerprint": job.fingerprint}
     build_key = _digest([model.identity, settings.stored(), settings.batch_tokens, max_len, job.fingerprint,
                          tokenized.example_ids.tolist()])
-    writer = SplitWriter.repairing(final, shape, build_key, repair) if repair is not None else None
+    writer = None
+    if repair is not None:
+        writer = SplitWriter.repairing(project.store, _recorded_path(project, model.key, job), shape, build_key, repair)
     if writer is None:
         repair = None
-        _record_status(project, model.key, job, "building", shape, final, attrs["settings"])
-        writer = SplitWriter(final, shape, attrs, build_key)
+        writer = SplitWriter(project.store, prefix, shape, attrs, build_key)
+        _record_status(project, model.key, job, "building", shape, writer.key, attrs["settings"])
         if writer.shards_done == 0:
             writer.write_index(tokenized.example_ids, tokenized.seq_lens)
     assembler = ShardAssembler(tokenized, shape, writer.pending_shards)
@@ -173,10 +174,13 @@ def build_split(
             writing = pool.submit(_write_in_order, writer, completed)
         if writing is not None:
             writing.result()
-    writer.publish()
+    published = writer.publish()
     if repair is None:
-        register_split(project, model.key, job, tokenized, shape, final, attrs["settings"],
+        register_split(project, model.key, job, tokenized, shape, published, attrs["settings"],
                        time.perf_counter() - started)
+    else:
+        _repoint_split(project, model.key, job, published)
+    retire_versions(project.store, prefix, published)
 
 
 def _write_in_order(writer: SplitWriter, completed: list[tuple[int, tuple[np.ndarray, ...]]]) -> None:
@@ -193,10 +197,11 @@ def split_batches(tokenized: TokenizedSplit, batch_tokens: int) -> list[slice]:
 
 
 def register_split(
-    project: Project, key: str, job: SplitJob, tokenized: TokenizedSplit, shape: SplitShape, final: Path, settings: dict,
-    build_seconds: float,
+    project: Project, key: str, job: SplitJob, tokenized: TokenizedSplit, shape: SplitShape, version: str,
+    settings: dict, build_seconds: float,
 ) -> None:
-    """Record the split's rows and mark it complete with this run's wall time, in one catalog transaction."""
+    """Record the split's rows and mark it complete (pointing to its published `version`) with this run's wall
+    time, in one catalog transaction."""
     rows = pd.DataFrame(
         {
             "model": key, "dataset": job.dataset, "split": job.split,
@@ -211,35 +216,49 @@ def register_split(
         con.register("built_rows", rows)
         con.execute("INSERT INTO features SELECT * FROM built_rows")
         con.unregister("built_rows")
-        _upsert_status(con, key, job, "complete", shape, final.relative_to(project.store_dir), settings, build_seconds)
+        _upsert_status(con, key, job, "complete", shape, version, settings, build_seconds)
         con.execute("COMMIT")
 
 
-def _record_status(project: Project, key: str, job: SplitJob, status: str, shape: SplitShape, final: Path,
+def _record_status(project: Project, key: str, job: SplitJob, status: str, shape: SplitShape, version: str,
                    settings: dict) -> None:
     with catalog_writer(project) as con:
-        _upsert_status(con, key, job, status, shape, final.relative_to(project.store_dir), settings)
+        _upsert_status(con, key, job, status, shape, version, settings)
 
 
-def _upsert_status(con, key: str, job: SplitJob, status: str, shape: SplitShape, path: Path, settings: dict,
+def _repoint_split(project: Project, key: str, job: SplitJob, version: str) -> None:
+    """Point a complete split to its repaired version (its rows and probe results stay)."""
+    with catalog_writer(project) as con:
+        con.execute("UPDATE feature_splits SET path = ? WHERE model = ? AND dataset = ? AND split = ?",
+                    [version, key, job.dataset, job.split])
+
+
+def _recorded_path(project: Project, key: str, job: SplitJob) -> str:
+    """The store key of the version the catalog points to."""
+    with catalog_writer(project) as con:
+        return con.execute("SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
+                           [key, job.dataset, job.split]).fetchone()[0]
+
+
+def _upsert_status(con, key: str, job: SplitJob, status: str, shape: SplitShape, path: str, settings: dict,
                    build_seconds: float | None = None) -> None:
     con.execute("DELETE FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
     con.execute(
         "INSERT INTO feature_splits (model, dataset, split, status, n_examples, max_seq_len, n_layers, n_heads, path, "
         "settings, built_at, build_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
         [key, job.dataset, job.split, status, shape.n_examples, shape.max_seq_len, shape.n_layers, shape.n_heads,
-         str(path), json.dumps(settings), build_seconds],
+         path, json.dumps(settings), build_seconds],
     )
 
 
-def _recorded_splits(project: Project, key: str) -> dict[tuple[str, str], tuple[str, str]]:
-    """(dataset, split) -> (status, settings JSON) of every split recorded for this model key."""
+def _recorded_splits(project: Project, key: str) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """(dataset, split) -> (status, settings JSON, store key) of every split recorded for this model key."""
     with catalog_writer(project) as con:
-        found = con.execute("SELECT dataset, split, status, settings FROM feature_splits WHERE model = ?", [key])
-        return {(dataset, split): (status, settings) for dataset, split, status, settings in found.fetchall()}
+        found = con.execute("SELECT dataset, split, status, settings, path FROM feature_splits WHERE model = ?", [key])
+        return {(dataset, split): (status, settings, path) for dataset, split, status, settings, path in found.fetchall()}
 
 
-def _needs_build(found: tuple[str, str] | None, key: str, job: SplitJob, settings: BuildSettings) -> bool:
+def _needs_build(found: tuple[str, str, str] | None, key: str, job: SplitJob, settings: BuildSettings) -> bool:
     """False when the split is complete with the same settings; refuses to mix settings without --overwrite."""
     if settings.overwrite:
         return True
@@ -259,19 +278,19 @@ def _needs_build(found: tuple[str, str] | None, key: str, job: SplitJob, setting
 
 
 def _damaged_shards(project: Project, key: str, jobs: list[SplitJob],
-                    recorded: dict[tuple[str, str], tuple[str, str]]) -> dict[tuple[str, str], Damage]:
+                    recorded: dict[tuple[str, str], tuple[str, str, str]]) -> dict[tuple[str, str], Damage]:
     """The complete splits among `jobs` that fail verification, with what rebuilds each."""
     damaged = {}
     for job in jobs:
-        if recorded.get((job.dataset, job.split), ("",))[0] == "complete":
-            final = split_path(project.features_dir, key, job.dataset, job.split)
-            damage = verify_split(final, SplitRef(key, job.dataset, job.split))
+        found = recorded.get((job.dataset, job.split))
+        if found is not None and found[0] == "complete":
+            damage = verify_split(project.store, found[2], SplitRef(key, job.dataset, job.split))
             if damage is not None:
                 damaged[(job.dataset, job.split)] = damage
     return damaged
 
 
-def _repair_settings(settings: BuildSettings, recorded: dict[tuple[str, str], tuple[str, str]],
+def _repair_settings(settings: BuildSettings, recorded: dict[tuple[str, str], tuple[str, str, str]],
                      job: SplitJob) -> BuildSettings:
     """The settings a split was built with, batch size included, so its repaired shards come out identical."""
     built = json.loads(recorded[(job.dataset, job.split)][1])

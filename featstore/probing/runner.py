@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 import uuid
@@ -43,8 +42,8 @@ from featstore.errors import FeatstoreError
 from featstore.progress import open_progress
 from featstore.project import Project
 from featstore.probing.results import parse_short_layers, short_layers
-from featstore.store.layout import model_dir_name
-from featstore.store.locking import waiting_lock
+from featstore.store.layout import PROBES, model_dir_name
+from featstore.store.locking import holding_store, waiting_lock
 from featstore.views.aggregations import parse_aggregation
 from featstore.views.matrix import to_matrix
 from featstore.probing.head_weights import head_weights
@@ -228,15 +227,16 @@ def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool =
     processes (default: by the number of fits and CPUs).
     """
     specs = list(dict.fromkeys(specs))
-    done = _with_saved_probe(project, _recorded(project))
-    refit = [s for s in specs if s.result_id not in done or overwrite_train]
-    rescore = [s for s in specs if s.result_id in done and overwrite_eval and not overwrite_train]
-    _check_splits(project, refit, (TRAIN, TEST))
-    _check_splits(project, rescore, (TEST,))
-    tasks = [(spec, None) for spec in refit] + [(spec, done[spec.result_id]) for spec in rescore]
-    with tempfile.TemporaryDirectory(prefix="featstore-probe-") as scratch:  # learning curves until written
-        fitted = _fit_all(project, tasks, Path(scratch), jobs)
-        written = _write(project, fitted, overwrite_train)
+    with holding_store(project, "featstore probe", local_lock=False):
+        done = _with_saved_probe(project, _recorded(project))
+        refit = [s for s in specs if s.result_id not in done or overwrite_train]
+        rescore = [s for s in specs if s.result_id in done and overwrite_eval and not overwrite_train]
+        _check_splits(project, refit, (TRAIN, TEST))
+        _check_splits(project, rescore, (TEST,))
+        tasks = [(spec, None) for spec in refit] + [(spec, done[spec.result_id]) for spec in rescore]
+        with tempfile.TemporaryDirectory(prefix="featstore-probe-") as scratch:  # learning curves until written
+            fitted = _fit_all(project, tasks, Path(scratch), jobs)
+            written = _write(project, fitted, overwrite_train)
     return pd.DataFrame([f.row for f in written])
 
 
@@ -304,7 +304,7 @@ def fit_and_score(project: Project, spec: ProbeSpec, scratch: Path) -> Fitted:
     with _probe_errors(spec):
         probe.fit(train.X, train.y)
     if logs is not None:
-        probe.set_params(log_dir=str(_logs_path(project.store_dir / probe_path)))
+        probe.set_params(log_dir=project.store.describe(_logs_key(probe_path)))
     seconds = time.perf_counter() - started
     weights = head_weights(standardised_weights(probe, train), train.names)
     n_train = len(train.y)
@@ -315,11 +315,13 @@ def fit_and_score(project: Project, spec: ProbeSpec, scratch: Path) -> Fitted:
 
 def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> Fitted:
     """Score a saved probe on the test split again, without refitting (reads no train data)."""
-    path = project.store_dir / previous["probe_path"]
+    key = previous["probe_path"]
     try:
-        probe = joblib.load(path)
+        with project.store.open(key) as handle:
+            probe = joblib.load(handle)
     except FileNotFoundError:
-        raise FeatstoreError(f"the saved probe {path} is missing; rerun with --overwrite-train") from None
+        raise FeatstoreError(f"the saved probe {project.store.describe(key)} is missing; rerun with "
+                             "--overwrite-train") from None
     row, scores = _score(project, spec, probe, previous["fit_seconds"], previous["n_train"], previous["probe_path"])
     return Fitted({**row, "created_at": previous["created_at"]}, scores)
 
@@ -418,8 +420,9 @@ def _recorded(project: Project) -> dict[str, dict]:
 
 
 def _with_saved_probe(project: Project, recorded: dict[str, dict]) -> dict[str, dict]:
-    """The rows whose saved probe is in place."""
-    return {rid: row for rid, row in recorded.items() if (project.store_dir / row["probe_path"]).is_file()}
+    """The rows whose saved probe is in place (one listing of the store's probe files)."""
+    saved = set(project.store.list(PROBES))
+    return {rid: row for rid, row in recorded.items() if row["probe_path"] in saved}
 
 
 def _write(project: Project, fitted: list[Fitted], overwrite_train: bool) -> list[Fitted]:
@@ -429,11 +432,11 @@ def _write(project: Project, fitted: list[Fitted], overwrite_train: bool) -> lis
     duplicated. Returns what was written."""
     with waiting_lock(project.probe_lock_path):
         recorded = _recorded(project)
-        _remove_orphans(project, recorded)
-        wanted = [item for item in fitted if _still_wanted(project, item, recorded, overwrite_train)]
+        saved = _remove_orphans(project, recorded)
+        wanted = [item for item in fitted if _still_wanted(item, recorded, saved, overwrite_train)]
         if not wanted:
             return []
-        placed: list[Path] = []
+        placed: list[str] = []
         committing = False
         try:
             for item in wanted:
@@ -450,82 +453,76 @@ def _write(project: Project, fitted: list[Fitted], overwrite_train: bool) -> lis
                 )
         except BaseException:
             if not committing:  # nothing refers to the files yet
-                for path in placed:
-                    _remove(path)
+                for key in placed:
+                    _remove(project, key)
             raise
         for item in refitted:
             replaced = recorded.get(item.row["result_id"])
             if replaced and replaced["probe_path"] != item.row["probe_path"]:
-                _remove(project.store_dir / replaced["probe_path"])
-                _remove(_logs_path(project.store_dir / replaced["probe_path"]))
+                _remove(project, replaced["probe_path"])
+                _remove(project, _logs_key(replaced["probe_path"]))
     return wanted
 
 
-def _still_wanted(project: Project, item: Fitted, recorded: dict[str, dict], overwrite_train: bool) -> bool:
+def _still_wanted(item: Fitted, recorded: dict[str, dict], saved: set[str], overwrite_train: bool) -> bool:
     """Whether a fit or re-score should still be written, now that the lock is held: not when another run
     committed the same combination meanwhile (a fit it need not overwrite), or refitted or dropped the row a
     re-score read."""
     current = recorded.get(item.row["result_id"])
     if item.probe is None:
         return current is not None and current["probe_path"] == item.row["probe_path"]
-    return overwrite_train or current is None or not (project.store_dir / current["probe_path"]).is_file()
+    return overwrite_train or current is None or current["probe_path"] not in saved
 
 
-def _place(project: Project, item: Fitted) -> list[Path]:
-    """Write a fit's probe file and learning curves under staged names, then rename them into place (learning
-    curves first, so a probe file in place means its curves are too). Returns the paths placed."""
-    path = project.store_dir / item.row["probe_path"]
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _place(project: Project, item: Fitted) -> list[str]:
+    """Put a fit's learning curves, then its probe file, into the store (each file whole: a staged rename in a
+    folder, one PUT in a bucket), so a probe file in place means its curves are too. Returns the keys placed."""
+    key = item.row["probe_path"]
     placed = []
     try:
         if item.logs is not None and item.logs.is_dir():
-            shutil.copytree(item.logs, _staged(_logs_path(path)))
-            os.replace(_staged(_logs_path(path)), _logs_path(path))
-            placed.append(_logs_path(path))
-        with open(_staged(path), "wb") as handle:
-            joblib.dump(item.probe, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(_staged(path), path)
-        placed.append(path)
+            placed.append(_logs_key(key))
+            project.store.put_folder(item.logs, _logs_key(key))
+        with tempfile.TemporaryDirectory(prefix="featstore-probe-") as scratch:
+            dumped = Path(scratch) / "probe.joblib"
+            joblib.dump(item.probe, dumped)
+            placed.append(key)
+            project.store.put_file(dumped, key)
     except BaseException:
-        for leftover in [_staged(path), _staged(_logs_path(path)), *placed]:
-            _remove(leftover)
+        for leftover in placed:
+            _remove(project, leftover)
         raise
     return placed
 
 
-def _remove_orphans(project: Project, recorded: dict[str, dict]) -> None:
+def _remove_orphans(project: Project, recorded: dict[str, dict]) -> set[str]:
     """Delete, under the probe lock, the staged files and the probe files (with learning curves) that no row
-    refers to: what a run killed before or after its catalog commit, or a dropped result, left behind."""
-    if not project.probes_dir.is_dir():
-        return
-    referenced = {project.store_dir / row["probe_path"] for row in recorded.values()}
-    for entry in project.probes_dir.glob("*/*/*"):  # probes/<model>/<dataset>/<entry>
-        kept = entry.with_suffix(".joblib") if entry.suffix == ".logs" else entry
-        if entry.name.endswith(".staged") or (entry.suffix in (".joblib", ".logs") and kept not in referenced):
-            _remove(entry)
+    refers to: what a run killed before or after its catalog commit, or a dropped result, left behind.
+    Returns the probe files kept."""
+    referenced = {row["probe_path"] for row in recorded.values()}
+    saved = set()
+    for key in project.store.list(PROBES):  # probes/<model>/<dataset>/<entry>[/<learning-curve file>]
+        entry = "/".join(key.split("/")[:4])
+        probe_file = entry.removesuffix(".logs") + ".joblib" if entry.endswith(".logs") else entry
+        if probe_file in referenced and ".staged" not in key:
+            saved.add(key)
+        else:
+            project.store.delete([key])
+    return saved
 
 
-def _remove(path: Path) -> None:
-    """Delete a file or a folder, if it is there."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _remove(project: Project, key: str) -> None:
+    """Delete a stored file or folder, if it is there."""
+    project.store.delete([key])
+    project.store.delete_folder(key)
 
 
 def _new_probe_path(spec: ProbeSpec) -> str:
     """Where a new fit of a spec is saved, relative to the store: a name of its own, so a refit never
     overwrites the file that the committed row still refers to."""
-    return f"probes/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}-{uuid.uuid4().hex[:12]}.joblib"
+    return f"{PROBES}/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}-{uuid.uuid4().hex[:12]}.joblib"
 
 
-def _logs_path(probe_path: Path) -> Path:
+def _logs_key(probe_key: str) -> str:
     """The learning-curve folder beside a saved probe."""
-    return probe_path.with_suffix(".logs")
-
-
-def _staged(path: Path) -> Path:
-    """Where a file or folder is written before it is renamed into place."""
-    return path.with_name(path.name + ".staged")
+    return probe_key.removesuffix(".joblib") + ".logs"

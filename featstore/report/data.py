@@ -309,11 +309,11 @@ def store_summary(store: Store, scope: Scope) -> list[dict]:
         )
         rows, identity = [], {}
         for row in splits.itertuples():
-            folder = store.project.store_dir / row.path
-            group = zarr.open_group(open_split_store(folder, SplitRef(model, row.dataset, row.split)), mode="r")
+            split_store = open_split_store(store.project.store, row.path, SplitRef(model, row.dataset, row.split))
+            group = zarr.open_group(split_store, mode="r")
             identity = identity or dict(group.attrs.get("model", {}))
             logical = sum(int(np.prod(array.shape)) * array.dtype.itemsize for _, array in group.arrays())
-            on_disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            on_disk = len(split_store.root) + sum(size for size, _, _ in split_store.manifest.values())
             rows.append({"dataset": row.dataset, "split": row.split, "n_examples": int(row.n_examples),
                          "tokens": int(row.tokens), "max_seq_len": int(row.max_seq_len), "truncated": int(row.truncated),
                          "bytes_on_disk": on_disk, "bytes_uncompressed": logical,

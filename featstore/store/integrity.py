@@ -13,16 +13,16 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import google_crc32c
 import numpy as np
-from zarr.abc.store import ByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.storage import LocalStore, WrapperStore
+from zarr.storage import WrapperStore
 
 from featstore.errors import FeatstoreError
-from featstore.store.layout import FORMAT_VERSION
+from featstore.store.layout import COMPLETE, FORMAT_VERSION
+from featstore.store.location import StoreLocation, is_unreachable, unreachable, unreachable_as_error
 
 ROOT = "zarr.json"
 MANIFEST = "manifest"
@@ -67,16 +67,16 @@ def seal_value(document: dict) -> int:
     return checksum(json.dumps(unsealed, sort_keys=True, separators=(",", ":")).encode())
 
 
-class RecordingStore(WrapperStore[LocalStore]):
+class RecordingStore(WrapperStore[Store]):
     """A writable store that records each file written below the root in `manifest` as [size, crc32c, shard],
     with `shard` the shard its writes belong to (None for metadata and the row index)."""
 
-    def __init__(self, store: LocalStore, manifest: dict[str, list] | None = None, shard: int | None = None):
+    def __init__(self, store: Store, manifest: dict[str, list] | None = None, shard: int | None = None):
         super().__init__(store)
         self.manifest = {} if manifest is None else manifest
         self.shard = shard
 
-    def _with_store(self, store: LocalStore) -> RecordingStore:
+    def _with_store(self, store: Store) -> RecordingStore:
         return RecordingStore(store, self.manifest, self.shard)
 
     async def set(self, key: str, value: Buffer) -> None:
@@ -101,14 +101,15 @@ class RecordingStore(WrapperStore[LocalStore]):
             self.manifest[key] = [int(data.nbytes), checksum(data), self.shard]
 
 
-class IntegrityStore(WrapperStore[LocalStore]):
-    """A read-only view of a sealed split that raises `DamagedSplit` instead of returning damaged bytes."""
+class IntegrityStore(WrapperStore[Store]):
+    """A read-only view of a sealed split that raises `DamagedSplit` instead of returning damaged bytes; its
+    listings come from the manifest, so opening a split never lists a folder or a bucket."""
 
-    def __init__(self, store: LocalStore, split: SplitRef, root: bytes, manifest: dict[str, list]):
+    def __init__(self, store: Store, split: SplitRef, root: bytes, manifest: dict[str, list]):
         super().__init__(store)
         self.split, self.root, self.manifest = split, root, manifest
 
-    def _with_store(self, store: LocalStore) -> IntegrityStore:
+    def _with_store(self, store: Store) -> IntegrityStore:
         return IntegrityStore(store, self.split, self.root, self.manifest)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
@@ -117,15 +118,18 @@ class IntegrityStore(WrapperStore[LocalStore]):
         entry = self.manifest.get(key)
         if entry is None:
             return None  # never written: every value in it is the fill value
-        return await asyncio.to_thread(self._read_verified, key, entry, prototype, byte_range)
-
-    def _read_verified(self, key: str, entry: list, prototype: BufferPrototype,
-                       byte_range: ByteRequest | None) -> Buffer:
-        """Read and check in a worker thread, as LocalStore reads, keeping the checksums off zarr's event loop."""
         try:
-            found = self._store.get_sync(key, prototype=prototype, byte_range=byte_range)
-        except OSError as err:
+            found = await self._store.get(key, prototype=prototype, byte_range=byte_range)
+        except Exception as err:
+            if is_unreachable(err):
+                raise unreachable(f"holding {self.split}", err) from None
+            if not isinstance(err, OSError):
+                raise
             raise DamagedSplit(self.split, f"{key} cannot be read ({err.strerror or err})") from None
+        return await asyncio.to_thread(self._verified, key, entry, found, byte_range)
+
+    def _verified(self, key: str, entry: list, found: Buffer | None, byte_range: ByteRequest | None) -> Buffer:
+        """Check what was read (in a worker thread, keeping the checksums off zarr's event loop)."""
         if found is None:
             raise DamagedSplit(self.split, f"{key} is missing")
         data = found.as_numpy_array()
@@ -177,14 +181,15 @@ def _describe(byte_range: ByteRequest) -> str:
     return str(byte_range)
 
 
-def read_sealed_root(folder: Path, split: SplitRef) -> tuple[bytes, dict]:
-    """The split's root document (bytes and parsed), checked against its seal and the store format."""
+def read_sealed_root(location: StoreLocation, key: str, split: SplitRef) -> tuple[bytes, dict]:
+    """The root document (bytes and parsed) of the split version at `key`, checked against its seal and the
+    store format."""
     try:
-        raw = (folder / ROOT).read_bytes()
-    except FileNotFoundError:
-        raise DamagedSplit(split, f"{ROOT} is missing from {folder}") from None
+        raw = location.read_bytes(f"{key}/{ROOT}")
     except OSError as err:
-        raise DamagedSplit(split, f"{folder / ROOT} cannot be read ({err.strerror})") from None
+        raise DamagedSplit(split, f"{location.describe(key)}/{ROOT} cannot be read ({err.strerror})") from None
+    if raw is None:
+        raise DamagedSplit(split, f"{ROOT} is missing from {location.describe(key)}")
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -200,10 +205,11 @@ def read_sealed_root(folder: Path, split: SplitRef) -> tuple[bytes, dict]:
     return raw, document
 
 
-def open_split_store(folder: Path, split: SplitRef) -> IntegrityStore:
-    """A verifying, read-only zarr store over one published split (for `xr.open_zarr` or `zarr.open_group`)."""
-    raw, document = read_sealed_root(folder, split)
-    return IntegrityStore(LocalStore(folder, read_only=True), split, raw, document["attributes"][MANIFEST])
+def open_split_store(location: StoreLocation, key: str, split: SplitRef) -> IntegrityStore:
+    """A verifying, read-only zarr store over one published split version (for `xr.open_zarr` or
+    `zarr.open_group`)."""
+    raw, document = read_sealed_root(location, key, split)
+    return IntegrityStore(location.zarr_store(key, read_only=True), split, raw, document["attributes"][MANIFEST])
 
 
 @dataclass(frozen=True)
@@ -215,26 +221,30 @@ class Damage:
     shards: frozenset[int] | None
 
 
-def verify_split(folder: Path, split: SplitRef) -> Damage | None:
-    """Check every file the split's manifest lists, whole; None when all match."""
+def verify_split(location: StoreLocation, key: str, split: SplitRef) -> Damage | None:
+    """Check the split version at `key`: its seal, its `COMPLETE` marker and every file its manifest lists,
+    read whole; None when all match."""
     try:
-        _, document = read_sealed_root(folder, split)
+        _, document = read_sealed_root(location, key, split)
     except DamagedSplit as err:
         return Damage(split, [err.problem], None)
     problems, shards = [], set()
-    for key, (size, crc, shard) in document["attributes"][MANIFEST].items():
-        problem = _file_problem(folder / key, size, crc)
+    if not location.exists(f"{key}/{COMPLETE}"):
+        problems.append(f"its {COMPLETE} marker is missing")
+        shards.add(None)
+    for name, (size, crc, shard) in document["attributes"][MANIFEST].items():
+        problem = _file_problem(location, f"{key}/{name}", size, crc)
         if problem:
-            problems.append(f"{key} {problem}")
+            problems.append(f"{name} {problem}")
             shards.add(shard)
     if not problems:
         return None
     return Damage(split, problems, None if None in shards else frozenset(shards))
 
 
-def _file_problem(path: Path, size: int, crc: int) -> str | None:
+def _file_problem(location: StoreLocation, key: str, size: int, crc: int) -> str | None:
     try:
-        with open(path, "rb") as handle:
+        with unreachable_as_error(location), location.open(key) as handle:
             found, length = 0, 0
             while block := handle.read(READ_BLOCK):
                 found, length = google_crc32c.extend(found, block), length + len(block)

@@ -1,4 +1,5 @@
-"""Where a split's arrays live in `features.zarr` and how they are chunked, sharded and compressed.
+"""Where a split's arrays live in the store (`features.zarr/<model>/<dataset>/<split>/<version>/`, one
+version folder per build) and how they are chunked, sharded and compressed.
 
 A split is stored in length order, so neighbouring rows have similar lengths: the token axis is
 chunked too, and chunks that are all padding are never written (zarr skips fill-value chunks) nor read.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import math
 import re
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,9 @@ SHARD_EXAMPLES = 128
 CHUNK_EXAMPLES = 8
 TOKEN_CHUNK = 128
 FORMAT_VERSION = 2
+FEATURES = "features.zarr"
+PROBES = "probes"
+COMPLETE = "COMPLETE"  # the marker object a published version ends with
 
 
 def compressor() -> BloscCodec:
@@ -38,19 +44,20 @@ def model_dir_name(model_key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", model_key.replace("/", "--"))
 
 
-def split_path(features_dir: Path, model_key: str, dataset: str, split: str) -> Path:
-    """The published folder of one split: `features.zarr/<model>/<dataset>/<split>`."""
-    return features_dir / model_dir_name(model_key) / dataset / split
+def split_prefix(model_key: str, dataset: str, split: str) -> str:
+    """The store key of one split's folder, `features.zarr/<model>/<dataset>/<split>`: it holds the split's
+    versions, one folder per build (the catalog names the published one)."""
+    return f"{FEATURES}/{model_dir_name(model_key)}/{dataset}/{split}"
+
+
+def new_version() -> str:
+    """A fresh version folder name, sortable by time: `v20261128T031500-1a2b3c4d`."""
+    return f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
 def tokenizer_path(tokenizers_dir: Path, model_key: str) -> Path:
     """The folder of a model's tokenizer (`save_pretrained` files), kept so tokens decode without the model."""
     return tokenizers_dir / model_dir_name(model_key)
-
-
-def building_path(final: Path) -> Path:
-    """Where a split is written before it becomes visible (renamed to `final` once complete)."""
-    return final.with_name(f".{final.name}.building")
 
 
 @dataclass(frozen=True)

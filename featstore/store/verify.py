@@ -31,7 +31,7 @@ def verify_store(project: Project, model: str | None = None,
                              + (f" for {', '.join(datasets)}" if datasets else ""))
     damaged, commands = [], {}
     for row in splits.itertuples():
-        damage = verify_split(project.store_dir / row.path, SplitRef(row.model, row.dataset, row.split))
+        damage = verify_split(project.store, row.path, SplitRef(row.model, row.dataset, row.split))
         if damage is not None:
             damaged.append(damage)
             command = f"featstore build --repair --model {row.model}{_build_options(json.loads(row.settings))} --datasets"

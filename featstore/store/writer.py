@@ -1,70 +1,70 @@
-"""Writes one split into a hidden building directory, whole shards at a time, then publishes it.
+"""Writes one split as a new version folder, whole shards at a time, then publishes it.
 
-The building directory records how many shards are done and the manifest of every file written (see
-`featstore.store.integrity`), so a killed build resumes where it stopped; the split becomes visible (renamed
-to its final path, its root sealed) only once every shard is written. A repair copies a published split into
-the building directory without its damaged shards and writes only those again.
+Each build writes `features.zarr/<model>/<dataset>/<split>/<version>/`; its root records how many shards are
+done and the manifest of every file written (see `featstore.store.integrity`), so a killed build resumes
+where it stopped. Publishing seals the root and writes a `COMPLETE` marker last; the split becomes visible
+only when the catalog points to the version, and older versions are deleted only after that (`retire`), so
+a reader never sees a mixture. Nothing is renamed: the same steps work on a folder and in a bucket. A repair
+copies a published version into a new one without its damaged shards and writes only those again.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Collection
-from pathlib import Path
 
 import numpy as np
 import zarr
 import zarr.errors
-from zarr.storage import LocalStore
 
 from featstore.errors import FeatstoreError
-from featstore.store.atomic import swap_folder
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
-from featstore.store.layout import FORMAT_VERSION, SplitShape, building_path, compressors
+from featstore.store.layout import COMPLETE, FORMAT_VERSION, SplitShape, compressors, new_version
+from featstore.store.location import StoreLocation
 
 REPAIRING = "repairing"
 
 
 class SplitWriter:
-    """The arrays of one split being built; `build_key` identifies compatible partial work to resume."""
+    """The arrays of one split being built under `prefix`; `build_key` identifies compatible partial work to
+    resume (an unpublished version with the same key)."""
 
-    def __init__(self, final: Path, shape: SplitShape, attrs: dict, build_key: str):
-        self.final, self.shape = final, shape
-        self.building = building_path(final)
-        if self.building.exists():
-            group = _open_resumable(self.building)
-            if group is not None and group.attrs.get("build_key") == build_key \
-                    and group.attrs.get("format") == FORMAT_VERSION:
-                self.group = group
-                self.recorder.manifest.update(group.attrs[MANIFEST])
-                return
-            shutil.rmtree(self.building)
-        self.building.parent.mkdir(parents=True, exist_ok=True)
-        self.group = zarr.open_group(RecordingStore(LocalStore(self.building)), mode="w", zarr_format=3)
+    def __init__(self, location: StoreLocation, prefix: str, shape: SplitShape, attrs: dict, build_key: str,
+                 version: str | None = None):
+        self.location, self.prefix, self.shape = location, prefix, shape
+        if version is None:
+            version = _resumable_version(location, prefix, build_key)
+        if version is not None:
+            self.key = f"{prefix}/{version}"
+            self.group = zarr.open_group(RecordingStore(location.zarr_store(self.key, read_only=False)), mode="r+")
+            self.recorder.manifest.update(self.group.attrs[MANIFEST])
+            return
+        self.key = f"{prefix}/{new_version()}"
+        self.group = zarr.open_group(RecordingStore(location.zarr_store(self.key, read_only=False)), mode="w",
+                                     zarr_format=3)
         for name, spec in shape.arrays().items():
             self.group.create_array(name, fill_value=0, compressors=compressors(spec["dtype"]), **spec)
         self.group.attrs.update({**attrs, "build_key": build_key, "shards_done": 0, "complete": False,
                                  "format": FORMAT_VERSION, MANIFEST: self.recorder.manifest})
 
     @classmethod
-    def repairing(cls, final: Path, shape: SplitShape, build_key: str, shards: Collection[int]) -> SplitWriter | None:
-        """A writer over a copy of the published split (files hard-linked) without the files of `shards`,
-        which it lists as pending; None when the published split was built from other inputs."""
-        building = building_path(final)
-        shutil.rmtree(building, ignore_errors=True)
-        shutil.copytree(final, building, copy_function=os.link)
-        group = zarr.open_group(building, mode="r+")
-        if group.attrs.get("build_key") != build_key:
-            shutil.rmtree(building)
+    def repairing(cls, location: StoreLocation, published: str, shape: SplitShape, build_key: str,
+                  shards: Collection[int]) -> SplitWriter | None:
+        """A writer over a new version holding a copy of the published one (hard links locally, server-side
+        copies in a bucket) without the files of `shards`, which it lists as pending; None when the published
+        split was built from other inputs."""
+        root = json.loads(location.read_bytes(f"{published}/{ROOT}") or b"{}")
+        attrs = root.get("attributes", {})
+        if attrs.get("build_key") != build_key:
             return None
-        manifest = dict(group.attrs[MANIFEST])
-        kept = {key: entry for key, entry in manifest.items() if entry[2] not in shards}
-        for key in manifest.keys() - kept.keys():
-            (building / key).unlink(missing_ok=True)
-        group.attrs.update({"complete": False, REPAIRING: sorted(shards), MANIFEST: kept})
-        return cls(final, shape, {}, build_key)
+        prefix = published.rsplit("/", 1)[0]
+        version = new_version()
+        kept = {key: entry for key, entry in attrs[MANIFEST].items() if entry[2] not in shards}
+        location.copy((f"{published}/{key}", f"{prefix}/{version}/{key}") for key in kept)
+        repaired = {**attrs, "complete": False, REPAIRING: sorted(shards), MANIFEST: kept}
+        repaired.pop(SEAL, None)
+        location.write_bytes(f"{prefix}/{version}/{ROOT}", json.dumps({**root, "attributes": repaired}).encode())
+        return cls(location, prefix, shape, {}, build_key, version=version)
 
     @property
     def recorder(self) -> RecordingStore:
@@ -88,9 +88,10 @@ class SplitWriter:
     def write_shard(self, shard: int, attn: np.ndarray, resid: np.ndarray, tokens: np.ndarray) -> None:
         """Write shard `shard` (rows in length order, narrower than the split on the token axis) and record it done."""
         if shard != self.shards_done and shard not in self.group.attrs.get(REPAIRING, []):
-            raise FeatstoreError(f"shard {shard} of {self.final} written out of order (next: {self.shards_done})")
+            raise FeatstoreError(f"shard {shard} of {self.key} written out of order (next: {self.shards_done})")
         rows = self.shape.shard_rows(shard)
-        arrays = zarr.open_group(RecordingStore(LocalStore(self.building), self.recorder.manifest, shard), mode="r+")
+        store = RecordingStore(self.location.zarr_store(self.key, read_only=False), self.recorder.manifest, shard)
+        arrays = zarr.open_group(store, mode="r+")
         arrays["attn"][rows, :, :, : attn.shape[-1]] = attn
         arrays["resid"][rows] = resid
         arrays["tokens"][rows, : tokens.shape[-1]] = tokens
@@ -99,21 +100,40 @@ class SplitWriter:
             done[REPAIRING] = [s for s in self.group.attrs[REPAIRING] if s != shard]
         self.group.attrs.update(done)
 
-    def publish(self) -> None:
-        """Mark the split complete, seal its root document and make it visible at its final path, replacing
-        an older build."""
+    def publish(self) -> str:
+        """Mark the split complete, seal its root document and write the `COMPLETE` marker last; returns the
+        version's key, which the catalog then points to."""
         if self.pending_shards:
-            raise FeatstoreError(f"{self.final} cannot be published: shards {self.pending_shards} are not written")
+            raise FeatstoreError(f"{self.key} cannot be published: shards {self.pending_shards} are not written")
         self.group.attrs.update({"complete": True, MANIFEST: self.recorder.manifest})
         if REPAIRING in self.group.attrs:
             del self.group.attrs[REPAIRING]
-        self.group.attrs[SEAL] = seal_value(json.loads((self.building / ROOT).read_bytes()))
-        swap_folder(self.building, self.final)
+        self.group.attrs[SEAL] = seal_value(json.loads(self.location.read_bytes(f"{self.key}/{ROOT}")))
+        self.location.write_bytes(f"{self.key}/{COMPLETE}", b"")
+        return self.key
 
 
-def _open_resumable(building: Path) -> zarr.Group | None:
-    try:
-        return zarr.open_group(RecordingStore(LocalStore(building)), mode="r+")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):  # killed before its metadata was written
-        return None
+def retire_versions(location: StoreLocation, prefix: str, current: str) -> None:
+    """Delete every version of a split but `current` (the one the catalog points to), and files of the layout
+    before versions (a split written straight into `prefix`)."""
+    for name in location.children(prefix):
+        if f"{prefix}/{name}" != current:
+            if location.exists(f"{prefix}/{name}"):
+                location.delete([f"{prefix}/{name}"])
+            else:
+                location.delete_folder(f"{prefix}/{name}")
 
+
+def _resumable_version(location: StoreLocation, prefix: str, build_key: str) -> str | None:
+    """An unpublished version of this split built from the same inputs, if any; other unpublished versions
+    (killed builds of other inputs) are deleted."""
+    found = None
+    for name in location.children(prefix):
+        if not name.startswith("v") or location.exists(f"{prefix}/{name}/{COMPLETE}"):
+            continue
+        attrs = json.loads(location.read_bytes(f"{prefix}/{name}/{ROOT}") or b"{}").get("attributes", {})
+        if found is None and attrs.get("build_key") == build_key and attrs.get("format") == FORMAT_VERSION:
+            found = name
+        else:
+            location.delete_folder(f"{prefix}/{name}")
+    return found

@@ -66,7 +66,7 @@ def open_view(
         with CatalogReader(project.catalog_path) as own:
             return open_view(project, dataset, split, model, layers, where, own, dask)
     dataset, key, path = resolve_split(project, dataset, split, model, reader)
-    store = open_split_store(project.store_dir / path, SplitRef(key, dataset, split))
+    store = open_split_store(project.store, path, SplitRef(key, dataset, split))
     view = xr.open_zarr(store, consolidated=False, chunks=DASK_CHUNKS if dask else None,
                         zarr_format=3)
     example_ids = view["example_id"].values

@@ -1,0 +1,342 @@
+"""Where a project's store lives: a local folder or an object-store URL, behind one small interface.
+
+Everything that touches stored bytes (the split writer and reader, verification, probe files, the catalog
+snapshot) goes through a `StoreLocation` and names objects by keys relative to the store's root
+(`features.zarr/<model>/<dataset>/<split>/<version>/...`, `probes/...`). A local folder publishes files by
+rename; an object store by single PUTs, which are atomic. Neither ever lists more than one split's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore, LocalStore
+
+from featstore.errors import FeatstoreError
+
+# Throttling, 5xx answers and dropped connections are retried by botocore with backoff; a store that stays
+# unreachable fails within about CONNECT_TIMEOUT_S x MAX_ATTEMPTS.
+MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT_S = 3
+READ_TIMEOUT_S = 60
+
+
+class StoreUnreachable(FeatstoreError):
+    """The object store did not answer (after retries)."""
+
+
+class StoreLocation(ABC):
+    """The root of a store: keys are '/'-separated paths below it."""
+
+    url: str
+
+    @abstractmethod
+    def zarr_store(self, key: str, read_only: bool) -> Store:
+        """A zarr store rooted at `key` (a split's version folder)."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes | None:
+        """The whole object, or None when there is none."""
+
+    @abstractmethod
+    def open(self, key: str) -> IO[bytes]:
+        """A binary file object for streaming reads (FileNotFoundError when missing)."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Put an object whole: readers see the old bytes or the new, never a part."""
+
+    @abstractmethod
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Put an object only if there is none (a conditional put); False when one exists."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Every key below the folder `prefix`, recursively (empty when there is none)."""
+
+    @abstractmethod
+    def children(self, prefix: str) -> list[str]:
+        """The names of the entries directly inside the folder `prefix` (one level)."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete these objects (missing ones are ignored)."""
+
+    @abstractmethod
+    def copy(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Copy objects within the store (source key, destination key), without downloading where possible."""
+
+    @abstractmethod
+    def put_file(self, path: Path, key: str) -> None:
+        """Upload a local file as one object, atomically."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Download an object to a local file."""
+
+    def delete_folder(self, prefix: str) -> None:
+        """Delete every key below the folder `prefix`."""
+        self.delete(self.list(prefix))
+
+    def put_folder(self, folder: Path, prefix: str) -> None:
+        """Upload every file below a local folder, keeping relative paths."""
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            self.put_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+    def describe(self, key: str) -> str:
+        """A key as a user would type it (path or URL)."""
+        return f"{self.url.rstrip('/')}/{key}"
+
+
+class LocalLocation(StoreLocation):
+    """A folder on a local (or shared) filesystem."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def zarr_store(self, key: str, read_only: bool) -> Store:
+        return LocalStore(self.path(key), read_only=read_only)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def open(self, key: str) -> IO[bytes]:
+        return open(self.path(key), "rb")
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, target)
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(handle.name, target)  # fails when the target exists: the local conditional put
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(handle.name)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        folder = self.path(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(f"{prefix}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*") if p.is_file())
+
+    def children(self, prefix: str) -> list[str]:
+        folder = self.path(prefix)
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete files and the folders they leave empty (a bucket has no empty folders either)."""
+        for key in keys:
+            path = self.path(key)
+            path.unlink(missing_ok=True)
+            for folder in path.parents:
+                if folder == self.root or not folder.is_relative_to(self.root):
+                    break
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty, or gone
+                    break
+
+    def delete_folder(self, prefix: str) -> None:
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def copy(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for source, target in pairs:  # hard links: a repair copies a split without copying its bytes
+            self.path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.link(self.path(source), self.path(target))
+
+    def put_file(self, path: Path, key: str) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f".{target.name}.staged")
+        shutil.copyfile(path, staged)
+        with open(staged, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(staged, target)
+
+    def get_file(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path(key), path)
+
+
+class ObjectLocation(StoreLocation):
+    """A prefix in an object store reached through fsspec (`s3://bucket/prefix`, `gs://...`, `memory://...`).
+
+    Credentials and the endpoint come from the standard chain (AWS_* variables, profiles); none is stored."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.protocol = self.url.split("://", 1)[0]
+        self._fs = None
+
+    def __getstate__(self) -> dict:  # the filesystem object is rebuilt in each process
+        return {"url": self.url, "protocol": self.protocol, "_fs": None}
+
+    def options(self) -> dict:
+        """fsspec options: for S3, botocore's retries with backoff and short connect timeouts, no listing cache
+        (another machine may write meanwhile), and one request per read (more concurrency first asks each
+        object's size)."""
+        if self.protocol not in ("s3", "s3a"):
+            return {}
+        options = {"use_listings_cache": False, "max_concurrency": 1, "config_kwargs": {"retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+                                     "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}}
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+        return options
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            import fsspec
+
+            self._fs, _ = fsspec.url_to_fs(self.url, **self.options())
+        return self._fs
+
+    def _path(self, key: str) -> str:
+        return f"{self.url.split('://', 1)[1]}/{key}" if key else self.url.split("://", 1)[1]
+
+    def zarr_store(self, key: str, read_only: bool) -> Store:
+        return FsspecStore.from_url(f"{self.url}/{key}", storage_options=self.options(), read_only=read_only)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        with unreachable_as_error(self):
+            try:
+                return self.fs.cat_file(self._path(key))
+            except FileNotFoundError:
+                return None
+
+    def open(self, key: str) -> IO[bytes]:
+        with unreachable_as_error(self):
+            return self.fs.open(self._path(key), "rb")
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with unreachable_as_error(self):
+            self.fs.pipe_file(self._path(key), data)
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        with unreachable_as_error(self):
+            try:
+                self.fs.pipe_file(self._path(key), data, mode="create")
+                return True
+            except FileExistsError:
+                return False
+            except OSError as err:  # servers whose 412 s3fs does not map (seaweedfs): PreconditionFailed
+                if _precondition_failed(err):
+                    return False
+                raise
+
+    def exists(self, key: str) -> bool:
+        with unreachable_as_error(self):
+            return self.fs.isfile(self._path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        root = self._path("")
+        with unreachable_as_error(self):
+            found = self.fs.find(self._path(prefix))
+        return sorted(path[len(root) + 1:] for path in found)
+
+    def children(self, prefix: str) -> list[str]:
+        with unreachable_as_error(self):
+            try:
+                found = self.fs.ls(self._path(prefix), detail=False)
+            except FileNotFoundError:
+                return []
+        return sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in found)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        paths = [self._path(key) for key in keys]
+        if paths:
+            with unreachable_as_error(self):
+                self.fs.rm(paths)
+
+    def copy(self, pairs: Iterable[tuple[str, str]]) -> None:
+        with unreachable_as_error(self):
+            for source, target in pairs:
+                self.fs.copy(self._path(source), self._path(target))
+
+    def put_file(self, path: Path, key: str) -> None:
+        with unreachable_as_error(self):
+            self.fs.put_file(str(path), self._path(key))
+
+    def get_file(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with unreachable_as_error(self):
+            self.fs.get_file(self._path(key), str(path))
+
+
+def _precondition_failed(err: OSError) -> bool:
+    """Whether a refused write was a failed condition (the object exists), as the S3 error code says."""
+    response = getattr(err.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "PreconditionFailed"
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """Whether an exception from an object-store client means the store could not be reached."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return bool(names & {"EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError",
+                         "ReadTimeoutError", "ClientConnectorError", "ServerDisconnectedError",
+                         "ConnectionRefusedError", "ConnectionResetError"})
+
+
+def unreachable(where: str, err: BaseException) -> StoreUnreachable:
+    """The one line for a store that stayed unreachable (botocore has retried with backoff)."""
+    return StoreUnreachable(f"the store {where} cannot be reached ({type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:200]}); check the endpoint and network, then run "
+                            "the command again (it resumes where it stopped)")
+
+
+@contextmanager
+def unreachable_as_error(location: StoreLocation) -> Iterator[None]:
+    """Turn an object-store client's connection failure into one `StoreUnreachable` line."""
+    try:
+        yield
+    except FeatstoreError:
+        raise
+    except Exception as err:
+        if not is_unreachable(err):
+            raise
+        raise unreachable(location.url, err) from None
+
+
+def store_location(url: str) -> StoreLocation:
+    """A location from a folder path, `file://` URL or object-store URL."""
+    if "://" not in url:
+        return LocalLocation(Path(url).expanduser().resolve())
+    if url.startswith("file://"):
+        return LocalLocation(Path(url[len("file://"):]).resolve())
+    return ObjectLocation(url)

@@ -1,0 +1,257 @@
+"""A project whose store is an S3 bucket (moto and seaweedfs on loopback): the same arrays and results as a
+local folder, clones on other machines, resumable builds, one writer at a time, clear errors when the
+store is unreachable, and reads that fetch only the chunks they need."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from featstore.api import Store
+from featstore.catalog.splits import SplitParams
+from featstore.cli import main
+from featstore.datasets.cleaning import clean_datasets
+from featstore.datasets.registry import load_registry
+from featstore.extraction.build import BuildSettings, build_features
+from featstore.project import Project, init_project, open_project
+from featstore.store.lease import LEASE
+from featstore.store.layout import split_prefix
+from featstore.store.writer import SplitWriter
+from tests.builders import MODEL, toy_project
+from tests.factories import registry_row, toy_raw, write_registry
+
+BUILD = ["build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64"]
+
+
+def bucket_project(root, url: str, n: int = 300) -> Project:
+    """A cleaned toy project (`1_toy`) whose store is `url`."""
+    init_project(root, store=url)
+    project = open_project(root)
+    project.raw_dir.mkdir(parents=True, exist_ok=True)
+    toy_raw(n).to_csv(project.raw_dir / "toy.csv", index=False)
+    write_registry(project, [registry_row(1, "toy", "toy.csv")])
+    clean_datasets(project, load_registry(project), SplitParams())
+    return project
+
+
+def decoded(project: Project, split: str) -> dict[str, np.ndarray]:
+    """Every stored value of a split of `1_toy`, read through a view."""
+    view = Store(project).view("1_toy", split, dask=False)
+    return {**{name: view[name].values for name in ("attn", "resid", "tokens")},
+            "example_id": view["example_id"].values, "seq_len": view["seq_len"].values}
+
+
+def assert_same_arrays(ours: Project, reference: Project) -> None:
+    for split in ("train", "test"):
+        theirs = decoded(reference, split)
+        for name, values in decoded(ours, split).items():
+            np.testing.assert_array_equal(values, theirs[name], err_msg=f"{split}/{name}")
+
+
+def bucket_keys(server, url: str) -> list[str]:
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+    return [item["Key"][len(prefix) + 1:] for page in pages for item in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def reference_900(tmp_path_factory) -> Project:
+    """A local toy project of 900 examples (several shards) built in batches of 64 tokens, as `BUILD` does."""
+    project = toy_project(tmp_path_factory.mktemp("reference") / "p", n=900)
+    build_features(project, MODEL, None, BuildSettings(device="cpu", batch_tokens=64))
+    return project
+
+
+def results(project: Project):
+    return Store(project).sql("SELECT result_id, roc_auc, accuracy FROM probe_results ORDER BY result_id")
+
+
+def test_a_bucket_store_builds_probes_and_reads_like_a_local_folder(moto_s3, monkeypatch, tmp_path, toy_copy, capsys):
+    moto_s3.use_env(monkeypatch)
+    url = moto_s3.bucket_url()
+    project = bucket_project(tmp_path / "bucket", url)
+    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    assert_same_arrays(project, toy_copy)
+    assert not (project.store_dir / "features.zarr").exists()
+    keys = bucket_keys(moto_s3, url)
+    assert any(key.startswith("features.zarr/") for key in keys) and "catalog.duckdb" in keys
+
+    for local in (project, toy_copy):
+        assert main(["--root", str(local.root), "probe", "--model", MODEL, "--feature", "length"]) == 0
+    assert results(project).equals(results(toy_copy))
+    assert any(key.startswith("probes/") for key in bucket_keys(moto_s3, url))
+    assert main(["--root", str(project.root), "verify"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_clone_elsewhere_reads_features_in_place_and_probes(moto_s3, monkeypatch, tmp_path, capsys):
+    moto_s3.use_env(monkeypatch)
+    url = moto_s3.bucket_url()
+    project = bucket_project(tmp_path / "bucket", url)
+    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    assert main(["--root", str(project.root), "probe", "--model", MODEL, "--feature", "length"]) == 0
+
+    assert main(["clone", url, str(tmp_path / "elsewhere")]) == 0
+    clone = open_project(tmp_path / "elsewhere")
+    assert clone.store.url == url and (clone.root / "datasets" / "cleaned" / "1_toy.csv").is_file()
+    assert not (clone.store_dir / "features.zarr").exists()
+    assert_same_arrays(clone, project)
+    assert results(clone).equals(results(project))
+    assert main(["--root", str(clone.root), "probe", "--model", MODEL, "--probe", "mass-mean", "--feature", "length"]) == 0
+    assert len(results(clone)) == 2
+    assert main(["--root", str(project.root), "probe", "--model", MODEL, "--feature", "length"]) == 0  # pulls first
+    assert len(results(project)) == 2
+    assert main(["clone", url, str(tmp_path / "elsewhere")]) == 1
+    assert "already holds a featstore project" in capsys.readouterr().err
+
+
+def test_a_one_layer_read_of_the_test_split_fetches_only_its_chunks(moto_s3, monkeypatch, tmp_path):
+    moto_s3.use_env(monkeypatch)
+    project = bucket_project(tmp_path / "bucket", moto_s3.bucket_url(), n=600)
+    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    counts = {}
+    for label, layers in (("one layer", [0]), ("all layers", None)):
+        moto_s3.reset_requests()
+        view = Store(project).view("1_toy", "test", layers=layers)
+        view["attn"].astype("float32").sum().compute()
+        counts[label] = list(moto_s3.requests)
+    for label, requests in counts.items():
+        assert not [r for r in requests if r.method != "GET" or "list-type" in r.query or "prefix=" in r.query], label
+    attn_reads = {label: [r for r in requests if "/attn/c/" in r.path] for label, requests in counts.items()}
+    print(f"one-layer test read: {len(counts['one layer'])} requests ({len(attn_reads['one layer'])} on attn "
+          f"shards); all layers: {len(counts['all layers'])} ({len(attn_reads['all layers'])})")
+    assert 0 < len(attn_reads["one layer"]) < len(attn_reads["all layers"])
+
+
+def test_kill_9_during_a_build_to_a_bucket_then_a_rerun_resumes_to_identical_arrays(moto_s3, monkeypatch, tmp_path,
+                                                                                    reference_900):
+    moto_s3.use_env(monkeypatch)
+    url = moto_s3.bucket_url()
+    project = bucket_project(tmp_path / "bucket", url, n=900)
+    process = subprocess.Popen([sys.executable, "-m", "featstore.cli", "--root", str(project.root), *BUILD],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prefix = split_prefix(MODEL, "1_toy", "train")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        roots = [key for key in bucket_keys(moto_s3, url) if key.startswith(prefix) and key.endswith("/zarr.json")
+                 and key.count("/") == prefix.count("/") + 2]
+        if roots and _shards_done(moto_s3, url, roots[0]) >= 1:
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "the build finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert LEASE in bucket_keys(moto_s3, url)  # left by the killed build: taken over, its pid being gone
+
+    assert main(["--root", str(project.root), *BUILD]) == 0
+    assert_same_arrays(project, reference_900)
+    versions = {key.split("/")[4] for key in bucket_keys(moto_s3, url) if key.startswith(prefix + "/")}
+    assert len(versions) == 1 and LEASE not in bucket_keys(moto_s3, url)
+
+
+def _shards_done(server, url: str, key: str) -> int:
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    body = server.client().get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read()
+    return json.loads(body).get("attributes", {}).get("shards_done", 0)
+
+
+def test_a_server_stopped_mid_build_is_one_line_and_a_restart_resumes(moto_s3, monkeypatch, tmp_path, capsys,
+                                                                      reference_900):
+    moto_s3.use_env(monkeypatch)
+    project = bucket_project(tmp_path / "bucket", moto_s3.bucket_url(), n=900)
+    real_write = SplitWriter.write_shard
+
+    def stop_after_first_shard(self, shard, *arrays):
+        real_write(self, shard, *arrays)
+        if shard == 0:
+            moto_s3.stop()
+
+    monkeypatch.setattr(SplitWriter, "write_shard", stop_after_first_shard)
+    started = time.monotonic()
+    assert main(["--root", str(project.root), *BUILD]) == 1
+    waited = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be reached" in err and "Traceback" not in err, err
+    assert waited < 90
+    monkeypatch.setattr(SplitWriter, "write_shard", real_write)
+    moto_s3.start()
+    assert main(["--root", str(project.root), *BUILD]) == 0
+    assert_same_arrays(project, reference_900)
+
+
+def test_a_second_writer_on_the_same_url_is_refused_naming_the_holder(moto_s3, monkeypatch, tmp_path, capsys):
+    moto_s3.use_env(monkeypatch)
+    url = moto_s3.bucket_url()
+    project = bucket_project(tmp_path / "bucket", url)
+    lease = {"token": "x", "command": "featstore build", "host": "gpu-node-7", "pid": 4242,
+             "since": time.time(), "expires": time.time() + 600}
+    project.store.write_bytes(LEASE, json.dumps(lease).encode())
+    before = bucket_keys(moto_s3, url)
+    assert main(["--root", str(project.root), *BUILD]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "featstore build on gpu-node-7 (pid 4242)" in err
+    assert bucket_keys(moto_s3, url) == before
+
+    project.store.write_bytes(LEASE, json.dumps({**lease, "expires": time.time() - 1}).encode())  # a crashed holder
+    assert main(["--root", str(project.root), *BUILD]) == 0
+    assert LEASE not in bucket_keys(moto_s3, url)
+    assert socket.gethostname() != "gpu-node-7"
+
+
+def test_an_unreachable_store_is_one_line(monkeypatch, tmp_path, capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    project = toy_project(tmp_path / "p")
+    assert main(["--root", str(project.root), "--store", "s3://nowhere/proj", *BUILD]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s3://nowhere/proj cannot be reached" in err, err
+
+
+def test_seaweedfs_round_trip(seaweed_s3, monkeypatch, tmp_path, toy_copy):
+    seaweed_s3.use_env(monkeypatch)
+    project = bucket_project(tmp_path / "bucket", seaweed_s3.bucket_url())
+    assert main(["--root", str(project.root), "build", "--model", MODEL, "--device", "cpu"]) == 0
+    assert_same_arrays(project, toy_copy)
+    for local in (project, toy_copy):
+        assert main(["--root", str(local.root), "probe", "--model", MODEL, "--feature", "length"]) == 0
+    assert results(project).equals(results(toy_copy))
+    assert main(["clone", project.store.url, str(tmp_path / "clone")]) == 0
+    assert_same_arrays(open_project(tmp_path / "clone"), project)
+    assert project.store.create_bytes("conditional-put", b"1") and not project.store.create_bytes("conditional-put", b"2")
+
+
+def test_the_store_is_chosen_by_option_variable_or_settings_file(tmp_path, monkeypatch, capsys):
+    shared = tmp_path / "shared-folder"
+    assert main(["init", str(tmp_path / "p"), "--store", str(shared)]) == 0
+    assert open_project(tmp_path / "p").store.url == str(shared)
+    assert f'url = "{shared}"' in (tmp_path / "p" / "featstore.toml").read_text()
+    monkeypatch.setenv("FEATSTORE_STORE", "s3://from-the-variable/x")
+    assert open_project(tmp_path / "p").store.url == "s3://from-the-variable/x"
+    assert open_project(tmp_path / "p", "s3://from-the-option/y").store.url == "s3://from-the-option/y"
+    monkeypatch.delenv("FEATSTORE_STORE")
+    (tmp_path / "p" / "featstore.toml").write_text("[store\nurl = 1")
+    assert main(["--root", str(tmp_path / "p"), "datasets", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "featstore.toml is not valid TOML" in err
+
+
+def test_a_store_in_another_folder_is_mirrored_and_clones_from_a_file_url(tmp_path, toy_copy):
+    shared = tmp_path / "shared"
+    project = toy_project(tmp_path / "mine")
+    assert main(["--root", str(project.root), "--store", str(shared), *BUILD[:5]]) == 0
+    assert not (project.store_dir / "features.zarr").exists() and (shared / "features.zarr").is_dir()
+    assert (shared / "catalog.duckdb").is_file() and (shared / "datasets" / "main.csv").is_file()
+    assert main(["clone", f"file://{shared}", str(tmp_path / "clone")]) == 0
+    assert_same_arrays(open_project(tmp_path / "clone"), toy_copy)
