@@ -252,6 +252,7 @@ class SeaweedS3Server(S3Server):
     `start()` starts it again on the same ports and data directory, so objects survive.
     """
 
+    READY_BUCKET = "featstore-ready"
     PORT_NAMES = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
                   "volume.port.grpc", "filer.port", "filer.port.grpc")
 
@@ -306,15 +307,18 @@ class SeaweedS3Server(S3Server):
             raise
 
     def _wait_ready(self) -> None:
-        """Until S3 answers a real authenticated request and a write lands (volumes are allocated)."""
+        """Until S3 answers authenticated requests and a written object reads back (in bucket READY_BUCKET)."""
         client = self.client(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
         deadline = time.monotonic() + self.start_timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"weed exited with {self._process.returncode}:\n{self.log_tail()}")
-            try:
-                client.list_buckets()
+            try:  # a write and a read: after a restart, volumes are known once their server checked in
+                if self.READY_BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+                    client.create_bucket(Bucket=self.READY_BUCKET)
+                client.put_object(Bucket=self.READY_BUCKET, Key="probe", Body=b"ready")
+                client.get_object(Bucket=self.READY_BUCKET, Key="probe")["Body"].read()
                 return
             except Exception as error:  # not up yet: connection refused, 5xx while the filer starts
                 last_error = error
