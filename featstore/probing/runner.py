@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from datetime import datetime, timezone
 
+import dask
 import joblib
 import numpy as np
 import pandas as pd
@@ -287,8 +288,10 @@ def _usable_cpus() -> int:
 
 
 def _fit_or_rescore(project: Project, spec: ProbeSpec, previous: dict | None, scratch: Path) -> Fitted:
-    """One task, its warnings recorded (a worker process's would otherwise be lost) and prefixed by its setting."""
-    with warnings.catch_warnings(record=True) as caught:
+    """One task, its warnings recorded (a worker process's would otherwise be lost) and prefixed by its setting.
+    Its views are computed in its own process (on a dask worker they would otherwise become cluster tasks, and
+    the worker would start another fit meanwhile, mixing their warnings)."""
+    with dask.config.set(scheduler="threads"), warnings.catch_warnings(record=True) as caught:
         item = fit_and_score(project, spec, scratch) if previous is None else reevaluate(project, spec, previous)
     item.warnings = [(w.category, f"{_setting(spec)}: {w.message}", w.filename, w.lineno) for w in caught]
     return item

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 import zarr.errors
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from featstore.errors import FeatstoreError
@@ -121,9 +122,13 @@ class SplitWriter:
 def write_shard_arrays(building: Path, shape: SplitShape, shard: int, attn: np.ndarray, resid: np.ndarray,
                        tokens: np.ndarray) -> dict[str, list]:
     """Write one shard's arrays into a split's building folder; return the manifest entries of the files written
-    (key -> [size, crc32c, shard]). Opens the arrays alone, never the root document the coordinator rewrites."""
+    (key -> [size, crc32c, shard]). Opens the arrays alone, never the root document the coordinator rewrites.
+    Files an earlier, killed attempt left of this shard are deleted first: zarr would merge a partial write into them."""
+    local = LocalStore(building)
+    for name in WRITTEN_ARRAYS:  # the shard's row of chunk files: <array>/c/<shard>/...
+        sync(local.delete_dir(f"{name}/c/{shard}"))
     entries: dict[str, list] = {}
-    store = RecordingStore(LocalStore(building), entries, shard)
+    store = RecordingStore(local, entries, shard)
     rows = shape.shard_rows(shard)
     arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in WRITTEN_ARRAYS}
     arrays["attn"][rows, :, :, : attn.shape[-1]] = attn
