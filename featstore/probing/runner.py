@@ -1,9 +1,9 @@
 """`featstore probe`: fit probes on train views, score them on test views, record each fit in the catalog.
 
 Fitting opens only the train split and evaluation only the test split. Every combination asked for
-is fitted first (in parallel processes when there are many, or as tasks on a dask cluster); then, under a lock, the probe files are put
-in place and the catalog rows (results, test scores, head weights) committed in one transaction, so a
-run that fails writes nothing and a row is visible only when its probe file is there.
+is fitted first (in parallel processes when there are many, or as tasks on a dask cluster); then, under a
+lock, the probe files are put in place and the catalog rows (results, test scores, head weights) committed
+in one transaction, so a run that fails writes nothing and a row is visible only when its probe file is there.
 
 Features: `attn` (a token aggregation of the attention rows), `resid` (the last-token residual) and
 `length`, the length-only control: log(seq_len) and its square, so a probe can also use a length

@@ -123,7 +123,8 @@ def write_shard_arrays(building: Path, shape: SplitShape, shard: int, attn: np.n
                        tokens: np.ndarray) -> dict[str, list]:
     """Write one shard's arrays into a split's building folder; return the manifest entries of the files written
     (key -> [size, crc32c, shard]). Opens the arrays alone, never the root document the coordinator rewrites.
-    Files an earlier, killed attempt left of this shard are deleted first: zarr would merge a partial write into them."""
+    Files an earlier, killed attempt left of this shard are deleted first: zarr would merge a partial write
+    into them."""
     local = LocalStore(building)
     for name in WRITTEN_ARRAYS:  # the shard's row of chunk files: <array>/c/<shard>/...
         sync(local.delete_dir(f"{name}/c/{shard}"))
