@@ -16,6 +16,7 @@ import pandas as pd
 from featstore import __version__
 from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, run_bounded_query
 from featstore.catalog.splits import SplitParams
+from featstore.cluster import CLUSTER_HELP
 from featstore.errors import FeatstoreError
 from featstore.probing.families import FAMILIES
 from featstore.project import Project, init_project, open_project
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--overwrite", action="store_true", help="rebuild splits that are already built")
     build.add_argument("--repair", action="store_true",
                        help="also rebuild what `featstore verify` finds damaged: only the damaged shards where it can")
+    build.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + "; each worker loads the model once and "
+                       "writes whole shards into the store, which every worker must reach at the same path")
     build.set_defaults(handler=run_build)
 
     verify = commands.add_parser("verify", help="check the stored features file by file against their checksums",
@@ -171,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--overwrite-eval", action="store_true", help="re-score saved probes on the test split, without refitting")
     probe.add_argument("--jobs", type=positive_int, metavar="N",
                        help="fit independent combinations in N processes (default: by the number of fits and CPUs)")
+    probe.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + "; each fit is a task that reads the "
+                       "store, which every worker must reach at the same path (--jobs does not apply)")
     probe.set_defaults(handler=run_probe)
 
     results = commands.add_parser("results", help="print test ROC AUC: dataset by probe, feature, layers and aggregation")
@@ -280,7 +285,7 @@ def run_build(args: argparse.Namespace) -> None:
             raise FeatstoreError(f"--{name.replace('_', '-')} must be at least 1")
     settings = BuildSettings(max_len=args.max_len, batch_tokens=args.batch_tokens, limit=args.limit,
                              device=args.device, dtype=args.dtype, overwrite=args.overwrite, repair=args.repair)
-    build_features(project_of(args), args.model, args.datasets, settings)
+    build_features(project_of(args), args.model, args.datasets, settings, cluster=args.cluster)
 
 
 def run_verify(args: argparse.Namespace) -> None:
@@ -305,7 +310,7 @@ def run_probe(args: argparse.Namespace) -> None:
         each_layer=args.each_layer,
     )
     run_probes(project, plan_specs(project, request), overwrite_train=args.overwrite_train,
-               overwrite_eval=args.overwrite_eval, jobs=args.jobs)
+               overwrite_eval=args.overwrite_eval, jobs=args.jobs, cluster=args.cluster)
 
 
 def run_results(args: argparse.Namespace) -> None:

@@ -248,7 +248,7 @@ def test_a_build_killed_before_the_format_change_starts_over_in_the_new_format(p
     assert run_cli(capsys, "--root", str(copy.root), "verify") == (0, "", "")
 
 
-def test_the_writer_refuses_a_shard_out_of_order_and_a_split_with_shards_missing(tmp_path):
+def test_the_writer_records_shards_in_any_order_once_and_refuses_a_split_with_shards_missing(tmp_path):
     from featstore.store.layout import SplitShape
     from featstore.store.location import LocalLocation
 
@@ -257,7 +257,10 @@ def test_the_writer_refuses_a_shard_out_of_order_and_a_split_with_shards_missing
     rows = shape.shard_rows(1)
     n = rows.stop - rows.start
     arrays = (np.ones((n, 1, 1, 4), np.float16), np.ones((n, 1, 2), np.float16), np.ones((n, 4), np.int32))
-    with pytest.raises(FeatstoreError, match="shard 1 .* written out of order"):
+    writer.write_shard(1, *arrays)
+    with pytest.raises(FeatstoreError, match=r"shard 1 .* is not pending \(written: \[1\]\)"):
         writer.write_shard(1, *arrays)
-    with pytest.raises(FeatstoreError, match=r"cannot be published: shards \[0, 1, 2\] are not written"):
-        writer.publish()
+    resumed = SplitWriter(tmp_path / "split", shape, {}, build_key="k")
+    assert resumed.pending_shards == [0, 2] and {entry[2] for entry in resumed.recorder.manifest.values()} == {None, 1}
+    with pytest.raises(FeatstoreError, match=r"cannot be published: shards \[0, 2\] are not written"):
+        resumed.publish()

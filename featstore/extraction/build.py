@@ -5,7 +5,9 @@ batches (planned over the whole split, so short rows fill a batch across shard b
 the model and hand each completed shard to a background writer, so compression and disk I/O overlap
 the next forward pass. Memory is bounded by one batch and the shards it touches, plus those being
 written. Finished splits are published atomically and registered in the catalog; killed builds
-resume at the first unwritten shard, with identical batches.
+resume at the shards not yet written, with identical batches. With `cluster`, the shards are extracted and
+written by the workers of a dask cluster instead (`featstore.extraction.distributed_build`); planning,
+publishing and the catalog stay here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -68,8 +72,23 @@ class SplitJob:
     prompts: list[str]
 
 
-def build_features(project: Project, model_spec: str, datasets: list[str] | None, settings: BuildSettings) -> int:
-    """Extract every requested split not already built with the same settings; returns how many were built."""
+@dataclass(frozen=True)
+class SplitPlan:
+    """A split ready to extract: its rows in length order, its array shape and the writer of its building folder."""
+
+    tokenized: TokenizedSplit
+    shape: SplitShape
+    writer: SplitWriter
+
+
+ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, Progress], None]
+"""Writes and records every pending shard of a planned split: in this process, or on a cluster."""
+
+
+def build_features(project: Project, model_spec: str, datasets: list[str] | None, settings: BuildSettings,
+                   cluster: str | None = None) -> int:
+    """Extract every requested split not already built with the same settings; returns how many were built.
+    With `cluster` (a scheduler address or `local:N`), dask workers extract and write the shards."""
     key = model_key(model_spec)
     settings = replace(settings, source=source_fingerprint(model_spec))
     with holding_store(project, "featstore build"):
@@ -81,19 +100,34 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
         if not pending:
             return 0
         transformers_logging.disable_progress_bar()
-        model = load_model(model_spec, device=settings.device, dtype=settings.dtype)
-        try:
+        with _shard_writing(model_spec, settings, cluster) as (model, write_shards):
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
             progress = open_progress(sum(len(j.example_ids) for j in pending), "ex", f"build {key}")
-            with progress, torch.inference_mode():
+            with progress:
                 for job in pending:
                     repair = repairs.get((job.dataset, job.split))
                     build_split(project, model, job, _repair_settings(settings, recorded, job) if repair else settings,
-                                max_len, progress, repair.shards if repair else None)
-        finally:
-            release_model(model)
+                                max_len, progress, repair.shards if repair else None, write_shards)
     return len(pending)
+
+
+@contextmanager
+def _shard_writing(model_spec: str, settings: BuildSettings,
+                   cluster: str | None) -> Iterator[tuple[LoadedModel, ShardWriting]]:
+    """The model (for its tokenizer and shape) and how shards get written: here with the model loaded in this
+    process, or by a cluster's workers (the model described by one of them, never loaded here)."""
+    if cluster is not None:
+        from featstore.extraction.distributed_build import cluster_shard_writing
+
+        with cluster_shard_writing(cluster, model_spec, settings) as writing:
+            yield writing
+        return
+    model = load_model(model_spec, device=settings.device, dtype=settings.dtype)
+    try:
+        yield model, write_locally
+    finally:
+        release_model(model)
 
 
 def plan_jobs(project: Project, datasets: list[str] | None, limit: int | None) -> list[SplitJob]:
@@ -130,10 +164,11 @@ def limited(rows: pd.DataFrame, dataset: str, limit: int, seed: int) -> pd.DataF
 
 def build_split(
     project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: Progress,
-    repair: frozenset[int] | None = None,
+    repair: frozenset[int] | None = None, write_shards: ShardWriting | None = None,
 ) -> None:
-    """Extract one split (resuming a killed build at its first unwritten shard), publish it, register it; with
-    `repair`, write only those shards of the published split again (its catalog rows stay as they are)."""
+    """Extract one split (resuming a killed build at the shards not yet written), publish it, register it; with
+    `repair`, write only those shards of the published split again (its catalog rows stay as they are).
+    `write_shards` produces the shards (default: `write_locally`)."""
     started = time.perf_counter()
     prefix = split_prefix(model.key, job.dataset, job.split)
     encoded = model.encode(job.prompts)
@@ -152,11 +187,25 @@ def build_split(
         repair = None
         writer = SplitWriter(project.store, prefix, shape, attrs, build_key)
         _record_status(project, model.key, job, "building", shape, writer.key, attrs["settings"])
-        if writer.shards_done == 0:
+        if not writer.shards_written:
             writer.write_index(tokenized.example_ids, tokenized.seq_lens)
-    assembler = ShardAssembler(tokenized, shape, writer.pending_shards)
-    progress.update(shape.n_examples - assembler.rows_to_write)  # rows already written
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool:
+    (write_shards or write_locally)(model, SplitPlan(tokenized, shape, writer), settings, progress)
+    published = writer.publish()
+    if repair is None:
+        register_split(project, model.key, job, tokenized, shape, published, attrs["settings"],
+                       time.perf_counter() - started)
+    else:
+        _repoint_split(project, model.key, job, published)
+    retire_versions(project.store, prefix, published)
+
+
+def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: Progress) -> None:
+    """Run the batches holding pending rows through the model in this process, handing each completed shard to a
+    background writer so compression and disk I/O overlap the next forward pass."""
+    tokenized, writer = plan.tokenized, plan.writer
+    assembler = ShardAssembler(tokenized, plan.shape, writer.pending_shards)
+    progress.update(plan.shape.n_examples - assembler.rows_to_write)  # rows already written
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, torch.inference_mode():
         writing: Future | None = None
         for batch in split_batches(tokenized, settings.batch_tokens):
             rows_to_write = assembler.rows_in(batch)
@@ -174,18 +223,10 @@ def build_split(
             writing = pool.submit(_write_in_order, writer, completed)
         if writing is not None:
             writing.result()
-    published = writer.publish()
-    if repair is None:
-        register_split(project, model.key, job, tokenized, shape, published, attrs["settings"],
-                       time.perf_counter() - started)
-    else:
-        _repoint_split(project, model.key, job, published)
-    retire_versions(project.store, prefix, published)
 
 
 def _write_in_order(writer: SplitWriter, completed: list[tuple[int, tuple[np.ndarray, ...]]]) -> None:
-    """Write a batch's completed shards in order, as one task: a failed shard stops the ones after it, so
-    the record of shards done never skips one."""
+    """Write a batch's completed shards in order, as one task: a failed shard stops the ones after it."""
     for shard, arrays in completed:
         writer.write_shard(shard, *arrays)
 

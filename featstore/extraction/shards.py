@@ -30,10 +30,11 @@ class ShardBuffer:
 class ShardAssembler:
     """Copies batch outputs (rows in split order) into the buffers of the shards to write and hands back each
     shard once full, in ascending order; rows of other shards (already written, or intact in a repair) are
-    dropped."""
+    dropped. `tokenized` may hold only the split's rows from `first_row` on (a cluster worker's window); rows
+    and batches are still numbered as in the whole split."""
 
-    def __init__(self, tokenized: TokenizedSplit, shape: SplitShape, shards: Sequence[int]):
-        self.tokenized, self.shape = tokenized, shape
+    def __init__(self, tokenized: TokenizedSplit, shape: SplitShape, shards: Sequence[int], first_row: int = 0):
+        self.tokenized, self.shape, self.first_row = tokenized, shape, first_row
         self.waiting = sorted(shards)
         self.wanted = frozenset(shards)
         self.open: dict[int, ShardBuffer] = {}
@@ -72,7 +73,7 @@ class ShardAssembler:
 
     def _open(self, shard: int) -> ShardBuffer:
         rows = self._rows(shard)
-        width = int(self.tokenized.seq_lens[rows.stop - 1])
+        width = int(self.tokenized.seq_lens[rows.stop - 1 - self.first_row])
         n, layers, heads, d_model = rows.stop - rows.start, self.shape.n_layers, self.shape.n_heads, self.shape.d_model
         buffer = ShardBuffer(rows, np.zeros((n, layers, heads, width), dtype=np.float16),
                              np.zeros((n, layers, d_model), dtype=np.float16))
@@ -84,7 +85,8 @@ class ShardAssembler:
         while self.waiting and self.waiting[0] in self.open and self._full(self.open[self.waiting[0]]):
             shard = self.waiting.pop(0)
             buffer = self.open.pop(shard)
-            tokens = self.tokenized.padded(buffer.rows).astype(np.int32)
+            window = slice(buffer.rows.start - self.first_row, buffer.rows.stop - self.first_row)
+            tokens = self.tokenized.padded(window).astype(np.int32)
             done.append((shard, (buffer.attn, buffer.resid, tokens)))
         return done
 

@@ -1,9 +1,9 @@
 """`featstore probe`: fit probes on train views, score them on test views, record each fit in the catalog.
 
 Fitting opens only the train split and evaluation only the test split. Every combination asked for
-is fitted first (in parallel processes when there are many); then, under a lock, the probe files are put
-in place and the catalog rows (results, test scores, head weights) committed in one transaction, so a
-run that fails writes nothing and a row is visible only when its probe file is there.
+is fitted first (in parallel processes when there are many, or as tasks on a dask cluster); then, under a
+lock, the probe files are put in place and the catalog rows (results, test scores, head weights) committed
+in one transaction, so a run that fails writes nothing and a row is visible only when its probe file is there.
 
 Features: `attn` (a token aggregation of the attention rows), `resid` (the last-token residual) and
 `length`, the length-only control: log(seq_len) and its square, so a probe can also use a length
@@ -22,11 +22,12 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from datetime import datetime, timezone
 
+import dask
 import joblib
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ from featstore.catalog.names import built_models, catalog_dataset_names, unknown
 from featstore.catalog.probe_records import replace_probe_results
 from featstore.catalog.safe_sql import run_user_query
 from featstore.catalog.splits import TEST, TRAIN
+from featstore.cluster import joblib_on_cluster
 from featstore.errors import FeatstoreError
 from featstore.progress import open_progress
 from featstore.project import Project
@@ -218,25 +220,31 @@ def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> FeatureMatr
 
 
 def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool = False,
-               overwrite_eval: bool = False, jobs: int | None = None) -> pd.DataFrame:
+               overwrite_eval: bool = False, jobs: int | None = None, cluster: str | None = None) -> pd.DataFrame:
     """Fit (or re-evaluate) every spec not already in `probe_results`; returns the rows written.
 
     Probe results are deleted whenever their dataset is re-cleaned or its features rebuilt, so a skipped
     combination always refers to the features in the store now. A row whose saved probe is missing (left by
     an older version killed mid-write) counts as not done. Independent combinations are fitted in `jobs`
-    processes (default: by the number of fits and CPUs).
+    processes (default: by the number of fits and CPUs), or with `cluster` (a scheduler address or `local:N`) as
+    tasks on a dask cluster's workers; the results are written here either way.
     """
+    if cluster is not None and jobs is not None:
+        raise FeatstoreError("--jobs and --cluster exclude each other: a cluster runs as many fits as it has threads")
     specs = list(dict.fromkeys(specs))
-    with holding_store(project, "featstore probe", local_lock=False):
+    with holding_store(project, "featstore probe", local_lock=False), ExitStack() as stack:
         done = _with_saved_probe(project, _recorded(project))
         refit = [s for s in specs if s.result_id not in done or overwrite_train]
         rescore = [s for s in specs if s.result_id in done and overwrite_eval and not overwrite_train]
         _check_splits(project, refit, (TRAIN, TEST))
         _check_splits(project, rescore, (TEST,))
         tasks = [(spec, None) for spec in refit] + [(spec, done[spec.result_id]) for spec in rescore]
-        with tempfile.TemporaryDirectory(prefix="featstore-probe-") as scratch:  # learning curves until written
-            fitted = _fit_all(project, tasks, Path(scratch), jobs)
-            written = _write(project, fitted, overwrite_train)
+        capacity, scratch_parent = None, None
+        if cluster is not None and tasks:  # workers write learning curves into scratch: it must be on their disk
+            capacity, scratch_parent = stack.enter_context(joblib_on_cluster(cluster)), project.store_dir
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=".featstore-probe-", dir=scratch_parent))
+        fitted = _fit_all(project, tasks, Path(scratch), capacity or jobs, capacity)
+        written = _write(project, fitted, overwrite_train)
     return pd.DataFrame([f.row for f in written])
 
 
@@ -257,10 +265,11 @@ class Fitted:
 
 
 def _fit_all(project: Project, tasks: list[tuple[ProbeSpec, dict | None]], scratch: Path,
-             jobs: int | None) -> list[Fitted]:
-    """Fit (or re-score, where a previous row is given) every task, in worker processes when there are many;
-    each one's warnings are re-issued here, naming its dataset and setting."""
-    workers = min(jobs or max(1, len(tasks) // FITS_PER_WORKER), _usable_cpus(), max(1, len(tasks)))
+             jobs: int | None, capacity: int | None = None) -> list[Fitted]:
+    """Fit (or re-score, where a previous row is given) every task, in worker processes when there are many
+    (at most `capacity` at once: by default this machine's CPUs); each one's warnings are re-issued here,
+    naming its dataset and setting."""
+    workers = min(jobs or max(1, len(tasks) // FITS_PER_WORKER), capacity or _usable_cpus(), max(1, len(tasks)))
     calls = (joblib.delayed(_fit_or_rescore)(project, spec, previous, scratch) for spec, previous in tasks)
     fitted = []
     with open_progress(len(tasks), "probe", "probe") as progress:
@@ -278,8 +287,10 @@ def _usable_cpus() -> int:
 
 
 def _fit_or_rescore(project: Project, spec: ProbeSpec, previous: dict | None, scratch: Path) -> Fitted:
-    """One task, its warnings recorded (a worker process's would otherwise be lost) and prefixed by its setting."""
-    with warnings.catch_warnings(record=True) as caught:
+    """One task, its warnings recorded (a worker process's would otherwise be lost) and prefixed by its setting.
+    Its views are computed in its own process (on a dask worker they would otherwise become cluster tasks, and
+    the worker would start another fit meanwhile, mixing their warnings)."""
+    with dask.config.set(scheduler="threads"), warnings.catch_warnings(record=True) as caught:
         item = fit_and_score(project, spec, scratch) if previous is None else reevaluate(project, spec, previous)
     item.warnings = [(w.category, f"{_setting(spec)}: {w.message}", w.filename, w.lineno) for w in caught]
     return item

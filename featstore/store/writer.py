@@ -1,11 +1,16 @@
 """Writes one split as a new version folder, whole shards at a time, then publishes it.
 
-Each build writes `features.zarr/<model>/<dataset>/<split>/<version>/`; its root records how many shards are
-done and the manifest of every file written (see `featstore.store.integrity`), so a killed build resumes
+Each build writes `features.zarr/<model>/<dataset>/<split>/<version>/`; its root records which shards are
+written and the manifest of every file written (see `featstore.store.integrity`), so a killed build resumes
 where it stopped. Publishing seals the root and writes a `COMPLETE` marker last; the split becomes visible
 only when the catalog points to the version, and older versions are deleted only after that (`retire`), so
 a reader never sees a mixture. Nothing is renamed: the same steps work on a folder and in a bucket. A repair
 copies a published version into a new one without its damaged shards and writes only those again.
+
+Writing a shard has two halves: `write_shard_arrays` writes its arrays and returns their manifest entries
+(a worker process can call it: it touches no root attribute), and `SplitWriter.record_shard` merges them into
+the manifest and records the shard written (only the coordinator writes the root). Shards may be recorded in
+any order, so a cluster's shards finishing out of order resume as well as a single process's.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from collections.abc import Collection
 
 import numpy as np
 import zarr
-import zarr.errors
+from zarr.core.sync import sync
 
 from featstore.errors import FeatstoreError
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
 from featstore.store.layout import COMPLETE, FORMAT_VERSION, SplitShape, compressors, new_version
 from featstore.store.location import StoreLocation
 
-REPAIRING = "repairing"
+SHARDS_WRITTEN = "shards_written"
+WRITTEN_ARRAYS = ("attn", "resid", "tokens")
 
 
 class SplitWriter:
@@ -44,7 +50,7 @@ class SplitWriter:
                                      zarr_format=3)
         for name, spec in shape.arrays().items():
             self.group.create_array(name, fill_value=0, compressors=compressors(spec["dtype"]), **spec)
-        self.group.attrs.update({**attrs, "build_key": build_key, "shards_done": 0, "complete": False,
+        self.group.attrs.update({**attrs, "build_key": build_key, SHARDS_WRITTEN: [], "complete": False,
                                  "format": FORMAT_VERSION, MANIFEST: self.recorder.manifest})
 
     @classmethod
@@ -61,7 +67,8 @@ class SplitWriter:
         version = new_version()
         kept = {key: entry for key, entry in attrs[MANIFEST].items() if entry[2] not in shards}
         location.copy((f"{published}/{key}", f"{prefix}/{version}/{key}") for key in kept)
-        repaired = {**attrs, "complete": False, REPAIRING: sorted(shards), MANIFEST: kept}
+        intact = sorted(set(range(shape.n_shards)) - set(shards))
+        repaired = {**attrs, "complete": False, SHARDS_WRITTEN: intact, MANIFEST: kept}
         repaired.pop(SEAL, None)
         location.write_bytes(f"{prefix}/{version}/{ROOT}", json.dumps({**root, "attributes": repaired}).encode())
         return cls(location, prefix, shape, {}, build_key, version=version)
@@ -71,13 +78,15 @@ class SplitWriter:
         return self.group.store
 
     @property
-    def shards_done(self) -> int:
-        return int(self.group.attrs["shards_done"])
+    def shards_written(self) -> list[int]:
+        """The shards whose arrays are written and recorded, ascending."""
+        return list(self.group.attrs[SHARDS_WRITTEN])
 
     @property
     def pending_shards(self) -> list[int]:
-        """The shards still to write: those being repaired, then those after the last one written."""
-        return [*self.group.attrs.get(REPAIRING, []), *range(self.shards_done, self.shape.n_shards)]
+        """The shards still to write (all but the written ones; after a repair's copy, the damaged ones)."""
+        written = set(self.shards_written)
+        return [shard for shard in range(self.shape.n_shards) if shard not in written]
 
     def write_index(self, example_ids: np.ndarray, seq_lens: np.ndarray) -> None:
         """Row order and lengths: known before any forward pass."""
@@ -86,19 +95,18 @@ class SplitWriter:
         self.group.attrs[MANIFEST] = self.recorder.manifest
 
     def write_shard(self, shard: int, attn: np.ndarray, resid: np.ndarray, tokens: np.ndarray) -> None:
-        """Write shard `shard` (rows in length order, narrower than the split on the token axis) and record it done."""
-        if shard != self.shards_done and shard not in self.group.attrs.get(REPAIRING, []):
-            raise FeatstoreError(f"shard {shard} of {self.key} written out of order (next: {self.shards_done})")
-        rows = self.shape.shard_rows(shard)
-        store = RecordingStore(self.location.zarr_store(self.key, read_only=False), self.recorder.manifest, shard)
-        arrays = zarr.open_group(store, mode="r+")
-        arrays["attn"][rows, :, :, : attn.shape[-1]] = attn
-        arrays["resid"][rows] = resid
-        arrays["tokens"][rows, : tokens.shape[-1]] = tokens
-        done = {"shards_done": max(self.shards_done, shard + 1), MANIFEST: self.recorder.manifest}
-        if REPAIRING in self.group.attrs:
-            done[REPAIRING] = [s for s in self.group.attrs[REPAIRING] if s != shard]
-        self.group.attrs.update(done)
+        """Write shard `shard` (rows in length order, narrower than the split on the token axis) and record it
+        written: the single-process path, both halves in this process."""
+        self.record_shard(shard, write_shard_arrays(self.location, self.key, self.shape, shard, attn, resid, tokens))
+
+    def record_shard(self, shard: int, entries: dict[str, list]) -> None:
+        """Merge a written shard's manifest entries and record it written, in one root-attribute write (the
+        coordinator's half: workers never write the root)."""
+        if shard not in self.pending_shards:
+            raise FeatstoreError(f"shard {shard} of {self.key} is not pending (written: {self.shards_written})")
+        self.recorder.manifest.update(entries)
+        self.group.attrs.update({SHARDS_WRITTEN: sorted([*self.shards_written, shard]),
+                                 MANIFEST: self.recorder.manifest})
 
     def publish(self) -> str:
         """Mark the split complete, seal its root document and write the `COMPLETE` marker last; returns the
@@ -106,11 +114,28 @@ class SplitWriter:
         if self.pending_shards:
             raise FeatstoreError(f"{self.key} cannot be published: shards {self.pending_shards} are not written")
         self.group.attrs.update({"complete": True, MANIFEST: self.recorder.manifest})
-        if REPAIRING in self.group.attrs:
-            del self.group.attrs[REPAIRING]
         self.group.attrs[SEAL] = seal_value(json.loads(self.location.read_bytes(f"{self.key}/{ROOT}")))
         self.location.write_bytes(f"{self.key}/{COMPLETE}", b"")
         return self.key
+
+
+def write_shard_arrays(location: StoreLocation, key: str, shape: SplitShape, shard: int, attn: np.ndarray,
+                       resid: np.ndarray, tokens: np.ndarray) -> dict[str, list]:
+    """Write one shard's arrays into the split version at `key`; return the manifest entries of the files
+    written (key -> [size, crc32c, shard]). Opens the arrays alone, never the root document the coordinator
+    rewrites. Files an earlier, killed attempt left of this shard are deleted first: zarr would merge a partial
+    write into them."""
+    target = location.zarr_store(key, read_only=False)
+    for name in WRITTEN_ARRAYS:  # the shard's row of chunk files: <array>/c/<shard>/...
+        sync(target.delete_dir(f"{name}/c/{shard}"))
+    entries: dict[str, list] = {}
+    store = RecordingStore(target, entries, shard)
+    rows = shape.shard_rows(shard)
+    arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in WRITTEN_ARRAYS}
+    arrays["attn"][rows, :, :, : attn.shape[-1]] = attn
+    arrays["resid"][rows] = resid
+    arrays["tokens"][rows, : tokens.shape[-1]] = tokens
+    return entries
 
 
 def retire_versions(location: StoreLocation, prefix: str, current: str) -> None:
@@ -132,7 +157,8 @@ def _resumable_version(location: StoreLocation, prefix: str, build_key: str) -> 
         if not name.startswith("v") or location.exists(f"{prefix}/{name}/{COMPLETE}"):
             continue
         attrs = json.loads(location.read_bytes(f"{prefix}/{name}/{ROOT}") or b"{}").get("attributes", {})
-        if found is None and attrs.get("build_key") == build_key and attrs.get("format") == FORMAT_VERSION:
+        if found is None and attrs.get("build_key") == build_key and attrs.get("format") == FORMAT_VERSION \
+                and SHARDS_WRITTEN in attrs:
             found = name
         else:
             location.delete_folder(f"{prefix}/{name}")

@@ -1,0 +1,234 @@
+"""`featstore build --cluster`: the shards of a split extracted and written by the workers of a dask cluster.
+
+The coordinator (the `featstore build` process) plans one work unit per pending shard: the shard, the
+batches of the whole-split plan that touch its rows (so padding and numerics are those of a
+single-process build; a batch that spans two shards runs once for each) and only the token ids of those
+batches. Each worker loads the model once, runs its unit, writes the shard's arrays straight into the
+split's version folder in the store (a shared folder every worker reaches at the same path, or a bucket)
+and returns their manifest
+entries. The coordinator records each shard as it completes (manifest and written set, one root write),
+then publishes and registers the split as a single-process build does. At most `2 x workers` units are
+submitted at a time, so a worker holds one shard in flight and the next one queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import torch
+from transformers.utils import logging as transformers_logging
+
+from featstore.cluster import connect, gpu_resources, worker_count
+from featstore.errors import FeatstoreError
+from featstore.extraction.batching import TokenizedSplit
+from featstore.extraction.build import BuildSettings, ShardWriting, SplitPlan, split_batches
+from featstore.extraction.capture import capture_last_token
+from featstore.extraction.models import LoadedModel, ModelLoadError, load_model, release_model
+from featstore.extraction.shards import ShardAssembler
+from featstore.progress import Progress
+from featstore.store.layout import SplitShape
+from featstore.store.location import StoreLocation
+from featstore.store.writer import write_shard_arrays
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+UNITS_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker loads: the --model spec, --device and --dtype (a worker resolves `auto` on its own)."""
+
+    spec: str
+    device: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ShardUnit:
+    """One pending shard and all its worker needs: the split's rows `first_row` on that its batches cover,
+    the batches (numbered as in the whole split), the split's shape, where its version is written (the store
+    and the version's key) and the digest of the model identity the split was planned with."""
+
+    shard: int
+    batches: list[slice]
+    window: TokenizedSplit
+    first_row: int
+    shape: SplitShape
+    location: StoreLocation
+    key: str
+    model_digest: str
+
+    @property
+    def n_rows(self) -> int:
+        rows = self.shape.shard_rows(self.shard)
+        return rows.stop - rows.start
+
+    @property
+    def n_tokens(self) -> int:
+        """The shard's real tokens (what the progress bar's tok/s counts)."""
+        rows = self.shape.shard_rows(self.shard)
+        return int(self.window.seq_lens[rows.start - self.first_row : rows.stop - self.first_row].sum())
+
+
+@contextmanager
+def cluster_shard_writing(address: str, model_spec: str,
+                          settings: BuildSettings) -> Iterator[tuple[LoadedModel, ShardWriting]]:
+    """Connect to the cluster, have one worker load the model and describe it (tokenizer, shape, identity:
+    the coordinator never loads the weights), and yield that description with the cluster's shard writing."""
+    spec = ModelSpec(model_spec, settings.device, settings.dtype)
+    with connect(address) as client:
+        resources = gpu_resources(client)
+        described = client.submit(describe_model, spec, resources=resources, key=_task_key("describe-model"))
+        model = _result(described, f"loading {model_spec!r}")
+        yield model, ClusterWriting(client, spec, resources, model_digest(model.identity)).write_shards
+
+
+@dataclass
+class ClusterWriting:
+    """Writes a planned split's pending shards on the cluster, recording each in the writer as it completes."""
+
+    client: Client
+    spec: ModelSpec
+    resources: dict[str, int] | None
+    digest: str
+
+    def write_shards(self, model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: Progress) -> None:
+        """Submit one unit per pending shard, at most `UNITS_PER_WORKER` per worker at a time, and record the
+        shards in completion order; on a failure, cancel the rest (what was recorded stays, for a rerun)."""
+        from distributed import as_completed
+
+        units = plan_units(plan, settings.batch_tokens, self.digest)
+        progress.update(plan.shape.n_examples - sum(unit.n_rows for unit in units))  # rows already written
+        waiting = list(reversed(units))
+        running = as_completed()
+        submitted: dict[str, tuple[Future, ShardUnit]] = {}
+
+        def submit_next() -> None:
+            unit = waiting.pop()
+            future = self.client.submit(write_unit, unit, self.spec, resources=self.resources,
+                                        key=_task_key(f"shard-{unit.shard}"))
+            submitted[future.key] = (future, unit)
+            running.add(future)
+
+        started, tokens = time.perf_counter(), 0
+        try:
+            for _ in range(min(len(waiting), UNITS_PER_WORKER * max(1, worker_count(self.client)))):
+                submit_next()
+            for future in running:
+                _, unit = submitted.pop(future.key)
+                plan.writer.record_shard(unit.shard, _result(future, f"shard {unit.shard} of {plan.writer.key}"))
+                tokens += unit.n_tokens
+                progress.set_postfix(tok_s=int(tokens / max(time.perf_counter() - started, 1e-9)), refresh=False)
+                progress.update(unit.n_rows)
+                if waiting:
+                    submit_next()
+        finally:
+            if submitted:
+                self.client.cancel([future for future, _ in submitted.values()])
+
+
+def plan_units(plan: SplitPlan, batch_tokens: int, digest: str) -> list[ShardUnit]:
+    """One unit per pending shard, with the batches of the whole-split plan that touch its rows and only the
+    rows those batches cover."""
+    batches = split_batches(plan.tokenized, batch_tokens)
+    units = []
+    for shard in plan.writer.pending_shards:
+        rows = plan.shape.shard_rows(shard)
+        touching = [batch for batch in batches if batch.start < rows.stop and batch.stop > rows.start]
+        first, last = touching[0].start, touching[-1].stop
+        units.append(ShardUnit(shard, touching, _window(plan.tokenized, slice(first, last)), first, plan.shape,
+                               plan.writer.location, plan.writer.key, digest))
+    return units
+
+
+def write_unit(unit: ShardUnit, spec: ModelSpec) -> dict[str, list]:
+    """On a worker: run the unit's batches, keep its shard's rows, write the shard into the split's version and
+    return the manifest entries of the files written."""
+    model = worker_model(spec)
+    if model_digest(model.identity) != unit.model_digest:
+        raise FeatstoreError(f"{_worker_name()} loaded {spec.spec!r} as a different model than the one the build "
+                             "was planned with (other weights, library versions or dtype on that machine)")
+    assembler = ShardAssembler(unit.window, unit.shape, [unit.shard], unit.first_row)
+    completed = []
+    with torch.inference_mode():
+        for batch in unit.batches:
+            local = slice(batch.start - unit.first_row, batch.stop - unit.first_row)
+            attn, resid = capture_last_token(model, unit.window.padded(local), unit.window.seq_lens[local])
+            completed += assembler.add(batch, attn, resid)
+    [(shard, arrays)] = completed
+    return write_shard_arrays(unit.location, unit.key, unit.shape, shard, *arrays)
+
+
+def describe_model(spec: ModelSpec) -> LoadedModel:
+    """On a worker: load the model (kept for the shards to come) and return it without its weights."""
+    return replace(worker_model(spec), bridge=None)
+
+
+_LOADED: dict[ModelSpec, LoadedModel] = {}
+_LOADING = threading.Lock()
+
+
+def worker_model(spec: ModelSpec) -> LoadedModel:
+    """The model this worker process has loaded for `spec`, loading it on first use (and releasing a model of
+    an earlier spec); a failure names the worker."""
+    with _LOADING:
+        if spec not in _LOADED:
+            for old in _LOADED.values():
+                release_model(old)
+            _LOADED.clear()
+            transformers_logging.disable_progress_bar()
+            try:
+                _LOADED[spec] = load_model(spec.spec, device=spec.device, dtype=spec.dtype)
+            except ModelLoadError as err:
+                raise ModelLoadError(f"{_worker_name()}: {err}") from None
+        return _LOADED[spec]
+
+
+def model_digest(identity: dict) -> str:
+    """A short digest of a model identity: equal on every worker that loaded the same model."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _window(tokenized: TokenizedSplit, rows: slice) -> TokenizedSplit:
+    return TokenizedSplit(tokenized.example_ids[rows], tokenized.token_ids[rows], tokenized.seq_lens[rows],
+                          tokenized.source_lens[rows])
+
+
+def _result(future: Future, what: str):
+    """A task's result; a worker lost too often or a cancelled task becomes one FeatstoreError line (a task's
+    own FeatstoreError comes back as it is)."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    try:
+        return future.result()
+    except KilledWorker:
+        raise FeatstoreError(f"{what}: the dask workers running it died repeatedly (out of memory?); what was "
+                             "written is kept, run the command again to resume") from None
+    except FutureCancelledError:
+        raise FeatstoreError(f"{what} was cancelled on the dask cluster (its scheduler restarted?); run the "
+                             "command again to resume") from None
+
+
+def _task_key(name: str) -> str:
+    """A task key of its own per submission: a task is never answered by an older result of the same name."""
+    return f"featstore-{name}-{uuid.uuid4().hex}"
+
+
+def _worker_name() -> str:
+    from distributed import get_worker
+
+    try:
+        return f"dask worker {get_worker().address}"
+    except ValueError:
+        return "this process"
