@@ -20,7 +20,7 @@ from featstore.cluster import CLUSTER_HELP
 from featstore.errors import FeatstoreError
 from featstore.probing.families import FAMILIES
 from featstore.project import Project, init_project, open_project
-from featstore.store.location import is_unreachable, unreachable
+from featstore.store.location import as_store_error
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -44,18 +44,20 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except OSError as err:  # a full disk or quota, wherever the write was (pandas, zarr's writer thread, ...)
-        if is_unreachable(err):
-            print(f"featstore: error: {unreachable(args.store or 'of this project', err)}", file=sys.stderr)
+        mapped = as_store_error(err, args.store or "of this project")
+        if mapped is not None:
+            print(f"featstore: error: {mapped}", file=sys.stderr)
             return EXIT_ERROR
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"featstore: error: no space left on device{f' writing {err.filename}' if err.filename else ''}; "
               "free some space and run the command again", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as err:  # an object store that stayed unreachable, raised inside zarr or s3fs
-        if not is_unreachable(err):
+    except Exception as err:  # an object store's failure raised inside zarr or s3fs (unreachable, credentials)
+        mapped = as_store_error(err, args.store or "of this project")
+        if mapped is None:
             raise
-        print(f"featstore: error: {unreachable(args.store or 'of this project', err)}", file=sys.stderr)
+        print(f"featstore: error: {mapped}", file=sys.stderr)
         return EXIT_ERROR
     return 0
 

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import s3fs
 
 from featstore.api import Store
 from featstore.catalog.splits import SplitParams
@@ -22,7 +23,9 @@ from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import load_registry
 from featstore.extraction.build import BuildSettings, build_features
 from featstore.project import Project, init_project, open_project
-from featstore.store.lease import LEASE
+from featstore.errors import FeatstoreError
+from featstore.store.lease import LEASE, Lease, assert_held, holding_lease
+from featstore.store.location import store_location
 from featstore.store.layout import split_prefix
 from featstore.store.writer import SplitWriter
 from tests.builders import MODEL, toy_project
@@ -203,7 +206,62 @@ def test_a_second_writer_on_the_same_url_is_refused_naming_the_holder(moto_s3, m
     project.store.write_bytes(LEASE, json.dumps({**lease, "expires": time.time() - 1}).encode())  # a crashed holder
     assert main(["--root", str(project.root), *BUILD]) == 0
     assert LEASE not in bucket_keys(moto_s3, url)
-    assert socket.gethostname() != "gpu-node-7"
+
+
+def test_a_lapsed_lease_goes_to_one_taker_only_and_a_holder_that_lost_it_stops(moto_s3, monkeypatch, tmp_path):
+    moto_s3.use_env(monkeypatch)
+    location = store_location(moto_s3.bucket_url())
+    location.write_bytes(LEASE, json.dumps({"token": "old", "host": "gone", "pid": 1, "expires": 0}).encode())
+    _, stale_tag = location.read_tagged(LEASE)  # what a second taker read before the first one replaced it
+    with holding_lease(location, "featstore build") as lease:
+        assert not location.replace_bytes(LEASE, b"second taker", stale_tag)
+        with pytest.raises(FeatstoreError, match="featstore build on .* has been writing"):
+            Lease(location, "featstore probe").acquire()
+        lease.renew()
+        assert lease.lost is None
+        location.write_bytes(LEASE, b'{"token": "someone else"}')  # taken over while this holder was away
+        lease.renew()
+        with pytest.raises(FeatstoreError, match="another command took over its lease; nothing more was published"):
+            assert_held(location)
+    assert location.read_bytes(LEASE) == b'{"token": "someone else"}'  # not deleted: it is not ours
+
+
+def test_a_file_changed_here_and_in_the_store_is_refused_and_new_local_files_are_kept(moto_s3, monkeypatch,
+                                                                                    tmp_path, capsys):
+    moto_s3.use_env(monkeypatch)
+    url = moto_s3.bucket_url()
+    here = bucket_project(tmp_path / "here", url)
+    assert main(["clone", url, str(tmp_path / "there")]) == 0
+    there = open_project(tmp_path / "there")
+    there.registry_path.write_text(there.registry_path.read_text() + "\n")
+    assert main(["--root", str(there.root), "datasets", "clean"]) == 0  # pushes the changed registry
+    (here.raw_dir / "mine.csv").write_text("prompt,target\n")
+    here.registry_path.write_text(here.registry_path.read_text() + "\n\n")
+    assert main(["--root", str(here.root), "datasets", "clean"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "datasets/main.csv changed here and in" in err
+    assert (here.raw_dir / "mine.csv").is_file()
+
+
+def test_missing_credentials_a_missing_bucket_and_a_mistyped_url_are_one_line(moto_s3, monkeypatch, tmp_path,
+                                                                            capsys):
+    project = toy_project(tmp_path / "p")
+    moto_s3.use_env(monkeypatch)
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(variable)
+    s3fs.S3FileSystem.clear_instance_cache()
+    cases = {("--store", moto_s3.bucket_url()): "no credentials for the store",
+             ("--store", "s3:/bucket/x"): "is not a store URL",
+             ("--store", "s4://bucket/x"): "cannot be used"}
+    for options, message in cases.items():
+        assert main(["--root", str(project.root), *options, "datasets", "clean"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    moto_s3.use_env(monkeypatch)
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses filesystems (and their credentials) within a process
+    assert main(["--root", str(project.root), "--store", "s3://no-such-bucket-here/x", "datasets", "clean"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err, err
 
 
 def test_an_unreachable_store_is_one_line(monkeypatch, tmp_path, capsys):

@@ -38,6 +38,7 @@ from featstore.progress import Progress, open_progress
 from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, verify_split
 from featstore.store.layout import SplitShape, split_prefix, tokenizer_path
+from featstore.store import mirror
 from featstore.store.locking import holding_store
 from featstore.store.tokenizers import save_tokenizer
 from featstore.store.writer import SplitWriter, retire_versions
@@ -182,7 +183,8 @@ def build_split(
                          tokenized.example_ids.tolist()])
     writer = None
     if repair is not None:
-        writer = SplitWriter.repairing(project.store, _recorded_path(project, model.key, job), shape, build_key, repair)
+        writer = SplitWriter.repairing(project.store, prefix, _recorded_path(project, model.key, job), shape, build_key,
+                                       repair)
     if writer is None:
         repair = None
         writer = SplitWriter(project.store, prefix, shape, attrs, build_key)
@@ -196,6 +198,8 @@ def build_split(
                        time.perf_counter() - started)
     else:
         _repoint_split(project, model.key, job, published)
+    if project.store_is_remote:  # the store's catalog points to the new version before older ones are deleted
+        mirror.push(project)
     retire_versions(project.store, prefix, published)
 
 

@@ -22,7 +22,7 @@ from zarr.storage import WrapperStore
 
 from featstore.errors import FeatstoreError
 from featstore.store.layout import COMPLETE, FORMAT_VERSION
-from featstore.store.location import StoreLocation, is_unreachable, unreachable, unreachable_as_error
+from featstore.store.location import StoreLocation, as_store_error, store_errors
 
 ROOT = "zarr.json"
 MANIFEST = "manifest"
@@ -121,8 +121,9 @@ class IntegrityStore(WrapperStore[Store]):
         try:
             found = await self._store.get(key, prototype=prototype, byte_range=byte_range)
         except Exception as err:
-            if is_unreachable(err):
-                raise unreachable(f"holding {self.split}", err) from None
+            mapped = as_store_error(err, f"holding {self.split}")  # unreachable, denied: not damage
+            if mapped is not None:
+                raise mapped from None
             if not isinstance(err, OSError):
                 raise
             raise DamagedSplit(self.split, f"{key} cannot be read ({err.strerror or err})") from None
@@ -244,7 +245,7 @@ def verify_split(location: StoreLocation, key: str, split: SplitRef) -> Damage |
 
 def _file_problem(location: StoreLocation, key: str, size: int, crc: int) -> str | None:
     try:
-        with unreachable_as_error(location), location.open(key) as handle:
+        with store_errors(location), location.open(key) as handle:
             found, length = 0, 0
             while block := handle.read(READ_BLOCK):
                 found, length = google_crc32c.extend(found, block), length + len(block)

@@ -8,7 +8,9 @@ rename; an object store by single PUTs, which are atomic. Neither ever lists mor
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+import google_crc32c
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
@@ -57,6 +60,14 @@ class StoreLocation(ABC):
     @abstractmethod
     def create_bytes(self, key: str, data: bytes) -> bool:
         """Put an object only if there is none (a conditional put); False when one exists."""
+
+    @abstractmethod
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object and a tag of its current version (an ETag), or None when there is none."""
+
+    @abstractmethod
+    def replace_bytes(self, key: str, data: bytes, tag: str) -> bool:
+        """Put an object only if it is still the version `tag` names (a conditional put); False otherwise."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -146,6 +157,20 @@ class LocalLocation(StoreLocation):
         finally:
             os.unlink(handle.name)
 
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        data = self.read_bytes(key)
+        return None if data is None else (data, _content_tag(data))
+
+    def replace_bytes(self, key: str, data: bytes, tag: str) -> bool:
+        target = self.path(key)
+        with open(target.with_name(f".{target.name}.lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # compare and put as one step, across processes of this filesystem
+            current = self.read_bytes(key)
+            if current is None or _content_tag(current) != tag:
+                return False
+            self.write_bytes(key, data)
+            return True
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
@@ -234,22 +259,22 @@ class ObjectLocation(StoreLocation):
         return FsspecStore.from_url(f"{self.url}/{key}", storage_options=self.options(), read_only=read_only)
 
     def read_bytes(self, key: str) -> bytes | None:
-        with unreachable_as_error(self):
+        with store_errors(self):
             try:
                 return self.fs.cat_file(self._path(key))
             except FileNotFoundError:
                 return None
 
     def open(self, key: str) -> IO[bytes]:
-        with unreachable_as_error(self):
+        with store_errors(self):
             return self.fs.open(self._path(key), "rb")
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        with unreachable_as_error(self):
+        with store_errors(self):
             self.fs.pipe_file(self._path(key), data)
 
     def create_bytes(self, key: str, data: bytes) -> bool:
-        with unreachable_as_error(self):
+        with store_errors(self):
             try:
                 self.fs.pipe_file(self._path(key), data, mode="create")
                 return True
@@ -260,18 +285,40 @@ class ObjectLocation(StoreLocation):
                     return False
                 raise
 
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The ETag is read first: if the object changes before its bytes are read, a replace conditioned on
+        that tag fails, which is the safe side."""
+        with store_errors(self):
+            try:
+                tag = str(self.fs.info(self._path(key)).get("ETag") or "")
+                return self.fs.cat_file(self._path(key)), tag
+            except FileNotFoundError:
+                return None
+
+    def replace_bytes(self, key: str, data: bytes, tag: str) -> bool:
+        with store_errors(self):
+            try:
+                self.fs.pipe_file(self._path(key), data, IfMatch=tag)
+                return True
+            except (FileNotFoundError, FileExistsError):
+                return False
+            except OSError as err:
+                if _precondition_failed(err):
+                    return False
+                raise
+
     def exists(self, key: str) -> bool:
-        with unreachable_as_error(self):
+        with store_errors(self):
             return self.fs.isfile(self._path(key))
 
     def list(self, prefix: str) -> list[str]:
         root = self._path("")
-        with unreachable_as_error(self):
+        with store_errors(self):
             found = self.fs.find(self._path(prefix))
         return sorted(path[len(root) + 1:] for path in found)
 
     def children(self, prefix: str) -> list[str]:
-        with unreachable_as_error(self):
+        with store_errors(self):
             try:
                 found = self.fs.ls(self._path(prefix), detail=False)
             except FileNotFoundError:
@@ -281,22 +328,27 @@ class ObjectLocation(StoreLocation):
     def delete(self, keys: Iterable[str]) -> None:
         paths = [self._path(key) for key in keys]
         if paths:
-            with unreachable_as_error(self):
+            with store_errors(self):
                 self.fs.rm(paths)
 
     def copy(self, pairs: Iterable[tuple[str, str]]) -> None:
-        with unreachable_as_error(self):
+        with store_errors(self):
             for source, target in pairs:
                 self.fs.copy(self._path(source), self._path(target))
 
     def put_file(self, path: Path, key: str) -> None:
-        with unreachable_as_error(self):
+        with store_errors(self):
             self.fs.put_file(str(path), self._path(key))
 
     def get_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with unreachable_as_error(self):
+        with store_errors(self):
             self.fs.get_file(self._path(key), str(path))
+
+
+def _content_tag(data: bytes) -> str:
+    """A local file's version tag: the crc32c of its bytes."""
+    return str(google_crc32c.value(data))
 
 
 def _precondition_failed(err: OSError) -> bool:
@@ -320,21 +372,48 @@ def unreachable(where: str, err: BaseException) -> StoreUnreachable:
                             "the command again (it resumes where it stopped)")
 
 
+def as_store_error(err: BaseException, where: str) -> FeatstoreError | None:
+    """An object-store client's failure as one line (unreachable, no credentials, access denied, no such
+    bucket), or None when it is none of these."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    if is_unreachable(err):
+        return unreachable(where, err)
+    if names & {"NoCredentialsError", "PartialCredentialsError"}:
+        return FeatstoreError(f"no credentials for the store {where}: set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment")
+    if isinstance(err, PermissionError):
+        return FeatstoreError(f"access to the store {where} was denied ({' '.join(str(err).split())[:200]}); "
+                              "check the credentials and their permissions")
+    if isinstance(err, FileNotFoundError) and "bucket does not exist" in str(err).lower():
+        return FeatstoreError(f"the bucket of the store {where} does not exist; create it first")
+    return None
+
+
 @contextmanager
-def unreachable_as_error(location: StoreLocation) -> Iterator[None]:
-    """Turn an object-store client's connection failure into one `StoreUnreachable` line."""
+def store_errors(location: StoreLocation) -> Iterator[None]:
+    """Turn an object-store client's failure (see `as_store_error`) into one featstore error line."""
     try:
         yield
     except FeatstoreError:
         raise
     except Exception as err:
-        if not is_unreachable(err):
+        mapped = as_store_error(err, location.url)
+        if mapped is None:
             raise
-        raise unreachable(location.url, err) from None
+        raise mapped from None
 
 
 def store_location(url: str) -> StoreLocation:
-    """A location from a folder path, `file://` URL or object-store URL."""
+    """A location from a folder path, `file://` URL or object-store URL (a protocol fsspec knows)."""
+    if re.match(r"^[A-Za-z][\w+.-]*:/", url) and "://" not in url:
+        raise FeatstoreError(f"{url!r} is not a store URL: write it as protocol://bucket/prefix (e.g. s3://bucket/x)")
+    if "://" in url and not url.startswith("file://"):
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class(url.split("://", 1)[0])
+        except (ValueError, ImportError) as err:
+            raise FeatstoreError(f"the store URL {url!r} cannot be used: {err}") from None
     if "://" not in url:
         return LocalLocation(Path(url).expanduser().resolve())
     if url.startswith("file://"):

@@ -1,9 +1,11 @@
 """A project's catalog and datasets mirrored into its remote store, so another machine can clone it.
 
-After a command that changed them, `push` uploads a consistent snapshot of the catalog (checkpointed while
-no writer holds it), the registry, raw and cleaned files and the saved tokenizers that changed, then
-`project.json` last: a generation number and the checksum of every mirrored file. `pull` (before a writing
-command, and by `featstore clone`) downloads what a newer generation changed. Credentials are never mirrored.
+After a command that changed them (and a build after each split, before older versions of it are deleted),
+`push` uploads a consistent snapshot of the catalog (checkpointed while no writer holds it), the registry,
+raw and cleaned files and the saved tokenizers that changed, then `project.json` last: a generation number
+and the checksum of every mirrored file. `pull` (before a writing command, and by `featstore clone`)
+downloads what a newer generation changed; a file changed both here and in the store since the last sync is
+refused, never overwritten. Credentials are never mirrored. Pushes and pulls run under the store's lease.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import google_crc32c
 from featstore.catalog.database import WRITER_WAIT_S, catalog_writer
 from featstore.errors import FeatstoreError
 from featstore.project import Project, init_project
+from featstore.store.lease import assert_held
 from featstore.store.location import store_location
 from featstore.store.locking import catalog_gate
 
@@ -29,6 +32,7 @@ LOCAL_STATE = ".mirror.json"
 
 def push(project: Project) -> None:
     """Upload the catalog snapshot and the changed project files, then the new `project.json`."""
+    assert_held(project.store)
     remote = _remote_state(project)
     files = _local_files(project)
     for relative, entry in files.items():
@@ -54,11 +58,16 @@ def pull(project: Project) -> bool:
     local = _local_state(project)
     if remote["generation"] <= local["generation"]:
         return False
-    here = _local_files(project)
+    here, synced = _local_files(project), local.get("files", {})
+    changed_here = {relative for relative, entry in here.items() if synced.get(relative) != entry}
+    conflicts = sorted(r for r in changed_here if remote["files"].get(r) not in (None, here[r]))
+    if conflicts:
+        raise FeatstoreError(f"{', '.join(conflicts)} changed here and in {project.store.url} since this project "
+                             "last synced; keep a copy of yours, delete it, and run the command again")
     for relative, entry in remote["files"].items():
-        if here.get(relative) != entry:
+        if relative not in changed_here and here.get(relative) != entry:
             project.store.get_file(relative, _local_path(project, relative))
-    for relative in here.keys() - remote["files"].keys():
+    for relative in here.keys() - remote["files"].keys() - changed_here:
         _local_path(project, relative).unlink(missing_ok=True)
     if project.store.exists(CATALOG):
         project.store_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +80,7 @@ def pull(project: Project) -> bool:
                                          "when it finishes")
                 Path(f"{project.catalog_path}.wal").unlink(missing_ok=True)
                 os.replace(downloaded, project.catalog_path)
-    _write_local_state(project, remote)
+    _write_local_state(project, remote)  # files changed here stay "changed": the next push uploads them
     return True
 
 
@@ -105,8 +114,10 @@ def _local_state(project: Project) -> dict:
 
 
 def _write_local_state(project: Project, state: dict) -> None:
+    """What this copy last synced: the generation and the mirrored files as they were then."""
     project.store_dir.mkdir(parents=True, exist_ok=True)
-    (project.store_dir / LOCAL_STATE).write_text(json.dumps({"generation": state["generation"]}))
+    (project.store_dir / LOCAL_STATE).write_text(json.dumps({"generation": state["generation"],
+                                                             "files": state["files"]}))
 
 
 def _local_path(project: Project, relative: str) -> Path:

@@ -54,16 +54,15 @@ class SplitWriter:
                                  "format": FORMAT_VERSION, MANIFEST: self.recorder.manifest})
 
     @classmethod
-    def repairing(cls, location: StoreLocation, published: str, shape: SplitShape, build_key: str,
+    def repairing(cls, location: StoreLocation, prefix: str, published: str, shape: SplitShape, build_key: str,
                   shards: Collection[int]) -> SplitWriter | None:
-        """A writer over a new version holding a copy of the published one (hard links locally, server-side
-        copies in a bucket) without the files of `shards`, which it lists as pending; None when the published
-        split was built from other inputs."""
+        """A writer over a new version in `prefix` holding a copy of the published version (hard links locally,
+        server-side copies in a bucket) without the files of `shards`, which it lists as pending; None when the
+        published split was built from other inputs."""
         root = json.loads(location.read_bytes(f"{published}/{ROOT}") or b"{}")
         attrs = root.get("attributes", {})
         if attrs.get("build_key") != build_key:
             return None
-        prefix = published.rsplit("/", 1)[0]
         version = new_version()
         kept = {key: entry for key, entry in attrs[MANIFEST].items() if entry[2] not in shards}
         location.copy((f"{published}/{key}", f"{prefix}/{version}/{key}") for key in kept)
