@@ -260,7 +260,7 @@ def test_the_writer_records_shards_in_any_order_once_and_refuses_a_split_with_sh
     writer.write_shard(1, *arrays)
     with pytest.raises(FeatstoreError, match=r"shard 1 .* is not pending \(written: \[1\]\)"):
         writer.write_shard(1, *arrays)
-    resumed = SplitWriter(tmp_path / "split", shape, {}, build_key="k")
+    resumed = SplitWriter(LocalLocation(tmp_path), "split", shape, {}, build_key="k")
     assert resumed.pending_shards == [0, 2] and {entry[2] for entry in resumed.recorder.manifest.values()} == {None, 1}
     with pytest.raises(FeatstoreError, match=r"cannot be published: shards \[0, 2\] are not written"):
         resumed.publish()
