@@ -169,6 +169,7 @@ def _shards_written(server, url: str, key: str) -> list[int]:
 def test_a_server_stopped_mid_build_is_one_line_and_a_restart_resumes(moto_s3, monkeypatch, tmp_path, capsys,
                                                                       reference_900):
     moto_s3.use_env(monkeypatch)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's standard variable: fail in seconds, not 15-25 s
     project = bucket_project(tmp_path / "bucket", moto_s3.bucket_url(), n=900)
     real_write = SplitWriter.write_shard
 
@@ -269,6 +270,7 @@ def test_an_unreachable_store_is_one_line(monkeypatch, tmp_path, capsys):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nothing listens there once closed
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     project = toy_project(tmp_path / "p")

@@ -26,7 +26,7 @@ from zarr.storage import FsspecStore, LocalStore
 from featstore.errors import FeatstoreError
 
 # Throttling, 5xx answers and dropped connections are retried by botocore with backoff; a store that stays
-# unreachable fails within about CONNECT_TIMEOUT_S x MAX_ATTEMPTS.
+# unreachable fails after MAX_ATTEMPTS tries (15-25 s); AWS_MAX_ATTEMPTS and AWS_RETRY_MODE override them.
 MAX_ATTEMPTS = 5
 CONNECT_TIMEOUT_S = 3
 READ_TIMEOUT_S = 60
@@ -238,8 +238,11 @@ class ObjectLocation(StoreLocation):
         object's size)."""
         if self.protocol not in ("s3", "s3a"):
             return {}
-        options = {"use_listings_cache": False, "max_concurrency": 1, "config_kwargs": {"retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-                                     "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}}
+        retries = {"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS)),
+                   "mode": os.environ.get("AWS_RETRY_MODE", "standard")}
+        options = {"use_listings_cache": False, "max_concurrency": 1,
+                   "config_kwargs": {"retries": retries, "connect_timeout": CONNECT_TIMEOUT_S,
+                                     "read_timeout": READ_TIMEOUT_S}}
         if os.environ.get("AWS_ENDPOINT_URL"):
             options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
         return options
