@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from tests.factories import registry_row, toy_raw, write_registry
 MODEL = "random:tiny"
 
 
-def toy_project(root: Path, n: int = 300) -> Project:
-    """A cleaned project with one dataset `1_toy` (train 200, test 100 for n=300)."""
-    project = init_project(root)
+def toy_project(root: Path, n: int = 300, store: str | None = None) -> Project:
+    """A cleaned project with one dataset `1_toy` (train 200, test 100 for n=300), its features kept in `store`
+    (a folder or URL) when given."""
+    project = init_project(root, store)
     project.raw_dir.mkdir(parents=True, exist_ok=True)
     toy_raw(n).to_csv(project.raw_dir / "toy.csv", index=False)
     write_registry(project, [registry_row(1, "toy", "toy.csv")])
@@ -43,6 +45,22 @@ def published_folder(project: Project, split: str, model: str = MODEL, dataset: 
     found = query_catalog(project.catalog_path, "SELECT path FROM feature_splits WHERE model = ? AND dataset = ? "
                           "AND split = ?", [model, dataset, split])
     return project.store_dir / found["path"][0]
+
+
+def wait_for_a_written_shard(process, project: Project, split: str = "train") -> list[int]:
+    """Poll a build running in `process` until a shard of `split` is recorded written (or it ends, or 120 s
+    pass); returns the shards written then."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            building = building_folder(project, split)
+            written = zarr.open_group(building, mode="r").attrs.get("shards_written") if building else None
+            if written:
+                return written
+        except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)
+    return []
 
 
 def building_folder(project: Project, split: str, model: str = MODEL, dataset: str = "1_toy") -> Path | None:

@@ -1,11 +1,9 @@
 """`featstore build`: stored numbers against the model run on each example alone, resumption, locking."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -26,7 +24,8 @@ from featstore.project import init_project
 from featstore.store.layout import SHARD_EXAMPLES
 from featstore.store.locking import BUILD_LOCK, exclusive_build
 from featstore.store.writer import SplitWriter
-from tests.builders import MODEL, building_folder, built_toy_project, new_version_folder, published_folder, toy_project
+from tests.builders import (MODEL, building_folder, built_toy_project, new_version_folder, published_folder,
+                            toy_project, wait_for_a_written_shard)
 from tests.factories import registry_row, write_registry
 
 
@@ -169,15 +168,7 @@ def test_sigkill_leaves_a_readable_store_and_rerun_completes(tmp_path):
     command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL,
                "--device", "cpu", "--batch-tokens", "64"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            building = building_folder(project, "train")
-            if building is not None and zarr.open_group(building, mode="r").attrs.get("shards_written"):
-                break
-        except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
-            pass
-        time.sleep(0.05)
+    wait_for_a_written_shard(process, project)
     assert process.poll() is None, "the build finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

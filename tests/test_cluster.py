@@ -1,13 +1,11 @@
 """`--cluster`: builds and probe sweeps on a dask LocalCluster (2 worker processes) give what one process gives,
 survive a worker or the coordinator killed mid-build, and fail in one line when the model or the cluster fails."""
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from featstore.api import Store
 from featstore.cli import main
 from featstore.project import open_project
 from featstore.store.layout import SHARD_EXAMPLES
-from tests.builders import MODEL, building_folder, published_folder, toy_project
+from tests.builders import MODEL, building_folder, published_folder, toy_project, wait_for_a_written_shard
 
 SPLITS = ("train", "test")
 ARRAYS = ("attn", "resid", "tokens", "seq_len", "example_id")
@@ -104,19 +102,11 @@ def test_a_killed_coordinator_resumes_to_identical_arrays(address, tmp_path):
     command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL,
                "--device", "cpu", "--batch-tokens", "64", "--cluster", address]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    written, building = [], None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None and not written:
-        try:
-            building = building_folder(project, "train")
-            written = zarr.open_group(building, mode="r").attrs.get("shards_written", []) if building else []
-        except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError):
-            pass
-        time.sleep(0.02)
+    wait_for_a_written_shard(process, project)
     assert process.poll() is None, "the build finished before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert 0 < len(zarr.open_group(building, mode="r").attrs["shards_written"]) < 7
+    assert 0 < len(zarr.open_group(building_folder(project, "train"), mode="r").attrs["shards_written"]) < 7
     assert Store(project).sql("SELECT count(*) AS n FROM features")["n"][0] == 0
     assert build(project, "--batch-tokens", "64", "--cluster", address) == 0
     assert_same_arrays(project, reference)

@@ -17,32 +17,22 @@ import pytest
 import s3fs
 
 from featstore.api import Store
-from featstore.catalog.splits import SplitParams
 from featstore.cli import main
-from featstore.datasets.cleaning import clean_datasets
-from featstore.datasets.registry import load_registry
 from featstore.extraction.build import BuildSettings, build_features
-from featstore.project import Project, init_project, open_project
+from featstore.project import Project, open_project
 from featstore.errors import FeatstoreError
 from featstore.store.lease import LEASE, Lease, assert_held, holding_lease
 from featstore.store.location import store_location
 from featstore.store.layout import split_prefix
 from featstore.store.writer import SplitWriter
 from tests.builders import MODEL, toy_project
-from tests.factories import registry_row, toy_raw, write_registry
 
 BUILD = ["build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64"]
 
 
 def bucket_project(root, url: str, n: int = 300) -> Project:
     """A cleaned toy project (`1_toy`) whose store is `url`."""
-    init_project(root, store=url)
-    project = open_project(root)
-    project.raw_dir.mkdir(parents=True, exist_ok=True)
-    toy_raw(n).to_csv(project.raw_dir / "toy.csv", index=False)
-    write_registry(project, [registry_row(1, "toy", "toy.csv")])
-    clean_datasets(project, load_registry(project), SplitParams())
-    return project
+    return toy_project(root, n, store=url)
 
 
 def decoded(project: Project, split: str) -> dict[str, np.ndarray]:

@@ -2,8 +2,9 @@
 
 The coordinator (the `featstore build` process) plans one work unit per pending shard: the shard, the
 batches of the whole-split plan that touch its rows (so padding and numerics are those of a
-single-process build; a batch that spans two shards runs once for each) and only the token ids of those
-batches. Each worker loads the model once, runs its unit, writes the shard's arrays straight into the
+single-process build) and only the token ids of those batches. A batch that spans two shards runs once for
+each, unless it holds more than half a shard's rows (short prompts): then the two shards share one unit,
+so no large batch runs twice. Each worker loads the model once, runs its unit, writes the shard's arrays straight into the
 split's version folder in the store (a shared folder every worker reaches at the same path, or a bucket)
 and returns their manifest
 entries. The coordinator records each shard as it completes (manifest and written set, one root write),
@@ -34,7 +35,7 @@ from featstore.extraction.capture import capture_last_token
 from featstore.extraction.models import LoadedModel, ModelLoadError, load_model, release_model
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import Progress
-from featstore.store.layout import SplitShape
+from featstore.store.layout import SHARD_EXAMPLES, SplitShape
 from featstore.store.location import StoreLocation
 from featstore.store.writer import write_shard_arrays
 
@@ -55,11 +56,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ShardUnit:
-    """One pending shard and all its worker needs: the split's rows `first_row` on that its batches cover,
-    the batches (numbered as in the whole split), the split's shape, where its version is written (the store
-    and the version's key) and the digest of the model identity the split was planned with."""
+    """Consecutive pending shards and all their worker needs: the split's rows `first_row` on that its batches
+    cover, the batches (numbered as in the whole split), the split's shape, where its version is written (the
+    store and the version's key) and the digest of the model identity the split was planned with."""
 
-    shard: int
+    shards: tuple[int, ...]
     batches: list[slice]
     window: TokenizedSplit
     first_row: int
@@ -69,15 +70,17 @@ class ShardUnit:
     model_digest: str
 
     @property
+    def rows(self) -> slice:
+        return slice(self.shape.shard_rows(self.shards[0]).start, self.shape.shard_rows(self.shards[-1]).stop)
+
+    @property
     def n_rows(self) -> int:
-        rows = self.shape.shard_rows(self.shard)
-        return rows.stop - rows.start
+        return self.rows.stop - self.rows.start
 
     @property
     def n_tokens(self) -> int:
-        """The shard's real tokens (what the progress bar's tok/s counts)."""
-        rows = self.shape.shard_rows(self.shard)
-        return int(self.window.seq_lens[rows.start - self.first_row : rows.stop - self.first_row].sum())
+        """The shards' real tokens (what the progress bar's tok/s counts)."""
+        return int(self.window.seq_lens[self.rows.start - self.first_row : self.rows.stop - self.first_row].sum())
 
 
 @contextmanager
@@ -116,7 +119,7 @@ class ClusterWriting:
         def submit_next() -> None:
             unit = waiting.pop()
             future = self.client.submit(write_unit, unit, self.spec, resources=self.resources,
-                                        key=_task_key(f"shard-{unit.shard}"))
+                                        key=_task_key(f"shard-{unit.shards[0]}"))
             submitted[future.key] = (future, unit)
             running.add(future)
 
@@ -126,7 +129,9 @@ class ClusterWriting:
                 submit_next()
             for future in running:
                 _, unit = submitted.pop(future.key)
-                plan.writer.record_shard(unit.shard, _result(future, f"shard {unit.shard} of {plan.writer.key}"))
+                written = _result(future, f"shards {list(unit.shards)} of {plan.writer.key}")
+                for shard in unit.shards:
+                    plan.writer.record_shard(shard, written[shard])
                 tokens += unit.n_tokens
                 progress.set_postfix(tok_s=int(tokens / max(time.perf_counter() - started, 1e-9)), refresh=False)
                 progress.update(unit.n_rows)
@@ -138,35 +143,48 @@ class ClusterWriting:
 
 
 def plan_units(plan: SplitPlan, batch_tokens: int, digest: str) -> list[ShardUnit]:
-    """One unit per pending shard, with the batches of the whole-split plan that touch its rows and only the
-    rows those batches cover."""
+    """One unit per pending shard (consecutive shards joined where a large batch spans them), with the batches
+    of the whole-split plan that touch its rows and only the rows those batches cover."""
     batches = split_batches(plan.tokenized, batch_tokens)
-    units = []
+    groups: list[list[int]] = []
     for shard in plan.writer.pending_shards:
-        rows = plan.shape.shard_rows(shard)
+        if groups and groups[-1][-1] == shard - 1 and _large_batch_spans(batches, plan.shape, shard):
+            groups[-1].append(shard)
+        else:
+            groups.append([shard])
+    units = []
+    for shards in groups:
+        rows = slice(plan.shape.shard_rows(shards[0]).start, plan.shape.shard_rows(shards[-1]).stop)
         touching = [batch for batch in batches if batch.start < rows.stop and batch.stop > rows.start]
         first, last = touching[0].start, touching[-1].stop
-        units.append(ShardUnit(shard, touching, _window(plan.tokenized, slice(first, last)), first, plan.shape,
-                               plan.writer.location, plan.writer.key, digest))
+        units.append(ShardUnit(tuple(shards), touching, _window(plan.tokenized, slice(first, last)), first,
+                               plan.shape, plan.writer.location, plan.writer.key, digest))
     return units
 
 
-def write_unit(unit: ShardUnit, spec: ModelSpec) -> dict[str, list]:
-    """On a worker: run the unit's batches, keep its shard's rows, write the shard into the split's version and
-    return the manifest entries of the files written."""
+def _large_batch_spans(batches: list[slice], shape: SplitShape, shard: int) -> bool:
+    """Whether a batch holding more than half a shard's rows spans the boundary before `shard`: running it
+    once per shard would cost more than keeping the two shards in one unit."""
+    boundary = shape.shard_rows(shard).start
+    return any(b.start < boundary < b.stop and b.stop - b.start > SHARD_EXAMPLES // 2 for b in batches)
+
+
+def write_unit(unit: ShardUnit, spec: ModelSpec) -> dict[int, dict[str, list]]:
+    """On a worker: run the unit's batches, keep its shards' rows, write each shard into the split's version and
+    return the manifest entries of the files written, by shard."""
     model = worker_model(spec)
     if model_digest(model.identity) != unit.model_digest:
         raise FeatstoreError(f"{_worker_name()} loaded {spec.spec!r} as a different model than the one the build "
                              "was planned with (other weights, library versions or dtype on that machine)")
-    assembler = ShardAssembler(unit.window, unit.shape, [unit.shard], unit.first_row)
-    completed = []
+    assembler = ShardAssembler(unit.window, unit.shape, list(unit.shards), unit.first_row)
+    written = {}
     with torch.inference_mode():
         for batch in unit.batches:
             local = slice(batch.start - unit.first_row, batch.stop - unit.first_row)
             attn, resid = capture_last_token(model, unit.window.padded(local), unit.window.seq_lens[local])
-            completed += assembler.add(batch, attn, resid)
-    [(shard, arrays)] = completed
-    return write_shard_arrays(unit.location, unit.key, unit.shape, shard, *arrays)
+            for shard, arrays in assembler.add(batch, attn, resid):
+                written[shard] = write_shard_arrays(unit.location, unit.key, unit.shape, shard, *arrays)
+    return written
 
 
 def describe_model(spec: ModelSpec) -> LoadedModel:

@@ -133,29 +133,28 @@ class LocalLocation(StoreLocation):
     def open(self, key: str) -> IO[bytes]:
         return open(self.path(key), "rb")
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def _staged(self, key: str, data: bytes) -> Path:
+        """`data` written and flushed to disk under a temporary name beside the key's file."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, target)
+        return Path(handle.name)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        os.replace(self._staged(key, data), self.path(key))
 
     def create_bytes(self, key: str, data: bytes) -> bool:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        staged = self._staged(key, data)
         try:
-            os.link(handle.name, target)  # fails when the target exists: the local conditional put
+            os.link(staged, self.path(key))  # fails when the target exists: the local conditional put
             return True
         except FileExistsError:
             return False
         finally:
-            os.unlink(handle.name)
+            os.unlink(staged)
 
     def read_tagged(self, key: str) -> tuple[bytes, str] | None:
         data = self.read_bytes(key)
