@@ -2,9 +2,9 @@
 
 The coordinator (the `featstore build` process) plans one work unit per pending shard: the shard, the
 batches of the whole-split plan that touch its rows (so padding and numerics are those of a
-single-process build) and only the token ids of those batches. A batch that spans two shards runs once for
-each, unless it holds more than half a shard's rows (short prompts): then the two shards share one unit,
-so no large batch runs twice. Each worker loads the model once, runs its unit, writes the shard's arrays straight into the
+single-process build) and only the token ids of those batches. A batch that spans two units runs in both,
+so consecutive shards share a unit until cutting there would duplicate at most a quarter of the unit's rows:
+long prompts (small batches) get a unit per shard, a split that is one or two batches (short prompts) one unit. Each worker loads the model once, runs its unit, writes the shard's arrays straight into the
 split's version folder in the store (a shared folder every worker reaches at the same path, or a bucket)
 and returns their manifest
 entries. The coordinator records each shard as it completes (manifest and written set, one root write),
@@ -35,7 +35,7 @@ from featstore.extraction.capture import capture_last_token
 from featstore.extraction.models import LoadedModel, ModelLoadError, load_model, release_model
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import Progress
-from featstore.store.layout import SHARD_EXAMPLES, SplitShape
+from featstore.store.layout import SplitShape
 from featstore.store.location import StoreLocation
 from featstore.store.writer import write_shard_arrays
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from distributed import Client, Future
 
 UNITS_PER_WORKER = 2
+MAX_DUPLICATED = 0.25  # of a unit's rows that may be computed again by its neighbour
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,12 @@ class ClusterWriting:
 
 
 def plan_units(plan: SplitPlan, batch_tokens: int, digest: str) -> list[ShardUnit]:
-    """One unit per pending shard (consecutive shards joined where a large batch spans them), with the batches
-    of the whole-split plan that touch its rows and only the rows those batches cover."""
+    """Units of consecutive pending shards (cut where little is computed twice, see `_cheap_cut`), each with the
+    batches of the whole-split plan that touch its rows and only the rows those batches cover."""
     batches = split_batches(plan.tokenized, batch_tokens)
     groups: list[list[int]] = []
     for shard in plan.writer.pending_shards:
-        if groups and groups[-1][-1] == shard - 1 and _large_batch_spans(batches, plan.shape, shard):
+        if groups and groups[-1][-1] == shard - 1 and not _cheap_cut(batches, plan.shape, groups[-1][0], shard):
             groups[-1].append(shard)
         else:
             groups.append([shard])
@@ -162,11 +163,12 @@ def plan_units(plan: SplitPlan, batch_tokens: int, digest: str) -> list[ShardUni
     return units
 
 
-def _large_batch_spans(batches: list[slice], shape: SplitShape, shard: int) -> bool:
-    """Whether a batch holding more than half a shard's rows spans the boundary before `shard`: running it
-    once per shard would cost more than keeping the two shards in one unit."""
+def _cheap_cut(batches: list[slice], shape: SplitShape, first: int, shard: int) -> bool:
+    """Whether a unit starting at shard `first` may end before `shard`: the batch spanning that boundary (which
+    both units would run) holds at most `MAX_DUPLICATED` of the unit's rows, or no batch spans it."""
     boundary = shape.shard_rows(shard).start
-    return any(b.start < boundary < b.stop and b.stop - b.start > SHARD_EXAMPLES // 2 for b in batches)
+    unit_rows = boundary - shape.shard_rows(first).start
+    return all(b.stop - b.start <= MAX_DUPLICATED * unit_rows for b in batches if b.start < boundary < b.stop)
 
 
 def write_unit(unit: ShardUnit, spec: ModelSpec) -> dict[int, dict[str, list]]:
