@@ -6,6 +6,7 @@ write command brings an older catalog up to date (its older rows hold NULL there
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from featstore.store.locking import catalog_gate
 # Readers hold the catalog for at most a user query's 30 s (safe_sql.USER_QUERY_BUDGET) once a writer waits at the
 # gate; a writer waits for them with room to spare.
 WRITER_WAIT_S = 120.0
+_WRITER_THREAD = threading.RLock()  # one writing thread at a time in this process (the gate orders processes)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -144,7 +146,7 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
     project.store_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     busy = f"{project.catalog_path} is open in another featstore process; try again when it finishes"
-    with catalog_gate(project.catalog_path, exclusive=True, wait_s=wait_s) as passed:
+    with _WRITER_THREAD, catalog_gate(project.catalog_path, exclusive=True, wait_s=wait_s) as passed:
         if not passed:
             raise FeatstoreError(busy)
         while True:

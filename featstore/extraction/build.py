@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -43,6 +45,8 @@ from featstore.store.locking import holding_store
 from featstore.store.tokenizers import save_tokenizer
 from featstore.store.writer import SplitWriter, retire_versions
 
+
+_TOKENIZING = threading.Lock()  # a fast tokenizer is not safe to share between threads (builds on a cluster)
 
 @dataclass(frozen=True)
 class BuildSettings:
@@ -101,23 +105,39 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
         if not pending:
             return 0
         transformers_logging.disable_progress_bar()
-        with _shard_writing(model_spec, settings, cluster) as (model, write_shards):
+        with _shard_writing(model_spec, settings, cluster) as (model, write_shards, at_once):
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
             progress = open_progress(sum(len(j.example_ids) for j in pending), "ex", f"build {key}")
             with progress:
+                builds = []
                 for job in pending:
                     repair = repairs.get((job.dataset, job.split))
-                    build_split(project, model, job, _repair_settings(settings, recorded, job) if repair else settings,
-                                max_len, progress, repair.shards if repair else None, write_shards)
+                    builds.append(partial(build_split, project, model, job,
+                                          _repair_settings(settings, recorded, job) if repair else settings, max_len,
+                                          progress, repair.shards if repair else None, write_shards))
+                _run_builds(builds, at_once)
     return len(pending)
+
+
+def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
+    """Run the split builds in order, or `at_once` at a time in threads that each wait on a cluster (the
+    catalog writer and the mirror take turns); the first failure is raised once the others have stopped."""
+    if at_once == 1:
+        for build in builds:
+            build()
+        return
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="split") as pool:
+        for running in [pool.submit(build) for build in builds]:
+            running.result()
 
 
 @contextmanager
 def _shard_writing(model_spec: str, settings: BuildSettings,
-                   cluster: str | None) -> Iterator[tuple[LoadedModel, ShardWriting]]:
-    """The model (for its tokenizer and shape) and how shards get written: here with the model loaded in this
-    process, or by a cluster's workers (the model described by one of them, never loaded here)."""
+                   cluster: str | None) -> Iterator[tuple[LoadedModel, ShardWriting, int]]:
+    """The model (for its tokenizer and shape), how shards get written and how many splits to build at once:
+    one at a time here with the model loaded in this process, or one per worker on a cluster (the model
+    described by a worker, never loaded here)."""
     if cluster is not None:
         from featstore.extraction.distributed_build import cluster_shard_writing
 
@@ -126,7 +146,7 @@ def _shard_writing(model_spec: str, settings: BuildSettings,
         return
     model = load_model(model_spec, device=settings.device, dtype=settings.dtype)
     try:
-        yield model, write_locally
+        yield model, write_locally, 1
     finally:
         release_model(model)
 
@@ -172,7 +192,8 @@ def build_split(
     `write_shards` produces the shards (default: `write_locally`)."""
     started = time.perf_counter()
     prefix = split_prefix(model.key, job.dataset, job.split)
-    encoded = model.encode(job.prompts)
+    with _TOKENIZING:
+        encoded = model.encode(job.prompts)
     tokenized = order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
     shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
                        int(tokenized.seq_lens.max()))

@@ -86,15 +86,17 @@ class ShardUnit:
 
 @contextmanager
 def cluster_shard_writing(address: str, model_spec: str,
-                          settings: BuildSettings) -> Iterator[tuple[LoadedModel, ShardWriting]]:
+                          settings: BuildSettings) -> Iterator[tuple[LoadedModel, ShardWriting, int]]:
     """Connect to the cluster, have one worker load the model and describe it (tokenizer, shape, identity:
-    the coordinator never loads the weights), and yield that description with the cluster's shard writing."""
+    the coordinator never loads the weights), and yield that description with the cluster's shard writing and
+    how many splits to build at once (one per worker: a split of short prompts is a single unit)."""
     spec = ModelSpec(model_spec, settings.device, settings.dtype)
     with connect(address) as client:
         resources = gpu_resources(client)
         described = client.submit(describe_model, spec, resources=resources, key=_task_key("describe-model"))
         model = _result(described, f"loading {model_spec!r}")
-        yield model, ClusterWriting(client, spec, resources, model_digest(model.identity)).write_shards
+        writing = ClusterWriting(client, spec, resources, model_digest(model.identity))
+        yield model, writing.write_shards, max(1, worker_count(client))
 
 
 @dataclass

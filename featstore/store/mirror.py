@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import google_crc32c
@@ -28,10 +29,17 @@ from featstore.store.locking import catalog_gate
 STATE = "project.json"
 CATALOG = "catalog.duckdb"
 LOCAL_STATE = ".mirror.json"
+_PUSHING = threading.Lock()
 
 
 def push(project: Project) -> None:
-    """Upload the catalog snapshot and the changed project files, then the new `project.json`."""
+    """Upload the catalog snapshot and the changed project files, then the new `project.json` (one thread at a
+    time: splits built at once push in turn)."""
+    with _PUSHING:
+        _push(project)
+
+
+def _push(project: Project) -> None:
     assert_held(project.store)
     remote = _remote_state(project)
     files = _local_files(project)
