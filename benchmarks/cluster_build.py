@@ -4,10 +4,11 @@ Prints, for one SAE-Probes dataset (train and test, `--limit` examples each):
 1. throughput (real tokens/s, wall clock) of the single-process build and of cluster builds with 1 and 2
    local workers (one thread each). Every timed build follows a warm-up build of 8 examples per split and
    overwrites it, so the model is loaded (in this process, or once per worker) before timing starts.
-2. per shard: the worker's task time (task stream: run the unit's batches, write the shard) and the
+2. per unit: the worker's task time (task stream: run the unit's batches, write its shards) and, per shard, the
    coordinator's time recording it (manifest merge + one root-attribute write), and their ratio; per split:
    the coordinator's serial work (tokenising, catalog commits, row index, publishing).
-3. the prediction for 100 GPU workers from these figures (the model is printed with it).
+3. the prediction for 100 GPU workers on the 226 splits of the SAE-Probes benchmark from these figures (the model
+   is printed with it).
 
 Run: python benchmarks/cluster_build.py --model random:gpt2-medium --dataset 87_glue_cola --limit 128
 """
@@ -116,9 +117,9 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
         serial_s = (timers.seconds["split"] - timers.seconds["shards"]) / timers.calls["split"]
         figures[workers] = (wall, shard_s, timers.per_call("record"), serial_s, len(tasks), timers.calls["split"])
         print(f"{workers} local worker(s): {n_tokens / wall:7.0f} tok/s ({wall:.1f} s; cluster start {start_s:.1f} s "
-              f"and a first build with the model load not counted); {len(tasks)} shard tasks of {shard_s:.2f} s; "
+              f"and a first build with the model load not counted); {len(tasks)} units of {shard_s:.2f} s; "
               f"coordinator per shard {1e3 * figures[workers][2]:.1f} ms = {figures[workers][2] / shard_s:.1%} of a "
-              f"shard task; per split, serial coordinator work {serial_s:.2f} s")
+              f"unit; per split, serial coordinator work {serial_s:.2f} s")
     print(f"speed-up 2 workers / 1 worker: {figures[1][0] / figures[2][0]:.2f}x (on {os.cpu_count()} CPUs)")
     predict(*figures[2][1:])
 
@@ -136,23 +137,24 @@ def split_tokens(project, args: argparse.Namespace) -> list[int]:
         release_model(model)
 
 
-def predict(shard_s: float, record_s: float, serial_s: float, n_shards: int, n_splits: int) -> None:
-    """The model of a cluster build: the coordinator builds one split at a time. Per split it works alone
-    (tokenising, the `building` status commit, the row index, publishing, the catalog commit: `serial`), then the
-    split's S shards run on N workers in ceil(S / N) waves of one shard task each, while it records each
-    finished shard in turn (c per shard: manifest merge + one root-attribute write). So
-        T_split(N) = serial + max(ceil(S / N) x shard_task, S x c)
-    and N workers help only up to S (the shards of one split: at most 8 for a SAE-Probes train split, 32 for
-    the largest test split) and while S x c stays below a shard task."""
-    per_split = n_shards / n_splits
+def predict(unit_s: float, record_s: float, serial_s: float, n_units: int, n_splits: int) -> None:
+    """The model of a cluster build: the coordinator builds up to N splits at once (N workers), a thread each.
+    Per split it tokenises, commits the `building` status, writes the row index, publishes and commits the
+    catalog (`serial`, catalog commits taking turns across threads), and records each finished shard (c: a
+    manifest merge and one root-attribute write). The units of all splits in flight share the N workers. So,
+    for a benchmark of P splits of U units each,
+        T(N) = max(ceil(P x U / N) x unit_time, P x (serial + U x c))
+    the first term the workers' share of the work, the second what serialises on the coordinator. With short
+    prompts a split is one unit (U = 1), with long prompts one unit per shard (U up to 8 for a SAE-Probes train
+    split, 32 for a test split)."""
+    per_split = n_units / n_splits
     print(inspect.cleandoc(predict.__doc__))
-    for shards in (per_split, 8, 32):
-        one = serial_s + max(shards * shard_s, shards * record_s)
-        hundred = serial_s + max(math.ceil(shards / N_GPUS) * shard_s, shards * record_s)
-        print(f"  S = {shards:4.0f}: T(1) = {one:6.2f} s, T({N_GPUS}) = {hundred:5.2f} s, "
-              f"speed-up {one / hundred:5.1f}x of {N_GPUS} (with shard_task {shard_s:.2f} s, c {1e3 * record_s:.1f} ms, serial {serial_s:.2f} s "
-              f"measured here)")
-
+    for splits, units in ((226, per_split), (226, 8), (226, 32)):  # 113 datasets x (train, test)
+        one = max(math.ceil(splits * units) * unit_s, splits * (serial_s + units * record_s))
+        many = max(math.ceil(splits * units / N_GPUS) * unit_s, splits * (serial_s + units * record_s))
+        print(f"  P = {splits}, U = {units:4.1f}: T(1) = {one:9.1f} s, T({N_GPUS}) = {many:8.1f} s, speed-up "
+              f"{one / many:5.1f}x of {N_GPUS} (unit {unit_s:.2f} s, c {1e3 * record_s:.1f} ms, serial {serial_s:.2f} s "
+              "measured here)")
 
 if __name__ == "__main__":
     main()
