@@ -33,9 +33,10 @@ def overview_page(env: Environment, sections: list[dict]) -> str:
     return env.get_template("overview.html").render(title="Overview", root="", sections=sections)
 
 
-def store_page(env: Environment, models: list[dict], project_root: str) -> str:
-    """Models, splits, sizes and build settings."""
-    return env.get_template("store.html").render(title="Store", root="", models=models, project_root=project_root)
+def store_page(env: Environment, models: list[dict], project_root: str, store_url: str) -> str:
+    """Models, splits, sizes and build settings, and where the project and its features live."""
+    return env.get_template("store.html").render(title="Store", root="", models=models, project_root=project_root,
+                                                 store_url=store_url)
 
 
 def example_page(env: Environment) -> str:

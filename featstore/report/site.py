@@ -121,7 +121,7 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
     with store.reading() as reading:
         summary = data.store_summary(reading, scope)
     _write(folder / "index.html", pages.overview_page(env, sections))
-    _write(folder / "store.html", pages.store_page(env, summary, str(store.project.root)))
+    _write(folder / "store.html", pages.store_page(env, summary, str(store.project.root), store.project.store.url))
     _write(folder / "example.html", pages.example_page(env))
     _write_json(folder / "data" / "overview.json", {"sections": sections})
     _write_json(folder / "data" / "store.json", {"models": summary})
