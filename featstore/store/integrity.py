@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import IO
 
 import google_crc32c
 import numpy as np
@@ -58,6 +59,14 @@ class DamagedSplit(FeatstoreError):
 def checksum(data: bytes | np.ndarray) -> int:
     """crc32c, the checksum zarr's `crc32c` codec and sharding index use."""
     return int(google_crc32c.value(data))
+
+
+def streamed_checksum(handle: IO[bytes]) -> tuple[int, int]:
+    """The crc32c and length of what a binary file object holds, read in blocks (a shard never whole in memory)."""
+    found, length = 0, 0
+    while block := handle.read(READ_BLOCK):
+        found, length = google_crc32c.extend(found, block), length + len(block)
+    return int(found), length
 
 
 def seal_value(document: dict) -> int:
@@ -246,9 +255,7 @@ def verify_split(location: StoreLocation, key: str, split: SplitRef) -> Damage |
 def _file_problem(location: StoreLocation, key: str, size: int, crc: int) -> str | None:
     try:
         with store_errors(location), location.open(key) as handle:
-            found, length = 0, 0
-            while block := handle.read(READ_BLOCK):
-                found, length = google_crc32c.extend(found, block), length + len(block)
+            found, length = streamed_checksum(handle)
     except FileNotFoundError:
         return "is missing"
     except OSError as err:

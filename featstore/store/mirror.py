@@ -17,11 +17,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-import google_crc32c
-
 from featstore.catalog.database import WRITER_WAIT_S, catalog_writer
 from featstore.errors import FeatstoreError
 from featstore.project import Project, init_project
+from featstore.store.integrity import streamed_checksum
 from featstore.store.lease import assert_held
 from featstore.store.location import store_location
 from featstore.store.locking import catalog_gate
@@ -140,13 +139,7 @@ def _local_files(project: Project) -> dict[str, list[int]]:
     for folder, prefix in ((project.datasets_dir, "datasets"), (project.tokenizers_dir, "tokenizers")):
         if folder.is_dir():
             for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-                files[f"{prefix}/{path.relative_to(folder).as_posix()}"] = [path.stat().st_size, _crc(path)]
+                with open(path, "rb") as handle:
+                    crc, size = streamed_checksum(handle)
+                files[f"{prefix}/{path.relative_to(folder).as_posix()}"] = [size, crc]
     return files
-
-
-def _crc(path: Path) -> int:
-    found = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            found = google_crc32c.extend(found, block)
-    return int(found)
