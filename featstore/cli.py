@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--repair", action="store_true",
                        help="also rebuild what `featstore verify` finds damaged: only the damaged shards where it can")
     build.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + "; each worker loads the model once and "
-                       "writes whole shards into the store, which every worker must reach at the same path")
+                       "writes whole shards into the store (a bucket, or a folder every worker reaches at the same path)")
     build.set_defaults(handler=run_build)
 
     verify = commands.add_parser("verify", help="check the stored features file by file against their checksums",
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--jobs", type=positive_int, metavar="N",
                        help="fit independent combinations in N processes (default: by the number of fits and CPUs)")
     probe.add_argument("--cluster", metavar="ADDRESS", help=CLUSTER_HELP + "; each fit is a task that reads the "
-                       "store, which every worker must reach at the same path (--jobs does not apply)")
+                       "store (a bucket, or a folder every worker reaches at the same path); --jobs does not apply")
     probe.set_defaults(handler=run_probe)
 
     results = commands.add_parser("results", help="print test ROC AUC: dataset by probe, feature, layers and aggregation")
