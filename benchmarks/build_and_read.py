@@ -4,7 +4,7 @@ Prints ratios (absolute seconds beside them, for context only):
 1. the build's tokens/s against the bare forward's tokens/s at its best batch shape for these lengths.
    The model is loaded once and not timed; "build" is `build_split` on train and test (tokenise, sort,
    forward with capture hooks, compress and write, register); "bare" is only the forward passes
-   (logits_to_keep=1, attention mask, inference mode, no hooks, no writing) of a plain Hugging Face copy
+   (logits_to_keep=1, no KV cache, attention mask, inference mode, no hooks, no writing) of a plain Hugging Face copy
    with the same weights and its default (SDPA) attention, over the same length-sorted rows in batches
    of each budget in BARE_BUDGETS; the fastest budget is the reference. Tokens/s counts real tokens.
    Build and bare runs alternate split by split; `--rounds` repeats them.
@@ -43,6 +43,8 @@ from featstore.catalog.splits import SplitParams
 from featstore.datasets.sae_probes import import_sae_probes
 from featstore.extraction.batching import TokenizedSplit, order_split, truncate_left
 from featstore.extraction.build import BuildSettings, SplitJob, build_split, plan_jobs, split_batches
+from featstore.extraction.capture import default_capture
+from featstore.extraction.captures import CAPTURES
 from featstore.extraction.models import LoadedModel, load_model
 from featstore.progress import LineProgress
 from featstore.project import init_project
@@ -69,7 +71,8 @@ def forward_all(hf_model: torch.nn.Module, batches: list[tuple[np.ndarray, np.nd
     with torch.inference_mode():
         for ids, lengths in batches:
             mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
-            hf_model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), logits_to_keep=1)
+            hf_model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), logits_to_keep=1,
+                     use_cache=False)
 
 
 def plain_copy(wrapped: torch.nn.Module) -> torch.nn.Module:
@@ -176,6 +179,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=BuildSettings.batch_tokens)
     parser.add_argument("--rounds", type=int, default=1, help="alternations of build, peer and bare forwards")
     parser.add_argument("--peer", action="store_true", help="also run the sae-probes-style extractor")
+    parser.add_argument("--capture", choices=list(CAPTURES), help="the build's capture (default: the model's)")
     args = parser.parse_args()
     if args.root is not None:
         benchmark(args, args.root)
@@ -188,7 +192,8 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     """Build, then measure and print the comparisons for `args.model` on `args.dataset`."""
     project = init_project(root)
     import_sae_probes(project, None, [args.dataset], SplitParams())
-    settings = BuildSettings(limit=args.limit, batch_tokens=args.batch_tokens, overwrite=True, max_len=args.max_len)
+    settings = BuildSettings(limit=args.limit, batch_tokens=args.batch_tokens, overwrite=True, max_len=args.max_len,
+                             capture=args.capture)
     jobs = plan_jobs(project, [args.dataset], args.limit)
 
     started = time.perf_counter()
@@ -225,7 +230,8 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
           f"{n_tokens} real tokens, {n_tokens / sum(len(s.seq_lens) for s in splits):.1f} per example, "
           f"{args.rounds} round(s)): {build_rate / bare_rate:.2f}x wall-clock "
           f"({bare[best][1] / build[1]:.2f}x CPU time)  [build {build_rate:.0f} tok/s at --batch-tokens "
-          f"{args.batch_tokens}; bare plain HF (sdpa) tok/s by batch budget {per_budget}]", flush=True)
+          f"{args.batch_tokens}, capture {args.capture or default_capture(model)}; bare plain HF (sdpa) tok/s by "
+          f"batch budget {per_budget}]", flush=True)
 
     layer = model.n_layers // 2
     store = open_store(project.root)

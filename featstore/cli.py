@@ -18,6 +18,7 @@ from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, run_bounded_query
 from featstore.catalog.splits import SplitParams
 from featstore.cluster import CLUSTER_HELP
 from featstore.errors import FeatstoreError
+from featstore.extraction.captures import CAPTURES
 from featstore.probing.families import FAMILIES
 from featstore.project import Project, init_project, open_project
 from featstore.store.location import as_store_error
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     build.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                        help="the model's compute dtype (stored arrays are float16 either way)")
+    build.add_argument("--capture", choices=list(CAPTURES),
+                       help="how attention rows are captured (default: the first that supports the model): "
+                            + "; ".join(f"{name}: {strategy.summary}" for name, strategy in CAPTURES.items()))
     build.add_argument("--overwrite", action="store_true", help="rebuild splits that are already built")
     build.add_argument("--repair", action="store_true",
                        help="also rebuild what `featstore verify` finds damaged: only the damaged shards where it can")
@@ -286,7 +290,8 @@ def run_build(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise FeatstoreError(f"--{name.replace('_', '-')} must be at least 1")
     settings = BuildSettings(max_len=args.max_len, batch_tokens=args.batch_tokens, limit=args.limit,
-                             device=args.device, dtype=args.dtype, overwrite=args.overwrite, repair=args.repair)
+                             device=args.device, dtype=args.dtype, overwrite=args.overwrite, repair=args.repair,
+                             capture=args.capture)
     build_features(project_of(args), args.model, args.datasets, settings, cluster=args.cluster)
 
 

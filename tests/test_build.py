@@ -1,5 +1,6 @@
 """`featstore build`: stored numbers against the model run on each example alone, resumption, locking."""
 
+import json
 import os
 import signal
 import subprocess
@@ -244,11 +245,36 @@ def test_batches_of_short_rows_are_not_capped_by_the_shard_size(tmp_path, monkey
     clean_datasets(project, load_registry(project), SplitParams())
     batch_rows, real_capture = [], build_module.capture_last_token
 
-    def recording_capture(model, input_ids, lengths):
+    def recording_capture(model, input_ids, lengths, **options):
         batch_rows.append(len(lengths))
-        return real_capture(model, input_ids, lengths)
+        return real_capture(model, input_ids, lengths, **options)
 
     monkeypatch.setattr(build_module, "capture_last_token", recording_capture)
     build_features(project, MODEL, None, BuildSettings(device="cpu", batch_tokens=100_000))
     assert max(batch_rows) > SHARD_EXAMPLES
     assert sum(batch_rows) == Store(project).sql("SELECT count(*) AS n FROM examples")["n"][0]
+
+
+def test_both_captures_store_the_same_rows_and_the_one_used_is_recorded(built, tmp_path):
+    """The default (last-row) build against a build with the bridge's pattern capture: tokens, lengths and order
+    identical, attention rows at most one float16 step apart, residuals within float16 rounding."""
+    by_pattern = built_toy_project(tmp_path / "pattern", capture="pattern")
+    for split in ("train", "test"):
+        fast, reference = arrays(built, split), arrays(by_pattern, split)
+        for name in ("tokens", "seq_len", "example_id"):
+            np.testing.assert_array_equal(fast[name], reference[name])
+        ref_attn = reference["attn"].astype(np.float32)
+        step = np.spacing(np.abs(reference["attn"])).astype(np.float32)
+        assert np.all(np.abs(fast["attn"].astype(np.float32) - ref_attn) <= step)
+        np.testing.assert_allclose(fast["resid"].astype(np.float32), reference["resid"].astype(np.float32),
+                                   rtol=2e-3, atol=2e-3)
+    recorded = Store(built).sql("SELECT DISTINCT settings FROM feature_splits")["settings"]
+    assert [json.loads(settings)["capture"] for settings in recorded] == ["last-row"]
+    assert build_features(built, MODEL, None, BuildSettings(device="cpu", capture="pattern")) == 0  # same numbers
+
+
+def test_unknown_capture_is_refused_by_the_command_line(built, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", str(built.root), "build", "--model", MODEL, "--capture", "fast"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fast'" in capsys.readouterr().err

@@ -221,14 +221,15 @@ def test_smollm2_encodes_with_bos_and_completes_sensibly(smollm2):
 
 
 @pytest.mark.slow
-def test_smollm2_batch_capture_matches_single_runs(smollm2):
+@pytest.mark.parametrize("capture", ["last-row", "pattern"])
+def test_smollm2_batch_capture_matches_single_runs(smollm2, capture):
     encoded = smollm2.encode(["The capital of France is", "Hi", "1, 2, 3, 4, 5, 6, 7, 8"])
     lengths = np.array([len(ids) for ids in encoded])
     batch = np.full((len(encoded), lengths.max()), smollm2.tokenizer.pad_token_id, dtype=np.int64)
     for row, ids in enumerate(encoded):
         batch[row, : len(ids)] = ids
 
-    attn, resid = capture_last_token(smollm2, batch, lengths, out_dtype=np.float32)
+    attn, resid = capture_last_token(smollm2, batch, lengths, out_dtype=np.float32, strategy=capture)
 
     for row, ids in enumerate(encoded):
         with torch.inference_mode():

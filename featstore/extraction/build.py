@@ -33,7 +33,7 @@ from featstore.catalog.probe_records import drop_probe_results
 from featstore.catalog.splits import FEATURE_SPLITS, hash_order
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
-from featstore.extraction.capture import capture_last_token
+from featstore.extraction.capture import capture_last_token, check_capture, default_capture
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import Progress, open_progress
@@ -60,6 +60,7 @@ class BuildSettings:
     dtype: str = "float32"
     overwrite: bool = False
     repair: bool = False
+    capture: str | None = None  # a CAPTURES strategy; None: the model's default
 
     def stored(self) -> dict:
         """The settings that must match for stored features to be reused or mixed (the weights' source included)."""
@@ -79,11 +80,13 @@ class SplitJob:
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """A split ready to extract: its rows in length order, its array shape and the writer of its building folder."""
+    """A split ready to extract: its rows in length order, its array shape, the writer of its building folder
+    and the capture strategy that computes its rows."""
 
     tokenized: TokenizedSplit
     shape: SplitShape
     writer: SplitWriter
+    capture: str
 
 
 ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, Progress], None]
@@ -197,10 +200,12 @@ def build_split(
     tokenized = order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
     shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
                        int(tokenized.seq_lens.max()))
+    capture = check_capture(model, settings.capture) if settings.capture else default_capture(model)
     attrs = {"model": model.identity, "dataset": job.dataset, "split": job.split,
-             "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens},
+             "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens,
+                          "capture": capture},
              "dataset_fingerprint": job.fingerprint}
-    build_key = _digest([model.identity, settings.stored(), settings.batch_tokens, max_len, job.fingerprint,
+    build_key = _digest([model.identity, settings.stored(), settings.batch_tokens, capture, max_len, job.fingerprint,
                          tokenized.example_ids.tolist()])
     writer = None
     if repair is not None:
@@ -212,7 +217,7 @@ def build_split(
         _record_status(project, model.key, job, "building", shape, writer.key, attrs["settings"])
         if not writer.shards_written:
             writer.write_index(tokenized.example_ids, tokenized.seq_lens)
-    (write_shards or write_locally)(model, SplitPlan(tokenized, shape, writer), settings, progress)
+    (write_shards or write_locally)(model, SplitPlan(tokenized, shape, writer, capture), settings, progress)
     published = writer.publish()
     if repair is None:
         register_split(project, model.key, job, tokenized, shape, published, attrs["settings"],
@@ -238,7 +243,7 @@ def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, 
                 continue
             lengths = tokenized.seq_lens[batch]
             batch_started = time.perf_counter()
-            batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths)
+            batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths, strategy=plan.capture)
             progress.set_postfix(tok_s=int(lengths.sum() / max(time.perf_counter() - batch_started, 1e-9)),
                                  refresh=False)
             completed = assembler.add(batch, batch_attn, batch_resid)
@@ -358,9 +363,11 @@ def _damaged_shards(project: Project, key: str, jobs: list[SplitJob],
 
 def _repair_settings(settings: BuildSettings, recorded: dict[tuple[str, str], tuple[str, str, str]],
                      job: SplitJob) -> BuildSettings:
-    """The settings a split was built with, batch size included, so its repaired shards come out identical."""
+    """The settings a split was built with, batch size and capture included, so its repaired shards come out
+    identical (splits recorded before captures were named were built with the pattern capture)."""
     built = json.loads(recorded[(job.dataset, job.split)][1])
-    return replace(settings, batch_tokens=built.get("batch_tokens", settings.batch_tokens))
+    return replace(settings, batch_tokens=built.get("batch_tokens", settings.batch_tokens),
+                   capture=built.get("capture", "pattern"))
 
 
 def _resolve_max_len(model: LoadedModel, settings: BuildSettings) -> int:

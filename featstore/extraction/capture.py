@@ -1,70 +1,59 @@
-"""Run one right-padded batch through the bridge and keep only the last real token's attention rows
-and residual stream, gathered inside forward hooks so no full [T, T] pattern outlives its layer."""
+"""Run one right-padded batch through the model and keep only the last real token's attention rows and
+residual stream: one interface, `capture_last_token`, over the strategies registered in `captures.CAPTURES`.
+
+A strategy fills a `LastTokenSink` layer by layer. Every strategy must give what the bridge's
+`hook_pattern`/`hook_resid_post` give on each example run alone (tests/test_capture.py checks each one against
+that reference and against transformers).
+"""
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from featstore.errors import FeatstoreError
+from featstore.extraction.capture_sink import LastTokenSink
+from featstore.extraction.captures import CAPTURES
 from featstore.extraction.models import LoadedModel
 
 OUT_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 
 
+def default_capture(model: LoadedModel) -> str:
+    """The first registered strategy that supports the model (the fastest measured first)."""
+    return next(name for name, strategy in CAPTURES.items() if strategy.load().supports(model))
+
+
+def check_capture(model: LoadedModel, name: str) -> str:
+    """`name` if it is a strategy that supports the model, else a one-line error naming what would."""
+    if name not in CAPTURES:
+        raise FeatstoreError(f"unknown capture {name!r}: use one of {', '.join(CAPTURES)}")
+    if not CAPTURES[name].load().supports(model):
+        raise FeatstoreError(
+            f"capture {name!r} does not support model {model.key!r} (architecture "
+            f"{model.identity['architecture']}): use --capture {default_capture(model)}"
+        )
+    return name
+
+
 def capture_last_token(
-    model: LoadedModel, input_ids: np.ndarray, lengths: np.ndarray, out_dtype: npt.DTypeLike = np.float16
+    model: LoadedModel, input_ids: np.ndarray, lengths: np.ndarray, out_dtype: npt.DTypeLike = np.float16,
+    strategy: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run one right-padded batch [B, T] (lengths[i] real tokens each, the rest pad) and return
     attn [B, n_layers, n_heads, T] (each example's attention row at query position lengths[i]-1, over all T keys;
     keys >= lengths[i] are exactly 0) and resid [B, n_layers, d_model] (hook_resid_post at position lengths[i]-1
-    for every layer)."""
+    for every layer). `strategy` names a `CAPTURES` entry (default: `default_capture(model)`)."""
     input_ids, lengths = np.asarray(input_ids), np.asarray(lengths)
     torch_dtype = _check_inputs(model, input_ids, lengths, out_dtype)
-    batch_size, seq_len = input_ids.shape
-    n_layers, n_heads, d_model, device = model.n_layers, model.n_heads, model.d_model, model.device
+    name = check_capture(model, strategy) if strategy is not None else default_capture(model)
     with torch.inference_mode():
-        tokens = torch.as_tensor(input_ids, dtype=torch.long, device=device)
-        real_lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
-        attention_mask = (torch.arange(seq_len, device=device) < real_lengths[:, None]).long()
-        rows = torch.arange(batch_size, device=device)
-        last = real_lengths - 1
-        n_attn = batch_size * n_layers * n_heads * seq_len
-        # One buffer for both outputs, so the batch crosses to the host in one copy.
-        buffer = torch.empty(n_attn + batch_size * n_layers * d_model, dtype=torch_dtype, device=device)
-        attn = buffer[:n_attn].view(batch_size, n_layers, n_heads, seq_len)
-        resid = buffer[n_attn:].view(batch_size, n_layers, d_model)
-        fired = np.zeros((2, n_layers), dtype=bool)
-
-        def keep_pattern_row(layer: int) -> Callable:
-            def store_row(pattern: torch.Tensor, hook: object) -> None:
-                attn[:, layer] = pattern[rows, :, last]  # advanced indexing: a [B, H, T] copy
-                fired[0, layer] = True
-
-            return store_row
-
-        def keep_resid(layer: int) -> Callable:
-            def store_position(residual: torch.Tensor, hook: object) -> None:
-                resid[:, layer] = residual[rows, last]  # advanced indexing: a [B, D] copy
-                fired[1, layer] = True
-
-            return store_position
-
-        fwd_hooks = [(f"blocks.{layer}.attn.hook_pattern", keep_pattern_row(layer)) for layer in range(n_layers)]
-        fwd_hooks += [(f"blocks.{layer}.hook_resid_post", keep_resid(layer)) for layer in range(n_layers)]
-        model.bridge.run_with_hooks(
-            tokens, fwd_hooks=fwd_hooks, return_type=None, attention_mask=attention_mask, logits_to_keep=1
-        )
-        if not fired.all():
-            missing = [f"layer {layer}" for layer in range(n_layers) if not fired[:, layer].all()]
-            raise FeatstoreError(
-                f"model {model.key!r}: hook_pattern/hook_resid_post did not fire for {', '.join(missing)}"
-            )
-        host = buffer.cpu().numpy()
-    return host[:n_attn].reshape(attn.shape), host[n_attn:].reshape(resid.shape)
+        tokens = torch.as_tensor(input_ids, dtype=torch.long, device=model.device)
+        real_lengths = torch.as_tensor(lengths, dtype=torch.long, device=model.device)
+        sink = LastTokenSink(model, real_lengths, tokens.shape[1], torch_dtype)
+        CAPTURES[name].load().run(model, tokens, real_lengths, sink)
+        return sink.to_host(name)
 
 
 def _check_inputs(

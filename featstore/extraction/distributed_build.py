@@ -59,7 +59,7 @@ class ModelSpec:
 class ShardUnit:
     """Consecutive pending shards and all their worker needs: the split's rows `first_row` on that its batches
     cover, the batches (numbered as in the whole split), the split's shape, where its version is written (the
-    store and the version's key) and the digest of the model identity the split was planned with."""
+    store and the version's key), the digest of the model identity the split was planned with and its capture."""
 
     shards: tuple[int, ...]
     batches: list[slice]
@@ -69,6 +69,7 @@ class ShardUnit:
     location: StoreLocation
     key: str
     model_digest: str
+    capture: str
 
     @property
     def rows(self) -> slice:
@@ -161,7 +162,7 @@ def plan_units(plan: SplitPlan, batch_tokens: int, digest: str) -> list[ShardUni
         touching = [batch for batch in batches if batch.start < rows.stop and batch.stop > rows.start]
         first, last = touching[0].start, touching[-1].stop
         units.append(ShardUnit(tuple(shards), touching, _window(plan.tokenized, slice(first, last)), first,
-                               plan.shape, plan.writer.location, plan.writer.key, digest))
+                               plan.shape, plan.writer.location, plan.writer.key, digest, plan.capture))
     return units
 
 
@@ -185,7 +186,8 @@ def write_unit(unit: ShardUnit, spec: ModelSpec) -> dict[int, dict[str, list]]:
     with torch.inference_mode():
         for batch in unit.batches:
             local = slice(batch.start - unit.first_row, batch.stop - unit.first_row)
-            attn, resid = capture_last_token(model, unit.window.padded(local), unit.window.seq_lens[local])
+            attn, resid = capture_last_token(model, unit.window.padded(local), unit.window.seq_lens[local],
+                                             strategy=unit.capture)
             for shard, arrays in assembler.add(batch, attn, resid):
                 written[shard] = write_shard_arrays(unit.location, unit.key, unit.shape, shard, *arrays)
     return written

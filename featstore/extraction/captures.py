@@ -1,0 +1,34 @@
+"""The capture strategies `featstore build --capture` accepts, in one registry: adding a strategy touches this
+file and its own module (which defines `supports(model)` and `run(model, tokens, lengths, sink)`). Modules are
+imported only when used, so the command line starts without torch. The fastest measured comes first: the
+default for a model is the first entry that supports it."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class CaptureStrategy:
+    """A capture strategy: the module implementing it and a line for --help."""
+
+    module: str
+    summary: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+CAPTURES: dict[str, CaptureStrategy] = {
+    "last-row": CaptureStrategy(
+        "featstore.extraction.capture_last_row",
+        "the model's own SDPA forward, each layer's last attention row computed from its (rotary) queries "
+        "and keys (GPT-2 and Llama architectures)",
+    ),
+    "pattern": CaptureStrategy(
+        "featstore.extraction.capture_pattern",
+        "the TransformerLens bridge's eager attention, the row gathered from hook_pattern (every architecture)",
+    ),
+}
