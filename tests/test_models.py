@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import featstore.extraction.models as models
 from featstore.errors import FeatstoreError
 from featstore.extraction.capture import capture_last_token
+from featstore.extraction.capture_last_row import unwrapped
 from featstore.extraction.models import ModelLoadError, load_model, model_key, release_model
 
 IDENTITY_FIELDS = {
@@ -100,9 +101,19 @@ def test_identity_does_not_depend_on_the_process(tiny):
     assert load_model("random:tiny").identity == tiny.identity  # no temporary paths in it
 
 
-def test_inference_mode_without_gradients(tiny):
+@pytest.mark.parametrize("capture", ["last-row", "pattern"])
+def test_captures_run_in_eval_and_inference_mode(tiny, capture):
+    """No dropout, and no autograd graph although the weights keep requires_grad (the faster CPU path)."""
     assert not tiny.bridge.training and not tiny.bridge.original_model.training
-    assert not any(parameter.requires_grad for parameter in tiny.bridge.original_model.parameters())
+    seen = []
+    runs = {"pattern": tiny.bridge.original_model, "last-row": unwrapped(tiny)}[capture]
+    handle = runs.register_forward_hook(lambda module, args, output: seen.append(
+        (torch.is_inference_mode_enabled(), module.training)))
+    try:
+        capture_last_token(tiny, np.zeros((2, 3), np.int64), np.array([3, 2]), strategy=capture)
+    finally:
+        handle.remove()
+    assert seen == [(True, False)]
 
 
 def test_encode_prepends_end_of_text_as_gpt2_bos(tiny):

@@ -62,7 +62,7 @@ def _unwrap(wrapped: torch.nn.Module, decoder_layers: str) -> torch.nn.Module:
     layers = getattr(plain.base_model, decoder_layers)
     for layer, block in enumerate(layers):
         block.register_forward_hook(_residual_hook(layer), with_kwargs=True)
-    return plain.eval().requires_grad_(False)
+    return plain.eval()
 
 
 def _residual_hook(layer: int):

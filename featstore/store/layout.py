@@ -3,7 +3,8 @@ version folder per build) and how they are chunked, sharded and compressed.
 
 A split is stored in length order, so neighbouring rows have similar lengths: the token axis is
 chunked too, and chunks that are all padding are never written (zarr skips fill-value chunks) nor read.
-Inner chunks hold one layer (a one-layer read touches no other layer); a shard holds
+Inner chunks hold one layer (a one-layer read touches no other layer) and as many rows as make about
+`CHUNK_BYTES` (8 rows of long prompts, a whole shard of short ones: zarr's cost is per chunk); a shard holds
 `SHARD_EXAMPLES` consecutive rows with every layer, so a split is a few files per array and the
 writer always writes whole shards. Every chunk ends with its crc32c (zarr's `crc32c` codec), so a read of one
 inner chunk can be checked on its own (format 2; format 1 had none).
@@ -21,7 +22,8 @@ from pathlib import Path
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 SHARD_EXAMPLES = 128
-CHUNK_EXAMPLES = 8
+CHUNK_EXAMPLES = 8  # the fewest rows in an attention chunk
+CHUNK_BYTES = 64 * 1024  # the attention chunk size aimed at: rows are added (powers of two) up to it
 TOKEN_CHUNK = 128
 FORMAT_VERSION = 2
 FEATURES = "features.zarr"
@@ -75,6 +77,15 @@ class SplitShape:
         return min(TOKEN_CHUNK, self.max_seq_len)
 
     @property
+    def chunk_examples(self) -> int:
+        """Rows per attention chunk: the largest power of two from CHUNK_EXAMPLES to SHARD_EXAMPLES whose chunk
+        of one layer (all heads, one token chunk, float16) stays within CHUNK_BYTES."""
+        rows = CHUNK_EXAMPLES
+        while rows * 2 <= SHARD_EXAMPLES and rows * 2 * self.n_heads * self.token_chunk * 2 <= CHUNK_BYTES:
+            rows *= 2
+        return rows
+
+    @property
     def n_shards(self) -> int:
         return math.ceil(self.n_examples / SHARD_EXAMPLES)
 
@@ -88,7 +99,7 @@ class SplitShape:
         padded_t = math.ceil(t / tc) * tc
         padded_n = max(self.n_shards, 1) * SHARD_EXAMPLES
         return {
-            "attn": dict(shape=(n, layers, heads, t), dtype="float16", chunks=(CHUNK_EXAMPLES, 1, heads, tc),
+            "attn": dict(shape=(n, layers, heads, t), dtype="float16", chunks=(self.chunk_examples, 1, heads, tc),
                          shards=(SHARD_EXAMPLES, layers, heads, padded_t),
                          dimension_names=["example", "layer", "head", "token"]),
             "resid": dict(shape=(n, layers, d), dtype="float16", chunks=(SHARD_EXAMPLES, 1, d),
