@@ -42,7 +42,8 @@ from featstore.api import open_store
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.sae_probes import import_sae_probes
 from featstore.extraction.batching import TokenizedSplit, order_split, truncate_left
-from featstore.extraction.build import BuildSettings, SplitJob, build_split, plan_jobs, split_batches
+from featstore.extraction.build import (CPU_BATCH_TOKENS, BuildSettings, SplitJob, build_split, plan_jobs,
+                                       split_batches)
 from featstore.extraction.capture import default_capture
 from featstore.extraction.captures import CAPTURES
 from featstore.extraction.models import LoadedModel, load_model
@@ -176,7 +177,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=256, help="examples per split")
     parser.add_argument("--max-len", type=int, help="truncate prompts to this many tokens (default: the context)")
     parser.add_argument("--root", type=Path, help="project directory (default: a temporary one)")
-    parser.add_argument("--batch-tokens", type=int, default=BuildSettings.batch_tokens)
+    parser.add_argument("--batch-tokens", type=int, default=CPU_BATCH_TOKENS)
     parser.add_argument("--rounds", type=int, default=1, help="alternations of build, peer and bare forwards")
     parser.add_argument("--peer", action="store_true", help="also run the sae-probes-style extractor")
     parser.add_argument("--capture", choices=list(CAPTURES), help="the build's capture (default: the model's)")

@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Hugging Face name, local folder, .gguf file, smollm2-135m or random:<arch> (default: %(default)s)")
     build.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets to build (default: all in the catalog)")
     build.add_argument("--max-len", type=int, help="keep the last N tokens (default: the model's context)")
-    build.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)")
+    build.add_argument("--batch-tokens", type=int,
+                       help="padded tokens per batch (default: 2048 on CPU, 8192 on a GPU)")
     build.add_argument("--limit", type=int, help="at most N examples per split, classes alternating (for quick runs)")
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     build.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",

@@ -46,6 +46,8 @@ from featstore.store.tokenizers import save_tokenizer
 from featstore.store.writer import SplitWriter, retire_versions
 
 
+CPU_BATCH_TOKENS = 2048  # fastest measured on CPU: gpt2-medium 286 tok/s vs 245 at 8,192; smollm2 flat
+GPU_BATCH_TOKENS = 8192
 _TOKENIZING = threading.Lock()  # a fast tokenizer is not safe to share between threads (builds on a cluster)
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class BuildSettings:
 
     max_len: int | None = None
     source: str = ""
-    batch_tokens: int = 8192
+    batch_tokens: int | None = None  # None: `default_batch_tokens` for the model's device
     limit: int | None = None
     device: str = "auto"
     dtype: str = "float32"
@@ -109,6 +111,7 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
             return 0
         transformers_logging.disable_progress_bar()
         with _shard_writing(model_spec, settings, cluster) as (model, write_shards, at_once):
+            settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model.device))
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
             progress = open_progress(sum(len(j.example_ids) for j in pending), "ex", f"build {key}")
@@ -121,6 +124,11 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
                                           progress, repair.shards if repair else None, write_shards))
                 _run_builds(builds, at_once)
     return len(pending)
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    """Padded tokens per batch when --batch-tokens is not given: small batches on CPU, larger on a GPU."""
+    return GPU_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
 
 
 def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
