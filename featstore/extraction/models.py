@@ -361,8 +361,8 @@ def _gpt2_byte_symbols() -> dict[int, str]:
 
 def _finish(key: str, booted: _Booted, device: torch.device, dtype: str) -> LoadedModel:
     """Put the bridge in eval mode and describe it. Its weights keep requires_grad=True: captures run under
-    torch.inference_mode (no graph either way), and with requires_grad=False torch's matmul of a 3-D input by a
-    weight takes a slower path on CPU (forwards measured 25-30% slower, smollm2-135m, torch 2.13)."""
+    torch.inference_mode (no graph either way), and with requires_grad=False whole forwards ran 25-30% slower on
+    CPU (smollm2-135m and gpt2-medium, bridge and plain model alike, torch 2.13; the cause is not pinned down)."""
     import transformers
 
     bridge = booted.bridge.eval()
