@@ -33,7 +33,7 @@ from featstore.catalog.probe_records import drop_probe_results
 from featstore.catalog.splits import FEATURE_SPLITS, hash_order
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
-from featstore.extraction.capture import capture_last_token, check_capture, default_capture
+from featstore.extraction.capture import capture_last_token, check_capture
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import Progress, open_progress
@@ -208,7 +208,7 @@ def build_split(
     tokenized = order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
     shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
                        int(tokenized.seq_lens.max()))
-    capture = check_capture(model, settings.capture) if settings.capture else default_capture(model)
+    capture = check_capture(model, settings.capture)
     attrs = {"model": model.identity, "dataset": job.dataset, "split": job.split,
              "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens,
                           "capture": capture},

@@ -25,8 +25,11 @@ def default_capture(model: LoadedModel) -> str:
     return next(name for name, strategy in CAPTURES.items() if strategy.load().supports(model))
 
 
-def check_capture(model: LoadedModel, name: str) -> str:
-    """`name` if it is a strategy that supports the model, else a one-line error naming what would."""
+def check_capture(model: LoadedModel, name: str | None) -> str:
+    """`name` if it is a strategy that supports the model (None: `default_capture(model)`), else a one-line
+    error naming what would."""
+    if name is None:
+        return default_capture(model)
     if name not in CAPTURES:
         raise FeatstoreError(f"unknown capture {name!r}: use one of {', '.join(CAPTURES)}")
     if not CAPTURES[name].load().supports(model):
@@ -47,12 +50,12 @@ def capture_last_token(
     for every layer). `strategy` names a `CAPTURES` entry (default: `default_capture(model)`)."""
     input_ids, lengths = np.asarray(input_ids), np.asarray(lengths)
     torch_dtype = _check_inputs(model, input_ids, lengths, out_dtype)
-    name = check_capture(model, strategy) if strategy is not None else default_capture(model)
+    name = check_capture(model, strategy)
     with torch.inference_mode():
         tokens = torch.as_tensor(input_ids, dtype=torch.long, device=model.device)
         real_lengths = torch.as_tensor(lengths, dtype=torch.long, device=model.device)
         sink = LastTokenSink(model, real_lengths, tokens.shape[1], torch_dtype)
-        CAPTURES[name].load().run(model, tokens, real_lengths, sink)
+        CAPTURES[name].load().run(model, tokens, sink)
         return sink.to_host(name)
 
 

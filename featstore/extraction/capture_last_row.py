@@ -31,10 +31,9 @@ def supports(model: LoadedModel) -> bool:
     return model.identity["architecture"] in DECODER_LAYERS
 
 
-def run(model: LoadedModel, tokens: torch.Tensor, lengths: torch.Tensor, sink: LastTokenSink) -> None:
+def run(model: LoadedModel, tokens: torch.Tensor, sink: LastTokenSink) -> None:
     """One Hugging Face forward; the attention function and the layer hooks fill the sink."""
-    attention_mask = (~sink.past_end).long()
-    unwrapped(model)(input_ids=tokens, attention_mask=attention_mask, logits_to_keep=1, use_cache=False,
+    unwrapped(model)(input_ids=tokens, attention_mask=sink.attention_mask, logits_to_keep=1, use_cache=False,
                      **{SINK_KWARG: sink})
 
 

@@ -16,7 +16,7 @@ def supports(model: LoadedModel) -> bool:
     return True
 
 
-def run(model: LoadedModel, tokens: torch.Tensor, lengths: torch.Tensor, sink: LastTokenSink) -> None:
+def run(model: LoadedModel, tokens: torch.Tensor, sink: LastTokenSink) -> None:
     """One bridge forward with a row-gathering hook on every layer's pattern and residual output."""
 
     def keep_rows(layer: int) -> Callable:
@@ -30,7 +30,6 @@ def run(model: LoadedModel, tokens: torch.Tensor, lengths: torch.Tensor, sink: L
 
     fwd_hooks = [(f"blocks.{layer}.attn.hook_pattern", keep_rows(layer)) for layer in range(model.n_layers)]
     fwd_hooks += [(f"blocks.{layer}.hook_resid_post", keep_resid(layer)) for layer in range(model.n_layers)]
-    attention_mask = (~sink.past_end).long()
     model.bridge.run_with_hooks(
-        tokens, fwd_hooks=fwd_hooks, return_type=None, attention_mask=attention_mask, logits_to_keep=1
+        tokens, fwd_hooks=fwd_hooks, return_type=None, attention_mask=sink.attention_mask, logits_to_keep=1
     )

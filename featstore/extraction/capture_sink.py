@@ -20,6 +20,7 @@ class LastTokenSink:
         self.rows = torch.arange(batch_size, device=lengths.device)
         self.last = lengths - 1
         self.past_end = torch.arange(seq_len, device=lengths.device)[None, :] >= lengths[:, None]  # [B, T] pad keys
+        self.attention_mask = (~self.past_end).long()  # what the model is given: 1 on real tokens
         n_attn = batch_size * n_layers * model.n_heads * seq_len
         self._buffer = torch.empty(n_attn + batch_size * n_layers * model.d_model, dtype=dtype, device=lengths.device)
         self.attn = self._buffer[:n_attn].view(batch_size, n_layers, model.n_heads, seq_len)

@@ -1,5 +1,5 @@
 """The capture strategies `featstore build --capture` accepts, in one registry: adding a strategy touches this
-file and its own module (which defines `supports(model)` and `run(model, tokens, lengths, sink)`). Modules are
+file and its own module (which defines `supports(model)` and `run(model, tokens, sink)`). Modules are
 imported only when used, so the command line starts without torch. The fastest measured comes first: the
 default for a model is the first entry that supports it."""
 
