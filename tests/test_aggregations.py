@@ -35,6 +35,8 @@ def make_view(seed: int = 0, padding: float = 0.0) -> xr.Dataset:
     logits[..., 0] += 2.0
     seq_len[3:6] = [3, 4, 8]
     logits[[3, 4, 5], :, :, seq_len[3:6] - 1] = -30.0  # valid last weights that round to 0 in float16
+    seq_len[6] = 5
+    logits[6, 1, :, 0] += 40.0  # heads with all their float16 mass on token 0: nothing left to renormalise
     valid = np.arange(N_TOKENS) < seq_len[:, None, None, None]
     weights = np.where(valid, np.exp(logits), 0.0)
     attn = (weights / weights.sum(-1, keepdims=True)).astype(np.float16)
@@ -72,8 +74,11 @@ def reference(view: xr.Dataset, row_feature, n_out: int | None = None) -> np.nda
 
 
 def without_first(row: np.ndarray) -> np.ndarray:
+    """Tokens 1.. renormalised to sum 1; all zeros (one zero for seq_len 1) when they hold no mass."""
     rest = row[1:]
-    return rest / rest.sum() if rest.size else rest
+    if rest.size == 0:
+        return np.zeros(1)
+    return rest / rest.sum() if rest.sum() != 0 else rest
 
 
 def row_entropy(row: np.ndarray) -> float:
@@ -104,12 +109,12 @@ CASES = {
     "mean": (lambda da: masked_mean(da), lambda row, n: row.mean()),
     "mean-nofirst": (
         lambda da: masked_mean(da, exclude_first=True),
-        lambda row, n: without_first(row).mean() if n > 1 else np.nan,
+        lambda row, n: without_first(row).mean(),
     ),
     "max": (masked_max, lambda row, n: row.max()),
     "max-nofirst": (
         lambda da: masked_max(da, exclude_first=True),
-        lambda row, n: without_first(row).max() if n > 1 else np.nan,
+        lambda row, n: without_first(row).max(),
     ),
     "entropy": (entropy, lambda row, n: row_entropy(row)),
     "entropy-nofirst": (lambda da: entropy(da, exclude_first=True), lambda row, n: row_entropy(without_first(row))),
@@ -223,24 +228,40 @@ def test_results_stay_lazy_until_computed(view, spec):
     assert result.chunks[0] == view["attn"].chunks[0]
 
 
-def test_nan_inside_rows_propagates_and_unrenormalisable_rows_are_nan():
+def test_nan_inside_rows_propagates_and_rows_without_mass_outside_the_sink_are_zero():
     rows = np.array([[0.5, np.nan, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0], [0.5, 0.25, 0.25, np.nan]], np.float16)
     da = xr.DataArray(rows, dims=("example", "token"), coords={"seq_len": ("example", [3, 3, 3])})
     for aggregate in (masked_max, entropy, lambda d: last_k_mean(d, 3), lambda d: relative_bins(d, 1)[:, 0]):
         assert np.isnan(aggregate(da).values[0]) and np.isfinite(aggregate(da).values[1:]).all()
     for aggregate in (masked_mean, masked_max, entropy):
         nofirst = aggregate(da, exclude_first=True).values
-        assert np.isnan(nofirst[:2]).all() and np.isfinite(nofirst[2])
+        assert np.isnan(nofirst[0]) and nofirst[1] == 0 and np.isfinite(nofirst[2]) and nofirst[2] > 0
 
 
-def test_rows_without_valid_tokens_give_nan_without_runtime_warnings():
+def test_rows_without_valid_tokens_give_nan_or_nofirst_zero_without_runtime_warnings():
     eye = dsa.from_array(np.eye(3, 4, dtype=np.float16), chunks=1)
     da = xr.DataArray(eye, dims=("example", "token"), coords={"seq_len": ("example", [1, 2, 1])})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for aggregate in (masked_mean, masked_max, entropy):
-            np.testing.assert_array_equal(np.isnan(aggregate(da, exclude_first=True).values), [True, False, True])
+            nofirst = aggregate(da, exclude_first=True)
+            assert nofirst.dtype == np.float32
+            np.testing.assert_array_equal(nofirst.values, [0, 1 if aggregate is not entropy else 0, 0])
         assert np.isnan(span_mean(da, 2, 3).values).all()
+
+
+@pytest.mark.parametrize("spec", ["mean-nofirst", "max-nofirst", "entropy-nofirst"])
+def test_nofirst_of_heads_with_all_mass_on_the_sink_is_zero_and_probe_ready(view, spec):
+    """The main job's abort: heads whose float16 rows are [1, 0, 0, ...] renormalised 0/0 into NaN."""
+    attn = view["attn"].values
+    sink_only = (attn[:, :, :, 0] == 1) & (view["seq_len"].values[:, None, None] > 1)
+    assert sink_only.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LengthOnlyFeatureWarning)
+        result = parse_aggregation(spec)[1](view["attn"])
+    assert (result.values[sink_only] == 0).all()
+    X, _, _ = to_matrix(result)
+    assert np.isfinite(X).all()
 
 
 def test_float16_sums_past_65504_do_not_overflow():
@@ -261,7 +282,8 @@ def test_mean_of_attention_warns_and_only_encodes_length(view):
     np.testing.assert_allclose(mean.values, np.broadcast_to(1.0 / lengths, mean.shape), rtol=3e-3)
     with pytest.warns(LengthOnlyFeatureWarning, match="first_token_mass"):
         mean = view["attn"].masked.mean(exclude_first=True)
-    expected = np.where(lengths > 1, 1.0 / np.maximum(lengths - 1, 1), np.nan)
+    no_mass = view["attn"].values[..., 1:].astype(np.float32).sum(-1) == 0
+    expected = np.where(no_mass, 0.0, 1.0 / np.maximum(lengths - 1, 1))
     np.testing.assert_allclose(mean.values, np.broadcast_to(expected, mean.shape), rtol=1e-5)
     with pytest.warns(LengthOnlyFeatureWarning):
         masked_mean(view["attn"].rename("weights").assign_attrs(kind="attention"))
@@ -364,7 +386,7 @@ def test_to_matrix_with_feature_dims_and_datasets(view):
 
 
 def test_to_matrix_refuses_nan(view):
-    nofirst = entropy(view["attn"], exclude_first=True)
+    nofirst = span_mean(view["attn"], 1, 2)  # no token 1 in rows of seq_len 1
     n_nan = int(np.isnan(nofirst.values).sum())
     assert n_nan == N_LAYERS * N_HEADS * int((view["seq_len"].values == 1).sum()) > 0
     with pytest.raises(FeatstoreError, match=rf"{n_nan} NaN/inf values in {N_LAYERS * N_HEADS} features \(first: L0.H0, L0.H1"):

@@ -4,7 +4,14 @@ Every function takes a DataArray with a ``token`` dim and a per-example ``seq_le
 Tokens at positions ``>= seq_len`` are padding and never count (lengths come from ``seq_len``
 only, never from zeros). Values are cast to float32 before reducing (float16 sums overflow at
 65504); results keep every other dim and coordinate and stay lazy when the input is dask-backed.
-A reduction over no valid token (``exclude_first`` with ``seq_len == 1``, an empty span) is NaN.
+A reduction over no valid token (an empty span) is NaN.
+
+``exclude_first`` (the ``-nofirst`` specs) drops token 0 and renormalises the rest to sum to 1. A row with
+no mass outside token 0 (all of it on the sink, which float16 storage makes common, or ``seq_len == 1``)
+has nothing to renormalise: it is not renormalised and its aggregation is taken over its zero weights,
+so ``mean``, ``max`` and ``entropy`` (0 log 0 = 0) are all 0. For ``max`` and ``mean`` 0 lies below every
+renormalised value (at least 1/(seq_len-1)), so such rows stay distinguishable; entropy 0 is shared with a
+row that puts all its non-sink mass on one token (``first`` tells them apart). NaN would abort a probe.
 
 ``import featstore.views.aggregations`` registers the ``.masked`` accessor:
 ``view.attn.masked.first()``, ``.masked.bins(8)``, ``.masked.last(4, ratio_to_uniform=True)``...
@@ -12,7 +19,8 @@ A reduction over no valid token (``exclude_first`` with ``seq_len == 1``, an emp
 Aggregation specs for the CLI/runner (``parse_aggregation``), grammar ``BASE[:N][-MODIFIER]``:
 
     mean | max | entropy          reduce every valid token; modifier ``nofirst`` drops token 0
-                                  and renormalises the rest (mean-nofirst, entropy-nofirst ...)
+                                  and renormalises the rest (mean-nofirst, entropy-nofirst ...;
+                                  0 for rows with no mass outside token 0)
     first                         the value at token 0 (the attention sink)
     last:K                        mean over the last min(K, seq_len) valid tokens
     bins:N                        mean within N relative-position bins (see ``relative_bins``)
@@ -55,14 +63,14 @@ def masked_mean(da: xr.DataArray, exclude_first: bool = False) -> xr.DataArray:
             stacklevel=2,
         )
     values, valid = _weights(da, exclude_first)
-    return _mean_where(values, valid)
+    return _filled(_mean_where(values, valid), valid, exclude_first)
 
 
 def masked_max(da: xr.DataArray, exclude_first: bool = False) -> xr.DataArray:
     """Largest valid value of each row."""
     values, valid = _weights(da, exclude_first)
     largest = xr.where(valid, values, -np.inf).max("token", skipna=False)
-    return largest.where(valid.any("token"))
+    return _filled(largest, valid, exclude_first)
 
 
 def entropy(da: xr.DataArray, exclude_first: bool = False) -> xr.DataArray:
@@ -70,7 +78,7 @@ def entropy(da: xr.DataArray, exclude_first: bool = False) -> xr.DataArray:
     values, valid = _weights(da, exclude_first)
     plogp = values * np.log(values.where(values > 0, 1.0))
     total = xr.where(valid, plogp, 0.0).sum("token", skipna=False)
-    return (-total).where(valid.any("token"))
+    return _filled(-total, valid, exclude_first)
 
 
 def first_token_mass(da: xr.DataArray) -> xr.DataArray:
@@ -236,13 +244,20 @@ def _check_positive(name: str, value: int) -> None:
 
 
 def _weights(da: xr.DataArray, exclude_first: bool) -> tuple[xr.DataArray, xr.DataArray]:
-    """float32 values and their valid mask; with exclude_first, token 0 is dropped and rows renormalised."""
+    """float32 values and their valid mask; with exclude_first, token 0 is dropped and rows renormalised (a row
+    whose other weights sum to 0 keeps its zeros: there is nothing to renormalise, see the module docstring)."""
     values, valid = da.astype(np.float32), valid_mask(da)
     if exclude_first:
         valid = valid & (da["token"] > 0)
         total = xr.where(valid, values, 0.0).sum("token", skipna=False)
-        values = values / total.where(total != 0)
+        values = xr.where(total == 0, np.float32(0), values / total.where(total != 0))
     return values, valid
+
+
+def _filled(reduced: xr.DataArray, valid: xr.DataArray, exclude_first: bool) -> xr.DataArray:
+    """A reduction with its rows of no valid token set: NaN, or 0 with exclude_first (seq_len 1: no mass
+    outside token 0)."""
+    return reduced.where(valid.any("token"), np.float32(0) if exclude_first else np.float32(np.nan))
 
 
 def _mean_where(values: xr.DataArray, selected: xr.DataArray) -> xr.DataArray:

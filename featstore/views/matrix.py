@@ -60,5 +60,5 @@ def _refuse_non_finite(matrix: np.ndarray, names: list[str]) -> None:
         first = ", ".join(names[c] for c in columns[:5])
         raise FeatstoreError(
             f"{int(bad.sum())} NaN/inf values in {columns.size} features (first: {first}); "
-            "probes cannot use them (e.g. exclude_first on seq_len 1 gives NaN)"
+            "probes cannot use them (e.g. a span mean over tokens past a row's seq_len, or NaN stored in the row)"
         )
