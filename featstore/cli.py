@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean = datasets.add_parser("clean", help="turn raw files and registry rows into cleaned files and catalog rows")
     clean.add_argument("--overwrite", action="store_true", help="rebuild datasets whose inputs are unchanged too")
     clean.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets (default: all)")
+    add_yes_option(clean)
     add_split_options(clean)
     clean.set_defaults(handler=run_clean)
 
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sae.add_argument("--source", type=Path, help="a sae-probes wheel or directory (default: installed, else pip download)")
     sae.add_argument("--only", nargs="+", metavar="NAME", help="only these datasets (name, tag or number)")
     sae.add_argument("--overwrite", action="store_true", help="re-clean datasets whose inputs are unchanged too")
+    add_yes_option(sae)
     add_split_options(sae)
     sae.set_defaults(handler=run_import_sae_probes)
 
@@ -214,6 +216,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_yes_option(parser: argparse.ArgumentParser) -> None:
+    """--yes: drop the built work of datasets whose examples changed without asking (for scripts)."""
+    parser.add_argument("--yes", action="store_true",
+                        help="drop the features and probe results of datasets whose examples changed without asking "
+                        "(they are listed first; without --yes a terminal is asked, and a run without one refuses)")
+
+
+def confirm_drops(assume_yes: bool) -> Callable[[list], bool]:
+    """The confirmation of a clean's drops: each listed on stderr, then --yes, a y/N question on a terminal, or
+    (stdin not a terminal: a script) a one-line refusal naming --yes. Nothing is written before it answers."""
+
+    def confirm(drops: list) -> bool:
+        for drop in drops:
+            print(f"featstore: examples changed, would drop {drop.describe()}", file=sys.stderr)
+        if assume_yes:
+            return True
+        if not sys.stdin.isatty():
+            raise FeatstoreError(f"{len(drops)} changed dataset(s) would lose the features and probe results listed "
+                                 "above; nothing was changed: pass --yes to drop them")
+        print("Drop them? [y/N] ", end="", file=sys.stderr, flush=True)
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+    return confirm
+
+
+def report_clean(outcome, what: str) -> None:
+    """Say on stderr what a clean dropped (dataset, splits, results, bytes freed), or that it changed nothing."""
+    from featstore.datasets.drops import format_bytes
+
+    for drop in outcome.dropped:
+        splits = ", ".join(f"{model} {split}" for model, split in drop.splits) or "no features"
+        print(f"featstore: dropped {drop.dataset}: {splits}; {len(drop.results)} probe result(s); "
+              f"{format_bytes(drop.nbytes)} freed", file=sys.stderr)
+    if not outcome.cleaned:
+        print(f"featstore: nothing to do: {what} (--overwrite re-cleans them)", file=sys.stderr)
+    elif not outcome.changed:
+        print(f"featstore: re-cleaned {len(outcome.cleaned)} dataset(s): no train or test example changed, "
+              "features and probe results kept", file=sys.stderr)
+
+
 def add_split_options(parser: argparse.ArgumentParser) -> None:
     """The options that change how datasets are split (clean and import take them)."""
     defaults = SplitParams()
@@ -256,13 +298,17 @@ def run_clean(args: argparse.Namespace) -> None:
 
     project = project_of(args)
     entries = select_entries(load_registry(project), args.datasets)
-    clean_datasets(project, entries, split_params(args), overwrite=args.overwrite)
+    outcome = clean_datasets(project, entries, split_params(args), overwrite=args.overwrite,
+                             confirm=confirm_drops(args.yes))
+    report_clean(outcome, "every dataset is cleaned from its current registry row and raw file")
 
 
 def run_import_sae_probes(args: argparse.Namespace) -> None:
     from featstore.datasets.sae_probes import import_sae_probes
 
-    import_sae_probes(project_of(args), args.source, args.only, split_params(args), overwrite=args.overwrite)
+    outcome = import_sae_probes(project_of(args), args.source, args.only, split_params(args),
+                                overwrite=args.overwrite, confirm=confirm_drops(args.yes))
+    report_clean(outcome, "every dataset is already imported and cleaned")
 
 
 def run_list(args: argparse.Namespace) -> None:

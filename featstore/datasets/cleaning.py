@@ -2,7 +2,8 @@
 
 Every selected dataset is read, extracted and validated before anything is written; cleaned files
 replace the old ones only once all are staged, the catalog is updated in one transaction, and the old
-files are put back when that transaction fails (a full disk, say).
+files are put back when that transaction fails (a full disk, say). Features and probe results are dropped
+only for datasets whose examples changed (`featstore.datasets.drops`), after `confirm` accepted them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ import pandas as pd
 from featstore.catalog.database import catalog_writer, example_id
 from featstore.catalog.probe_records import drop_probe_results
 from featstore.catalog.splits import TEST, TRAIN, SplitParams, assign_splits
+from featstore.datasets.drops import Drop, changed_datasets, delete_dropped, planned_drops
 from featstore.datasets.expressions import evaluate_extraction
 from featstore.datasets.registry import DatasetEntry
 from featstore.errors import FeatstoreError
@@ -26,19 +30,34 @@ from featstore.store.locking import holding_store
 
 CLEANED_COLUMNS = ["prompt", "target", "row"]
 
+Confirm = Callable[[list[Drop]], bool]  # shown the planned drops before anything is written; False: change nothing
+
+
+@dataclass
+class CleanOutcome:
+    """What a clean did: the datasets re-cleaned (`cleaned`), those of them whose train/test examples are new or
+    changed (`changed`), and the built work of those it dropped (`dropped`)."""
+
+    cleaned: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    dropped: list[Drop] = field(default_factory=list)
+
 
 def clean_datasets(
-    project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool = False
-) -> list[str]:
-    """Clean and index `entries`; returns the names cleaned (unchanged inputs are skipped unless `overwrite`).
+    project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool = False,
+    confirm: Confirm | None = None,
+) -> CleanOutcome:
+    """Clean and index `entries` (unchanged inputs are skipped unless `overwrite`); features and probe results of
+    datasets whose examples changed are dropped, once `confirm` (when given) accepts the list.
 
     Holds the store's build lock: re-splitting a dataset while a build reads its examples would mix splits.
     """
     with holding_store(project, "featstore datasets clean"):
-        return _clean_locked(project, entries, params, overwrite)
+        return _clean_locked(project, entries, params, overwrite, confirm)
 
 
-def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool) -> list[str]:
+def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool,
+                  confirm: Confirm | None) -> CleanOutcome:
     indexed = _indexed_fingerprints(project)
     fingerprints = {e.name: _fingerprint(project, e, params) for e in entries}
     todo = [
@@ -56,6 +75,9 @@ def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitPa
             staging.parent.mkdir(parents=True, exist_ok=True)
             staged[entry.name] = (staging, _example_rows(entry, cleaned, splits))  # removed below if writing fails
             cleaned.to_csv(staging, index=False)
+        changed, drops = _changes(project, {name: rows for name, (_, rows) in staged.items()})
+        if drops and confirm is not None and not confirm(drops):
+            raise FeatstoreError("nothing was changed: the features and probe results above are kept")
         try:
             for name, (staging, _) in staged.items():
                 final = project.cleaned_path(name)
@@ -64,7 +86,7 @@ def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitPa
                 replaced.append(final)
                 os.replace(staging, final)
             if staged:
-                _index(project, todo, staged, fingerprints, params)
+                _index(project, todo, staged, fingerprints, params, {drop.dataset for drop in drops})
         except BaseException:  # e.g. the catalog's commit failed for space: the old files go back with the old rows
             for final in replaced:
                 if _retired(final).exists():
@@ -76,7 +98,17 @@ def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitPa
         for name, (staging, _) in staged.items():
             staging.unlink(missing_ok=True)
             _retired(project.cleaned_path(name)).unlink(missing_ok=True)
-    return list(staged)
+    delete_dropped(project, drops)
+    return CleanOutcome(list(staged), changed, drops)
+
+
+def _changes(project: Project, staged: dict[str, pd.DataFrame]) -> tuple[list[str], list[Drop]]:
+    """The staged datasets whose examples are new or changed, and what indexing them drops."""
+    if not staged or not project.catalog_path.exists():
+        return list(staged), []
+    with catalog_writer(project) as con:
+        changed = changed_datasets(con, staged)
+        return changed, planned_drops(project, con, changed)
 
 
 def _retired(cleaned: Path) -> Path:
@@ -176,14 +208,18 @@ def _index(
     staged: dict[str, tuple[Path, pd.DataFrame]],
     fingerprints: dict[str, str],
     params: SplitParams,
+    dropped: set[str],
 ) -> None:
+    """Replace the entries' examples and dataset rows; features and probe results go only for `dropped`."""
     with catalog_writer(project) as con:
         con.execute("BEGIN TRANSACTION")
         for entry in entries:
             rows = staged[entry.name][1]
-            drop_probe_results(con, entry.name)
-            for table in ("examples", "features", "feature_splits"):
-                con.execute(f"DELETE FROM {table} WHERE dataset = ?", [entry.name])
+            if entry.name in dropped:
+                drop_probe_results(con, entry.name)
+                for table in ("features", "feature_splits"):
+                    con.execute(f"DELETE FROM {table} WHERE dataset = ?", [entry.name])
+            con.execute("DELETE FROM examples WHERE dataset = ?", [entry.name])
             con.execute("DELETE FROM datasets WHERE name = ?", [entry.name])
             con.register("staged_examples", rows)
             con.execute("INSERT INTO examples SELECT * FROM staged_examples")

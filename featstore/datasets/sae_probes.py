@@ -21,7 +21,7 @@ import pandas as pd
 
 from featstore.catalog.names import DatasetNames
 from featstore.catalog.splits import SplitParams
-from featstore.datasets.cleaning import clean_datasets
+from featstore.datasets.cleaning import CleanOutcome, Confirm, clean_datasets
 from featstore.datasets.registry import (
     BINARY, parse_registry, read_registry_frame, registry_replaced_after, select_entries,
 )
@@ -131,9 +131,11 @@ def registry_row(master_row: pd.Series, raw: pd.DataFrame, source: str) -> dict:
 
 
 def import_sae_probes(
-    project: Project, source: Path | None, only: list[str] | None, params: SplitParams, overwrite: bool = False
-) -> list[str]:
-    """Copy the benchmark's binary datasets into `datasets/raw/`, register them and clean them."""
+    project: Project, source: Path | None, only: list[str] | None, params: SplitParams, overwrite: bool = False,
+    confirm: Confirm | None = None,
+) -> CleanOutcome:
+    """Copy the benchmark's binary datasets into `datasets/raw/`, register them and clean them (features and
+    probe results of datasets whose examples changed are dropped once `confirm` accepts, see `clean_datasets`)."""
     existing = read_registry_frame(project)
     parse_registry(existing)
     data = locate_package_data(source, project.store_dir / ".cache")
@@ -156,7 +158,7 @@ def import_sae_probes(
         frame = _merged_registry(existing, pd.DataFrame(new_rows, dtype=str))
         entries = select_entries(parse_registry(frame), [f"{r['number']}_{r['Dataset Tag']}" for r in new_rows])
         with registry_replaced_after(project, frame):
-            return clean_datasets(project, entries, params, overwrite=overwrite)
+            return clean_datasets(project, entries, params, overwrite=overwrite, confirm=confirm)
     except BaseException:
         for path in created:  # nothing half-written: raw files this run added go again
             path.unlink(missing_ok=True)

@@ -57,6 +57,15 @@ def new_version() -> str:
     return f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
+VERSION_NAME = re.compile(r"v\d{8}T\d{6}-[0-9a-f]{8}")
+
+
+def is_version_name(name: str) -> bool:
+    """Whether `name` is a version folder name that `new_version` makes (the only folders featstore deletes
+    whole when it drops a split)."""
+    return VERSION_NAME.fullmatch(name) is not None
+
+
 def tokenizer_path(tokenizers_dir: Path, model_key: str) -> Path:
     """The folder of a model's tokenizer (`save_pretrained` files), kept so tokens decode without the model."""
     return tokenizers_dir / model_dir_name(model_key)

@@ -78,6 +78,10 @@ class StoreLocation(ABC):
         """Every key below the folder `prefix`, recursively (empty when there is none)."""
 
     @abstractmethod
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every key below the folder `prefix` with its size in bytes (what deleting the folder frees)."""
+
+    @abstractmethod
     def children(self, prefix: str) -> list[str]:
         """The names of the entries directly inside the folder `prefix` (one level)."""
 
@@ -178,6 +182,9 @@ class LocalLocation(StoreLocation):
         if not folder.is_dir():
             return []
         return sorted(f"{prefix}/{p.relative_to(folder).as_posix()}" for p in folder.rglob("*") if p.is_file())
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        return {key: self.path(key).stat().st_size for key in self.list(prefix)}
 
     def children(self, prefix: str) -> list[str]:
         folder = self.path(prefix)
@@ -318,6 +325,12 @@ class ObjectLocation(StoreLocation):
         with store_errors(self):
             found = self.fs.find(self._path(prefix))
         return sorted(path[len(root) + 1:] for path in found)
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        root = self._path("")
+        with store_errors(self):
+            found = self.fs.find(self._path(prefix), detail=True)
+        return {path[len(root) + 1:]: int(info.get("size") or 0) for path, info in sorted(found.items())}
 
     def children(self, prefix: str) -> list[str]:
         with store_errors(self):
