@@ -339,7 +339,10 @@ def run_build(args: argparse.Namespace) -> None:
     settings = BuildSettings(max_len=args.max_len, batch_tokens=args.batch_tokens, limit=args.limit,
                              device=args.device, dtype=args.dtype, overwrite=args.overwrite, repair=args.repair,
                              capture=args.capture)
-    build_features(project_of(args), args.model, args.datasets, settings, cluster=args.cluster)
+    if not build_features(project_of(args), args.model, args.datasets, settings, cluster=args.cluster):
+        print(f"featstore: nothing to do: every requested split is already built for {args.model}"
+              f"{'' if args.repair else ' (--overwrite rebuilds, --repair fixes what verify finds damaged)'}",
+              file=sys.stderr)
 
 
 def run_verify(args: argparse.Namespace) -> None:
@@ -363,8 +366,12 @@ def run_probe(args: argparse.Namespace) -> None:
         baseline_layer=args.baseline_layer, hard_threshold=args.hard_threshold if args.hard else None,
         each_layer=args.each_layer,
     )
-    run_probes(project, plan_specs(project, request), overwrite_train=args.overwrite_train,
-               overwrite_eval=args.overwrite_eval, jobs=args.jobs, cluster=args.cluster)
+    specs = plan_specs(project, request)
+    written = run_probes(project, specs, overwrite_train=args.overwrite_train, overwrite_eval=args.overwrite_eval,
+                         jobs=args.jobs, cluster=args.cluster)
+    if written.empty:
+        print(f"featstore: nothing to do: every one of the {len(specs)} combination(s) is already in probe_results "
+              "(--overwrite-train refits, --overwrite-eval re-scores)", file=sys.stderr)
 
 
 def run_results(args: argparse.Namespace) -> None:
