@@ -47,7 +47,7 @@ from featstore.extraction.build import (CPU_BATCH_TOKENS, BuildSettings, SplitJo
 from featstore.extraction.capture import default_capture
 from featstore.extraction.captures import CAPTURES
 from featstore.extraction.models import LoadedModel, load_model
-from featstore.progress import LineProgress
+from featstore.progress import TokenProgress
 from featstore.project import init_project
 
 REPEATS = 5
@@ -215,7 +215,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     forward_all(plain, shaped[BARE_BUDGETS[0]][0][:1])  # warm-up, untimed
     peer = PeerExtractor(model, root / "peer", max_len) if args.peer else None
     build, peer_s, bare = np.zeros(2), np.zeros(2), {budget: np.zeros(2) for budget in BARE_BUDGETS}
-    quiet = LineProgress(0, "ex", "build", io.StringIO(), interval=float("inf"))
+    quiet = TokenProgress(np.zeros(0), "build", io.StringIO())
     with torch.inference_mode():
         for _ in range(args.rounds):
             for i, job in enumerate(jobs):

@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=run_list)
 
     build = commands.add_parser("build", help="extract attention rows and residuals into the feature store")
-    build.add_argument("--model", default="gpt2-medium",
-                       help="Hugging Face name, local folder, .gguf file, smollm2-135m or random:<arch> (default: %(default)s)")
+    build.add_argument("--model", required=True,
+                       help="Hugging Face name, local folder, .gguf file, smollm2-135m (offline, 4-bit Q4_1) or "
+                            "random:<arch> (required, as for probe: no default that fails offline)")
     build.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets to build (default: all in the catalog)")
     build.add_argument("--max-len", type=int, help="keep the last N tokens (default: the model's context)")
     build.add_argument("--batch-tokens", type=int,

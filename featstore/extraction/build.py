@@ -36,7 +36,7 @@ from featstore.extraction.batching import TokenizedSplit, order_split, token_bat
 from featstore.extraction.capture import capture_last_token, check_capture
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.extraction.shards import ShardAssembler
-from featstore.progress import Progress, open_progress
+from featstore.progress import TokenProgress
 from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, verify_split
 from featstore.store.layout import SplitShape, split_prefix, tokenizer_path
@@ -91,7 +91,7 @@ class SplitPlan:
     capture: str
 
 
-ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, Progress], None]
+ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, TokenProgress], None]
 """Writes and records every pending shard of a planned split: in this process, or on a cluster."""
 
 
@@ -114,8 +114,7 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
             settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model.device))
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
-            progress = open_progress(sum(len(j.example_ids) for j in pending), "ex", f"build {key}")
-            with progress:
+            with TokenProgress(_planned_lengths(model, pending, max_len), f"build {key}") as progress:
                 builds = []
                 for job in pending:
                     repair = repairs.get((job.dataset, job.split))
@@ -124,6 +123,12 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
                                           progress, repair.shards if repair else None, write_shards))
                 _run_builds(builds, at_once)
     return len(pending)
+
+
+def _planned_lengths(model: LoadedModel, jobs: list[SplitJob], max_len: int) -> np.ndarray:
+    """The token count of every example the jobs will run, after truncation: what the build's progress counts."""
+    with _TOKENIZING:
+        return np.concatenate([np.minimum([len(ids) for ids in model.encode(job.prompts)], max_len) for job in jobs])
 
 
 def default_batch_tokens(device: torch.device) -> int:
@@ -195,7 +200,8 @@ def limited(rows: pd.DataFrame, dataset: str, limit: int, seed: int) -> pd.DataF
 
 
 def build_split(
-    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: Progress,
+    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int,
+    progress: TokenProgress,
     repair: frozenset[int] | None = None, write_shards: ShardWriting | None = None,
 ) -> None:
     """Extract one split (resuming a killed build at the shards not yet written), publish it, register it; with
@@ -237,25 +243,21 @@ def build_split(
     retire_versions(project.store, prefix, published)
 
 
-def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: Progress) -> None:
+def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: TokenProgress) -> None:
     """Run the batches holding pending rows through the model in this process, handing each completed shard to a
     background writer so compression and disk I/O overlap the next forward pass."""
     tokenized, writer = plan.tokenized, plan.writer
     assembler = ShardAssembler(tokenized, plan.shape, writer.pending_shards)
-    progress.update(plan.shape.n_examples - assembler.rows_to_write)  # rows already written
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, torch.inference_mode():
         writing: Future | None = None
         for batch in split_batches(tokenized, settings.batch_tokens):
-            rows_to_write = assembler.rows_in(batch)
-            if not rows_to_write:
-                continue
             lengths = tokenized.seq_lens[batch]
-            batch_started = time.perf_counter()
+            if not assembler.rows_in(batch):
+                progress.skip(lengths)  # written by an earlier, killed build
+                continue
             batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths, strategy=plan.capture)
-            progress.set_postfix(tok_s=int(lengths.sum() / max(time.perf_counter() - batch_started, 1e-9)),
-                                 refresh=False)
             completed = assembler.add(batch, batch_attn, batch_resid)
-            progress.update(rows_to_write)
+            progress.done(lengths)
             if writing is not None:  # the previous batch's shards were written while this batch ran
                 writing.result()
             writing = pool.submit(_write_in_order, writer, completed)

@@ -31,7 +31,7 @@ CAPTURES: dict[str, CaptureStrategy] = {
     "pattern": CaptureStrategy(
         "featstore.extraction.capture_pattern",
         "the TransformerLens bridge's eager attention, the row gathered from hook_pattern (every architecture "
-        "the bridge loads; the default for the others, e.g. Falcon, Bloom, MPT with ALiBi, GPT-J, Phi-1/2, "
-        "mixtures of experts)",
+        "the bridge loads; the default for all but the twelve above, e.g. Bloom and Falcon, whose ALiBi biases "
+        "last-row does not reproduce, and Phi-1/2, GPT-J, mixtures of experts, untested there)",
     ),
 }
