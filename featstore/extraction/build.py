@@ -47,7 +47,8 @@ from featstore.store.writer import SplitWriter, retire_versions
 
 
 CPU_BATCH_TOKENS = 2048  # fastest measured on CPU: gpt2-medium 286 tok/s vs 245 at 8,192; smollm2 flat
-GPU_BATCH_TOKENS = 8192
+GPU_BATCH_TOKENS = (8192, 65536)  # the range a GPU's budget is chosen in, from its free memory
+GPU_MEMORY_SHARE = 0.5  # of the free memory, for one batch's activations (the rest: allocator slack, the writer)
 _TOKENIZING = threading.Lock()  # a fast tokenizer is not safe to share between threads (builds on a cluster)
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class BuildSettings:
 
     max_len: int | None = None
     source: str = ""
-    batch_tokens: int | None = None  # None: `default_batch_tokens` for the model's device
+    batch_tokens: int | None = None  # None: `default_batch_tokens` for the model and its device
     limit: int | None = None
     device: str = "auto"
     dtype: str = "float32"
@@ -111,7 +112,7 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
             return 0
         transformers_logging.disable_progress_bar()
         with _shard_writing(model_spec, settings, cluster) as (model, write_shards, at_once):
-            settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model.device))
+            settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model))
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
             with TokenProgress(_planned_lengths(model, pending, max_len), f"build {key}") as progress:
@@ -131,9 +132,17 @@ def _planned_lengths(model: LoadedModel, jobs: list[SplitJob], max_len: int) -> 
         return np.concatenate([np.minimum([len(ids) for ids in model.encode(job.prompts)], max_len) for job in jobs])
 
 
-def default_batch_tokens(device: torch.device) -> int:
-    """Padded tokens per batch when --batch-tokens is not given: small batches on CPU, larger on a GPU."""
-    return GPU_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
+def default_batch_tokens(model: LoadedModel) -> int:
+    """Padded tokens per batch when --batch-tokens is not given: 2,048 on CPU; on a GPU, the power of two in
+    `GPU_BATCH_TOKENS` that fits half its free memory at the worst case of a padded token: float32 activations of
+    one layer (about 16 x d_model) plus a row of every head's [T, T] pattern at full context (the pattern capture)."""
+    if model.device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    free_bytes, _ = torch.cuda.mem_get_info(model.device)
+    bytes_per_token = 4 * (16 * model.d_model + model.n_heads * model.n_ctx)
+    fitting = int(free_bytes * GPU_MEMORY_SHARE // bytes_per_token)
+    smallest, largest = GPU_BATCH_TOKENS
+    return int(np.clip(2 ** int(np.log2(max(fitting, 1))), smallest, largest))
 
 
 def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
