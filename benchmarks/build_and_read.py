@@ -8,10 +8,10 @@ Prints ratios (absolute seconds beside them, for context only):
    with the same weights and its default (SDPA) attention, over the same length-sorted rows in batches
    of each budget in BARE_BUDGETS; the fastest budget is the reference. Tokens/s counts real tokens.
    Build and bare runs alternate split by split; `--rounds` repeats them.
-2. with `--peer`: a sae-probes-style extractor (the recipe of sae_probes/generate_model_activations.py
-   ported to the bridge: batches of 32 in file order, `run_with_cache` of the same hooks, last-token rows
-   gathered per example, one `torch.save` file per hook) alternating with the build in the same loop:
-   build time, tokens computed (padded), bytes on disk, and the time to read one layer of the test split.
+2. with `--peer`: a sae-probes-style extractor (`PeerExtractor`: eager attention with output_attentions, batches
+   of 32 in file order, last rows to the host, one `torch.save` per dataset split) alternating with the build in
+   the same loop: build time, tokens computed (padded), bytes on disk, and opening plus reading one layer of the
+   test split (a fresh `open_store(root).view(...)` against the peer's `torch.load`).
 3. padded tokens / real tokens of the build's batches, and of batches of 32 in example_id order.
 4. bytes on disk (file sizes) per example against unpadded and padded-to-longest float16 bytes,
    and the compression ratio (uncompressed array bytes / bytes on disk).
@@ -47,7 +47,7 @@ from featstore.extraction.build import (CPU_BATCH_TOKENS, BuildSettings, SplitJo
 from featstore.extraction.capture import default_capture
 from featstore.extraction.captures import CAPTURES
 from featstore.extraction.models import LoadedModel, load_model
-from featstore.progress import LineProgress
+from featstore.progress import TokenProgress
 from featstore.project import init_project
 
 REPEATS = 5
@@ -76,9 +76,9 @@ def forward_all(hf_model: torch.nn.Module, batches: list[tuple[np.ndarray, np.nd
                      use_cache=False)
 
 
-def plain_copy(wrapped: torch.nn.Module) -> torch.nn.Module:
+def plain_copy(wrapped: torch.nn.Module, attention: str = "sdpa") -> torch.nn.Module:
     """The same weights in an unwrapped Hugging Face model (the bridge nests each module as `_original_component`)."""
-    plain = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config), attn_implementation="sdpa").eval()
+    plain = AutoModelForCausalLM.from_config(copy.deepcopy(wrapped.config), attn_implementation=attention).eval()
     weights = {key.replace("._original_component", ""): value for key, value in wrapped.state_dict().items()}
     expected = plain.state_dict().keys()
     plain.load_state_dict({key: weights[key] for key in expected}, strict=True)
@@ -119,42 +119,41 @@ def disk_bytes(folder: Path) -> int:
 
 
 class PeerExtractor:
-    """The sae-probes recipe ported to the bridge: batches of 32 in file order, right-padded without an
-    attention mask (causal attention leaves the last real token unaffected), `run_with_cache` of every
-    layer's pattern and residual, each example's last-token rows copied out, one `torch.save` per hook."""
+    """A sae-probes-style extractor: the same weights in a plain Hugging Face model with eager attention, batches
+    of 32 in file order, right-padded with their attention mask, `output_attentions` and `output_hidden_states`,
+    each example's last-token rows copied to the host as float16, and one `torch.save` per dataset split (attention
+    rows padded to the split's longest, and residuals, of every layer)."""
 
     def __init__(self, model: LoadedModel, out: Path, max_len: int):
         self.model, self.out, self.max_len = model, out, max_len
-        self.hooks = [f"blocks.{layer}.{name}" for layer in range(model.n_layers)
-                      for name in ("attn.hook_pattern", "hook_resid_post")]
+        self.hf_model = plain_copy(model.bridge.original_model, "eager")
         self.tokens_computed = 0
 
     def extract(self, job: SplitJob) -> None:
         ids = [truncate_left(row, self.max_len, self.model.prepend_bos) for row in self.model.encode(job.prompts)]
         longest = max(len(row) for row in ids)
-        kept = {name: [] for name in self.hooks}
+        attn, resid = [], []
         with torch.inference_mode():
             for start in range(0, len(ids), PEER_BATCH):
                 batch = ids[start:start + PEER_BATCH]
-                width = max(len(row) for row in batch)
-                tokens = torch.zeros((len(batch), width), dtype=torch.long)
+                lengths = torch.as_tensor([len(row) for row in batch])
+                tokens = torch.zeros((len(batch), int(lengths.max())), dtype=torch.long)
                 for i, row in enumerate(batch):
                     tokens[i, : len(row)] = torch.as_tensor(row)
+                mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).long()
                 self.tokens_computed += tokens.numel()
-                _, cache = self.model.bridge.run_with_cache(tokens, names_filter=self.hooks)
-                for j, row in enumerate(batch):
-                    last = len(row) - 1
-                    for name in self.hooks:
-                        value = cache[name][j, :, last] if name.endswith("pattern") else cache[name][j, last]
-                        kept[name].append(value.to(torch.float16).clone())
+                output = self.hf_model(input_ids=tokens, attention_mask=mask, output_attentions=True,
+                                       output_hidden_states=True, logits_to_keep=1, use_cache=False)
+                rows, last = torch.arange(len(batch)), lengths - 1
+                patterns = torch.stack([layer[rows, :, last] for layer in output.attentions], 1)  # [B, L, H, T]
+                attn.append(torch.nn.functional.pad(patterns, (0, longest - patterns.shape[-1])).to(torch.float16))
+                resid.append(torch.stack([hidden[rows, last] for hidden in output.hidden_states[1:]], 1)
+                             .to(torch.float16))
         self.out.mkdir(parents=True, exist_ok=True)
-        for name, rows in kept.items():
-            if name.endswith("pattern"):
-                rows = [torch.nn.functional.pad(row, (0, longest - row.shape[-1])) for row in rows]
-            torch.save(torch.stack(rows), self.out / f"{job.dataset}_{job.split}_{name}.pt")
+        torch.save({"attn": torch.cat(attn), "resid": torch.cat(resid)}, self.out / f"{job.dataset}_{job.split}.pt")
 
     def read_layer(self, dataset: str, split: str, layer: int) -> np.ndarray:
-        return torch.load(self.out / f"{dataset}_{split}_blocks.{layer}.attn.hook_pattern.pt").numpy()
+        return torch.load(self.out / f"{dataset}_{split}.pt")["attn"][:, layer].numpy()
 
 
 def numpy_reductions(attn: np.ndarray, seq_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +214,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     forward_all(plain, shaped[BARE_BUDGETS[0]][0][:1])  # warm-up, untimed
     peer = PeerExtractor(model, root / "peer", max_len) if args.peer else None
     build, peer_s, bare = np.zeros(2), np.zeros(2), {budget: np.zeros(2) for budget in BARE_BUDGETS}
-    quiet = LineProgress(0, "ex", "build", io.StringIO(), interval=float("inf"))
+    quiet = TokenProgress(np.zeros(0), "build", io.StringIO())
     with torch.inference_mode():
         for _ in range(args.rounds):
             for i, job in enumerate(jobs):
@@ -241,8 +240,11 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
                           for split in splits)
         ours_bytes = sum(disk_bytes(published_folder(project, model.key, j.dataset, j.split)) for j in jobs)
         peer_bytes = disk_bytes(peer.out)
-        ours_read = best_of(lambda: store.view(args.dataset, "test", layers=[layer]).attn.values, 3)
-        peer_read = best_of(lambda: peer.read_layer(args.dataset, "test", layer), 3)
+        ours_read = best_of(lambda: open_store(root).view(args.dataset, "test", layers=[layer]).attn.values)
+        peer_read = best_of(lambda: peer.read_layer(args.dataset, "test", layer))
+        np.testing.assert_allclose(  # the same rows (the peer's in file order), up to float16 rounding
+            store.view(args.dataset, "test", layers=[layer]).sortby("example_id").attn.values[:, 0].astype(np.float32),
+            peer.read_layer(args.dataset, "test", layer).astype(np.float32), rtol=0, atol=2e-3)
         peer_tokens = peer.tokens_computed // args.rounds
         print(f"2. featstore / sae-probes-style peer ({sum(len(j.example_ids) for j in jobs)} examples): "
               f"build time {build[0] / peer_s[0]:.2f}x ({build[1] / peer_s[1]:.2f}x CPU time); "

@@ -33,7 +33,7 @@ from featstore.datasets.sae_probes import import_sae_probes
 from featstore.extraction import build as build_module
 from featstore.extraction import distributed_build
 from featstore.extraction.build import BuildSettings, build_features
-from featstore.progress import LineProgress
+from featstore.progress import TokenProgress
 from featstore.project import init_project
 from featstore.store.writer import SplitWriter
 
@@ -84,8 +84,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     project = init_project(root)
     import_sae_probes(project, None, [args.dataset], SplitParams())
     settings = BuildSettings(limit=args.limit, batch_tokens=args.batch_tokens, device="cpu", overwrite=True)
-    build_module.open_progress = lambda total, unit, desc: LineProgress(total, unit, desc, io.StringIO(),
-                                                                         interval=float("inf"))
+    build_module.TokenProgress = lambda lengths, desc: TokenProgress(lengths, desc, io.StringIO())  # quiet
     timers = Timers()
     timers.wrap(build_module, "build_split", "split")
     timers.wrap(distributed_build.ClusterWriting, "write_shards", "shards")

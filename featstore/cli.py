@@ -132,12 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=run_list)
 
     build = commands.add_parser("build", help="extract attention rows and residuals into the feature store")
-    build.add_argument("--model", default="gpt2-medium",
-                       help="Hugging Face name, local folder, .gguf file, smollm2-135m or random:<arch> (default: %(default)s)")
+    build.add_argument("--model", required=True,
+                       help="Hugging Face name, local folder, .gguf file, smollm2-135m (offline, 4-bit Q4_1) or "
+                            "random:<arch> (required, as for probe: no default that fails offline)")
     build.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets to build (default: all in the catalog)")
     build.add_argument("--max-len", type=int, help="keep the last N tokens (default: the model's context)")
     build.add_argument("--batch-tokens", type=int,
-                       help="padded tokens per batch (default: 2048 on CPU, 8192 on a GPU)")
+                       help="padded tokens per batch (default: 2048 on CPU; on a GPU a power of two from 8192 to "
+                            "65536 that fits half its free memory)")
     build.add_argument("--limit", type=int, help="at most N examples per split, classes alternating (for quick runs)")
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     build.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",

@@ -1,5 +1,6 @@
 """`featstore build`: stored numbers against the model run on each example alone, resumption, locking."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import load_registry
 from featstore.errors import FeatstoreError
 from featstore.extraction import build as build_module
-from featstore.extraction.build import BuildSettings, build_features
+from featstore.extraction.build import CPU_BATCH_TOKENS, BuildSettings, build_features, default_batch_tokens
 from featstore.extraction.models import load_model
 from featstore.project import init_project
 from featstore.store.layout import SHARD_EXAMPLES
@@ -278,3 +279,14 @@ def test_unknown_capture_is_refused_by_the_command_line(built, capsys):
         main(["--root", str(built.root), "build", "--model", MODEL, "--capture", "fast"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'fast'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("free_gib, expected", [(0.05, 8192), (0.25, 16384), (0.4, 32768), (140, 65536)])
+def test_gpu_batch_budget_follows_free_memory_and_cpu_keeps_2048(tiny, monkeypatch, free_gib, expected):
+    """random:tiny costs 4 x (16 x 64 + 4 x 128) = 6,144 bytes a token: half of 0.25 GiB holds 21,845 of them
+    (16,384 is the power of two below), half of 0.05 GiB fewer than the floor of 8,192, 140 GiB far more than the
+    ceiling."""
+    assert default_batch_tokens(tiny) == CPU_BATCH_TOKENS == 2048
+    gpu = dataclasses.replace(tiny, device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2 ** 30), 141 * 2 ** 30))
+    assert default_batch_tokens(gpu) == expected

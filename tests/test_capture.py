@@ -201,7 +201,7 @@ def test_an_unsupported_architecture_falls_back_to_the_pattern_capture(tiny, mon
 
 
 def test_a_strategy_that_skips_a_layer_is_refused(tiny, monkeypatch):
-    real = capture_last_row._sdpa_keeping_last_rows
+    real = capture_last_row._attention_keeping_last_rows
 
     def skipping_layer_1(module, *args, **kwargs):
         if module.layer_idx == 1:

@@ -20,6 +20,14 @@ def test_help_everywhere(command, capsys):
     assert "usage: featstore" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["build", "probe"])
+def test_build_and_probe_both_require_a_model(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command])
+    assert exit_info.value.code == 2
+    assert "the following arguments are required: --model" in capsys.readouterr().err
+
+
 def test_usage_error_exits_2():
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["build", "--limit", "many"])

@@ -2,9 +2,11 @@
 
 import io
 
+import numpy as np
+import pytest
 from tqdm import tqdm
 
-from featstore.progress import LineProgress, open_progress, track
+from featstore.progress import LineProgress, TokenProgress, open_progress, track
 
 
 class Clock:
@@ -64,3 +66,35 @@ def test_track_yields_every_item_and_counts_it(monkeypatch):
     monkeypatch.setattr("featstore.progress.open_progress", recorded)
     assert list(track(["a", "b", "c"], "probe", "probe")) == ["a", "b", "c"]
     assert counters[0].n == 3 and counters[0].total == 3
+
+
+def test_token_progress_counts_tokens_and_its_eta_prices_the_long_rows_still_to_come():
+    """Short rows first, long last, each batch taking a * tokens + b * squared lengths: once two batch shapes
+    are measured the ETA is the exact time left, where tokens / recent rate would promise far too little."""
+    a, b = 1e-3, 1e-4
+    batches = [np.full(8, 10), np.full(4, 20), np.full(2, 200), np.full(1, 400)]
+    stream, clock = io.StringIO(), Clock()
+    progress = TokenProgress(np.concatenate(batches), "build m", stream, clock=clock)
+    progress.counter.interval = 0  # a log line on every update
+    cost = [a * rows.sum() + b * (rows.astype(float) ** 2).sum() for rows in batches]
+    for done in range(2):
+        clock.now += cost[done]
+        progress.done(batches[done])
+    left = sum(cost[2:])
+    assert progress.eta() == pytest.approx(left)
+    tokens_left = sum(rows.sum() for rows in batches[2:])
+    assert tokens_left * cost[1] / batches[1].sum() < left / 5  # the rate of the last batch alone: far too early
+    line = stream.getvalue().splitlines()[-1]
+    assert line == (f"build m: 160/960 tok (17%), {160 / sum(cost[:2]):.2f}tok/s, elapsed 00:00, "
+                    f"tok_s={int(80 / cost[1])}, ETA={tqdm.format_interval(left)}")
+
+
+def test_token_progress_skips_rows_already_written_and_falls_back_to_the_mean_rate():
+    stream, clock = io.StringIO(), Clock()
+    progress = TokenProgress(np.array([5, 5, 5, 5]), "build m", stream, clock=clock)
+    progress.skip(np.array([5, 5]))
+    clock.now = 2.0
+    progress.done(np.array([5]))  # one shape measured: seconds per token, 0.4
+    assert progress.counter.n == 15
+    assert progress.eta() == pytest.approx(2.0)
+    progress.close()

@@ -36,7 +36,7 @@ from featstore.extraction.batching import TokenizedSplit, order_split, token_bat
 from featstore.extraction.capture import capture_last_token, check_capture
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.extraction.shards import ShardAssembler
-from featstore.progress import Progress, open_progress
+from featstore.progress import TokenProgress
 from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, verify_split
 from featstore.store.layout import SplitShape, split_prefix, tokenizer_path
@@ -47,7 +47,8 @@ from featstore.store.writer import SplitWriter, retire_versions
 
 
 CPU_BATCH_TOKENS = 2048  # fastest measured on CPU: gpt2-medium 286 tok/s vs 245 at 8,192; smollm2 flat
-GPU_BATCH_TOKENS = 8192
+GPU_BATCH_TOKENS = (8192, 65536)  # the range a GPU's budget is chosen in, from its free memory
+GPU_MEMORY_SHARE = 0.5  # of the free memory, for one batch's activations (the rest: allocator slack, the writer)
 _TOKENIZING = threading.Lock()  # a fast tokenizer is not safe to share between threads (builds on a cluster)
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class BuildSettings:
 
     max_len: int | None = None
     source: str = ""
-    batch_tokens: int | None = None  # None: `default_batch_tokens` for the model's device
+    batch_tokens: int | None = None  # None: `default_batch_tokens` for the model and its device
     limit: int | None = None
     device: str = "auto"
     dtype: str = "float32"
@@ -91,7 +92,7 @@ class SplitPlan:
     capture: str
 
 
-ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, Progress], None]
+ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, TokenProgress], None]
 """Writes and records every pending shard of a planned split: in this process, or on a cluster."""
 
 
@@ -111,11 +112,10 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
             return 0
         transformers_logging.disable_progress_bar()
         with _shard_writing(model_spec, settings, cluster) as (model, write_shards, at_once):
-            settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model.device))
+            settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model))
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
-            progress = open_progress(sum(len(j.example_ids) for j in pending), "ex", f"build {key}")
-            with progress:
+            with TokenProgress(_planned_lengths(model, pending, max_len), f"build {key}") as progress:
                 builds = []
                 for job in pending:
                     repair = repairs.get((job.dataset, job.split))
@@ -126,9 +126,23 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
     return len(pending)
 
 
-def default_batch_tokens(device: torch.device) -> int:
-    """Padded tokens per batch when --batch-tokens is not given: small batches on CPU, larger on a GPU."""
-    return GPU_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
+def _planned_lengths(model: LoadedModel, jobs: list[SplitJob], max_len: int) -> np.ndarray:
+    """The token count of every example the jobs will run, after truncation: what the build's progress counts."""
+    with _TOKENIZING:
+        return np.concatenate([np.minimum([len(ids) for ids in model.encode(job.prompts)], max_len) for job in jobs])
+
+
+def default_batch_tokens(model: LoadedModel) -> int:
+    """Padded tokens per batch when --batch-tokens is not given: 2,048 on CPU; on a GPU, the power of two in
+    `GPU_BATCH_TOKENS` that fits half its free memory at the worst case of a padded token: float32 activations of
+    one layer (about 16 x d_model) plus a row of every head's [T, T] pattern at full context (the pattern capture)."""
+    if model.device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    free_bytes, _ = torch.cuda.mem_get_info(model.device)
+    bytes_per_token = 4 * (16 * model.d_model + model.n_heads * model.n_ctx)
+    fitting = int(free_bytes * GPU_MEMORY_SHARE // bytes_per_token)
+    smallest, largest = GPU_BATCH_TOKENS
+    return int(np.clip(2 ** int(np.log2(max(fitting, 1))), smallest, largest))
 
 
 def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
@@ -195,7 +209,8 @@ def limited(rows: pd.DataFrame, dataset: str, limit: int, seed: int) -> pd.DataF
 
 
 def build_split(
-    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: Progress,
+    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int,
+    progress: TokenProgress,
     repair: frozenset[int] | None = None, write_shards: ShardWriting | None = None,
 ) -> None:
     """Extract one split (resuming a killed build at the shards not yet written), publish it, register it; with
@@ -237,25 +252,21 @@ def build_split(
     retire_versions(project.store, prefix, published)
 
 
-def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: Progress) -> None:
+def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: TokenProgress) -> None:
     """Run the batches holding pending rows through the model in this process, handing each completed shard to a
     background writer so compression and disk I/O overlap the next forward pass."""
     tokenized, writer = plan.tokenized, plan.writer
     assembler = ShardAssembler(tokenized, plan.shape, writer.pending_shards)
-    progress.update(plan.shape.n_examples - assembler.rows_to_write)  # rows already written
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, torch.inference_mode():
         writing: Future | None = None
         for batch in split_batches(tokenized, settings.batch_tokens):
-            rows_to_write = assembler.rows_in(batch)
-            if not rows_to_write:
-                continue
             lengths = tokenized.seq_lens[batch]
-            batch_started = time.perf_counter()
+            if not assembler.rows_in(batch):
+                progress.skip(lengths)  # written by an earlier, killed build
+                continue
             batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths, strategy=plan.capture)
-            progress.set_postfix(tok_s=int(lengths.sum() / max(time.perf_counter() - batch_started, 1e-9)),
-                                 refresh=False)
             completed = assembler.add(batch, batch_attn, batch_resid)
-            progress.update(rows_to_write)
+            progress.done(lengths)
             if writing is not None:  # the previous batch's shards were written while this batch ran
                 writing.result()
             writing = pool.submit(_write_in_order, writer, completed)

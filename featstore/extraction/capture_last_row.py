@@ -1,7 +1,9 @@
 """Capture on the model's own Hugging Face forward (SDPA attention, no [T, T] pattern kept anywhere): the
-bridge's weights in the unwrapped Hugging Face model, an attention function that runs SDPA and computes each
-example's last attention row from the layer's (rotary) queries and keys, and a hook on each decoder layer's
-output for the residual. Rows equal the bridge's `hook_pattern` rows within float rounding (tested)."""
+bridge's weights in the unwrapped Hugging Face model, an attention function registered in transformers'
+attention interface that computes the layer's output and each example's last attention row from the queries and
+keys it is given (after rotary and QK-norm) with the layer's scaling, soft-capping and mask (padding, causal,
+sliding window), and a hook on each decoder layer's output for the residual. Rows equal transformers' eager
+attention rows within float rounding (tested for every architecture in `DECODER_LAYERS`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import weakref
 
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from featstore.extraction.capture_sink import LastTokenSink
@@ -19,15 +21,30 @@ from featstore.extraction.models import LoadedModel
 
 ATTENTION = "featstore_last_row"
 SINK_KWARG = "featstore_sink"
-# The architectures whose attention this file reproduces (tested), and where their decoder layers are.
-DECODER_LAYERS = {"GPT2LMHeadModel": "h", "LlamaForCausalLM": "layers"}
+# The architectures whose attention this file reproduces (each tested against transformers' eager attention),
+# and where their decoder layers are, under the base model.
+DECODER_LAYERS = {
+    "GPT2LMHeadModel": "h",
+    "LlamaForCausalLM": "layers",
+    "MistralForCausalLM": "layers",
+    "Qwen2ForCausalLM": "layers",
+    "Qwen3ForCausalLM": "layers",
+    "GemmaForCausalLM": "layers",
+    "Gemma2ForCausalLM": "layers",
+    "Gemma3ForCausalLM": "layers",
+    "Phi3ForCausalLM": "layers",
+    "GPTNeoXForCausalLM": "layers",
+    "Olmo2ForCausalLM": "layers",
+    "OPTForCausalLM": "decoder.layers",
+}
 
 _UNWRAPPED: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
 _UNWRAPPING = threading.Lock()
 
 
 def supports(model: LoadedModel) -> bool:
-    """GPT-2 and Llama models (decided from the identity, so a model described without its weights answers too)."""
+    """The architectures of `DECODER_LAYERS` (decided from the identity, so a model described without its weights
+    answers too)."""
     return model.identity["architecture"] in DECODER_LAYERS
 
 
@@ -58,8 +75,7 @@ def _unwrap(wrapped: torch.nn.Module, decoder_layers: str) -> torch.nn.Module:
         if buffer.is_meta:  # non-persistent buffers (rotary inverse frequencies) are not in the state dict
             owner, _, leaf = name.rpartition(".")
             plain.get_submodule(owner)._buffers[leaf] = buffers[name]
-    layers = getattr(plain.base_model, decoder_layers)
-    for layer, block in enumerate(layers):
+    for layer, block in enumerate(plain.base_model.get_submodule(decoder_layers)):
         block.register_forward_hook(_residual_hook(layer), with_kwargs=True)
     return plain.eval()
 
@@ -73,21 +89,59 @@ def _residual_hook(layer: int):
     return keep_residual
 
 
-def _sdpa_keeping_last_rows(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor | None, scaling: float | None = None, **kwargs):
-    """Hugging Face's SDPA attention, plus softmax(q_last . K / sqrt(d)) over the real keys for the sink."""
+def _attention_keeping_last_rows(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                                 value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None = None,
+                                 softcap: float | None = None, **kwargs):
+    """The layer's attention output (SDPA; eager arithmetic where soft-capping rules SDPA out), plus the last
+    real token's attention row of every head for the sink, computed as eager attention computes it."""
     sink: LastTokenSink | None = kwargs.pop(SINK_KWARG, None)
-    output = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if softcap is None:
+        output = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    else:
+        output = _softcapped_attention(query, key, value, attention_mask, scale, softcap)
     if sink is not None:
-        batch, n_heads, _, head_dim = query.shape
-        n_kv_heads, seq_len = key.shape[1], key.shape[2]
-        scale = head_dim ** -0.5 if scaling is None else scaling
-        last_query = query[sink.rows, :, sink.last].view(batch, n_kv_heads, n_heads // n_kv_heads, head_dim)
-        scores = torch.einsum("bkgd,bktd->bkgt", last_query, key).reshape(batch, n_heads, seq_len) * scale
-        scores = scores.masked_fill(sink.past_end[:, None, :], float("-inf"))
-        sink.store_rows(module.layer_idx, torch.softmax(scores, dim=-1, dtype=torch.float32))
+        sink.store_rows(module.layer_idx, _last_rows(query, key, attention_mask, scale, softcap, sink))
     return output
 
 
-AttentionInterface.register(ATTENTION, _sdpa_keeping_last_rows)
+def _last_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scale: float,
+               softcap: float | None, sink: LastTokenSink) -> torch.Tensor:
+    """softmax(softcap(q_last . K * scale)) over the keys the layer's mask lets the last real token see, in
+    float32: [B, n_heads, T]. Query heads share key heads in groups (GQA/MQA)."""
+    batch, n_heads, _, head_dim = query.shape
+    n_kv_heads, seq_len = key.shape[1], key.shape[2]
+    last_query = query[sink.rows, :, sink.last].view(batch, n_kv_heads, n_heads // n_kv_heads, head_dim)
+    scores = torch.einsum("bkgd,bktd->bkgt", last_query, key).reshape(batch, n_heads, seq_len) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~_visible_keys(attention_mask, sink)[:, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32)
+
+
+def _visible_keys(attention_mask: torch.Tensor | None, sink: LastTokenSink) -> torch.Tensor:
+    """[B, T] True on the keys the last real token attends to: its row of the layer's boolean mask (padding, causal
+    and sliding window in one); transformers skips the mask only when no key is padding and no window is shorter
+    than the keys, and then the real keys are all of them."""
+    if attention_mask is None:
+        return ~sink.past_end
+    return attention_mask[sink.rows, 0, sink.last]
+
+
+def _softcapped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, scale: float, softcap: float) -> tuple[torch.Tensor, None]:
+    """Eager attention with logit soft-capping (Gemma 2) over a boolean mask: transformers' eager arithmetic."""
+    n_rep = query.shape[1] // key.shape[1]
+    scores = torch.matmul(query, repeat_kv(key, n_rep).transpose(2, 3)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is None:
+        causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+        attention_mask = causal[None, None]
+    # the most negative finite value, as eager adds: a padding query whose window holds only padding stays finite
+    scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, repeat_kv(value, n_rep)).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, _attention_keeping_last_rows)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)

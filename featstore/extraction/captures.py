@@ -24,11 +24,14 @@ class CaptureStrategy:
 CAPTURES: dict[str, CaptureStrategy] = {
     "last-row": CaptureStrategy(
         "featstore.extraction.capture_last_row",
-        "the model's own SDPA forward, each layer's last attention row computed from its (rotary) queries "
-        "and keys (GPT-2 and Llama architectures)",
+        "the model's own SDPA forward, each layer's last attention row computed from the queries and keys "
+        "transformers' attention interface receives, with the layer's scaling, soft-capping and mask (GPT-2, "
+        "GPT-NeoX/Pythia, OPT, Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3 text, Phi-3, OLMo-2)",
     ),
     "pattern": CaptureStrategy(
         "featstore.extraction.capture_pattern",
-        "the TransformerLens bridge's eager attention, the row gathered from hook_pattern (every architecture)",
+        "the TransformerLens bridge's eager attention, the row gathered from hook_pattern (every architecture "
+        "the bridge loads; the default for all but the twelve above, e.g. Bloom and Falcon, whose ALiBi biases "
+        "last-row does not reproduce, and Phi-1/2, GPT-J, mixtures of experts, untested there)",
     ),
 }

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from transformers.utils import logging as transformers_logging
 
@@ -34,7 +35,7 @@ from featstore.extraction.build import BuildSettings, ShardWriting, SplitPlan, s
 from featstore.extraction.capture import capture_last_token
 from featstore.extraction.models import LoadedModel, ModelLoadError, load_model, release_model
 from featstore.extraction.shards import ShardAssembler
-from featstore.progress import Progress
+from featstore.progress import TokenProgress
 from featstore.store.layout import SplitShape
 from featstore.store.location import StoreLocation
 from featstore.store.writer import write_shard_arrays
@@ -79,11 +80,6 @@ class ShardUnit:
     def n_rows(self) -> int:
         return self.rows.stop - self.rows.start
 
-    @property
-    def n_tokens(self) -> int:
-        """The shards' real tokens (what the progress bar's tok/s counts)."""
-        return int(self.window.seq_lens[self.rows.start - self.first_row : self.rows.stop - self.first_row].sum())
-
 
 @contextmanager
 def cluster_shard_writing(address: str, model_spec: str,
@@ -109,13 +105,17 @@ class ClusterWriting:
     resources: dict[str, int] | None
     digest: str
 
-    def write_shards(self, model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: Progress) -> None:
+    def write_shards(self, model: LoadedModel, plan: SplitPlan, settings: BuildSettings,
+                     progress: TokenProgress) -> None:
         """Submit one unit per pending shard, at most `UNITS_PER_WORKER` per worker at a time, and record the
         shards in completion order; on a failure, cancel the rest (what was recorded stays, for a rerun)."""
         from distributed import as_completed
 
         units = plan_units(plan, settings.batch_tokens, self.digest)
-        progress.update(plan.shape.n_examples - sum(unit.n_rows for unit in units))  # rows already written
+        pending = np.zeros(plan.shape.n_examples, dtype=bool)
+        for unit in units:
+            pending[unit.rows] = True
+        progress.skip(plan.tokenized.seq_lens[~pending])  # rows already written
         waiting = list(reversed(units))
         running = as_completed()
         submitted: dict[str, tuple[Future, ShardUnit]] = {}
@@ -127,7 +127,6 @@ class ClusterWriting:
             submitted[future.key] = (future, unit)
             running.add(future)
 
-        started, tokens = time.perf_counter(), 0
         try:
             for _ in range(min(len(waiting), UNITS_PER_WORKER * max(1, worker_count(self.client)))):
                 submit_next()
@@ -136,9 +135,7 @@ class ClusterWriting:
                 written = _result(future, f"shards {list(unit.shards)} of {plan.writer.key}")
                 for shard in unit.shards:
                     plan.writer.record_shard(shard, written[shard])
-                tokens += unit.n_tokens
-                progress.set_postfix(tok_s=int(tokens / max(time.perf_counter() - started, 1e-9)), refresh=False)
-                progress.update(unit.n_rows)
+                progress.done(plan.tokenized.seq_lens[unit.rows])
                 if waiting:
                     submit_next()
         finally:
