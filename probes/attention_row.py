@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -150,7 +152,7 @@ class AttentionRowProbe(BinaryProbe):
             )
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers).*")
-                trainer.fit(module, datamodule=data)
+                _train(trainer, module, data)
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
             self.best_epoch_ = int(Path(best.best_model_path).stem.split("epoch=")[1].split("-")[0])
             self.validation_auc_ = float(best.best_model_score)
@@ -262,6 +264,20 @@ class AttentionRowProbe(BinaryProbe):
         self.state_ = {key: torch.from_numpy(array(arrays, f"state_.{key}", tuple(value.shape),
                                                     (str(value.dtype).removeprefix("torch."),)))
                        for key, value in expected.items()}
+
+
+def _train(trainer, module, data) -> None:
+    """trainer.fit, with Ctrl-C raised as KeyboardInterrupt like anywhere else: Lightning catches it, ignores
+    further SIGINTs and exits 1 (SystemExit raised while handling the KeyboardInterrupt); undo both."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, datamodule=data)
+    except SystemExit as exit_:
+        if not isinstance(exit_.__context__, KeyboardInterrupt):
+            raise
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt from None
 
 
 def _rows(X, lengths, tokens) -> AttentionRows:
