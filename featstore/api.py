@@ -1,4 +1,4 @@
-"""The Python entry point: `open_store(root)` gives SQL over the catalog and views of the features."""
+"""The Python entry point: `open_store(root)` gives SQL over the catalog, views of the features and saved probes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pandas as pd
 import xarray as xr
 
 from featstore.catalog.safe_sql import CatalogReader, query_catalog
+from featstore.errors import FeatstoreError
 from featstore.project import Project, open_project
 from featstore.views.view import open_view
 
@@ -44,6 +45,16 @@ class Store:
         """A lazy xarray view of one split's features (see `featstore.views.view.open_view`)."""
         return open_view(self.project, dataset, split, model=model, layers=layers, where=where, reader=self.reader,
                          dask=dask)
+
+    def probe(self, result_id: str):
+        """The fitted probe saved for a row of `probe_results` (read as arrays and checked values, never
+        unpickled; see probes.saved)."""
+        from featstore.probing.saved_probes import read_probe
+
+        found = self.sql("SELECT probe_path FROM probe_results WHERE result_id = ?", [result_id])
+        if found.empty:
+            raise FeatstoreError(f"no probe result {result_id!r}; `featstore results` lists them")
+        return read_probe(self.project, str(found["probe_path"][0]))
 
 
 def open_store(root: str | Path = ".", store: str | None = None) -> Store:

@@ -7,7 +7,10 @@ from probes.logistic import LogisticRegressionProbe
 from probes.mass_mean import MassMeanProbe
 from probes.metrics import binary_scores
 from probes.rows import AttentionRows
+from probes.saved import load_probe, probe_bytes, save_probe
+from probes.saved_checks import SavedProbeError
 from probes.stacked import StackedProbe
 
 __all__ = ["AttentionRowProbe", "AttentionRows", "LogisticRegressionProbe", "MassMeanProbe", "ProbeInputError",
-           "StackedProbe", "binary_scores", "shrunk_covariance_solve"]
+           "SavedProbeError", "StackedProbe", "binary_scores", "load_probe", "probe_bytes", "save_probe",
+           "shrunk_covariance_solve"]

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from probes.base import BinaryProbe, as_numpy
 from probes.errors import ProbeInputError
 from probes.metrics import binary_scores
 from probes.rows import AttentionRows
+from probes.saved_checks import MAX_INT, SavedProbeError, array, boolean, fields, integer, real, seed, text
 
 MAX_DISTANCE = 4096
 
@@ -149,7 +152,7 @@ class AttentionRowProbe(BinaryProbe):
             )
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers).*")
-                trainer.fit(module, datamodule=data)
+                _train(trainer, module, data)
             state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
             self.best_epoch_ = int(Path(best.best_model_path).stem.split("epoch=")[1].split("-")[0])
             self.validation_auc_ = float(best.best_model_score)
@@ -214,6 +217,67 @@ class AttentionRowProbe(BinaryProbe):
     def _network(self) -> RowWeighting:
         return RowWeighting(self.n_features_in_, self.readers_per_head, self.n_position_basis, self.n_distance_basis,
                             self.vocab_size_, self.content_dim)
+
+    @classmethod
+    def _check_params(cls, params: dict) -> None:
+        for name, high in (("readers_per_head", 1024), ("n_position_basis", 4096), ("n_distance_basis", 4096)):
+            integer(params[name], name, 1, high)
+        integer(params["content_dim"], "content_dim", 0, 4096)
+        boolean(params["use_tokens"], "use_tokens")
+        real(params["learning_rate"], "learning_rate", 0)
+        real(params["weight_decay"], "weight_decay", 0)
+        integer(params["batch_size"], "batch_size", 1, 2**20)
+        for name in ("max_epochs", "patience", "max_validation", "cache_bytes"):
+            integer(params[name], name, 0, MAX_INT)
+        real(params["validation_size"], "validation_size", 0, 1)
+        seed(params["random_state"])
+        text(params["accelerator"], "accelerator")
+        if isinstance(params["devices"], str):
+            text(params["devices"], "devices")
+        else:
+            integer(params["devices"], "devices", -1, 2**16)
+        text(params["log_dir"], "log_dir", optional=True)
+
+    def _fitted_state(self) -> tuple[dict, dict[str, np.ndarray], dict]:
+        plain = {**self._common_state(), "n_layers_": self.n_layers_, "n_heads_": self.n_heads_,
+                 "vocab_size_": self.vocab_size_, "best_epoch_": self.best_epoch_,
+                 "validation_auc_": self.validation_auc_, "epochs_run_": self.epochs_run_}
+        return plain, {f"state_.{key}": value.detach().cpu().numpy() for key, value in self.state_.items()}, {}
+
+    def _restore_fitted(self, plain: dict, arrays: dict[str, np.ndarray], parts: dict) -> None:
+        own = {"n_layers_", "n_heads_", "vocab_size_", "best_epoch_", "validation_auc_", "epochs_run_"}
+        plain = self._restore_common(plain, own, "attention-row")
+        fields(parts, "attention-row parts", set())
+        self.n_layers_ = integer(plain["n_layers_"], "n_layers_", 1, 2**16)
+        self.n_heads_ = integer(plain["n_heads_"], "n_heads_", 1, 2**16)
+        if self.n_layers_ * self.n_heads_ != self.n_features_in_:
+            raise SavedProbeError(f"n_features_in_ {self.n_features_in_} is not n_layers_ x n_heads_")
+        self.vocab_size_ = integer(plain["vocab_size_"], "vocab_size_", 0, 2**31)
+        self.best_epoch_ = integer(plain["best_epoch_"], "best_epoch_", 0, MAX_INT)
+        self.epochs_run_ = integer(plain["epochs_run_"], "epochs_run_", 0, MAX_INT)
+        self.validation_auc_ = real(plain["validation_auc_"], "validation_auc_", finite=False)
+        with torch.device("meta"):  # the shapes the parameters imply, without allocating them
+            expected = self._network().state_dict()
+        names = {name.removeprefix("state_.") for name in arrays if name.startswith("state_.")}
+        if names != set(expected):
+            raise SavedProbeError(f"the network state holds {sorted(names)[:8]}, expected {sorted(expected)}")
+        self.state_ = {key: torch.from_numpy(array(arrays, f"state_.{key}", tuple(value.shape),
+                                                    (str(value.dtype).removeprefix("torch."),)))
+                       for key, value in expected.items()}
+
+
+def _train(trainer, module, data) -> None:
+    """trainer.fit, with Ctrl-C raised as KeyboardInterrupt like anywhere else: Lightning catches it, ignores
+    further SIGINTs and exits 1 (SystemExit raised while handling the KeyboardInterrupt); undo both."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, datamodule=data)
+    except SystemExit as exit_:
+        if not isinstance(exit_.__context__, KeyboardInterrupt):
+            raise
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt from None
 
 
 def _rows(X, lengths, tokens) -> AttentionRows:

@@ -10,6 +10,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from probes.errors import ProbeInputError
 from probes.metrics import binary_scores
+from probes.saved_checks import MAX_INT, classes, feature_names, fields, integer, saved_classes
+
+COMMON_FITTED = {"classes_", "n_features_in_"}
 
 
 def as_numpy(array: Any) -> Any:
@@ -82,3 +85,34 @@ class BinaryProbe(ClassifierMixin, BaseEstimator):
         if unknown.size:
             raise ProbeInputError(f"{type(self).__name__}.score: y has labels {unknown.tolist()} unseen in fit")
         return binary_scores(y == self.classes_[1], decision, decision > 0)
+
+    # Saving (see probes.saved): each family declares what it saves and how it is rebuilt from checked values.
+
+    @classmethod
+    def _check_params(cls, params: dict) -> None:
+        """Check constructor parameters read from a probe file (types, ranges) before the probe is built."""
+        raise NotImplementedError
+
+    def _fitted_state(self) -> tuple[dict, dict[str, np.ndarray], dict]:
+        """What the fitted probe is rebuilt from: plain values (JSON), arrays, and fitted sub-probes by name."""
+        raise NotImplementedError
+
+    def _restore_fitted(self, plain: dict, arrays: dict[str, np.ndarray], parts: dict) -> None:
+        """Set the fitted attributes from a probe file's values, each checked first (SavedProbeError)."""
+        raise NotImplementedError
+
+    def _common_state(self) -> dict:
+        """The fitted values every probe has: its classes, its number of features (and their names, if any)."""
+        names = getattr(self, "feature_names_in_", None)
+        return {"classes_": saved_classes(self.classes_), "n_features_in_": int(self.n_features_in_),
+                **({"feature_names_in_": [str(name) for name in names]} if names is not None else {})}
+
+    def _restore_common(self, plain: dict, own: set[str], name: str) -> dict:
+        """Check that `plain` holds exactly the common values and `own`, and set the common ones."""
+        plain = fields(plain, f"{name} fitted values", COMMON_FITTED | own, frozenset({"feature_names_in_"}))
+        self.classes_ = classes(plain["classes_"])
+        self.n_features_in_ = integer(plain["n_features_in_"], "n_features_in_", 1, MAX_INT)
+        names = feature_names(plain.get("feature_names_in_"), self.n_features_in_)
+        if names is not None:
+            self.feature_names_in_ = names
+        return plain

@@ -11,6 +11,10 @@ from threadpoolctl import threadpool_limits
 
 from probes.base import BinaryProbe
 from probes.errors import ProbeInputError
+from probes.saved_checks import (FLOATS, MAX_INT, SavedProbeError, array, boolean, fields, integer, real,
+                                 seed, text, vector_length)
+
+MAX_GRID = 1000
 
 
 class LogisticRegressionProbe(BinaryProbe):
@@ -111,3 +115,44 @@ class LogisticRegressionProbe(BinaryProbe):
         """The C chosen on the validation holdout and its validation ROC AUC, for a runner to record."""
         check_is_fitted(self)
         return {"C": self.C_, "validation_auc": self.validation_auc_}
+
+    @classmethod
+    def _check_params(cls, params: dict) -> None:
+        text(params["penalty"], "penalty", ("l1", "l2"))
+        Cs = params["Cs"]
+        if Cs is not None and (not isinstance(Cs, list) or not 0 < len(Cs) <= MAX_GRID):
+            raise SavedProbeError(f"Cs must be null or a list of 1 to {MAX_GRID} numbers")
+        for C in Cs or []:
+            real(C, "Cs", low=np.finfo(float).tiny)
+        real(params["validation_size"], "validation_size", 0, 1)
+        integer(params["max_validation"], "max_validation", 0, MAX_INT)
+        boolean(params["standardize"], "standardize")
+        integer(params["max_iter"], "max_iter", 1, MAX_INT)
+        seed(params["random_state"])
+        weights = params["class_weight"]
+        if isinstance(weights, dict):
+            if len(weights) > MAX_GRID or not all(isinstance(label, (bool, int, float, str)) for label in weights):
+                raise SavedProbeError("class_weight must map at most 1000 plain labels to weights")
+            for label, weight in weights.items():
+                if isinstance(label, str):
+                    text(label, "class_weight label")
+                real(weight, "class_weight", low=0)
+        elif weights is not None:
+            text(weights, "class_weight", ("balanced",))
+
+    def _fitted_state(self) -> tuple[dict, dict[str, np.ndarray], dict]:
+        plain = {**self._common_state(), "validation_auc_": float(self.validation_auc_), "C_": float(self.C_)}
+        arrays = {"coef_": self.coef_, "intercept_": self.intercept_, "Cs_": self.Cs_,
+                  "validation_aucs_": self.validation_aucs_}
+        return plain, arrays, {}
+
+    def _restore_fitted(self, plain: dict, arrays: dict[str, np.ndarray], parts: dict) -> None:
+        plain = self._restore_common(plain, {"validation_auc_", "C_"}, "logistic-regression")
+        fields(parts, "logistic-regression parts", set())
+        self.coef_ = array(arrays, "coef_", (1, self.n_features_in_), FLOATS)
+        self.intercept_ = array(arrays, "intercept_", (1,), FLOATS)
+        grid = vector_length(arrays, "Cs_", MAX_GRID)
+        self.Cs_ = array(arrays, "Cs_", (grid,), ("float64",))
+        self.validation_aucs_ = array(arrays, "validation_aucs_", (grid,), ("float64",))
+        self.validation_auc_ = real(plain["validation_auc_"], "validation_auc_", finite=False)
+        self.C_ = real(plain["C_"], "C_", finite=False)

@@ -8,6 +8,7 @@ from sklearn.utils.validation import check_is_fitted
 from probes.base import BinaryProbe
 from probes.covariance import shrunk_covariance_solve
 from probes.errors import ProbeInputError
+from probes.saved_checks import array, fields, real, seed, text
 
 
 class MassMeanProbe(BinaryProbe):
@@ -78,3 +79,24 @@ class MassMeanProbe(BinaryProbe):
         """The covariance shrinkage used (None without tilt), for a runner to record."""
         check_is_fitted(self)
         return {"shrinkage": self.shrinkage_}
+
+    @classmethod
+    def _check_params(cls, params: dict) -> None:
+        text(params["tilt"], "tilt", ("lda",), optional=True)
+        if params["shrinkage"] != "auto":
+            real(params["shrinkage"], "shrinkage", 0, 1)
+        seed(params["random_state"])
+
+    def _fitted_state(self) -> tuple[dict, dict[str, np.ndarray], dict]:
+        plain = {**self._common_state(), "shrinkage_": self.shrinkage_, "threshold_": self.threshold_,
+                 "logit_scale_": self.logit_scale_}
+        return plain, {"direction_": self.direction_, "mean_": self.mean_}, {}
+
+    def _restore_fitted(self, plain: dict, arrays: dict[str, np.ndarray], parts: dict) -> None:
+        plain = self._restore_common(plain, {"shrinkage_", "threshold_", "logit_scale_"}, "mass-mean")
+        fields(parts, "mass-mean parts", set())
+        self.direction_ = array(arrays, "direction_", (self.n_features_in_,), ("float64",))
+        self.mean_ = array(arrays, "mean_", (self.n_features_in_,), ("float64",))
+        self.shrinkage_ = real(plain["shrinkage_"], "shrinkage_", 0, 1, optional=True)
+        self.threshold_ = real(plain["threshold_"], "threshold_", finite=False)
+        self.logit_scale_ = real(plain["logit_scale_"], "logit_scale_", finite=False)

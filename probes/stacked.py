@@ -16,6 +16,7 @@ from probes.base import BinaryProbe, as_numpy
 from probes.errors import ProbeInputError
 from probes.logistic import LogisticRegressionProbe
 from probes.metrics import binary_scores
+from probes.saved_checks import MAX_PARTS, SavedProbeError, fields, integer, seed
 
 
 class StackedProbe(BinaryProbe):
@@ -84,3 +85,28 @@ class StackedProbe(BinaryProbe):
         if len({len(X_j) for X_j in matrices}) != 1:
             raise ProbeInputError("StackedProbe: the feature matrices must have the same rows")
         return matrices
+
+    @classmethod
+    def _check_params(cls, params: dict) -> None:
+        bases, final = params["base_probes"], params["final_probe"]
+        if bases is not None and not (isinstance(bases, list) and 0 < len(bases) <= MAX_PARTS
+                                      and all(isinstance(base, BinaryProbe) for base in bases)):
+            raise SavedProbeError(f"base_probes must be null or a list of 1 to {MAX_PARTS} probes")
+        if final is not None and not isinstance(final, BinaryProbe):
+            raise SavedProbeError("final_probe must be null or a probe")
+        integer(params["n_folds"], "n_folds", 2, 10**6)
+        seed(params["random_state"])
+
+    def _fitted_state(self) -> tuple[dict, dict[str, np.ndarray], dict]:
+        return self._common_state(), {}, {"final_": self.final_, "bases_": self.bases_}
+
+    def _restore_fitted(self, plain: dict, arrays: dict[str, np.ndarray], parts: dict) -> None:
+        self._restore_common(plain, set(), "stacked")
+        parts = fields(parts, "stacked parts", {"final_", "bases_"})
+        final, bases = parts["final_"], parts["bases_"]
+        if not (isinstance(bases, list) and 0 < len(bases) <= MAX_PARTS
+                and all(isinstance(base, BinaryProbe) for base in bases)):
+            raise SavedProbeError(f"bases_ must be a list of 1 to {MAX_PARTS} fitted probes")
+        if not isinstance(final, BinaryProbe) or final.n_features_in_ != len(bases):
+            raise SavedProbeError(f"final_ must be a fitted probe of {len(bases)} features (one per base probe)")
+        self.final_, self.bases_ = final, bases

@@ -88,14 +88,14 @@ def test_padding_never_changes_a_prediction(fitted):
 
 
 def test_same_seed_same_weights_and_save_load_same_predictions(fitted, tmp_path):
-    import joblib
+    from probes import load_probe, save_probe
 
     probe, rows, y = fitted
     again = clone(probe).fit(rows, y)
     for key, value in probe.state_.items():
         assert torch.equal(value, again.state_[key]), key
-    joblib.dump(probe, tmp_path / "probe.joblib")
-    np.testing.assert_array_equal(joblib.load(tmp_path / "probe.joblib").decision_function(rows),
+    save_probe(probe, tmp_path / "probe.safetensors")
+    np.testing.assert_array_equal(load_probe(tmp_path / "probe.safetensors").decision_function(rows),
                                   probe.decision_function(rows))
     assert probe.chosen_hyperparameters()["best_epoch"] < 5 and 0 <= probe.chosen_hyperparameters()["validation_auc"] <= 1
 

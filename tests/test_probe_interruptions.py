@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import joblib
 import pytest
 
 from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import EXIT_INTERRUPTED, main
 from featstore.probing import runner
+from probes import load_probe
 from tests.builders import MODEL
 
 SETTINGS = ["--feature", "length", "--probe", "logreg", "mass-mean", "mass-mean-lda"]  # three quick combinations
@@ -69,13 +69,13 @@ def rows(project):
 
 def assert_every_row_has_its_probe(project):
     for row in rows(project).itertuples():
-        saved = joblib.load(project.store_dir / row.probe_path)
+        saved = load_probe(project.store_dir / row.probe_path)
         assert saved.n_features_in_ == row.n_features
 
 
 def assert_nothing_orphaned(project):
     referenced = {project.store_dir / path for path in rows(project)["probe_path"]}
-    assert set((project.store_dir / "probes").rglob("*.joblib")) == referenced
+    assert set((project.store_dir / "probes").rglob("*.safetensors")) == referenced
     assert not [p for p in (project.store_dir / "probes").rglob("*") if p.name.endswith(".staged")]
 
 
@@ -219,7 +219,8 @@ def test_a_row_whose_probe_file_is_missing_is_refitted_by_overwrite_eval(toy_cop
 def test_staged_and_unreferenced_files_of_older_runs_are_removed(toy_copy):
     assert main(probe_args(toy_copy, "--probe", "mass-mean")) == 0
     folder = (toy_copy.store_dir / rows(toy_copy)["probe_path"][0]).parent
-    for name in (".abc.joblib.staged", "abc.joblib", "abc.logs/version_0/metrics.csv"):
+    for name in (".abc.joblib.staged", "abc.joblib", "abc.safetensors", ".abc.safetensors.staged",
+                 "abc.logs/version_0/metrics.csv"):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"x")
     assert main(probe_args(toy_copy)) == 0

@@ -5,7 +5,6 @@ import io
 import json
 import shutil
 
-import joblib
 import numpy as np
 import pytest
 import zarr
@@ -15,7 +14,7 @@ from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.probing import runner
-from probes import LogisticRegressionProbe, MassMeanProbe
+from probes import LogisticRegressionProbe, MassMeanProbe, load_probe
 from probes.metrics import roc_auc_ci
 from tests.builders import MODEL, built_toy_project, published_folder, rewrite_stored
 
@@ -205,7 +204,7 @@ def test_stored_scores_are_the_saved_probes_decisions_and_the_interval_follows_f
     for row in results(built).itertuples():
         stored = Store(built).sql("SELECT example_id, score FROM probe_scores WHERE result_id = ?", [row.result_id])
         stored = stored.set_index("example_id")["score"].loc[ids].to_numpy()
-        saved = joblib.load(built.store_dir / row.probe_path)
+        saved = load_probe(built.store_dir / row.probe_path)
         np.testing.assert_allclose(stored, saved.decision_function(X_test), rtol=1e-5, atol=1e-6)
         assert row.roc_auc == pytest.approx(roc_auc_score(y_test, stored))
         assert (row.roc_auc_ci_low, row.roc_auc_ci_high) == pytest.approx(roc_auc_ci(y_test, stored))
@@ -216,7 +215,7 @@ def test_head_weights_are_norms_of_standardised_weights_per_head(built):
     assert probe(built, "--aggregation", "bins:2") == 0
     row = results(built).iloc[0]
     attn_train, _, y_train = raw_arrays(built, "train")
-    saved = joblib.load(built.store_dir / row["probe_path"])
+    saved = load_probe(built.store_dir / row["probe_path"])
     lengths = raw_index(built, "train")[1]
     bins = np.zeros(attn_train.shape[:3] + (2,))
     for i, length in enumerate(lengths):  # bin b holds the tokens t with floor(2 t / length) == b
@@ -271,7 +270,7 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
     group = zarr.open_group(published_folder(built, "test"), mode="r")
     ids = group["example_id"][:]
     rows_input = AttentionRows(group["attn"][:], group["seq_len"][:], group["tokens"][:])
-    saved = joblib.load(built.store_dir / rows.loc["attention-row", "probe_path"])
+    saved = load_probe(built.store_dir / rows.loc["attention-row", "probe_path"])
     stored = Store(built).sql("SELECT example_id, score FROM probe_scores WHERE result_id = ?",
                               [rows.loc["attention-row", "result_id"]]).set_index("example_id")["score"].loc[ids]
     np.testing.assert_allclose(stored, saved.decision_function(rows_input), rtol=1e-5, atol=1e-6)
@@ -281,7 +280,7 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
                                [rows.loc["attention-row", "result_id"]])
     np.testing.assert_allclose(weights["weight"], saved.head_importance().ravel())
     attn_test, _, y_test = raw_arrays(built, "test")
-    meta = joblib.load(built.store_dir / rows.loc["meta", "probe_path"])
+    meta = load_probe(built.store_dir / rows.loc["meta", "probe_path"])
     first = attn_test[..., 0].reshape(len(ids), -1)
     lengths = group["seq_len"][:]
     valid = np.arange(attn_test.shape[-1]) < lengths[:, None, None, None]

@@ -51,7 +51,8 @@ from featstore.views.matrix import to_matrix
 from featstore.probing.head_weights import head_weights
 from featstore.views.view import layer_indices, open_view
 from featstore.probing.families import FAMILIES
-from probes import AttentionRows, ProbeInputError, binary_scores
+from featstore.probing.saved_probes import SUFFIX, is_pickled, logs_key, read_probe
+from probes import AttentionRows, ProbeInputError, binary_scores, probe_bytes
 
 LAST_TOKEN = "last-token"
 LENGTH_FEATURE = "length"
@@ -233,7 +234,7 @@ def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool =
         raise FeatstoreError("--jobs and --cluster exclude each other: a cluster runs as many fits as it has threads")
     specs = list(dict.fromkeys(specs))
     with holding_store(project, "featstore probe", local_lock=False), ExitStack() as stack:
-        done = _with_saved_probe(project, _recorded(project))
+        done = _readable(_with_saved_probe(project, _recorded(project)), specs)
         refit = [s for s in specs if s.result_id not in done or overwrite_train]
         rescore = [s for s in specs if s.result_id in done and overwrite_eval and not overwrite_train]
         _check_splits(project, refit, (TRAIN, TEST))
@@ -262,6 +263,16 @@ class Fitted:
     head_weights: pd.DataFrame | None = None
     logs: Path | None = None
     warnings: list[tuple] = field(default_factory=list)
+
+
+def _readable(done: dict[str, dict], specs: list[ProbeSpec]) -> dict[str, dict]:
+    """The rows of `done` whose saved probe can be read: those of this run's specs that an older featstore
+    saved as pickles (never loaded) are left out, so they are refitted, and a warning says so."""
+    pickled = {s.result_id for s in specs if s.result_id in done and is_pickled(done[s.result_id]["probe_path"])}
+    if pickled:
+        warnings.warn(f"{len(pickled)} saved probe(s) of this run are pickles written by an older featstore, never "
+                      "loaded: refitting them", stacklevel=3)
+    return {rid: row for rid, row in done.items() if rid not in pickled}
 
 
 def _fit_all(project: Project, tasks: list[tuple[ProbeSpec, dict | None]], scratch: Path,
@@ -315,7 +326,7 @@ def fit_and_score(project: Project, spec: ProbeSpec, scratch: Path) -> Fitted:
     with _probe_errors(spec):
         probe.fit(train.X, train.y)
     if logs is not None:
-        probe.set_params(log_dir=project.store.describe(_logs_key(probe_path)))
+        probe.set_params(log_dir=project.store.describe(logs_key(probe_path)))
     seconds = time.perf_counter() - started
     weights = head_weights(standardised_weights(probe, train), train.names)
     n_train = len(train.y)
@@ -327,12 +338,10 @@ def fit_and_score(project: Project, spec: ProbeSpec, scratch: Path) -> Fitted:
 def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> Fitted:
     """Score a saved probe on the test split again, without refitting (reads no train data)."""
     key = previous["probe_path"]
-    try:
-        with project.store.open(key) as handle:
-            probe = joblib.load(handle)
-    except FileNotFoundError:
-        raise FeatstoreError(f"the saved probe {project.store.describe(key)} is missing; rerun with "
-                             "--overwrite-train") from None
+    probe = read_probe(project, key)
+    if type(probe) is not type(FAMILIES[spec.probe].make(spec.seed)):
+        raise FeatstoreError(f"the saved probe {project.store.describe(key)} is a {type(probe).__name__}, not a "
+                             f"{spec.probe} probe; refit it with --overwrite-train")
     row, scores = _score(project, spec, probe, previous["fit_seconds"], previous["n_train"], previous["probe_path"])
     return Fitted({**row, "created_at": previous["created_at"]}, scores)
 
@@ -465,13 +474,12 @@ def _write(project: Project, fitted: list[Fitted], overwrite_train: bool) -> lis
         except BaseException:
             if not committing:  # nothing refers to the files yet
                 for key in placed:
-                    _remove(project, key)
+                    _remove_fit(project, key)
             raise
         for item in refitted:
             replaced = recorded.get(item.row["result_id"])
             if replaced and replaced["probe_path"] != item.row["probe_path"]:
-                _remove(project, replaced["probe_path"])
-                _remove(project, _logs_key(replaced["probe_path"]))
+                _remove_fit(project, replaced["probe_path"])
     return wanted
 
 
@@ -482,28 +490,24 @@ def _still_wanted(item: Fitted, recorded: dict[str, dict], saved: set[str], over
     current = recorded.get(item.row["result_id"])
     if item.probe is None:
         return current is not None and current["probe_path"] == item.row["probe_path"]
-    return overwrite_train or current is None or current["probe_path"] not in saved
+    return overwrite_train or current is None or current["probe_path"] not in saved or is_pickled(current["probe_path"])
 
 
 def _place(project: Project, item: Fitted) -> list[str]:
     """Put a fit's learning curves, then its probe file, into the store (each file whole: a staged rename in a
     folder, one PUT in a bucket), so a probe file in place means its curves are too. Returns the keys placed."""
     key = item.row["probe_path"]
-    placed = []
     try:
         if item.logs is not None and item.logs.is_dir():
-            placed.append(_logs_key(key))
-            project.store.put_folder(item.logs, _logs_key(key))
+            project.store.put_folder(item.logs, logs_key(key))
         with tempfile.TemporaryDirectory(prefix="featstore-probe-") as scratch:
-            dumped = Path(scratch) / "probe.joblib"
-            joblib.dump(item.probe, dumped)
-            placed.append(key)
-            project.store.put_file(dumped, key)
+            saved = Path(scratch) / f"probe{SUFFIX}"
+            saved.write_bytes(probe_bytes(item.probe))
+            project.store.put_file(saved, key)
     except BaseException:
-        for leftover in placed:
-            _remove(project, leftover)
+        _remove_fit(project, key)
         raise
-    return placed
+    return [key]
 
 
 def _remove_orphans(project: Project, recorded: dict[str, dict]) -> set[str]:
@@ -511,29 +515,24 @@ def _remove_orphans(project: Project, recorded: dict[str, dict]) -> set[str]:
     refers to: what a run killed before or after its catalog commit, or a dropped result, left behind.
     Returns the probe files kept."""
     referenced = {row["probe_path"] for row in recorded.values()}
+    owners = {logs_key(key): key for key in referenced}
     saved = set()
     for key in project.store.list(PROBES):  # probes/<model>/<dataset>/<entry>[/<learning-curve file>]
         entry = "/".join(key.split("/")[:4])
-        probe_file = entry.removesuffix(".logs") + ".joblib" if entry.endswith(".logs") else entry
-        if probe_file in referenced and ".staged" not in key:
+        if owners.get(entry, entry) in referenced and ".staged" not in key:
             saved.add(key)
         else:
             project.store.delete([key])
     return saved
 
 
-def _remove(project: Project, key: str) -> None:
-    """Delete a stored file or folder, if it is there."""
-    project.store.delete([key])
-    project.store.delete_folder(key)
+def _remove_fit(project: Project, probe_key: str) -> None:
+    """Delete a fit's probe file (a file) and its learning curves (a folder), whichever are there."""
+    project.store.delete([probe_key])
+    project.store.delete_folder(logs_key(probe_key))
 
 
 def _new_probe_path(spec: ProbeSpec) -> str:
     """Where a new fit of a spec is saved, relative to the store: a name of its own, so a refit never
     overwrites the file that the committed row still refers to."""
-    return f"{PROBES}/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}-{uuid.uuid4().hex[:12]}.joblib"
-
-
-def _logs_key(probe_key: str) -> str:
-    """The learning-curve folder beside a saved probe."""
-    return probe_key.removesuffix(".joblib") + ".logs"
+    return f"{PROBES}/{model_dir_name(spec.model)}/{spec.dataset}/{spec.result_id}-{uuid.uuid4().hex[:12]}{SUFFIX}"
