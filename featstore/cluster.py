@@ -25,7 +25,7 @@ from featstore.errors import FeatstoreError
 if TYPE_CHECKING:
     from distributed import Client
 
-LOCAL = re.compile(r"local:(?P<n>\d{1,9})")
+LOCAL = re.compile(r"local:(?P<n>\d{1,100})")
 CONNECT_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 10.0
 WORKER_WAIT_S = 60.0
