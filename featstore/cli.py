@@ -16,7 +16,7 @@ import pandas as pd
 from featstore import __version__
 from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, run_bounded_query
 from featstore.catalog.splits import SplitParams
-from featstore.cluster import CLUSTER_HELP
+from featstore.cluster import CLUSTER_HELP, local_workers
 from featstore.errors import FeatstoreError
 from featstore.extraction.captures import CAPTURES
 from featstore.probing.families import FAMILIES
@@ -334,6 +334,8 @@ def run_list(args: argparse.Namespace) -> None:
 def run_build(args: argparse.Namespace) -> None:
     from featstore.extraction.build import BuildSettings, build_features
 
+    if args.cluster:
+        local_workers(args.cluster)  # a local:N this machine cannot hold is refused before any work
     for name in ("max_len", "batch_tokens", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -361,6 +363,8 @@ def run_verify(args: argparse.Namespace) -> None:
 def run_probe(args: argparse.Namespace) -> None:
     from featstore.probing.runner import ProbeRequest, plan_specs, run_probes
 
+    if args.cluster:
+        local_workers(args.cluster)
     project = project_of(args)
     request = ProbeRequest(
         model=args.model, datasets=args.datasets, feature=args.feature, layers=args.layers,

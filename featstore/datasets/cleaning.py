@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as default_field
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,9 @@ class CleanOutcome:
     """What a clean did: the datasets re-cleaned (`cleaned`), those of them whose train/test examples are new or
     changed (`changed`), and the built work of those it dropped (`dropped`)."""
 
-    cleaned: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    dropped: list[Drop] = field(default_factory=list)
+    cleaned: list[str] = default_field(default_factory=list)
+    changed: list[str] = default_field(default_factory=list)
+    dropped: list[Drop] = default_field(default_factory=list)
 
 
 def clean_datasets(

@@ -147,14 +147,20 @@ def default_batch_tokens(model: LoadedModel) -> int:
 
 def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
     """Run the split builds in order, or `at_once` at a time in threads that each wait on a cluster (the
-    catalog writer and the mirror take turns); the first failure is raised once the others have stopped."""
+    catalog writer and the mirror take turns); the first failure is raised once the others have stopped, a
+    Ctrl-C at once (leaving the cluster's exit to stop the threads)."""
     if at_once == 1:
         for build in builds:
             build()
         return
-    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="split") as pool:
+    pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="split")
+    try:
         for running in [pool.submit(build) for build in builds]:
             running.result()
+    except KeyboardInterrupt:  # do not wait for the running splits: the cluster's exit cancels their tasks
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 @contextmanager

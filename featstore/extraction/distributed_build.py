@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -93,7 +93,11 @@ def cluster_shard_writing(address: str, model_spec: str,
         described = client.submit(describe_model, spec, resources=resources, key=_task_key("describe-model"))
         model = _result(described, f"loading {model_spec!r}")
         writing = ClusterWriting(client, spec, resources, model_digest(model.identity))
-        yield model, writing.write_shards, max(1, worker_count(client))
+        try:
+            yield model, writing.write_shards, max(1, worker_count(client))
+        except BaseException:  # a Ctrl-C or a failure: the splits still waiting on the cluster stop now
+            writing.stop()
+            raise
 
 
 @dataclass
@@ -104,6 +108,26 @@ class ClusterWriting:
     spec: ModelSpec
     resources: dict[str, int] | None
     digest: str
+    _submitted: set = field(default_factory=set)
+    _stopped: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self) -> None:
+        """Cancel every task still on the cluster and refuse new ones: each split waiting on one fails at once."""
+        with self._lock:
+            self._stopped = True
+            futures = list(self._submitted)
+        if futures:
+            self.client.cancel(futures)
+
+    def _submit(self, unit: ShardUnit) -> Future:
+        with self._lock:
+            if self._stopped:
+                raise FeatstoreError("the build was stopped")
+            future = self.client.submit(write_unit, unit, self.spec, resources=self.resources,
+                                        key=_task_key(f"shard-{unit.shards[0]}"))
+            self._submitted.add(future)
+        return future
 
     def write_shards(self, model: LoadedModel, plan: SplitPlan, settings: BuildSettings,
                      progress: TokenProgress) -> None:
@@ -122,8 +146,7 @@ class ClusterWriting:
 
         def submit_next() -> None:
             unit = waiting.pop()
-            future = self.client.submit(write_unit, unit, self.spec, resources=self.resources,
-                                        key=_task_key(f"shard-{unit.shards[0]}"))
+            future = self._submit(unit)
             submitted[future.key] = (future, unit)
             running.add(future)
 
@@ -132,6 +155,8 @@ class ClusterWriting:
                 submit_next()
             for future in running:
                 _, unit = submitted.pop(future.key)
+                with self._lock:
+                    self._submitted.discard(future)
                 written = _result(future, f"shards {list(unit.shards)} of {plan.writer.key}")
                 for shard in unit.shards:
                     plan.writer.record_shard(shard, written[shard])

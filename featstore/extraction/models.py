@@ -301,12 +301,13 @@ def _llama_config(**overrides: Any) -> PretrainedConfig:
 
 def _tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
     """A tiny config of a Hugging Face family for the byte tokenizer: 2 layers, 4 query heads sharing 2 key/value
-    heads, d_model 64, context 128 (`overrides` give each family its distinctive features)."""
+    heads, d_model 64, context 1,024 (so captures can be timed at long prompts); `overrides` give each family its
+    distinctive features."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     shape = {"vocab_size": END_OF_TEXT_ID + 1, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
              "tie_word_embeddings": False, "initializer_range": 0.2}
     ids = {"bos_token_id": END_OF_TEXT_ID, "eos_token_id": END_OF_TEXT_ID, "pad_token_id": END_OF_TEXT_ID}
     named = {"architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]}  # how the bridge picks its adapter
