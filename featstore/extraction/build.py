@@ -2,9 +2,10 @@
 
 For each split: tokenise, truncate from the left, sort by length, then run length-homogeneous
 batches (planned over the whole split, so short rows fill a batch across shard boundaries) through
-the model and hand each completed shard to a background writer, so compression and disk I/O overlap
-the next forward pass. Memory is bounded by one batch and the shards it touches, plus those being
-written. Finished splits are published atomically and registered in the catalog; killed builds
+the model and hand each completed shard to a queue of writer threads, so compression and disk I/O overlap
+the next forward pass (on a GPU, each batch's rows also cross to the host while the next batch runs, and the
+next split is tokenised and sorted while this one runs). Memory is bounded by two batches and the shards they
+touch, plus the few queued or being written. Finished splits are published atomically and registered in the catalog; killed builds
 resume at the shards not yet written, with identical batches. With `cluster`, the shards are extracted and
 written by the workers of a dask cluster instead (`featstore.extraction.distributed_build`); planning,
 publishing and the catalog stay here.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,21 +35,22 @@ from featstore.catalog.probe_records import drop_probe_results
 from featstore.catalog.splits import FEATURE_SPLITS, hash_order
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
-from featstore.extraction.capture import capture_last_token, check_capture
+from featstore.extraction.capture import HostCopy, check_capture, launch_capture
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import Progress, open_progress
 from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, verify_split
-from featstore.store.layout import SplitShape, split_prefix, tokenizer_path
+from featstore.store.layout import CHUNKING, Chunking, SplitShape, split_prefix, tokenizer_path
 from featstore.store import mirror
 from featstore.store.locking import holding_store
 from featstore.store.tokenizers import save_tokenizer
-from featstore.store.writer import SplitWriter, retire_versions
+from featstore.store.writer import ShardQueue, SplitWriter, retire_versions
 
 
 CPU_BATCH_TOKENS = 2048  # fastest measured on CPU: gpt2-medium 286 tok/s vs 245 at 8,192; smollm2 flat
 GPU_BATCH_TOKENS = 8192
+MAX_WRITERS = 8  # writer threads at most: each holds a shard (100 MB of gpt2-medium rows at 1,024 tokens)
 _TOKENIZING = threading.Lock()  # a fast tokenizer is not safe to share between threads (builds on a cluster)
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class BuildSettings:
     overwrite: bool = False
     repair: bool = False
     capture: str | None = None  # a CAPTURES strategy; None: the model's default
+    writers: int | None = None  # shard-writer threads; None: `default_writers()`
+    chunking: Chunking = CHUNKING  # how attention is chunked and compressed (benchmarks compare LEGACY_CHUNKING)
 
     def stored(self) -> dict:
         """The settings that must match for stored features to be reused or mixed (the weights' source included)."""
@@ -115,13 +120,14 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
             progress = open_progress(sum(len(j.example_ids) for j in pending), "ex", f"build {key}")
-            with progress:
+            with progress, ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner") as planner:
                 builds = []
                 for job in pending:
                     repair = repairs.get((job.dataset, job.split))
+                    planned = planner.submit(order_job, model, job, max_len)  # tokenised while earlier splits run
                     builds.append(partial(build_split, project, model, job,
                                           _repair_settings(settings, recorded, job) if repair else settings, max_len,
-                                          progress, repair.shards if repair else None, write_shards))
+                                          progress, repair.shards if repair else None, write_shards, planned))
                 _run_builds(builds, at_once)
     return len(pending)
 
@@ -129,6 +135,18 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
 def default_batch_tokens(device: torch.device) -> int:
     """Padded tokens per batch when --batch-tokens is not given: small batches on CPU, larger on a GPU."""
     return GPU_BATCH_TOKENS if device.type == "cuda" else CPU_BATCH_TOKENS
+
+
+def default_writers() -> int:
+    """Shard-writer threads when BuildSettings.writers is not given: one per core, at most MAX_WRITERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WRITERS))
+
+
+def order_job(model: LoadedModel, job: SplitJob, max_len: int) -> TokenizedSplit:
+    """Tokenise a split's prompts and sort them by length (truncated from the left to `max_len`)."""
+    with _TOKENIZING:
+        encoded = model.encode(job.prompts)
+    return order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
 
 
 def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
@@ -197,24 +215,24 @@ def limited(rows: pd.DataFrame, dataset: str, limit: int, seed: int) -> pd.DataF
 def build_split(
     project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int, progress: Progress,
     repair: frozenset[int] | None = None, write_shards: ShardWriting | None = None,
+    planned: Future | None = None,
 ) -> None:
     """Extract one split (resuming a killed build at the shards not yet written), publish it, register it; with
     `repair`, write only those shards of the published split again (its catalog rows stay as they are).
-    `write_shards` produces the shards (default: `write_locally`)."""
+    `write_shards` produces the shards (default: `write_locally`); `planned` may hold `order_job`'s result,
+    computed ahead."""
     started = time.perf_counter()
     prefix = split_prefix(model.key, job.dataset, job.split)
-    with _TOKENIZING:
-        encoded = model.encode(job.prompts)
-    tokenized = order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
+    tokenized = planned.result() if planned is not None else order_job(model, job, max_len)
     shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
-                       int(tokenized.seq_lens.max()))
+                       int(tokenized.seq_lens.max()), settings.chunking)
     capture = check_capture(model, settings.capture)
     attrs = {"model": model.identity, "dataset": job.dataset, "split": job.split,
              "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens,
                           "capture": capture},
              "dataset_fingerprint": job.fingerprint}
     build_key = _digest([model.identity, settings.stored(), settings.batch_tokens, capture, max_len, job.fingerprint,
-                         tokenized.example_ids.tolist()])
+                         tokenized.example_ids.tolist(), shape.chunking])
     writer = None
     if repair is not None:
         writer = SplitWriter.repairing(project.store, prefix, _recorded_path(project, model.key, job), shape, build_key,
@@ -238,35 +256,36 @@ def build_split(
 
 
 def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: Progress) -> None:
-    """Run the batches holding pending rows through the model in this process, handing each completed shard to a
-    background writer so compression and disk I/O overlap the next forward pass."""
+    """Run the batches holding pending rows through the model in this process, handing each completed shard to
+    the writer threads so compression and disk I/O overlap the next forward passes. A batch's rows are gathered
+    once the next batch is launched (on a GPU its copy to the host overlaps that forward)."""
     tokenized, writer = plan.tokenized, plan.writer
     assembler = ShardAssembler(tokenized, plan.shape, writer.pending_shards)
     progress.update(plan.shape.n_examples - assembler.rows_to_write)  # rows already written
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, torch.inference_mode():
-        writing: Future | None = None
+    with ShardQueue(writer, settings.writers or default_writers()) as queue, torch.inference_mode():
+        launched: tuple[slice, int, float, HostCopy] | None = None
         for batch in split_batches(tokenized, settings.batch_tokens):
             rows_to_write = assembler.rows_in(batch)
             if not rows_to_write:
                 continue
-            lengths = tokenized.seq_lens[batch]
             batch_started = time.perf_counter()
-            batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths, strategy=plan.capture)
-            progress.set_postfix(tok_s=int(lengths.sum() / max(time.perf_counter() - batch_started, 1e-9)),
-                                 refresh=False)
-            completed = assembler.add(batch, batch_attn, batch_resid)
-            progress.update(rows_to_write)
-            if writing is not None:  # the previous batch's shards were written while this batch ran
-                writing.result()
-            writing = pool.submit(_write_in_order, writer, completed)
-        if writing is not None:
-            writing.result()
+            copy = launch_capture(model, tokenized.padded(batch), tokenized.seq_lens[batch], strategy=plan.capture)
+            if launched is not None:
+                _gather(tokenized, assembler, queue, progress, *launched)
+            launched = (batch, rows_to_write, batch_started, copy)
+        if launched is not None:
+            _gather(tokenized, assembler, queue, progress, *launched)
 
 
-def _write_in_order(writer: SplitWriter, completed: list[tuple[int, tuple[np.ndarray, ...]]]) -> None:
-    """Write a batch's completed shards in order, as one task: a failed shard stops the ones after it."""
-    for shard, arrays in completed:
-        writer.write_shard(shard, *arrays)
+def _gather(tokenized: TokenizedSplit, assembler: ShardAssembler, queue: ShardQueue, progress: Progress,
+            batch: slice, rows_to_write: int, batch_started: float, copy: HostCopy) -> None:
+    """Wait for a launched batch's rows, add them to their shards and queue the shards they complete."""
+    batch_attn, batch_resid = copy.result()
+    progress.set_postfix(tok_s=int(tokenized.seq_lens[batch].sum() / max(time.perf_counter() - batch_started, 1e-9)),
+                         refresh=False)
+    for shard, arrays in assembler.add(batch, batch_attn, batch_resid):
+        queue.put(shard, *arrays)
+    progress.update(rows_to_write)
 
 
 def split_batches(tokenized: TokenizedSplit, batch_tokens: int) -> list[slice]:
