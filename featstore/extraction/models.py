@@ -299,6 +299,9 @@ def _llama_config(**overrides: Any) -> PretrainedConfig:
     )
 
 
+LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, max_position_embeddings=2048, rope_theta=500000.0, tie_word_embeddings=True)
+
 # initializer_range 0.2 on the tiny models: GPT-2's 0.02 gives near-uniform attention rows
 # (max weight 0.027 over 40 keys), 0.2 gives peaky ones (max weight about 0.5), so indexing bugs show.
 # random:gpt2-medium keeps gpt2-medium's own config, 0.02 included.
@@ -320,6 +323,7 @@ _RANDOM_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
         tie_word_embeddings=False,
         initializer_range=0.2,
     ),
+    "llama-1b": lambda: _llama_config(**LLAMA_1B),  # Llama-3.2-1B's shape; its vocabulary, byte tokens
 }
 
 

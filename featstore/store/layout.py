@@ -33,15 +33,17 @@ COMPLETE = "COMPLETE"  # the marker object a published version ends with
 @dataclass(frozen=True)
 class Chunking:
     """How attention is cut into inner chunks and compressed: `token_chunk` keys and about `chunk_bytes` (rows
-    added in powers of two) per one-layer chunk, Blosc-zstd at `clevel`."""
+    added in powers of two) per one-layer chunk, Blosc-zstd at `clevel`; with `direct`, featstore encodes whole
+    shards itself (`featstore.store.shard_encoding`), else zarr writes them."""
 
     token_chunk: int
     chunk_bytes: int
     clevel: int
+    direct: bool
 
 
-LEGACY_CHUNKING = Chunking(token_chunk=128, chunk_bytes=64 * 1024, clevel=3)  # stores built before 2026-12-04
-CHUNKING = Chunking(token_chunk=1024, chunk_bytes=1024 * 1024, clevel=3)  # measured in benchmarks/host_path.py
+LEGACY_CHUNKING = Chunking(token_chunk=128, chunk_bytes=64 * 1024, clevel=3, direct=False)  # stores before 2026-12
+CHUNKING = Chunking(token_chunk=2048, chunk_bytes=1024 * 1024, clevel=1, direct=True)  # see benchmarks/host_path.py
 
 
 def compressor(clevel: int = 3) -> BloscCodec:

@@ -21,12 +21,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from featstore.errors import FeatstoreError
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
 from featstore.store.layout import COMPLETE, FORMAT_VERSION, SplitShape, compressors, new_version
 from featstore.store.location import StoreLocation
+from featstore.store.shard_encoding import shard_encoder
 
 SHARDS_WRITTEN = "shards_written"
 WRITTEN_ARRAYS = ("attn", "resid", "tokens")
@@ -173,8 +175,13 @@ def write_shard_arrays(location: StoreLocation, key: str, shape: SplitShape, sha
     store = RecordingStore(target, entries, shard)
     rows = shape.shard_rows(shard)
     arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in WRITTEN_ARRAYS}
-    arrays["attn"][rows, :, :, : attn.shape[-1]] = attn
-    arrays["resid"][rows] = resid
+    for name, block in (("attn", attn), ("resid", resid)):
+        encoder = shard_encoder(arrays[name]) if shape.chunking.direct else None
+        if encoder is None:
+            arrays[name][(rows, *(slice(0, n) for n in block.shape[1:]))] = block
+        else:
+            chunk_key = arrays[name].metadata.encode_chunk_key((shard, *[0] * (block.ndim - 1)))
+            sync(store.set(f"{name}/{chunk_key}", default_buffer_prototype().buffer.from_bytes(encoder.encode(block))))
     arrays["tokens"][rows, : tokens.shape[-1]] = tokens
     return entries
 
