@@ -100,14 +100,16 @@ def run_child(args: argparse.Namespace, spec: str, run: str) -> dict:
                                  chunking=LEGACY_CHUNKING)
     project = open_project(args.root)
     before = rss_bytes()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     build_features(project, spec, args.datasets, settings)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     from featstore.api import Store
 
     tokens = int(Store(project).sql("SELECT sum(seq_len) AS n FROM features")["n"][0])
-    return {"tokens": tokens, "seconds": codec.seconds if codec else seconds, "peak_bytes": rss_bytes() - before,
-            "store_bytes": folder_bytes(project.store_dir / "features.zarr"), "shard_bytes": codec.bytes if codec else 0}
+    return {"tokens": tokens, "seconds": codec.seconds if codec else seconds,
+            "cpu_seconds": codec.cpu_seconds if codec else cpu_seconds, "peak_bytes": rss_bytes() - before,
+            "store_bytes": folder_bytes(project.store_dir / "features.zarr"),
+            "shard_bytes": codec.bytes if codec else 0}
 
 
 def shape_model(spec: str):
@@ -165,7 +167,7 @@ class RawCodec:
 
         self.codec = numcodecs.Blosc(cname="zstd", clevel=CHUNKING.clevel, shuffle=numcodecs.Blosc.SHUFFLE)
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count())
-        self.seconds, self.bytes = 0.0, 0
+        self.seconds, self.cpu_seconds, self.bytes = 0.0, 0.0, 0
 
     def queue(self, writer, workers: int) -> RawCodec:
         self.writer = writer
@@ -181,10 +183,11 @@ class RawCodec:
         rows = self.writer.shape.chunk_examples
         chunks = [attn[i:i + rows, layer] for i in range(0, len(attn), rows) for layer in range(attn.shape[1])]
         chunks += [resid[:, layer] for layer in range(resid.shape[1])]
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         self.bytes += sum(map(len, self.pool.map(lambda chunk: self.codec.encode(np.ascontiguousarray(chunk)),
                                                  chunks)))
         self.seconds += time.perf_counter() - started
+        self.cpu_seconds += time.process_time() - cpu_started
         self.writer.record_shard(shard, {})
 
 
@@ -230,21 +233,23 @@ def bare_forward(args: argparse.Namespace, spec: str) -> dict:
             mask = (np.arange(width) < lengths[batch][:, None]).astype(np.int64)
             hf_model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), logits_to_keep=1,
                      use_cache=False)
-    return {"tokens": int(lengths.sum()), "seconds": time.perf_counter() - started}
+    return {"tokens": int(lengths.sum()), "seconds": time.perf_counter() - started, "cpu_seconds": 0.0}
 
 
 def report(spec: str, runs: dict[str, dict], bare: dict, args: argparse.Namespace) -> None:
     """Print one model's figures and check that the old and new stores decode to the same arrays."""
     rate = {name: run["tokens"] / run["seconds"] for name, run in {**runs, "bare": bare}.items()}
+    per_cpu = {name: run["tokens"] / run["cpu_seconds"] for name, run in runs.items()}
     old, new, codec = runs["old"], runs["new"], runs["codec"]
     print(f"{spec}: {len(args.datasets)} datasets, --limit {args.limit}, --batch-tokens {args.batch_tokens}, "
           f"{new['tokens']:,} real tokens, {os.cpu_count()} cores")
     for name, label in (("old", "host path, old (1 writer, legacy chunks)"), ("new", "host path, new"),
                         ("codec", "raw codec, all cores"), ("bare", f"bare forward, CPU, {bare['tokens']} tokens")):
-        peak = f", peak +{runs[name]['peak_bytes'] / 2**20:,.0f} MiB" if name in runs else ""
-        print(f"  {label:45s} {rate[name]:12,.0f} tok/s{peak}")
-    print(f"  new / old {rate['new'] / rate['old']:.2f}x; raw codec / new {rate['codec'] / rate['new']:.2f}x; "
-          f"new / bare forward {rate['new'] / rate['bare']:.1f}x")
+        cpu = f" ({per_cpu[name]:9,.0f} tok per CPU-s), peak +{runs[name]['peak_bytes'] / 2**20:,.0f} MiB" \
+            if name in runs else ""
+        print(f"  {label:45s} {rate[name]:10,.0f} tok/s{cpu}")
+    print(f"  new / old {rate['new'] / rate['old']:.2f}x (per CPU-s {per_cpu['new'] / per_cpu['old']:.2f}x); "
+          f"raw codec / new {rate['codec'] / rate['new']:.2f}x; new / bare forward {rate['new'] / rate['bare']:.1f}x")
     print(f"  store: new {new['store_bytes'] / 2**20:,.1f} MiB, old {old['store_bytes'] / 2**20:,.1f} MiB "
           f"(new / old {new['store_bytes'] / old['store_bytes']:.3f}); raw codec bytes "
           f"{codec['shard_bytes'] / 2**20:,.1f} MiB")

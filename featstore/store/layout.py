@@ -1,14 +1,14 @@
 """Where a split's arrays live in the store (`features.zarr/<model>/<dataset>/<split>/<version>/`, one
 version folder per build) and how they are chunked, sharded and compressed.
 
-A split is stored in length order, so neighbouring rows have similar lengths: the token axis is
-chunked too, and chunks that are all padding are never written (zarr skips fill-value chunks) nor read.
-Inner chunks hold one layer (a one-layer read touches no other layer) and as many rows as make about
-`Chunking.chunk_bytes` (zarr's cost is per chunk: fewer, larger chunks write several times faster, see README's
-storage section); a shard holds `SHARD_EXAMPLES` consecutive rows with every layer, so a split is a few files per
-array and each writer always writes whole shards. The chunking is recorded in each array's metadata (zarr reads
-any) and in the build key, so a resumed build never mixes two. Every chunk ends with its crc32c (zarr's `crc32c` codec), so a read of one
-inner chunk can be checked on its own (format 2; format 1 had none).
+A split is stored in length order, so neighbouring rows have similar lengths and a shard is only as wide as its
+longest row (chunks past it are never written nor read). Inner chunks hold one layer (a one-layer read touches no
+other layer), whole rows, and as many rows as make about `Chunking.chunk_bytes` (the cost of writing is per chunk
+and per copy: fewer, larger chunks encoded in one pass write several times faster, see README's storage section);
+a shard holds `SHARD_EXAMPLES` consecutive rows with every layer, so a split is a few files per array and each
+writer always writes whole shards. The chunking is recorded in each array's metadata (zarr reads any) and in the
+build key, so a resumed build never mixes two. Every chunk ends with its crc32c (zarr's `crc32c` codec), so a read
+of one inner chunk can be checked on its own (format 2; format 1 had none).
 """
 
 from __future__ import annotations
