@@ -23,7 +23,7 @@ from featstore.extraction import build as build_module
 from featstore.extraction.build import CPU_BATCH_TOKENS, BuildSettings, build_features, default_batch_tokens
 from featstore.extraction.models import load_model
 from featstore.project import init_project
-from featstore.store.layout import SHARD_EXAMPLES
+from featstore.store.layout import LEGACY_CHUNKING, SHARD_EXAMPLES
 from featstore.store.locking import BUILD_LOCK, exclusive_build
 from featstore.store.writer import SplitWriter
 from tests.builders import (MODEL, building_folder, built_toy_project, new_version_folder, published_folder,
@@ -139,16 +139,16 @@ def test_truncation_keeps_the_last_tokens_and_bos(tmp_path, tiny):
 def test_build_killed_part_way_resumes_to_identical_arrays(tmp_path, monkeypatch):
     reference = built_toy_project(tmp_path / "reference")
     project = toy_project(tmp_path / "crashed")
-    real_write = SplitWriter.write_shard
+    real_write = SplitWriter.record_shard
 
     def crash_after_first_shard(self, shard, *arrays):
         real_write(self, shard, *arrays)
         if shard == 0:
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(SplitWriter, "write_shard", crash_after_first_shard)
+    monkeypatch.setattr(SplitWriter, "record_shard", crash_after_first_shard)
     with pytest.raises(KeyboardInterrupt):
-        build_features(project, MODEL, None, BuildSettings(device="cpu"))
+        build_features(project, MODEL, None, BuildSettings(device="cpu", writers=1))
     monkeypatch.undo()
     building = building_folder(project, "train")
     assert zarr.open_group(building, mode="r").attrs["shards_written"] == [0]
@@ -156,13 +156,44 @@ def test_build_killed_part_way_resumes_to_identical_arrays(tmp_path, monkeypatch
         Store(project).view("1_toy", "train")
 
     resumed_shards = []
-    monkeypatch.setattr(SplitWriter, "write_shard", lambda self, shard, *a: (resumed_shards.append(shard), real_write(self, shard, *a)))
-    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    monkeypatch.setattr(SplitWriter, "record_shard", lambda self, shard, *a: (resumed_shards.append(shard), real_write(self, shard, *a)))
+    build_features(project, MODEL, None, BuildSettings(device="cpu", writers=1))
     assert resumed_shards == [1, 0]  # train resumes at shard 1, then test builds its one shard
     for split in ("train", "test"):
         ours, theirs = arrays(project, split), arrays(reference, split)
         for name in ours:
             np.testing.assert_array_equal(ours[name], theirs[name])
+
+
+def test_parallel_writers_killed_mid_split_resume_to_the_arrays_of_one_writer_and_the_old_chunking(tmp_path,
+                                                                                                  monkeypatch):
+    """Several writer threads and the large chunks against one writer and the chunks of stores built before:
+    a kill after the third shard recorded leaves those shards recorded (and only whole ones), the rerun writes
+    the rest, and every decoded array equals the old path's."""
+    old = toy_project(tmp_path / "old", n=900)
+    build_features(old, MODEL, None, BuildSettings(device="cpu", batch_tokens=256, writers=1, chunking=LEGACY_CHUNKING))
+    new = toy_project(tmp_path / "new", n=900)
+    real_record, recorded = SplitWriter.record_shard, []
+
+    def kill_after_three(self, shard, entries):
+        real_record(self, shard, entries)
+        recorded.append(shard)
+        if len(recorded) == 3:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(SplitWriter, "record_shard", kill_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        build_features(new, MODEL, None, BuildSettings(device="cpu", batch_tokens=256, writers=3))
+    monkeypatch.undo()
+    group = zarr.open_group(building_folder(new, "train"), mode="r")
+    assert sorted(group.attrs["shards_written"]) == sorted(recorded) and len(recorded) == 3
+    assert group["attn"].chunks != zarr.open_group(published_folder(old, "train"), mode="r")["attn"].chunks
+    build_features(new, MODEL, None, BuildSettings(device="cpu", batch_tokens=256, writers=3))
+    for split in ("train", "test"):
+        ours, theirs = arrays(new, split), arrays(old, split)
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], theirs[name])
+    assert main(["--root", str(new.root), "verify"]) == 0
 
 
 def test_sigkill_leaves_a_readable_store_and_rerun_completes(tmp_path):
@@ -244,13 +275,13 @@ def test_batches_of_short_rows_are_not_capped_by_the_shard_size(tmp_path, monkey
     pd.DataFrame({"text": texts, "label": [i % 2 for i in range(300)]}).to_csv(project.raw_dir / "short.csv", index=False)
     write_registry(project, [registry_row(1, "short", "short.csv")])
     clean_datasets(project, load_registry(project), SplitParams())
-    batch_rows, real_capture = [], build_module.capture_last_token
+    batch_rows, real_capture = [], build_module.launch_capture
 
     def recording_capture(model, input_ids, lengths, **options):
         batch_rows.append(len(lengths))
         return real_capture(model, input_ids, lengths, **options)
 
-    monkeypatch.setattr(build_module, "capture_last_token", recording_capture)
+    monkeypatch.setattr(build_module, "launch_capture", recording_capture)
     build_features(project, MODEL, None, BuildSettings(device="cpu", batch_tokens=100_000))
     assert max(batch_rows) > SHARD_EXAMPLES
     assert sum(batch_rows) == Store(project).sql("SELECT count(*) AS n FROM examples")["n"][0]

@@ -164,8 +164,8 @@ def test_verify_refuses_a_model_with_nothing_built(pristine, capsys):
 def test_repair_rewrites_only_the_damaged_shard_byte_for_byte(pristine, copy, target, capsys, monkeypatch):
     key = damage(copy, target, "delete")
     written = []
-    real_write = SplitWriter.write_shard
-    monkeypatch.setattr(SplitWriter, "write_shard", lambda self, shard, *a: (written.append(shard), real_write(self, shard, *a)))
+    real_write = SplitWriter.record_shard
+    monkeypatch.setattr(SplitWriter, "record_shard", lambda self, shard, *a: (written.append(shard), real_write(self, shard, *a)))
     results_before = Store(copy).sql("SELECT count(*) AS n FROM features")["n"][0]
 
     assert run_cli(capsys, "--root", str(copy.root), "build", "--model", MODEL, "--device", "cpu", "--repair")[0] == 0
@@ -209,7 +209,7 @@ def test_a_split_in_the_old_format_is_refused_reported_and_rebuilt_by_repair(pri
 
 
 def test_repair_leaves_a_healthy_store_alone(pristine, copy, capsys, monkeypatch):
-    monkeypatch.setattr(SplitWriter, "write_shard", lambda *a: pytest.fail("a healthy shard was rewritten"))
+    monkeypatch.setattr(SplitWriter, "record_shard", lambda *a: pytest.fail("a healthy shard was rewritten"))
     assert run_cli(capsys, "--root", str(copy.root), "build", "--model", MODEL, "--device", "cpu", "--repair")[0] == 0
 
 

@@ -161,21 +161,21 @@ def test_a_server_stopped_mid_build_is_one_line_and_a_restart_resumes(moto_s3, m
     moto_s3.use_env(monkeypatch)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's standard variable: fail in seconds, not 15-25 s
     project = bucket_project(tmp_path / "bucket", moto_s3.bucket_url(), n=900)
-    real_write = SplitWriter.write_shard
+    real_write = SplitWriter.record_shard
 
     def stop_after_first_shard(self, shard, *arrays):
         real_write(self, shard, *arrays)
         if shard == 0:
             moto_s3.stop()
 
-    monkeypatch.setattr(SplitWriter, "write_shard", stop_after_first_shard)
+    monkeypatch.setattr(SplitWriter, "record_shard", stop_after_first_shard)
     started = time.monotonic()
     assert main(["--root", str(project.root), *BUILD]) == 1
     waited = time.monotonic() - started
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be reached" in err and "Traceback" not in err, err
     assert waited < 90
-    monkeypatch.setattr(SplitWriter, "write_shard", real_write)
+    monkeypatch.setattr(SplitWriter, "record_shard", real_write)
     moto_s3.start()
     assert main(["--root", str(project.root), *BUILD]) == 0
     assert_same_arrays(project, reference_900)

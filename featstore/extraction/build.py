@@ -2,10 +2,11 @@
 
 For each split: tokenise, truncate from the left, sort by length, then run length-homogeneous
 batches (planned over the whole split, so short rows fill a batch across shard boundaries) through
-the model and hand each completed shard to a background writer, so compression and disk I/O overlap
-the next forward pass. Memory is bounded by one batch and the shards it touches, plus those being
-written. Finished splits are published atomically and registered in the catalog; killed builds
-resume at the shards not yet written, with identical batches. With `cluster`, the shards are extracted and
+the model and hand each completed shard to a queue of writer threads, so compression and disk I/O overlap
+the next forward pass (on a GPU, each batch's rows also cross to the host while the next batch runs, and the
+next split is tokenised and sorted while this one runs). Memory is bounded by two batches and the shards they
+touch, plus the few queued or being written. Finished splits are published atomically and registered in the
+catalog; killed builds resume at the shards not yet written, with identical batches. With `cluster`, the shards are extracted and
 written by the workers of a dask cluster instead (`featstore.extraction.distributed_build`); planning,
 publishing and the catalog stay here.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,22 +35,23 @@ from featstore.catalog.probe_records import drop_probe_results
 from featstore.catalog.splits import FEATURE_SPLITS, hash_order
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
-from featstore.extraction.capture import capture_last_token, check_capture
+from featstore.extraction.capture import HostCopy, check_capture, launch_capture
 from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import TokenProgress
 from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, verify_split
-from featstore.store.layout import SplitShape, split_prefix, tokenizer_path
+from featstore.store.layout import CHUNKING, Chunking, SplitShape, split_prefix, tokenizer_path
 from featstore.store import mirror
 from featstore.store.locking import holding_store
 from featstore.store.tokenizers import save_tokenizer
-from featstore.store.writer import SplitWriter, retire_versions
+from featstore.store.writer import ShardQueue, SplitWriter, retire_versions
 
 
 CPU_BATCH_TOKENS = 2048  # fastest measured on CPU: gpt2-medium 286 tok/s vs 245 at 8,192; smollm2 flat
 GPU_BATCH_TOKENS = (8192, 65536)  # the range a GPU's budget is chosen in, from its free memory
 GPU_MEMORY_SHARE = 0.5  # of the free memory, for one batch's activations (the rest: allocator slack, the writer)
+MAX_WRITERS = 8  # writer threads at most: each holds a shard (100 MB of gpt2-medium rows at 1,024 tokens)
 _TOKENIZING = threading.Lock()  # a fast tokenizer is not safe to share between threads (builds on a cluster)
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class BuildSettings:
     overwrite: bool = False
     repair: bool = False
     capture: str | None = None  # a CAPTURES strategy; None: the model's default
+    writers: int | None = None  # shard-writer threads; None: `default_writers()`
+    chunking: Chunking = CHUNKING  # how attention is chunked and compressed (benchmarks compare LEGACY_CHUNKING)
 
     def stored(self) -> dict:
         """The settings that must match for stored features to be reused or mixed (the weights' source included)."""
@@ -115,21 +120,54 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
             settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model))
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
-            with TokenProgress(_planned_lengths(model, pending, max_len), f"build {key}") as progress:
+            with TokenProgress(_planned_lengths(model, pending, max_len), f"build {key}") as progress, \
+                    SplitPlanner(model, pending, max_len) as planner:
                 builds = []
                 for job in pending:
                     repair = repairs.get((job.dataset, job.split))
                     builds.append(partial(build_split, project, model, job,
                                           _repair_settings(settings, recorded, job) if repair else settings, max_len,
-                                          progress, repair.shards if repair else None, write_shards))
+                                          progress, repair.shards if repair else None, write_shards, planner))
                 _run_builds(builds, at_once)
     return len(pending)
 
 
 def _planned_lengths(model: LoadedModel, jobs: list[SplitJob], max_len: int) -> np.ndarray:
-    """The token count of every example the jobs will run, after truncation: what the build's progress counts."""
+    """The token count of every example the jobs will run, after truncation: what the build's progress counts
+    (only lengths are kept, so memory does not grow with the datasets)."""
     with _TOKENIZING:
         return np.concatenate([np.minimum([len(ids) for ids in model.encode(job.prompts)], max_len) for job in jobs])
+
+
+class SplitPlanner:
+    """Tokenises and sorts the splits one ahead of the one being built, in a background thread, so the model does
+    not wait on tokenising between splits and at most two splits' tokens are held."""
+
+    def __init__(self, model: LoadedModel, jobs: list[SplitJob], max_len: int):
+        self.model, self.jobs, self.max_len = model, jobs, max_len
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+        self.ahead: dict[int, Future] = {}
+        self.lock = threading.Lock()
+
+    def tokenized(self, job: SplitJob) -> TokenizedSplit:
+        """The job's tokenised split (computed ahead when it was the next one), starting on the job after it."""
+        index = self.jobs.index(job)
+        with self.lock:
+            planned = self.ahead.pop(index, None) or self._submit(index)
+            if index + 1 < len(self.jobs) and index + 1 not in self.ahead:
+                self.ahead[index + 1] = self._submit(index + 1)
+        return planned.result()
+
+    def _submit(self, index: int) -> Future:
+        return self.pool.submit(order_job, self.model, self.jobs[index], self.max_len)
+
+    def __enter__(self) -> "SplitPlanner":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for planned in self.ahead.values():
+            planned.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def default_batch_tokens(model: LoadedModel) -> int:
@@ -143,6 +181,18 @@ def default_batch_tokens(model: LoadedModel) -> int:
     fitting = int(free_bytes * GPU_MEMORY_SHARE // bytes_per_token)
     smallest, largest = GPU_BATCH_TOKENS
     return int(np.clip(2 ** int(np.log2(max(fitting, 1))), smallest, largest))
+
+
+def default_writers() -> int:
+    """Shard-writer threads when BuildSettings.writers is not given: one per core, at most MAX_WRITERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WRITERS))
+
+
+def order_job(model: LoadedModel, job: SplitJob, max_len: int) -> TokenizedSplit:
+    """Tokenise a split's prompts and sort them by length (truncated from the left to `max_len`)."""
+    with _TOKENIZING:
+        encoded = model.encode(job.prompts)
+    return order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
 
 
 def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
@@ -218,24 +268,23 @@ def build_split(
     project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int,
     progress: TokenProgress,
     repair: frozenset[int] | None = None, write_shards: ShardWriting | None = None,
+    planner: SplitPlanner | None = None,
 ) -> None:
     """Extract one split (resuming a killed build at the shards not yet written), publish it, register it; with
     `repair`, write only those shards of the published split again (its catalog rows stay as they are).
-    `write_shards` produces the shards (default: `write_locally`)."""
+    `write_shards` produces the shards (default: `write_locally`); `planner` tokenises the split ahead."""
     started = time.perf_counter()
     prefix = split_prefix(model.key, job.dataset, job.split)
-    with _TOKENIZING:
-        encoded = model.encode(job.prompts)
-    tokenized = order_split(job.example_ids, encoded, max_len, keep_first=model.prepend_bos)
+    tokenized = planner.tokenized(job) if planner is not None else order_job(model, job, max_len)
     shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
-                       int(tokenized.seq_lens.max()))
+                       int(tokenized.seq_lens.max()), settings.chunking)
     capture = check_capture(model, settings.capture)
     attrs = {"model": model.identity, "dataset": job.dataset, "split": job.split,
              "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens,
                           "capture": capture},
              "dataset_fingerprint": job.fingerprint}
     build_key = _digest([model.identity, settings.stored(), settings.batch_tokens, capture, max_len, job.fingerprint,
-                         tokenized.example_ids.tolist()])
+                         tokenized.example_ids.tolist(), shape.chunking])
     writer = None
     if repair is not None:
         writer = SplitWriter.repairing(project.store, prefix, _recorded_path(project, model.key, job), shape, build_key,
@@ -259,31 +308,32 @@ def build_split(
 
 
 def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: TokenProgress) -> None:
-    """Run the batches holding pending rows through the model in this process, handing each completed shard to a
-    background writer so compression and disk I/O overlap the next forward pass."""
+    """Run the batches holding pending rows through the model in this process, handing each completed shard to
+    the writer threads so compression and disk I/O overlap the next forward passes. A batch's rows are gathered
+    once the next batch is launched (on a GPU its copy to the host overlaps that forward)."""
     tokenized, writer = plan.tokenized, plan.writer
     assembler = ShardAssembler(tokenized, plan.shape, writer.pending_shards)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, torch.inference_mode():
-        writing: Future | None = None
+    with ShardQueue(writer, settings.writers or default_writers()) as queue, torch.inference_mode():
+        launched: tuple[slice, HostCopy] | None = None
         for batch in split_batches(tokenized, settings.batch_tokens):
-            lengths = tokenized.seq_lens[batch]
             if not assembler.rows_in(batch):
-                progress.skip(lengths)  # written by an earlier, killed build
+                progress.skip(tokenized.seq_lens[batch])  # written by an earlier, killed build
                 continue
-            batch_attn, batch_resid = capture_last_token(model, tokenized.padded(batch), lengths, strategy=plan.capture)
-            completed = assembler.add(batch, batch_attn, batch_resid)
-            progress.done(lengths)
-            if writing is not None:  # the previous batch's shards were written while this batch ran
-                writing.result()
-            writing = pool.submit(_write_in_order, writer, completed)
-        if writing is not None:
-            writing.result()
+            copy = launch_capture(model, tokenized.padded(batch), tokenized.seq_lens[batch], strategy=plan.capture)
+            if launched is not None:
+                _gather(tokenized, assembler, queue, progress, *launched)
+            launched = (batch, copy)
+        if launched is not None:
+            _gather(tokenized, assembler, queue, progress, *launched)
 
 
-def _write_in_order(writer: SplitWriter, completed: list[tuple[int, tuple[np.ndarray, ...]]]) -> None:
-    """Write a batch's completed shards in order, as one task: a failed shard stops the ones after it."""
-    for shard, arrays in completed:
-        writer.write_shard(shard, *arrays)
+def _gather(tokenized: TokenizedSplit, assembler: ShardAssembler, queue: ShardQueue, progress: TokenProgress,
+            batch: slice, copy: HostCopy) -> None:
+    """Wait for a launched batch's rows, add them to their shards and queue the shards they complete."""
+    batch_attn, batch_resid = copy.result()
+    for shard, arrays in assembler.add(batch, batch_attn, batch_resid):
+        queue.put(shard, *arrays)
+    progress.done(tokenized.seq_lens[batch])
 
 
 def split_batches(tokenized: TokenizedSplit, batch_tokens: int) -> list[slice]:

@@ -13,7 +13,7 @@ import numpy.typing as npt
 import torch
 
 from featstore.errors import FeatstoreError
-from featstore.extraction.capture_sink import LastTokenSink
+from featstore.extraction.capture_sink import HostCopy, LastTokenSink
 from featstore.extraction.captures import CAPTURES
 from featstore.extraction.models import LoadedModel
 
@@ -48,6 +48,15 @@ def capture_last_token(
     attn [B, n_layers, n_heads, T] (each example's attention row at query position lengths[i]-1, over all T keys;
     keys >= lengths[i] are exactly 0) and resid [B, n_layers, d_model] (hook_resid_post at position lengths[i]-1
     for every layer). `strategy` names a `CAPTURES` entry (default: `default_capture(model)`)."""
+    return launch_capture(model, input_ids, lengths, out_dtype, strategy).result()
+
+
+def launch_capture(
+    model: LoadedModel, input_ids: np.ndarray, lengths: np.ndarray, out_dtype: npt.DTypeLike = np.float16,
+    strategy: str | None = None,
+) -> HostCopy:
+    """`capture_last_token` without waiting for the rows to reach the host (on a GPU the copy overlaps whatever
+    runs next; elsewhere it is done on return)."""
     input_ids, lengths = np.asarray(input_ids), np.asarray(lengths)
     torch_dtype = _check_inputs(model, input_ids, lengths, out_dtype)
     name = check_capture(model, strategy)

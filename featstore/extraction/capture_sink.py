@@ -1,7 +1,10 @@
 """Where a capture strategy puts each layer's last-token attention rows and residual: one device buffer for
-the whole batch (so it crosses to the host in one copy), and a record of which layers were filled."""
+the whole batch (so it crosses to the host in one copy), and a record of which layers were filled. On a GPU the
+copy goes into pinned host memory on a side stream, so the next batch's forward starts before it ends."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,14 +40,50 @@ class LastTokenSink:
         self.resid[:, layer] = residual[self.rows, self.last]  # advanced indexing: a [B, D] copy
         self._filled[1, layer] = True
 
-    def to_host(self, strategy: str) -> tuple[np.ndarray, np.ndarray]:
-        """The filled arrays as numpy; a one-line error if the strategy left a layer unfilled."""
+    def to_host(self, strategy: str) -> HostCopy:
+        """The filled arrays on their way to the host (synchronously off a GPU); a one-line error if the strategy
+        left a layer unfilled."""
         if not self._filled.all():
             missing = [f"layer {layer}" for layer in range(self._filled.shape[1]) if not self._filled[:, layer].all()]
             raise FeatstoreError(
                 f"model {self.model_key!r}: capture {strategy!r} filled no attention row or residual for "
                 f"{', '.join(missing)}"
             )
-        host = self._buffer.cpu().numpy()
-        n_attn = self.attn.numel()
-        return host[:n_attn].reshape(self.attn.shape), host[n_attn:].reshape(self.resid.shape)
+        shapes = (self.attn.shape, self.resid.shape)
+        if self._buffer.device.type != "cuda":
+            return HostCopy(self._buffer.cpu(), shapes)
+        side = _copy_stream(self._buffer.device)
+        side.wait_stream(torch.cuda.current_stream(self._buffer.device))  # the forward that filled the buffer
+        with torch.cuda.stream(side):
+            host = torch.empty(self._buffer.shape, dtype=self._buffer.dtype, pin_memory=True)
+            host.copy_(self._buffer, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        self._buffer.record_stream(side)  # the allocator must not hand the buffer out before the copy ends
+        return HostCopy(host, shapes, done)
+
+
+@dataclass
+class HostCopy:
+    """A batch's rows crossing to the host: `result()` waits for the copy (if any) and returns attn and resid."""
+
+    host: torch.Tensor
+    shapes: tuple[torch.Size, torch.Size]
+    done: torch.cuda.Event | None = None
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.done is not None:
+            self.done.synchronize()
+        flat = self.host.numpy()
+        n_attn = int(np.prod(self.shapes[0]))
+        return flat[:n_attn].reshape(self.shapes[0]), flat[n_attn:].reshape(self.shapes[1])
+
+
+_COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per GPU for device-to-host copies."""
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[device]

@@ -313,6 +313,8 @@ def _tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
     named = {"architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]}  # how the bridge picks its adapter
     return AutoConfig.for_model(model_type, **(shape | ids | named | overrides))
 
+LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048, rope_theta=500000.0, tie_word_embeddings=True)
 
 # initializer_range 0.2 on the tiny models: GPT-2's 0.02 gives near-uniform attention rows
 # (max weight 0.027 over 40 keys), 0.2 gives peaky ones (max weight about 0.5), so indexing bugs show.
@@ -355,19 +357,24 @@ _RANDOM_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "opt-tiny": lambda: _tiny_config(
         "opt", ffn_dim=128, word_embed_proj_dim=64, num_key_value_heads=4, enable_bias=True,
     ),
+    "llama-1b": lambda: _llama_config(**LLAMA_1B),  # Llama-3.2-1B's shape; its vocabulary, byte tokens
 }
 
 
 def _boot_random(arch: str, device: torch.device, dtype: torch.dtype) -> _Booted:
-    """A seeded random model: the same spec gives the same weights in every process (built on the CPU)."""
+    """A seeded random model: the same spec gives the same weights in every process on the same kind of device
+    (drawn on the device itself: a GPU's generator draws other weights than the CPU's, so the identity says where)."""
     from transformers import AutoModelForCausalLM
 
     config = _RANDOM_CONFIGS[arch]()
-    with torch.random.fork_rng(devices=[]):  # the boot draws from the RNG too: keep it all seeded and local
+    on_gpu = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if on_gpu else []):  # the boot draws too: keep it seeded and local
         torch.manual_seed(RANDOM_SEED)
-        hf_model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        with torch.device(device):
+            hf_model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
         bridge = _boot_prebuilt(RANDOM_PREFIX + arch, hf_model, _byte_level_tokenizer(), device, dtype)
-    source = {"source": "random", "seed": RANDOM_SEED, "config": json.loads(config.to_json_string(use_diff=True))}
+    source = {"source": "random", "seed": RANDOM_SEED, "config": json.loads(config.to_json_string(use_diff=True)),
+              **({"drawn_on": "cuda"} if on_gpu else {})}
     return _Booted(bridge, RANDOM_PREFIX + arch, source, BYTE_TOKENIZER_NAME)
 
 

@@ -1,13 +1,14 @@
 """Where a split's arrays live in the store (`features.zarr/<model>/<dataset>/<split>/<version>/`, one
 version folder per build) and how they are chunked, sharded and compressed.
 
-A split is stored in length order, so neighbouring rows have similar lengths: the token axis is
-chunked too, and chunks that are all padding are never written (zarr skips fill-value chunks) nor read.
-Inner chunks hold one layer (a one-layer read touches no other layer) and as many rows as make about
-`CHUNK_BYTES` (8 rows of long prompts, a whole shard of short ones: zarr's cost is per chunk); a shard holds
-`SHARD_EXAMPLES` consecutive rows with every layer, so a split is a few files per array and the
-writer always writes whole shards. Every chunk ends with its crc32c (zarr's `crc32c` codec), so a read of one
-inner chunk can be checked on its own (format 2; format 1 had none).
+A split is stored in length order, so neighbouring rows have similar lengths and a shard is only as wide as its
+longest row (chunks past it are never written nor read). Inner chunks hold one layer (a one-layer read touches no
+other layer), whole rows, and as many rows as make about `Chunking.chunk_bytes` (the cost of writing is per chunk
+and per copy: fewer, larger chunks encoded in one pass write several times faster, see README's storage section);
+a shard holds `SHARD_EXAMPLES` consecutive rows with every layer, so a split is a few files per array and each
+writer always writes whole shards. The chunking is recorded in each array's metadata (zarr reads any) and in the
+build key, so a resumed build never mixes two. Every chunk ends with its crc32c (zarr's `crc32c` codec), so a read
+of one inner chunk can be checked on its own (format 2; format 1 had none).
 """
 
 from __future__ import annotations
@@ -23,22 +24,36 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 SHARD_EXAMPLES = 128
 CHUNK_EXAMPLES = 8  # the fewest rows in an attention chunk
-CHUNK_BYTES = 64 * 1024  # the attention chunk size aimed at: rows are added (powers of two) up to it
-TOKEN_CHUNK = 128
 FORMAT_VERSION = 2
 FEATURES = "features.zarr"
 PROBES = "probes"
 COMPLETE = "COMPLETE"  # the marker object a published version ends with
 
 
-def compressor() -> BloscCodec:
+@dataclass(frozen=True)
+class Chunking:
+    """How attention is cut into inner chunks and compressed: `token_chunk` keys and about `chunk_bytes` (rows
+    added in powers of two) per one-layer chunk, Blosc-zstd at `clevel`; with `direct`, featstore encodes whole
+    shards itself (`featstore.store.shard_encoding`), else zarr writes them."""
+
+    token_chunk: int
+    chunk_bytes: int
+    clevel: int
+    direct: bool
+
+
+LEGACY_CHUNKING = Chunking(token_chunk=128, chunk_bytes=64 * 1024, clevel=3, direct=False)  # stores before 2026-12
+CHUNKING = Chunking(token_chunk=2048, chunk_bytes=1024 * 1024, clevel=1, direct=True)  # see benchmarks/host_path.py
+
+
+def compressor(clevel: int = 3) -> BloscCodec:
     """Blosc-zstd with byte shuffle: the best measured on padded float16 attention (storage-stack notes)."""
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=2)
+    return BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle", typesize=2)
 
 
-def compressors(dtype: str) -> list:
+def compressors(dtype: str, clevel: int = 3) -> list:
     """An array's bytes-to-bytes codecs: Blosc for float16 (zarr's default Zstd otherwise), then a crc32c."""
-    return [compressor() if dtype == "float16" else ZstdCodec(level=0), Crc32cCodec()]
+    return [compressor(clevel) if dtype == "float16" else ZstdCodec(level=0), Crc32cCodec()]
 
 
 def model_dir_name(model_key: str) -> str:
@@ -80,17 +95,18 @@ class SplitShape:
     n_heads: int
     d_model: int
     max_seq_len: int
+    chunking: Chunking = CHUNKING
 
     @property
     def token_chunk(self) -> int:
-        return min(TOKEN_CHUNK, self.max_seq_len)
+        return min(self.chunking.token_chunk, self.max_seq_len)
 
     @property
     def chunk_examples(self) -> int:
         """Rows per attention chunk: the largest power of two from CHUNK_EXAMPLES to SHARD_EXAMPLES whose chunk
-        of one layer (all heads, one token chunk, float16) stays within CHUNK_BYTES."""
-        rows = CHUNK_EXAMPLES
-        while rows * 2 <= SHARD_EXAMPLES and rows * 2 * self.n_heads * self.token_chunk * 2 <= CHUNK_BYTES:
+        of one layer (all heads, one token chunk, float16) stays within the chunking's `chunk_bytes`."""
+        rows, most = CHUNK_EXAMPLES, self.chunking.chunk_bytes
+        while rows * 2 <= SHARD_EXAMPLES and rows * 2 * self.n_heads * self.token_chunk * 2 <= most:
             rows *= 2
         return rows
 

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from featstore.errors import FeatstoreError
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
 from featstore.store.layout import COMPLETE, FORMAT_VERSION, SplitShape, compressors, new_version
 from featstore.store.location import StoreLocation
+from featstore.store.shard_encoding import shard_encoder
 
 SHARDS_WRITTEN = "shards_written"
 WRITTEN_ARRAYS = ("attn", "resid", "tokens")
@@ -49,7 +52,8 @@ class SplitWriter:
         self.group = zarr.open_group(RecordingStore(location.zarr_store(self.key, read_only=False)), mode="w",
                                      zarr_format=3)
         for name, spec in shape.arrays().items():
-            self.group.create_array(name, fill_value=0, compressors=compressors(spec["dtype"]), **spec)
+            self.group.create_array(name, fill_value=0, compressors=compressors(spec["dtype"], shape.chunking.clevel),
+                                    **spec)
         self.group.attrs.update({**attrs, "build_key": build_key, SHARDS_WRITTEN: [], "complete": False,
                                  "format": FORMAT_VERSION, MANIFEST: self.recorder.manifest})
 
@@ -118,6 +122,46 @@ class SplitWriter:
         return self.key
 
 
+class ShardQueue:
+    """Writes a split's shards `workers` at a time in threads (zarr's Blosc encodes release the GIL), each shard
+    whole by one thread; the coordinator (the caller) records each as it finishes, in any order. At most
+    `workers + 1` shards are queued or being written: `put` waits for one to finish first, so memory stays
+    within a few shards. Used as a context manager: leaving it waits for the rest (and raises the first failure
+    after the others have stopped), so a killed build has recorded exactly the shards fully written."""
+
+    def __init__(self, writer: SplitWriter, workers: int):
+        self.writer, self.limit = writer, workers + 1
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zarr-writer")
+        self._running: dict[Future, int] = {}
+
+    def __enter__(self) -> ShardQueue:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if exc_info[0] is None:
+                while self._running:
+                    self._record(wait(self._running, return_when=FIRST_COMPLETED).done)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def put(self, shard: int, attn: np.ndarray, resid: np.ndarray, tokens: np.ndarray) -> None:
+        """Queue shard `shard` for writing, first recording the shards already written (waiting for one while
+        the queue is full)."""
+        self._record([future for future in self._running if future.done()])
+        while len(self._running) >= self.limit:
+            self._record(wait(self._running, return_when=FIRST_COMPLETED).done)
+        writer = self.writer
+        future = self._pool.submit(write_shard_arrays, writer.location, writer.key, writer.shape, shard, attn, resid,
+                                   tokens)
+        self._running[future] = shard
+
+    def _record(self, finished: Collection[Future]) -> None:
+        for future in sorted(finished, key=self._running.get):
+            shard = self._running.pop(future)
+            self.writer.record_shard(shard, future.result())
+
+
 def write_shard_arrays(location: StoreLocation, key: str, shape: SplitShape, shard: int, attn: np.ndarray,
                        resid: np.ndarray, tokens: np.ndarray) -> dict[str, list]:
     """Write one shard's arrays into the split version at `key`; return the manifest entries of the files
@@ -131,8 +175,13 @@ def write_shard_arrays(location: StoreLocation, key: str, shape: SplitShape, sha
     store = RecordingStore(target, entries, shard)
     rows = shape.shard_rows(shard)
     arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in WRITTEN_ARRAYS}
-    arrays["attn"][rows, :, :, : attn.shape[-1]] = attn
-    arrays["resid"][rows] = resid
+    for name, block in (("attn", attn), ("resid", resid)):
+        encoder = shard_encoder(arrays[name]) if shape.chunking.direct else None
+        if encoder is None:
+            arrays[name][(rows, *(slice(0, n) for n in block.shape[1:]))] = block
+        else:
+            chunk_key = arrays[name].metadata.encode_chunk_key((shard, *[0] * (block.ndim - 1)))
+            sync(store.set(f"{name}/{chunk_key}", default_buffer_prototype().buffer.from_bytes(encoder.encode(block))))
     arrays["tokens"][rows, : tokens.shape[-1]] = tokens
     return entries
 
