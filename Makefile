@@ -46,6 +46,7 @@ main: setup
 
 benchmark: setup
 	$(BIN)/python benchmarks/build_and_read.py --model random:gpt2-medium --dataset 87_glue_cola --limit 128
+	$(BIN)/python benchmarks/host_path.py
 
 # After upgrading on purpose (and running the suite): pin the environment that passed.
 constraints: setup

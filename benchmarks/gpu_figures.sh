@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU figures of issues 21 and 23 in one run (about 5-7 minutes on an H200), every step under its own timeout,
-# results appended to $OUT/gpu_figures.jsonl as each step finishes (and each build's nvidia-smi samples and log).
+# The GPU figures of issues 21 and 23 in one run (about 5-6 minutes on an H200, at most about 9), each step under
+# its own timeout, results appended to $OUT/gpu_figures.jsonl as each step finishes (and each build's nvidia-smi
+# samples and log under $OUT).
 #
 #   benchmarks/gpu_figures.sh PROJECT [--smoke]
 #
@@ -18,12 +19,12 @@ results="$OUT/gpu_figures.jsonl"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 started=$(date +%s)
-budget=480  # seconds: steps that would start after this are skipped (the device lends 15 minutes in all)
+budget=390  # seconds: steps that would start after this are skipped (the device lends 15 minutes in all)
 
 if [ "$smoke" = "--smoke" ]; then
     gpt2=random:tiny; llama=random:llama-tiny; limit=8; device=cpu; long=60; short=60; lengths="16 32"
 else
-    gpt2=random:gpt2-medium; llama=random:llama-1b; limit=300; device=cuda; long=150; short=90; lengths="512 1024"
+    gpt2=random:gpt2-medium; llama=random:llama-1b; limit=300; device=cuda; long=120; short=75; lengths="512 1024"
 fi
 datasets="87_glue_cola 60_wikidata_occupation_isathlete 100_news_fake"
 figures() { timeout "$1" "$PYTHON" benchmarks/gpu_figures.py "${@:2}" --out "$results" --device "$device" \
@@ -76,6 +77,6 @@ left captures && figures "$short" captures --label llama1b-bf16-captures --model
     --batch-tokens 16384 --lengths $lengths
 # (e): the host path alone on this machine's cores (issue 23's "3x today's tokens/s"), CPU only, if time is left
 host_limit=$([ "$smoke" = "--smoke" ] && echo 16 || echo 300)
-left host_path && timeout 150 "$PYTHON" benchmarks/host_path.py --project "$project" --models random:gpt2-medium \
+left host_path && timeout 100 "$PYTHON" benchmarks/host_path.py --project "$project" --models random:gpt2-medium \
     --limit "$host_limit" --bare-tokens 1024 > "$OUT/host_path.txt" 2>&1
 echo "{\"step\": \"done\", \"seconds\": $(( $(date +%s) - started ))}" >> "$results"

@@ -2,16 +2,17 @@
 model's shapes, so tokenising, planning, gathering shards, compressing, writing and publishing are all that run.
 
 For each model (default random:gpt2-medium, 24 layers x 16 heads, d_model 1,024, and random:llama-1b, 16 x 32,
-d_model 2,048) over the datasets of a project copy (default /work/gpuproj: 87_glue_cola,
-60_wikidata_occupation_isathlete, 100_news_fake; --limit 300; --batch-tokens 65536), in one run:
+d_model 2,048) over 87_glue_cola, 60_wikidata_occupation_isathlete and 100_news_fake (imported from sae-probes
+unless --project names a project holding them; --limit 300; --batch-tokens 65536), in one run:
 1. "old": the host path as it was (one writer thread, the chunks of LEGACY_CHUNKING);
 2. "new": the defaults (default_writers() threads, CHUNKING);
 3. "codec": the raw codec (Blosc-zstd, the same level) on the same shard bytes, cut in the new chunks and encoded
    by all cores, nothing else timed;
 4. "bare": the bare SDPA forward of the model (seeded random weights, logits_to_keep=1, the CPU batch budget) on
-   the first --bare-tokens real tokens of the same length-sorted rows (a small sample: CPU forwards are slow).
+   about --bare-tokens real tokens of rows picked at even token quantiles (a small sample: CPU forwards are slow).
 Each of 1-3 runs in its own process, so its peak memory (getrusage maxrss, minus the process's size before the
-build) is its own. Prints real tokens/s, their ratios, store bytes and peak memory, and checks that the old and
+build) is its own. Prints real tokens/s (and per CPU-second of the process, steadier on a shared machine), their
+ratios, store bytes and peak memory, and checks that the old and
 new stores decode to identical arrays. Synthetic rows come from a seeded bank of attention-like float16 values
 (most small, as softmax rows are), a row's keys past its length 0, deterministic per batch.
 
@@ -40,7 +41,8 @@ BANK_VALUES = 1 << 23  # 16 MB of float16: more than one row of every layer and 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--project", default="/work/gpuproj", help="a project folder (read only: it is copied)")
+    parser.add_argument("--project", help="a project folder holding --datasets (read only: it is copied); default: "
+                        "one made here with `featstore datasets import-sae-probes`")
     parser.add_argument("--models", nargs="+", default=["random:gpt2-medium", "random:llama-1b"])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--limit", type=int, default=300)
@@ -56,6 +58,8 @@ def main() -> None:
         print(json.dumps(run_child(args, *args.child)))
         return
     with tempfile.TemporaryDirectory(prefix="host-path-") as scratch:
+        if args.project is None:
+            args.project = str(imported_project(Path(scratch) / "imported", args.datasets))
         for spec in args.models:
             report(spec, {run: in_child(args, spec, run, Path(scratch) / run) for run in ("old", "new", "codec")},
                    bare_forward(args, spec), args)
@@ -70,6 +74,16 @@ def in_child(args: argparse.Namespace, spec: str, run: str, root: Path) -> dict:
     if done.returncode != 0:
         sys.exit(f"{run} run of {spec} failed:\n{done.stderr[-3000:]}")
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "root": root}
+
+
+def imported_project(root: Path, datasets: list[str]) -> Path:
+    """A project with `datasets` imported from the sae-probes package."""
+    from featstore.catalog.splits import SplitParams
+    from featstore.datasets.sae_probes import import_sae_probes
+    from featstore.project import init_project
+
+    import_sae_probes(init_project(root), None, datasets, SplitParams())
+    return root
 
 
 def copy_project(source: Path, root: Path) -> None:
@@ -253,7 +267,24 @@ def report(spec: str, runs: dict[str, dict], bare: dict, args: argparse.Namespac
     print(f"  store: new {new['store_bytes'] / 2**20:,.1f} MiB, old {old['store_bytes'] / 2**20:,.1f} MiB "
           f"(new / old {new['store_bytes'] / old['store_bytes']:.3f}); raw codec bytes "
           f"{codec['shard_bytes'] / 2**20:,.1f} MiB")
+    read = {name: layer_read_seconds(runs[name]["root"], spec, args.datasets[-1]) for name in ("old", "new")}
+    print(f"  one layer of {args.datasets[-1]}/test through the view: new {read['new'] * 1e3:,.0f} ms, "
+          f"old {read['old'] * 1e3:,.0f} ms (best of 3)")
     print(f"  decoded arrays identical, old vs new: {same_arrays(old['root'], new['root'], spec, args.datasets)}")
+
+
+def layer_read_seconds(root: Path, spec: str, dataset: str) -> float:
+    """The fastest of three reads of layer 1's attention rows of `dataset`'s test split (all examples)."""
+    from featstore.api import Store
+    from featstore.project import open_project
+
+    times = []
+    for _ in range(3):
+        view = Store(open_project(root)).view(dataset, "test", model=spec)
+        started = time.perf_counter()
+        view["attn"].isel(layer=1).values
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def same_arrays(old_root: Path, new_root: Path, spec: str, datasets: list[str]) -> bool:

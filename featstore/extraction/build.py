@@ -6,9 +6,9 @@ the model and hand each completed shard to a queue of writer threads, so compres
 the next forward pass (on a GPU, each batch's rows also cross to the host while the next batch runs, and the
 next split is tokenised and sorted while this one runs). Memory is bounded by two batches and the shards they
 touch, plus the few queued or being written. Finished splits are published atomically and registered in the
-catalog; killed builds resume at the shards not yet written, with identical batches. With `cluster`, the shards are extracted and
-written by the workers of a dask cluster instead (`featstore.extraction.distributed_build`); planning,
-publishing and the catalog stay here.
+catalog; killed builds resume at the shards not yet written, with identical batches. With `cluster`, the shards
+are extracted and written by the workers of a dask cluster instead (`featstore.extraction.distributed_build`);
+planning, publishing and the catalog stay here.
 """
 
 from __future__ import annotations
