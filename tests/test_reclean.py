@@ -168,3 +168,27 @@ def test_import_sae_probes_overwrite_keeps_unchanged_and_asks_before_dropping(tm
     assert "featstore: dropped 87_glue_toy: random:tiny test, random:tiny train; 0 probe result(s)" in \
         capsys.readouterr().err
     assert state(project, "87_glue_toy") == ([0, 0, 0], {})
+
+
+def test_a_drop_in_a_bucket_deletes_the_dropped_objects_only(moto_s3, monkeypatch, tmp_path, capsys):
+    from tests.test_object_store import bucket_keys
+
+    moto_s3.use_env(monkeypatch)
+    url = moto_s3.bucket_url()
+    project = init_project(tmp_path / "p", url)
+    project.raw_dir.mkdir(parents=True)
+    toy_raw(300).to_csv(project.raw_dir / "toy.csv", index=False)
+    toy_raw(300, seed=1).to_csv(project.raw_dir / "other.csv", index=False)
+    write_registry(project, ROWS)
+    clean_datasets(project, load_registry(project), SplitParams())
+    build_features(project, MODEL, None, BuildSettings(device="cpu", limit=16))
+    before = bucket_keys(moto_s3, url)
+    other = [key for key in before if key.startswith("features.zarr/random-tiny/2_other/")]
+    assert other and any(key.startswith("features.zarr/random-tiny/1_toy/") for key in before)
+    flip_labels_of_other(project)
+    capsys.readouterr()
+    assert main(["--root", str(project.root), "datasets", "clean", "--yes"]) == 0
+    after = bucket_keys(moto_s3, url)
+    assert not any(key.startswith("features.zarr/random-tiny/2_other/") for key in after)
+    assert {k for k in before if k.startswith("features.zarr/random-tiny/1_toy/")} <= set(after)
+    assert "featstore: dropped 2_other: random:tiny test, random:tiny train; 0 probe result(s)" in capsys.readouterr().err
