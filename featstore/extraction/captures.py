@@ -31,7 +31,7 @@ CAPTURES: dict[str, CaptureStrategy] = {
     "pattern": CaptureStrategy(
         "featstore.extraction.capture_pattern",
         "the TransformerLens bridge's eager attention, the row gathered from hook_pattern (every architecture "
-        "the bridge loads; the default for all but the twelve above, e.g. Bloom and Falcon, whose ALiBi biases "
-        "last-row does not reproduce, and Phi-1/2, GPT-J, mixtures of experts, untested there)",
+        "the bridge loads; the default for all but the twelve above, e.g. Bloom, whose ALiBi biases last-row does "
+        "not reproduce, and Falcon, Phi-1/2, GPT-J or mixtures of experts, untested there)",
     ),
 }
