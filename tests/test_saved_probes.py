@@ -312,3 +312,21 @@ def test_no_module_of_featstore_or_probes_unpickles():
                             str(root / "featstore"), str(root / "probes")], capture_output=True, text=True).stdout
     unsafe = [line for line in found.splitlines() if not re.search(r"torch\.load\(.*weights_only=True", line)]
     assert unsafe == []
+
+
+def test_a_saved_tokenizer_naming_custom_code_never_runs_it(toy_copy, tmp_path, capsys):
+    from featstore.store.layout import tokenizer_path
+
+    marker = tmp_path / "marker"
+    assert probe_command(toy_copy) == 0
+    folder = tokenizer_path(toy_copy.tokenizers_dir, MODEL)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(auto_map={"AutoTokenizer": [None, "evil.Tokenizer"]}, tokenizer_class="Tokenizer")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                    "from transformers import PreTrainedTokenizerFast as Tokenizer\n")
+    capsys.readouterr()
+    assert main(["--root", str(toy_copy.root), "report", "--out", str(tmp_path / "site")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "saved tokenizer" in err and "custom code" in err
+    assert not marker.exists()
