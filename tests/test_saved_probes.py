@@ -312,3 +312,44 @@ def test_no_module_of_featstore_or_probes_unpickles():
                             str(root / "featstore"), str(root / "probes")], capture_output=True, text=True).stdout
     unsafe = [line for line in found.splitlines() if not re.search(r"torch\.load\(.*weights_only=True", line)]
     assert unsafe == []
+
+
+def test_a_saved_tokenizer_naming_custom_code_never_runs_it(toy_copy, tmp_path, capsys):
+    from featstore.store.layout import tokenizer_path
+
+    marker = tmp_path / "marker"
+    assert probe_command(toy_copy) == 0
+    folder = tokenizer_path(toy_copy.tokenizers_dir, MODEL)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(auto_map={"AutoTokenizer": [None, "evil.Tokenizer"]}, tokenizer_class="Tokenizer")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                    "from transformers import PreTrainedTokenizerFast as Tokenizer\n")
+    capsys.readouterr()
+    assert main(["--root", str(toy_copy.root), "report", "--out", str(tmp_path / "site")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "saved tokenizer" in err and "custom code" in err
+    assert not marker.exists()
+
+
+def test_a_pickle_payload_in_a_bucket_never_runs_on_a_clone(moto_s3, monkeypatch, tmp_path, capsys):
+    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.project import open_project
+    from tests.builders import toy_project
+
+    moto_s3.use_env(monkeypatch)
+    url, marker = moto_s3.bucket_url(), tmp_path / "marker"
+    project = toy_project(tmp_path / "bucket", store=url)
+    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    assert probe_command(project) == 0
+    bucket, prefix = url[len("s3://"):].split("/", 1)
+    moto_s3.client().put_object(Bucket=bucket, Key=f"{prefix}/{only_row(project)['probe_path']}", Body=payload(marker))
+    assert main(["clone", url, str(tmp_path / "elsewhere")]) == 0
+    clone = open_project(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["--root", str(clone.root), "probe", "--model", MODEL, *LENGTH_PROBE, "--overwrite-eval"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be loaded: not a probe file" in err and url in err
+    with pytest.raises(FeatstoreError, match="not a probe file"):
+        Store(clone).probe(only_row(clone)["result_id"])
+    assert not marker.exists()

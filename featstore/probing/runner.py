@@ -461,7 +461,7 @@ def _write(project: Project, fitted: list[Fitted], overwrite_train: bool) -> lis
         try:
             for item in wanted:
                 if item.probe is not None:
-                    placed += _place(project, item)
+                    placed.append(_place(project, item))
             refitted = [item for item in wanted if item.head_weights is not None]
             with catalog_writer(project) as con:
                 committing = True  # from here the commit may have happened: the next run decides
@@ -493,9 +493,9 @@ def _still_wanted(item: Fitted, recorded: dict[str, dict], saved: set[str], over
     return overwrite_train or current is None or current["probe_path"] not in saved or is_pickled(current["probe_path"])
 
 
-def _place(project: Project, item: Fitted) -> list[str]:
+def _place(project: Project, item: Fitted) -> str:
     """Put a fit's learning curves, then its probe file, into the store (each file whole: a staged rename in a
-    folder, one PUT in a bucket), so a probe file in place means its curves are too. Returns the keys placed."""
+    folder, one PUT in a bucket), so a probe file in place means its curves are too. Returns the probe's key."""
     key = item.row["probe_path"]
     try:
         if item.logs is not None and item.logs.is_dir():
@@ -507,7 +507,7 @@ def _place(project: Project, item: Fitted) -> list[str]:
     except BaseException:
         _remove_fit(project, key)
         raise
-    return [key]
+    return key
 
 
 def _remove_orphans(project: Project, recorded: dict[str, dict]) -> set[str]:

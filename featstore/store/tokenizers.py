@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from featstore.errors import FeatstoreError
 from featstore.store.atomic import swap_folder
 
 if TYPE_CHECKING:
@@ -31,7 +32,12 @@ class TokenDecoder:
     def __init__(self, folder: Path):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        try:  # a store's folder may name custom tokenizer code (auto_map): never run it, never ask whether to
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
+        except (ValueError, OSError) as error:
+            reason = "it names custom code, never run" if "custom code" in str(error) else str(error).splitlines()[0]
+            raise FeatstoreError(f"the saved tokenizer {folder} cannot be loaded ({reason[:200]}); "
+                                 "`featstore build --overwrite` of the model saves it again") from None
         self.text = lru_cache(maxsize=None)(self._text)
 
     def _text(self, token_id: int) -> str:
