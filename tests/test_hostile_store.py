@@ -250,10 +250,10 @@ def test_a_long_tag_is_refused_when_the_registry_is_read(project, capsys):
 
 def test_a_read_only_command_on_a_clone_sees_a_rebuild_done_elsewhere(tmp_path, capsys):
     shared = tmp_path / "shared"
-    mine = toy_project(tmp_path / "mine", n=60)
-    assert main(["--root", str(mine.root), "--store", str(shared), *SHARED_BUILD]) == 0
+    mine = toy_project(tmp_path / "mine")
+    assert main(["--root", str(mine.root), "--store", str(shared), *SHARED_BUILD, "--limit", "16"]) == 0
     assert main(["clone", f"file://{shared}", str(tmp_path / "clone")]) == 0
-    assert main(["--root", str(mine.root), "--store", str(shared), *SHARED_BUILD, "--overwrite"]) == 0
+    assert main(["--root", str(mine.root), "--store", str(shared), *SHARED_BUILD, "--limit", "16", "--overwrite"]) == 0
     capsys.readouterr()
     assert main(["--root", str(tmp_path / "clone"), "verify"]) == 0, capsys.readouterr()
     assert capsys.readouterr().err == ""
