@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from featstore import __version__
-from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, run_bounded_query
+from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, damaged_catalog, run_bounded_query
 from featstore.catalog.splits import SplitParams
 from featstore.cluster import CLUSTER_HELP, local_workers
 from featstore.errors import FeatstoreError
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featstore: error: no space left on device{f' writing {err.filename}' if err.filename else ''}; "
               "free some space and run the command again", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as err:  # an object store's failure raised inside zarr or s3fs (unreachable, credentials)
-        mapped = as_store_error(err, args.store or "of this project")
+    except Exception as err:  # an object store's failure raised inside zarr or s3fs, a damaged catalog
+        mapped = as_store_error(err, args.store or "of this project") or damaged_catalog(err)
         if mapped is None:
             raise
         print(f"featstore: error: {mapped}", file=sys.stderr)
@@ -281,6 +281,16 @@ def project_of(args: argparse.Namespace) -> Project:
     return open_project(args.root, args.store)
 
 
+def reading_project(args: argparse.Namespace) -> Project:
+    """The project of a read-only command, its catalog and datasets first brought up to a newer generation in
+    a shared store (another machine's rebuild moved splits to versions only the newer catalog names)."""
+    from featstore.store.mirror import refresh
+
+    project = project_of(args)
+    refresh(project)
+    return project
+
+
 def run_init(args: argparse.Namespace) -> None:
     try:
         init_project(args.directory or args.root, args.init_store or args.store)
@@ -316,7 +326,7 @@ def run_import_sae_probes(args: argparse.Namespace) -> None:
 def run_list(args: argparse.Namespace) -> None:
     from featstore.api import Store
 
-    frame = Store(project_of(args)).sql(
+    frame = Store(reading_project(args)).sql(
         """WITH per_model AS (
                SELECT dataset, model || CASE WHEN count(*) = 2 THEN '' ELSE ' (' || any_value(split) || ')' END AS built
                FROM feature_splits WHERE status = 'complete' GROUP BY dataset, model),
@@ -352,7 +362,7 @@ def run_build(args: argparse.Namespace) -> None:
 def run_verify(args: argparse.Namespace) -> None:
     from featstore.store.verify import verify_store
 
-    damaged, commands = verify_store(project_of(args), args.model, args.datasets)
+    damaged, commands = verify_store(reading_project(args), args.model, args.datasets)
     for damage in damaged:
         for problem in damage.problems:
             print(f"{damage.split}: {problem}")
@@ -385,7 +395,7 @@ def run_results(args: argparse.Namespace) -> None:
     from featstore.catalog.database import upgrade_catalog
     from featstore.probing.results import result_rows, results_table, results_text
 
-    project = project_of(args)
+    project = reading_project(args)
     upgrade_catalog(project)
     rows = result_rows(Store(project), args.model, args.datasets)
     if args.format == "table":
@@ -399,13 +409,13 @@ def run_report(args: argparse.Namespace) -> None:
 
     if not 0 <= args.port <= 65535:
         raise FeatstoreError(f"--port must be 0..65535, not {args.port}")
-    summary = write_report(project_of(args), args.models, args.datasets, args.out, args.hard_threshold)
+    summary = write_report(reading_project(args), args.models, args.datasets, args.out, args.hard_threshold)
     if args.serve:
         serve(summary.folder, args.port)
 
 
 def run_sql(args: argparse.Namespace) -> None:
-    print_frame(run_bounded_query(project_of(args).catalog_path, args.query, args.max_rows), args.format)
+    print_frame(run_bounded_query(reading_project(args).catalog_path, args.query, args.max_rows), args.format)
 
 
 def print_frame(frame: pd.DataFrame, fmt: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from featstore.errors import FeatstoreError
 from featstore.store.location import LocalLocation, StoreLocation, store_location
+from featstore.store.safe_paths import checked_name
 
 SETTINGS_FILE = "featstore.toml"
 STORE_VARIABLE = "FEATSTORE_STORE"
@@ -91,7 +92,8 @@ class Project:
         return self.store_dir / ".probes.lock"
 
     def cleaned_path(self, dataset: str) -> Path:
-        return self.cleaned_dir / f"{dataset}.csv"
+        """The cleaned file of a dataset (its name is checked: it may come from a cloned catalog)."""
+        return self.cleaned_dir / f"{checked_name(dataset, 'dataset')}.csv"
 
 
 def open_project(root: str | Path = ".", store: str | None = None) -> Project:

@@ -15,6 +15,7 @@ import duckdb
 
 from featstore.errors import FeatstoreError
 from featstore.project import Project
+from featstore.catalog.safe_sql import damaged_catalog
 from featstore.store.locking import catalog_gate
 
 # Readers hold the catalog for at most a user query's 30 s (safe_sql.USER_QUERY_BUDGET) once a writer waits at the
@@ -155,7 +156,8 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
                 break
             except duckdb.IOException as err:
                 if "lock" not in str(err).lower():
-                    raise FeatstoreError(f"cannot open {project.catalog_path}: {str(err).splitlines()[0]}") from None
+                    raise damaged_catalog(err) or FeatstoreError(f"cannot open {project.catalog_path}: "
+                                                                 f"{str(err).splitlines()[0]}") from None
                 if time.monotonic() > deadline:
                     raise FeatstoreError(busy) from None
                 time.sleep(0.05)
@@ -165,6 +167,6 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
         except (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException) as err:
             # a full disk failing the commit, a truncated or damaged file: DuckDB's reason, on one line
             reason = " ".join(str(err).split())
-            raise FeatstoreError(f"cannot read or write {project.catalog_path}: {reason}") from None
+            raise damaged_catalog(err) or FeatstoreError(f"cannot read or write {project.catalog_path}: {reason}") from None
         finally:
             con.close()

@@ -45,6 +45,21 @@ LOCKED_DOWN_CONFIG: dict[str, str | int | bool] = {
 READABLE_STATEMENT_NAMES = {"LOAD": "INSTALL/LOAD", "SET": "SET/RESET/USE", "VACUUM": "VACUUM/ANALYZE", "MULTI": "PIVOT"}
 
 
+DAMAGE_SIGNS = ("Corrupt database file", "not a valid DuckDB database file")
+
+
+def damaged_catalog(err: BaseException) -> FeatstoreError | None:
+    """DuckDB's failure on a damaged catalog file (flipped bytes, a truncated copy) as one line naming the
+    recovery, or None for any other failure."""
+    text = " ".join(str(err).split())
+    if not isinstance(err, duckdb.Error) or not any(sign in text for sign in DAMAGE_SIGNS):
+        return None
+    return FeatstoreError(f"the catalog store/catalog.duckdb is damaged ({text[:160]}); a clone of a shared store: "
+                          "delete it and store/.mirror.json and run the command again (or `featstore clone` afresh); "
+                          "otherwise delete it and run `featstore datasets clean` (or `import-sae-probes`) and the "
+                          "builds again")
+
+
 class QueryRefused(FeatstoreError):
     """A user query that was refused, failed or was stopped, for the one-line reason in its message."""
 
@@ -71,7 +86,7 @@ def open_locked_down(catalog_path: Path) -> duckdb.DuckDBPyConnection:
                 return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
         except duckdb.IOException as err:
             if "lock" not in str(err).lower():
-                raise FeatstoreError(f"cannot open {catalog_path}: {_one_line(err)}") from None
+                raise damaged_catalog(err) or FeatstoreError(f"cannot open {catalog_path}: {_one_line(err)}") from None
             if time.monotonic() > deadline:
                 raise FeatstoreError(busy) from None
             time.sleep(0.05)
@@ -133,7 +148,7 @@ class CatalogReader:
         except duckdb.PermissionException as err:
             raise QueryRefused(f"refused: file access is disabled in user queries ({_one_line(err)})") from None
         except duckdb.Error as err:
-            raise QueryRefused(f"query failed: {_one_line(err)}") from None
+            raise damaged_catalog(err) or QueryRefused(f"query failed: {_one_line(err)}") from None
         finally:
             timer.cancel()
             timer.join()

@@ -20,6 +20,7 @@ from featstore.catalog.names import DatasetNames
 from featstore.datasets.expressions import compile_extraction
 from featstore.errors import FeatstoreError
 from featstore.project import REGISTRY_COLUMNS, Project
+from featstore.store.safe_paths import UnsafeName, checked_key
 
 REQUIRED_COLUMNS = [
     "number",
@@ -33,7 +34,8 @@ REQUIRED_COLUMNS = [
 ]
 BINARY = "Binary Classification"
 MAX_NUMBER = 2**31 - 1  # the catalog's datasets.number is an INTEGER
-FORBIDDEN_TAG_CHARACTERS = set('/\\:*?"<>|\0')
+FORBIDDEN_TAG_CHARACTERS = set('/\\:*?"<>|\0') | {chr(code) for code in range(1, 32)} | {"\x7f"}
+MAX_TAG_BYTES = 100  # a dataset name `<number>_<tag>` becomes file names (`<name>.csv`, `<name>.html`)
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,9 @@ def _check_tag(tag: str, line: int) -> None:
         raise FeatstoreError(f"datasets/main.csv line {line}: 'Dataset Tag' is empty")
     bad = sorted(FORBIDDEN_TAG_CHARACTERS & set(tag))
     if bad or tag.startswith("."):
-        raise FeatstoreError(f"datasets/main.csv line {line}: tag {tag!r} cannot be part of a file name")
+        raise FeatstoreError(f"datasets/main.csv line {line}: tag {ascii(tag)[:80]} cannot be part of a file name")
+    if len(tag.encode()) > MAX_TAG_BYTES:
+        raise FeatstoreError(f"datasets/main.csv line {line}: tag {tag[:40]!r}... is longer than {MAX_TAG_BYTES} bytes")
 
 
 def _check_fields(entry: DatasetEntry) -> None:
@@ -173,5 +177,8 @@ def _check_fields(entry: DatasetEntry) -> None:
         raise FeatstoreError(
             f"{entry.where('Data type')}: {entry.data_type!r} is not supported (only {BINARY!r})"
         )
-    if Path(entry.source).is_absolute() or ".." in Path(entry.source).parts:
-        raise FeatstoreError(f"{entry.where('source')}: {entry.source!r} must be a file name under datasets/raw/")
+    try:
+        checked_key(entry.source, "source")
+    except UnsafeName:
+        raise FeatstoreError(f"{entry.where('source')}: {ascii(entry.source)[:80]} must be a file name under "
+                             "datasets/raw/") from None

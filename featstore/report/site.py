@@ -27,6 +27,7 @@ from featstore.project import Project
 from featstore.report import data, pages
 from featstore.store.atomic import swap_folder
 from featstore.store.layout import model_dir_name
+from featstore.store.safe_paths import checked_name
 
 ASSETS = ("report.css", "report.js", "example.js")
 MARKER = ".featstore-report"
@@ -52,6 +53,10 @@ def write_report(project: Project, models: list[str] | None = None, datasets: li
     upgrade_catalog(project)
     store = Store(project)
     scope = data.resolve_scope(store, models, datasets, threshold)
+    for model, chosen in scope.models.items():  # names from the catalog become file names below `out`
+        checked_name(model_dir_name(model), "model")
+        for dataset in chosen:
+            checked_name(dataset, "dataset")
     out = Path(out or project.report_dir).resolve()
     _check_replaceable(out, project)
     try:

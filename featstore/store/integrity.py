@@ -194,15 +194,19 @@ def _describe(byte_range: ByteRequest) -> str:
 def read_sealed_root(location: StoreLocation, key: str, split: SplitRef) -> tuple[bytes, dict]:
     """The root document (bytes and parsed) of the split version at `key`, checked against its seal and the
     store format."""
+    from featstore.store.documents import DocumentTooLarge, read_document
+
     try:
-        raw = location.read_bytes(f"{key}/{ROOT}")
+        raw = read_document(location, f"{key}/{ROOT}")
+    except DocumentTooLarge as err:
+        raise DamagedSplit(split, str(err)) from None
     except OSError as err:
         raise DamagedSplit(split, f"{location.describe(key)}/{ROOT} cannot be read ({err.strerror})") from None
     if raw is None:
         raise DamagedSplit(split, f"{ROOT} is missing from {location.describe(key)}")
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise DamagedSplit(split, f"{ROOT} is not valid JSON") from None
     attributes = document.get("attributes") if isinstance(document, dict) else None
     if not isinstance(attributes, dict):

@@ -22,12 +22,15 @@ from pathlib import Path
 
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from featstore.store.safe_paths import checked_name, confined_path
+
 SHARD_EXAMPLES = 128
 CHUNK_EXAMPLES = 8  # the fewest rows in an attention chunk
 FORMAT_VERSION = 2
 FEATURES = "features.zarr"
 PROBES = "probes"
 COMPLETE = "COMPLETE"  # the marker object a published version ends with
+VERSION_NAME = re.compile(r"v\d{8}T\d{6}-[0-9a-f]{8}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,10 @@ def model_dir_name(model_key: str) -> str:
 
 def split_prefix(model_key: str, dataset: str, split: str) -> str:
     """The store key of one split's folder, `features.zarr/<model>/<dataset>/<split>`: it holds the split's
-    versions, one folder per build (the catalog names the published one)."""
-    return f"{FEATURES}/{model_dir_name(model_key)}/{dataset}/{split}"
+    versions, one folder per build (the catalog names the published one). Each part is checked: the dataset
+    and split names come from a catalog, which may have been cloned."""
+    parts = (model_dir_name(model_key), dataset, split)
+    return "/".join([FEATURES, *(checked_name(part, what) for part, what in zip(parts, ("model", "dataset", "split")))])
 
 
 def new_version() -> str:
@@ -72,18 +77,15 @@ def new_version() -> str:
     return f"v{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
-VERSION_NAME = re.compile(r"v\d{8}T\d{6}-[0-9a-f]{8}")
-
-
 def is_version_name(name: str) -> bool:
     """Whether `name` is a version folder name that `new_version` makes (the only folders featstore deletes
-    whole when it drops a split)."""
+    whole when it drops or retires a split)."""
     return VERSION_NAME.fullmatch(name) is not None
 
 
 def tokenizer_path(tokenizers_dir: Path, model_key: str) -> Path:
     """The folder of a model's tokenizer (`save_pretrained` files), kept so tokens decode without the model."""
-    return tokenizers_dir / model_dir_name(model_key)
+    return confined_path(tokenizers_dir, model_dir_name(model_key), "model")
 
 
 @dataclass(frozen=True)

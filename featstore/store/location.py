@@ -24,12 +24,16 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from featstore.errors import FeatstoreError
+from featstore.store.safe_paths import checked_key
 
 # Throttling, 5xx answers and dropped connections are retried by botocore with backoff; a store that stays
 # unreachable fails after MAX_ATTEMPTS tries (15-25 s); AWS_MAX_ATTEMPTS and AWS_RETRY_MODE override them.
 MAX_ATTEMPTS = 5
 CONNECT_TIMEOUT_S = 3
 READ_TIMEOUT_S = 60
+OBJECT_SCHEMES = ("s3",)  # the object stores featstore is tested with (conditional puts, ranged reads)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class StoreUnreachable(FeatstoreError):
@@ -48,6 +52,10 @@ class StoreLocation(ABC):
     @abstractmethod
     def read_bytes(self, key: str) -> bytes | None:
         """The whole object, or None when there is none."""
+
+    @abstractmethod
+    def read_at_most(self, key: str, limit: int) -> bytes | None:
+        """The object's first `limit` bytes (one ranged read), or None when there is none."""
 
     @abstractmethod
     def open(self, key: str) -> IO[bytes]:
@@ -123,7 +131,8 @@ class LocalLocation(StoreLocation):
         self.url = str(self.root)
 
     def path(self, key: str) -> Path:
-        return self.root / key
+        """The file of a key (checked: a key read from a catalog or listing cannot leave the store's folder)."""
+        return self.root / checked_key(key, "store key") if key else self.root
 
     def zarr_store(self, key: str, read_only: bool) -> Store:
         return LocalStore(self.path(key), read_only=read_only)
@@ -131,6 +140,13 @@ class LocalLocation(StoreLocation):
     def read_bytes(self, key: str) -> bytes | None:
         try:
             return self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def read_at_most(self, key: str, limit: int) -> bytes | None:
+        try:
+            with open(self.path(key), "rb") as handle:
+                return handle.read(limit)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
@@ -226,7 +242,7 @@ class LocalLocation(StoreLocation):
 
 
 class ObjectLocation(StoreLocation):
-    """A prefix in an object store reached through fsspec (`s3://bucket/prefix`, `gs://...`, `memory://...`).
+    """A prefix in an object store reached through fsspec (`s3://bucket/prefix`, see `store_location`).
 
     Credentials and the endpoint come from the standard chain (AWS_* variables, profiles); none is stored."""
 
@@ -262,7 +278,8 @@ class ObjectLocation(StoreLocation):
         return self._fs
 
     def _path(self, key: str) -> str:
-        return f"{self.url.split('://', 1)[1]}/{key}" if key else self.url.split("://", 1)[1]
+        root = self.url.split("://", 1)[1]
+        return f"{root}/{checked_key(key, 'store key')}" if key else root
 
     def zarr_store(self, key: str, read_only: bool) -> Store:
         return FsspecStore.from_url(f"{self.url}/{key}", storage_options=self.options(), read_only=read_only)
@@ -271,6 +288,13 @@ class ObjectLocation(StoreLocation):
         with store_errors(self):
             try:
                 return self.fs.cat_file(self._path(key))
+            except FileNotFoundError:
+                return None
+
+    def read_at_most(self, key: str, limit: int) -> bytes | None:
+        with store_errors(self):
+            try:
+                return self.fs.cat_file(self._path(key), start=0, end=limit)
             except FileNotFoundError:
                 return None
 
@@ -419,18 +443,28 @@ def store_errors(location: StoreLocation) -> Iterator[None]:
 
 
 def store_location(url: str) -> StoreLocation:
-    """A location from a folder path, `file://` URL or object-store URL (a protocol fsspec knows)."""
-    if re.match(r"^[A-Za-z][\w+.-]*:/", url) and "://" not in url:
-        raise FeatstoreError(f"{url!r} is not a store URL: write it as protocol://bucket/prefix (e.g. s3://bucket/x)")
-    if "://" in url and not url.startswith("file://"):
-        import fsspec
-
-        try:
-            fsspec.get_filesystem_class(url.split("://", 1)[0])
-        except (ValueError, ImportError) as err:
-            raise FeatstoreError(f"the store URL {url!r} cannot be used: {err}") from None
-    if "://" not in url:
-        return LocalLocation(Path(url).expanduser().resolve())
+    """A location from a folder path, a `file://` URL or an S3 URL (`s3://bucket/prefix`), checked here: only
+    stores that persist (no `memory://`, `http://` or `zip://`), a valid bucket name, no query or fragment."""
+    if not isinstance(url, str) or not url.strip() or _CONTROL.search(url):
+        raise FeatstoreError(f"{url!r} is not a store folder or URL")
     if url.startswith("file://"):
-        return LocalLocation(Path(url[len("file://"):]).resolve())
-    return ObjectLocation(url)
+        return LocalLocation(Path(url[len("file://"):] or "/").resolve())
+    scheme = re.match(r"^([A-Za-z][\w+.-]+):", url)
+    if scheme is None:
+        return LocalLocation(Path(url).expanduser().resolve())
+    if not url.startswith(f"{scheme.group(1)}://"):
+        raise FeatstoreError(f"{url!r} is not a store URL: write it as s3://bucket/prefix (or give a folder)")
+    if scheme.group(1).lower() not in OBJECT_SCHEMES:
+        raise FeatstoreError(f"the store URL {url!r} cannot be used: give a folder or s3://bucket/prefix (other "
+                             "protocols, memory:// among them, are refused: they do not persist or are untested)")
+    rest = url.split("://", 1)[1]
+    if "?" in rest or "#" in rest:
+        raise FeatstoreError(f"the store URL {url!r} has a query or fragment; write it as s3://bucket/prefix")
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise FeatstoreError(f"the store URL {url!r} needs a bucket name (3-63 lowercase letters, digits, dots "
+                             "and hyphens): s3://bucket/prefix")
+    prefix = prefix.rstrip("/")
+    if prefix:
+        checked_key(prefix, "the prefix of the store URL")
+    return ObjectLocation(f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}")

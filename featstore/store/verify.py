@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import zarr
+
 from featstore.catalog.names import catalog_dataset_names, unknown_model
 from featstore.catalog.safe_sql import query_catalog
 from featstore.errors import FeatstoreError
 from featstore.project import Project
-from featstore.store.integrity import Damage, SplitRef, verify_split
+from featstore.store.integrity import Damage, SplitRef, open_split_store, read_sealed_root, verify_split
 
 
 def verify_store(project: Project, model: str | None = None,
@@ -31,12 +34,32 @@ def verify_store(project: Project, model: str | None = None,
                              + (f" for {', '.join(datasets)}" if datasets else ""))
     damaged, commands = [], {}
     for row in splits.itertuples():
-        damage = verify_split(project.store, row.path, SplitRef(row.model, row.dataset, row.split))
+        split = SplitRef(row.model, row.dataset, row.split)
+        damage = verify_split(project.store, row.path, split)
+        if damage is None and (problem := _identity_problem(project, row.path, split)):
+            damage = Damage(split, [problem], None)
         if damage is not None:
             damaged.append(damage)
             command = f"featstore build --repair --model {row.model}{_build_options(json.loads(row.settings))} --datasets"
             commands.setdefault(command, {})[row.dataset] = None
     return damaged, [f"{command} {' '.join(names)}" for command, names in commands.items()]
+
+
+def _identity_problem(project: Project, key: str, split: SplitRef) -> str | None:
+    """What differs between an intact split version and the catalog row naming it (a split folder swapped for
+    another self-consistent one): its model, dataset, split and example ids in row order."""
+    attributes = read_sealed_root(project.store, key, split)[1]["attributes"]
+    model = attributes.get("model")
+    recorded = (model.get("key") if isinstance(model, dict) else None, attributes.get("dataset"), attributes.get("split"))
+    if recorded != (split.model, split.dataset, split.split):
+        return (f"{key} holds the features of {'/'.join(map(str, recorded[1:]))} of {recorded[0]}, not of the split "
+                "its catalog row names")
+    stored = zarr.open_array(open_split_store(project.store, key, split), path="example_id", mode="r")[:]
+    listed = query_catalog(project.catalog_path, "SELECT example_id FROM features WHERE model = ? AND dataset = ? AND "
+                           "split = ? ORDER BY array_row", [split.model, split.dataset, split.split])["example_id"]
+    if not np.array_equal(stored, listed.to_numpy()):
+        return f"{key} holds {len(stored)} examples whose ids and order differ from the catalog's {len(listed)}"
+    return None
 
 
 def _build_options(settings: dict) -> str:

@@ -25,13 +25,16 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from featstore.errors import FeatstoreError
+from featstore.store.documents import DocumentTooLarge, read_document
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
-from featstore.store.layout import COMPLETE, FORMAT_VERSION, SplitShape, compressors, new_version
+from featstore.store.layout import COMPLETE, FORMAT_VERSION, SplitShape, compressors, is_version_name, new_version
 from featstore.store.location import StoreLocation
 from featstore.store.shard_encoding import shard_encoder
 
 SHARDS_WRITTEN = "shards_written"
 WRITTEN_ARRAYS = ("attn", "resid", "tokens")
+UNVERSIONED_FOLDERS = frozenset(SplitShape(1, 1, 1, 1, 1).arrays())  # a split of the layout before versions
+UNVERSIONED_FILES = frozenset({ROOT, COMPLETE})
 
 
 class SplitWriter:
@@ -187,24 +190,29 @@ def write_shard_arrays(location: StoreLocation, key: str, shape: SplitShape, sha
 
 
 def retire_versions(location: StoreLocation, prefix: str, current: str) -> None:
-    """Delete every version of a split but `current` (the one the catalog points to), and files of the layout
-    before versions (a split written straight into `prefix`)."""
+    """Delete the versions of a split but `current` (the one the catalog points to), and the files of the layout
+    before versions (a split written straight into `prefix`): only names featstore makes, never anything else a
+    folder holds."""
     for name in location.children(prefix):
-        if f"{prefix}/{name}" != current:
-            if location.exists(f"{prefix}/{name}"):
-                location.delete([f"{prefix}/{name}"])
-            else:
-                location.delete_folder(f"{prefix}/{name}")
+        if f"{prefix}/{name}" == current:
+            continue
+        if is_version_name(name) or name in UNVERSIONED_FOLDERS:
+            location.delete_folder(f"{prefix}/{name}")
+        elif name in UNVERSIONED_FILES:
+            location.delete([f"{prefix}/{name}"])
 
 
 def _resumable_version(location: StoreLocation, prefix: str, build_key: str) -> str | None:
     """An unpublished version of this split built from the same inputs, if any; other unpublished versions
-    (killed builds of other inputs) are deleted."""
+    (killed builds of other inputs) are deleted. Only folders named as `new_version` names them are looked at."""
     found = None
     for name in location.children(prefix):
-        if not name.startswith("v") or location.exists(f"{prefix}/{name}/{COMPLETE}"):
+        if not is_version_name(name) or location.exists(f"{prefix}/{name}/{COMPLETE}"):
             continue
-        attrs = json.loads(location.read_bytes(f"{prefix}/{name}/{ROOT}") or b"{}").get("attributes", {})
+        try:
+            attrs = json.loads(read_document(location, f"{prefix}/{name}/{ROOT}") or b"{}").get("attributes", {})
+        except (DocumentTooLarge, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            attrs = {}  # a killed build's unreadable root: not resumable
         if found is None and attrs.get("build_key") == build_key and attrs.get("format") == FORMAT_VERSION \
                 and SHARDS_WRITTEN in attrs:
             found = name
