@@ -277,3 +277,17 @@ def test_a_hostile_bucket_listing_is_refused_before_any_download(moto_s3, monkey
     client.put_object(Bucket=bucket, Key=f"{prefix}/project.json", Body=b"{" + b" " * (MAX_DOCUMENT_BYTES + 1))
     assert main(["clone", url, str(tmp_path / "clone")]) == 1
     one_line_error(capsys, "larger than")
+
+
+def test_an_array_document_padded_in_place_is_damage_read_to_its_recorded_size(toy_copy):
+    from featstore.api import Store
+    from featstore.store.integrity import DamagedSplit
+
+    with open(published_folder(toy_copy, "test") / "attn" / "zarr.json", "r+b") as handle:
+        handle.truncate(1 << 30)  # sparse: 1 GiB on paper, the manifest still lists its true size
+    tracemalloc.start()
+    with pytest.raises(DamagedSplit, match="attn/zarr.json does not match its checksum"):
+        Store(toy_copy).view("1_toy", "test", dask=False)["attn"].values
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 << 20

@@ -23,6 +23,7 @@ from zarr.storage import WrapperStore
 
 from featstore.errors import FeatstoreError
 from featstore.store.layout import COMPLETE, FORMAT_VERSION
+from featstore.store.documents import MAX_DOCUMENT_BYTES, DocumentTooLarge, read_document
 from featstore.store.location import StoreLocation, as_store_error, store_errors
 
 ROOT = "zarr.json"
@@ -127,8 +128,12 @@ class IntegrityStore(WrapperStore[Store]):
         entry = self.manifest.get(key)
         if entry is None:
             return None  # never written: every value in it is the fill value
+        if byte_range is None and key.endswith(ROOT) and entry[0] > MAX_DOCUMENT_BYTES:
+            raise DamagedSplit(self.split, f"{key} is listed at {entry[0]} bytes, more than any metadata document")
+        # a whole file is read to at most one byte past its recorded size: a padded file costs no more than that
+        bounded = RangeByteRequest(0, entry[0] + 1) if byte_range is None else byte_range
         try:
-            found = await self._store.get(key, prototype=prototype, byte_range=byte_range)
+            found = await self._store.get(key, prototype=prototype, byte_range=bounded)
         except Exception as err:
             mapped = as_store_error(err, f"holding {self.split}")  # unreachable, denied: not damage
             if mapped is not None:
@@ -194,8 +199,6 @@ def _describe(byte_range: ByteRequest) -> str:
 def read_sealed_root(location: StoreLocation, key: str, split: SplitRef) -> tuple[bytes, dict]:
     """The root document (bytes and parsed) of the split version at `key`, checked against its seal and the
     store format."""
-    from featstore.store.documents import DocumentTooLarge, read_document
-
     try:
         raw = read_document(location, f"{key}/{ROOT}")
     except DocumentTooLarge as err:

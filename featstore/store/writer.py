@@ -66,7 +66,7 @@ class SplitWriter:
         """A writer over a new version in `prefix` holding a copy of the published version (hard links locally,
         server-side copies in a bucket) without the files of `shards`, which it lists as pending; None when the
         published split was built from other inputs."""
-        root = json.loads(location.read_bytes(f"{published}/{ROOT}") or b"{}")
+        root = json.loads(read_document(location, f"{published}/{ROOT}") or b"{}")
         attrs = root.get("attributes", {})
         if attrs.get("build_key") != build_key:
             return None
