@@ -76,7 +76,8 @@ def test_the_meta_probe_with_mixed_bases_round_trips_exactly():
     np.testing.assert_array_equal(loaded.decision_function(parts), probe.decision_function(parts))
     assert loaded.chosen_hyperparameters() == probe.chosen_hyperparameters()
     default = StackedProbe(n_folds=3).fit(parts, y)
-    np.testing.assert_array_equal(load_probe(probe_bytes(default)).decision_function(parts), default.decision_function(parts))
+    np.testing.assert_array_equal(load_probe(probe_bytes(default)).decision_function(parts),
+                                  default.decision_function(parts))
 
 
 @pytest.mark.parametrize("use_tokens", [True, False])
@@ -152,7 +153,8 @@ MALFORMED = {
                           "unknown probe family 'os.system'"),
     "a family given as a class path": (lambda tmp: crafted(fitted_logreg(), lambda d: d["probe"].__setitem__(
         "family", {"module": "os", "name": "system"})), "unknown probe family"),
-    "an unknown parameter": (lambda tmp: crafted(fitted_logreg(), set_param("__class__", "x")), "unknown ['__class__']"),
+    "an unknown parameter": (lambda tmp: crafted(fitted_logreg(), set_param("__class__", "x")),
+                             "unknown ['__class__']"),
     "a parameter of the wrong type": (lambda tmp: crafted(fitted_logreg(), set_param("max_iter", "10")), "max_iter"),
     "a probe object as a parameter": (lambda tmp: crafted(fitted_logreg(), set_param("penalty", {"probe": {}})),
                                       "probe: missing"),
@@ -162,7 +164,8 @@ MALFORMED = {
                   "two different labels"),
     "an object dtype": (lambda tmp: crafted(fitted_logreg(), set_fitted("classes_", {"values": [0, 1], "dtype": "O"})),
                         "classes_ dtype"),
-    "a wrong shape": (lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.__setitem__("coef_", np.zeros((1, 3)))),
+    "a wrong shape": (lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.__setitem__(
+        "coef_", np.zeros((1, 3)))),
                       "coef_ must be"),
     "a missing array": (lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.pop("intercept_")),
                         "intercept_ is missing"),
@@ -218,9 +221,11 @@ def test_meta_probes_nested_too_deep_or_with_wrong_parts_are_refused():
         load_probe(crafted(probe, lambda d: d["probe"]["parts"].__setitem__("bases_", [])))
     with pytest.raises(SavedProbeError, match="bases_ must be"):
         load_probe(crafted(probe, lambda d: d["probe"]["parts"].__setitem__("bases_", d["probe"]["parts"]["final_"]),
-                           lambda a: a.update({f"bases_.{k[7:]}": v for k, v in list(a.items()) if k[:7] == "final_."})))
+                           lambda a: a.update({f"bases_.{k[7:]}": v for k, v in list(a.items())
+                                               if k.startswith("final_.")})))
     with pytest.raises(SavedProbeError, match="one per base probe"):
-        load_probe(crafted(probe, lambda d: d["probe"]["parts"].__setitem__("bases_", d["probe"]["parts"]["bases_"][:1])))
+        load_probe(crafted(probe, lambda d: d["probe"]["parts"].__setitem__("bases_",
+                                                                          d["probe"]["parts"]["bases_"][:1])))
 
 
 # The store: every command and API that reads probes, with hostile probe files in place.
