@@ -61,8 +61,10 @@ def main() -> None:
         if args.project is None:
             args.project = str(imported_project(Path(scratch) / "imported", args.datasets))
         for spec in args.models:
-            report(spec, {run: in_child(args, spec, run, Path(scratch) / run) for run in ("old", "new", "codec")},
+            folder = Path(scratch) / spec.replace(":", "-")
+            report(spec, {run: in_child(args, spec, run, folder / run) for run in ("old", "new", "codec")},
                    bare_forward(args, spec), args)
+            shutil.rmtree(folder)
 
 
 def in_child(args: argparse.Namespace, spec: str, run: str, root: Path) -> dict:
@@ -224,12 +226,11 @@ def bare_forward(args: argparse.Namespace, spec: str) -> dict:
         split = order_job(model, job, model.n_ctx)
         rows += [split.token_ids[i] for i in range(len(split.token_ids))]
     rows.sort(key=len)
-    sample = rows[:1]
+    sample = []
     for count in range(1, len(rows) + 1):  # rows at evenly spaced token quantiles: lengths weighted as in the build
         quantiles = (np.arange(count) + 0.5) / count * sum(map(len, rows))
-        at = np.searchsorted(np.cumsum([len(ids) for ids in rows]), quantiles)
-        picked = [rows[i] for i in at]
-        if sum(map(len, picked)) > args.bare_tokens:
+        picked = [rows[i] for i in np.searchsorted(np.cumsum([len(ids) for ids in rows]), quantiles)]
+        if sample and sum(map(len, picked)) > args.bare_tokens:
             break
         sample = picked
     sample.sort(key=len)
