@@ -49,6 +49,7 @@ from featstore.extraction.captures import CAPTURES
 from featstore.extraction.models import LoadedModel, load_model
 from featstore.progress import TokenProgress
 from featstore.project import init_project
+from featstore.views.view import forget_catalog_entries
 
 REPEATS = 5
 BARE_BUDGETS = (2048, 8192, 32768)
@@ -240,7 +241,11 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
                           for split in splits)
         ours_bytes = sum(disk_bytes(published_folder(project, model.key, j.dataset, j.split)) for j in jobs)
         peer_bytes = disk_bytes(peer.out)
-        ours_read = best_of(lambda: open_store(root).view(args.dataset, "test", layers=[layer]).attn.values)
+        def read() -> np.ndarray:
+            return open_store(root).view(args.dataset, "test", layers=[layer]).attn.values
+
+        first_read = best_of(lambda: (forget_catalog_entries(), read()))
+        ours_read = best_of(read)
         peer_read = best_of(lambda: peer.read_layer(args.dataset, "test", layer))
         np.testing.assert_allclose(  # the same rows (the peer's in file order), up to float16 rounding
             store.view(args.dataset, "test", layers=[layer]).sortby("example_id").attn.values[:, 0].astype(np.float32),
@@ -249,10 +254,11 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
         print(f"2. featstore / sae-probes-style peer ({sum(len(j.example_ids) for j in jobs)} examples): "
               f"build time {build[0] / peer_s[0]:.2f}x ({build[1] / peer_s[1]:.2f}x CPU time); "
               f"tokens computed {ours_tokens / peer_tokens:.2f}x; bytes on disk {ours_bytes / peer_bytes:.2f}x; "
-              f"reading layer {layer} of the test split {ours_read / peer_read:.2f}x  "
+              f"opening and reading layer {layer} of the test split {ours_read / peer_read:.2f}x "
+              f"({first_read / peer_read:.2f}x the first time in a process)  "
               f"[build {build[0]:.1f} s vs {peer_s[0]:.1f} s; tokens {ours_tokens} vs {peer_tokens}; "
-              f"{ours_bytes / 1e6:.1f} MB vs {peer_bytes / 1e6:.1f} MB; read {ours_read * 1e3:.0f} ms vs "
-              f"{peer_read * 1e3:.0f} ms]", flush=True)
+              f"{ours_bytes / 1e6:.1f} MB vs {peer_bytes / 1e6:.1f} MB; read {ours_read * 1e3:.0f} ms "
+              f"({first_read * 1e3:.0f} ms first) vs {peer_read * 1e3:.0f} ms]", flush=True)
 
     # 3. Padding of the length-sorted batches against batches of 32 in example_id order.
     whole_splits = plan_jobs(project, [args.dataset], None)

@@ -125,6 +125,13 @@ def _catalog_entry(project: Project, dataset: str, split: str, model: str | None
     return name, key, path, labels
 
 
+def forget_catalog_entries() -> None:
+    """Drop the catalog entries kept by `_catalog_entry`: the next view of each split reads the catalog again (to
+    time a first opening)."""
+    with _CATALOG_ENTRIES_LOCK:
+        _CATALOG_ENTRIES.clear()
+
+
 def _file_state(catalog: Path) -> tuple:
     """What changes whenever DuckDB writes the catalog: size and mtime of the file and of its write-ahead log."""
     state = []
