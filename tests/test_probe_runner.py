@@ -276,7 +276,7 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
                               [rows.loc["attention-row", "result_id"]]).set_index("example_id")["score"].loc[ids]
     np.testing.assert_allclose(stored, saved.decision_function(rows_input), rtol=1e-5, atol=1e-6)
     logs = (built.store_dir / rows.loc["attention-row", "probe_path"]).with_suffix(".logs")
-    assert "val_auc" in (logs / "metrics.csv").read_text()
+    assert all("val_auc" in (logs / f"fold-{k}" / "metrics.csv").read_text() for k in range(3))
     weights = Store(built).sql("SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ? ORDER BY ALL",
                                [rows.loc["attention-row", "result_id"]])
     np.testing.assert_allclose(weights["weight"], saved.head_importance().ravel())
