@@ -110,8 +110,6 @@ class AttentionRowProbe(BinaryProbe):
 
     def fit(self, X, y, lengths=None, tokens=None) -> AttentionRowProbe:
         """Train one network per fold of (X, y) and keep, for all, the epoch with the best mean held-out ROC AUC."""
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner of devices and tips per fit
-
         rows = _rows(X, lengths, tokens)
         y = np.asarray(as_numpy(y)).ravel()
         self.classes_ = np.unique(y)
@@ -146,6 +144,7 @@ class AttentionRowProbe(BinaryProbe):
         from lightning.pytorch.callbacks import EarlyStopping
         from lightning.pytorch.loggers import CSVLogger
 
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # after the import, which sets it to INFO
         seed = int(np.random.SeedSequence([self.random_state, fold]).generate_state(1)[0])
         LightningRowProbe, BatchData = _lightning_classes()
         L.seed_everything(seed, workers=True, verbose=False)
