@@ -56,6 +56,16 @@ class Store:
             raise FeatstoreError(f"no probe result {result_id!r}; `featstore results` lists them")
         return read_probe(self.project, str(found["probe_path"][0]))
 
+    def compare(self, reference: str = "baseline", model: str | None = None,
+                datasets: Sequence[str] | None = None) -> pd.DataFrame:
+        """Every probe setting against `reference` (baseline, length or a setting label) on the same test examples:
+        per dataset ΔAUC, its paired DeLong interval, p-value and Holm-adjusted p (see featstore.probing.compare);
+        `across_datasets` of that module summarises it per setting."""
+        from featstore.probing.compare import paired_comparisons
+        from featstore.probing.results import result_rows
+
+        return paired_comparisons(self, result_rows(self, model, list(datasets) if datasets else None), reference)
+
 
 def open_store(root: str | Path = ".", store: str | None = None) -> Store:
     """Open the project at `root` (a directory holding `datasets/main.csv`); its features are read from `store`

@@ -19,7 +19,7 @@ from featstore.catalog.splits import SplitParams
 from featstore.cluster import CLUSTER_HELP, local_workers
 from featstore.errors import FeatstoreError
 from featstore.extraction.captures import CAPTURES
-from featstore.probing.families import FAMILIES
+from featstore.probing.families import CONTROLS, FAMILIES
 from featstore.project import Project, init_project, open_project
 from featstore.store.location import as_store_error
 
@@ -175,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--probe", nargs="+", choices=list(FAMILIES), default=["logreg"], dest="probes", metavar="PROBE",
                        help="; ".join(f"{name}: {family.summary}" for name, family in FAMILIES.items())
                        + " (default: logreg)")
-    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--seed", type=int, default=0, help="the first seed (default: %(default)s)")
+    probe.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+                       help="fit each combination with N seeds, --seed to --seed + N - 1 (the validation holdout, a "
+                       "learned probe's initialisation and batch order); results average them (default: %(default)s)")
+    probe.add_argument("--control", choices=list(CONTROLS),
+                       help="shuffled-labels: fit the same probes on permuted training labels (seeded); their test "
+                       "AUC should sit near 0.5")
     probe.add_argument("--baseline", action="store_true",
                        help="fit the SAE-Probes baseline: logistic regression on the last-token residual at one layer")
     probe.add_argument("--baseline-layer", type=int, help="the baseline's layer (default: the middle one)")
@@ -194,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--datasets", nargs="+", metavar="NAME")
     results.add_argument("--ci", action="store_true", help="show each AUC with its stored 95%% DeLong interval")
     results.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    results.add_argument("--vs", metavar="REFERENCE",
+                         help="compare every setting with REFERENCE on the same test examples: baseline, length or a "
+                         "setting's label; shows ΔAUC with its paired DeLong 95%% interval, p-value and Holm-adjusted "
+                         "p across datasets, and per setting the mean ΔAUC over datasets")
+    results.add_argument("--settings", metavar="PATTERN", help="only settings whose label matches this glob, e.g. '*bins*'")
+    results.add_argument("--sort", choices=["setting", "auc"], default="setting",
+                         help="setting: baseline, controls, then by feature, layers, aggregation (default); auc: by mean "
+                         "AUC, best first")
     results.set_defaults(handler=run_results)
 
     report = commands.add_parser("report", help="write the static report site (overview, datasets, examples, store)",
@@ -378,7 +392,8 @@ def run_probe(args: argparse.Namespace) -> None:
     project = project_of(args)
     request = ProbeRequest(
         model=args.model, datasets=args.datasets, feature=args.feature, layers=args.layers,
-        aggregations=args.aggregation, probes=args.probes, seed=args.seed, baseline=args.baseline,
+        aggregations=args.aggregation, probes=args.probes, seed=args.seed, seeds=args.seeds, control=args.control or "",
+        baseline=args.baseline,
         baseline_layer=args.baseline_layer, hard_threshold=args.hard_threshold if args.hard else None,
         each_layer=args.each_layer,
     )
@@ -393,11 +408,25 @@ def run_probe(args: argparse.Namespace) -> None:
 def run_results(args: argparse.Namespace) -> None:
     from featstore.api import Store
     from featstore.catalog.database import upgrade_catalog
-    from featstore.probing.results import result_rows, results_table, results_text
+    from featstore.probing.results import by_mean_auc, result_rows, results_table, results_text
 
     project = reading_project(args)
     upgrade_catalog(project)
-    rows = result_rows(Store(project), args.model, args.datasets)
+    store = Store(project)
+    rows = result_rows(store, args.model, args.datasets, args.settings)
+    if args.sort == "auc":
+        rows = by_mean_auc(rows)
+    if args.vs is not None:
+        from featstore.probing.compare import comparisons_text, paired_comparisons, reference_setting
+
+        everything = result_rows(store, args.model, args.datasets)  # the reference, even when --settings leaves it out
+        reference = everything[reference_setting(everything, args.vs)]
+        comparisons = paired_comparisons(store, pd.concat([rows, reference]).drop_duplicates("result_id"), args.vs)
+        if args.format == "table":
+            print(comparisons_text(comparisons, width=shutil.get_terminal_size((120, 24)).columns))
+        else:
+            print_frame(comparisons, args.format)
+        return
     if args.format == "table":
         print(results_text(rows, ci=args.ci, width=shutil.get_terminal_size((120, 24)).columns))
     else:

@@ -92,8 +92,11 @@ def test_same_seed_same_weights_and_save_load_same_predictions(fitted, tmp_path)
 
     probe, rows, y = fitted
     again = clone(probe).fit(rows, y)
+    assert probe.state_.keys() == again.state_.keys() and {key.split(".")[0] for key in probe.state_} == {"0", "1", "2"}
     for key, value in probe.state_.items():
         assert torch.equal(value, again.state_[key]), key
+    other_seed = clone(probe).set_params(random_state=1).fit(rows, y)
+    assert not torch.equal(probe.state_["0.readout.weight"], other_seed.state_["0.readout.weight"])
     save_probe(probe, tmp_path / "probe.safetensors")
     np.testing.assert_array_equal(load_probe(tmp_path / "probe.safetensors").decision_function(rows),
                                   probe.decision_function(rows))
@@ -128,7 +131,7 @@ def test_bad_input_is_one_clear_error(fitted):
         probe.decision_function(AttentionRows(rows.attn, rows.lengths))
     rare = np.zeros(60, dtype=int)
     rare[:2] = 1
-    with pytest.raises(ProbeInputError, match="has one class"):
+    with pytest.raises(ProbeInputError, match="3-fold validation needs .* the rarer class has 2"):
         AttentionRowProbe().fit(AttentionRows(rows.attn[:60], rows.lengths[:60], rows.tokens[:60]), rare)
     with pytest.raises(ProbeInputError, match="fewer than the 5 folds"):
         StackedProbe().fit([np.zeros((60, 2))], rare)

@@ -102,7 +102,7 @@ def test_hard_subset_and_results_table(built, capsys):
     assert main(["--root", str(built.root), "results", "--format", "csv"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("dataset,") and "random:tiny logreg resid L1 last-token" in out[0]
-    assert out[1].startswith("1_toy,") and out[2].startswith("mean,")
+    assert out[1].startswith("1_toy,") and out[2].startswith("mean (n=1),")
 
 
 def corrupt_first_value(project):
@@ -248,15 +248,15 @@ def test_length_control_takes_no_layers_or_aggregation(built, capsys):
     assert len(lines) == 2 and "do not apply to --feature length" in lines[0] and "length takes none" in lines[1]
 
 
-def test_baseline_and_a_plain_probe_of_the_same_layer_and_seeds_get_their_own_columns(built, capsys):
+def test_baseline_and_a_plain_probe_of_the_same_layer_get_their_own_columns_and_seeds_share_one(built, capsys):
     assert probe(built, "--baseline") == 0
     assert probe(built, "--feature", "resid", "--layers", "1") == 0
     assert probe(built, "--feature", "resid", "--layers", "1", "--seed", "3") == 0
     capsys.readouterr()
     assert main(["--root", str(built.root), "results", "--ci", "--format", "csv"]) == 0
     header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert header == ["dataset", "random:tiny logreg resid L1 last-token", "random:tiny logreg resid L1 last-token [baseline]",
-                      "random:tiny logreg resid L1 last-token seed 3"]
+    assert header == ["dataset", "random:tiny logreg resid L1 last-token [baseline]",
+                      "random:tiny logreg resid L1 last-token"]
 
 
 def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
@@ -275,7 +275,7 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
                               [rows.loc["attention-row", "result_id"]]).set_index("example_id")["score"].loc[ids]
     np.testing.assert_allclose(stored, saved.decision_function(rows_input), rtol=1e-5, atol=1e-6)
     logs = (built.store_dir / rows.loc["attention-row", "probe_path"]).with_suffix(".logs")
-    assert "val_auc" in (logs / "metrics.csv").read_text()
+    assert all("val_auc" in (logs / f"fold-{k}" / "metrics.csv").read_text() for k in range(3))
     weights = Store(built).sql("SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ? ORDER BY ALL",
                                [rows.loc["attention-row", "result_id"]])
     np.testing.assert_allclose(weights["weight"], saved.head_importance().ravel())

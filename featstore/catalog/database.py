@@ -121,8 +121,10 @@ CREATE TABLE IF NOT EXISTS probe_head_weights (
 ALTER TABLE feature_splits ADD COLUMN IF NOT EXISTS build_seconds DOUBLE;
 ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS roc_auc_ci_low DOUBLE;
 ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS roc_auc_ci_high DOUBLE;
+ALTER TABLE probe_results ADD COLUMN IF NOT EXISTS control VARCHAR DEFAULT '';
 CREATE OR REPLACE VIEW baselines AS
-    SELECT model, dataset, CAST(layers AS INTEGER) AS layer, roc_auc FROM probe_results WHERE baseline;
+    SELECT model, dataset, CAST(layers AS INTEGER) AS layer, avg(roc_auc) AS roc_auc FROM probe_results
+    WHERE baseline AND control = '' GROUP BY ALL;
 """
 
 EXAMPLE_ID_STRIDE = 1_000_000_000

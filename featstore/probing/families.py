@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+SHUFFLED_LABELS = "shuffled-labels"
+CONTROLS = (SHUFFLED_LABELS,)  # `featstore probe --control`: the same fit on labels that carry no signal
+
 
 @dataclass(frozen=True)
 class ProbeFamily:

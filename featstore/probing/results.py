@@ -1,8 +1,11 @@
 """The `featstore results` table: test ROC AUC, one row per dataset, one column per probe setting (one wide frame
-for CSV and JSON; per-model text tables that fit the terminal)."""
+for CSV and JSON; per-model text tables that fit the terminal). Settings come in a natural order (baseline,
+controls, then by feature, layers numerically, aggregation); a setting fitted with several seeds shows their
+mean AUC (± their standard deviation in text); the mean row averages the datasets every shown setting has."""
 
 from __future__ import annotations
 
+import fnmatch
 import textwrap
 
 import pandas as pd
@@ -16,11 +19,13 @@ HEADER_WIDTH = 14  # a setting's label wraps at this width, or its cells' width 
 HEADER_LINES = 3  # labels needing more lines are numbered and spelled out under their table
 
 
-def result_rows(store: Store, model: str | None = None, datasets: list[str] | None = None) -> pd.DataFrame:
-    """The probe results `featstore results` shows, each with its setting label; a model without results, an
-    unknown dataset name or a dataset without results is a one-line error."""
-    frame = store.sql("SELECT dataset, model, probe, feature, layers, aggregation, seed, baseline, roc_auc, "
-                      "roc_auc_ci_low, roc_auc_ci_high, n_test FROM probe_results ORDER BY dataset, model")
+def result_rows(store: Store, model: str | None = None, datasets: list[str] | None = None,
+                settings: str | None = None) -> pd.DataFrame:
+    """The probe results `featstore results` shows, each with its setting label, in natural setting order;
+    `settings` keeps the labels matching that glob pattern (`*bins*`). A model without results, an unknown dataset
+    name, a dataset without results or a pattern matching nothing is a one-line error."""
+    frame = store.sql("SELECT result_id, dataset, model, probe, feature, layers, aggregation, seed, baseline, control, "
+                      "roc_auc, roc_auc_ci_low, roc_auc_ci_high, n_test FROM probe_results ORDER BY dataset, model")
     if model is not None:
         if model not in set(frame["model"]):
             raise unknown_model(model, sorted(set(frame["model"])), "probe results")
@@ -32,24 +37,72 @@ def result_rows(store: Store, model: str | None = None, datasets: list[str] | No
             raise FeatstoreError(f"no probe results of {', '.join(without)}{f' for model {model!r}' if model else ''}; "
                                  f"run `featstore probe --model {model or '<model>'} --datasets {' '.join(without)}` first")
         frame = frame[frame["dataset"].isin(names)]
-    return frame.assign(setting=setting_labels(frame))
+    frame = frame.assign(setting=setting_labels(frame))
+    if settings is not None:
+        matched = frame["setting"].map(lambda label: fnmatch.fnmatchcase(label, settings))
+        if not matched.any():
+            raise FeatstoreError(f"no setting matches {settings!r}; the settings are: "
+                                 + "; ".join(natural_order(frame)["setting"].unique()))
+        frame = frame[matched]
+    return natural_order(frame)
+
+
+def natural_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` sorted by model, then setting: the baseline, the length control, then by feature, layers
+    numerically, aggregation and probe, each setting's shuffled-label control right after it; then dataset, seed."""
+    controls = frame["control"].fillna("") if "control" in frame else pd.Series("", index=frame.index)
+    layers = frame["layers"].map(lambda text: tuple(int(x) for x in text.split(",")) if text else ())
+    key = pd.DataFrame({
+        "model": frame["model"],
+        "role": [0 if baseline else 1 if feature == "length" else 2
+                 for baseline, feature in zip(frame["baseline"], frame["feature"])],
+        "feature": frame["feature"], "first": layers.map(lambda x: x[0] if x else -1), "count": layers.map(len),
+        "layers": layers, "aggregation": frame["aggregation"], "probe": frame["probe"], "control": controls,
+        "dataset": frame["dataset"], "seed": frame["seed"],
+    }, index=frame.index)
+    return frame.loc[key.sort_values(list(key.columns), kind="stable").index]
+
+
+def by_mean_auc(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with each model's settings ordered by their mean AUC over datasets and seeds, best first."""
+    mean = rows.groupby(["model", "setting"])["roc_auc"].transform("mean")
+    return rows.assign(_mean=-mean).sort_values(["model", "_mean"], kind="stable").drop(columns="_mean")
 
 
 def results_table(rows: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
-    """Dataset x (model setting) test AUC of `result_rows`, rounded to 3 places, with a mean row; with `ci`,
-    each cell is `AUC [low, high]`, the stored 95 % DeLong interval (the mean row stays a number)."""
+    """Dataset x (model setting) test AUC of `result_rows` (the mean over seeds), rounded to 3 places, with a mean
+    row over the datasets every column has (`mean (n=K)`); with `ci`, each cell is `AUC [low, high]`, the stored
+    95 % DeLong interval of a single-seed result, `AUC ±sd` over several seeds (the mean row stays a number)."""
     if rows.empty:
         return pd.DataFrame()
-    frame = rows.assign(setting=rows["model"] + " " + rows["setting"])
-    table = frame.pivot(index="dataset", columns="setting", values="roc_auc")
-    means = table.mean().round(3)
+    frame = seed_means(rows.assign(setting=rows["model"] + " " + rows["setting"]))
+    columns = list(dict.fromkeys(frame["setting"]))
+    table = frame.pivot(index="dataset", columns="setting", values="roc_auc").reindex(columns=columns)
+    means, n = equal_n_means(table)
     if ci:
         frame["cell"] = _cells(frame, ci)
-        table = frame.pivot(index="dataset", columns="setting", values="cell").reindex(columns=table.columns).fillna("")
+        table = frame.pivot(index="dataset", columns="setting", values="cell").reindex(columns=columns).fillna("")
     else:
         table = table.round(3)
-    table.loc["mean"] = means
+    table.loc[f"mean (n={n})"] = means.round(3)
     return table.reset_index().rename_axis(columns=None)
+
+
+def seed_means(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, dataset, setting), in the order of `rows`: the mean of its seeds' AUC and interval
+    bounds, `auc_sd` (their standard deviation, 0 for one seed), `seeds` and n_test."""
+    grouped = rows.groupby(["model", "dataset", "setting"], sort=False)
+    return grouped.agg(roc_auc=("roc_auc", "mean"), roc_auc_ci_low=("roc_auc_ci_low", "mean"),
+                       roc_auc_ci_high=("roc_auc_ci_high", "mean"), n_test=("n_test", "max"),
+                       auc_sd=("roc_auc", lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0),
+                       seeds=("roc_auc", "size")).reset_index()
+
+
+def equal_n_means(table: pd.DataFrame) -> tuple[pd.Series, int]:
+    """Each column's mean over the rows (datasets) that have every column, and how many those are: a mean row
+    whose columns average the same datasets."""
+    complete = table.dropna()
+    return complete.mean(), len(complete)
 
 
 def results_text(rows: pd.DataFrame, ci: bool = False, width: int = 120) -> str:
@@ -60,12 +113,15 @@ def results_text(rows: pd.DataFrame, ci: bool = False, width: int = 120) -> str:
         return "(no rows)"
     parts = []
     for model, of_model in rows.groupby("model", sort=True):
+        of_model = seed_means(of_model)
+        columns = list(dict.fromkeys(of_model["setting"]))
         cells = of_model.assign(cell=_cells(of_model, ci)).pivot(index="dataset", columns="setting", values="cell")
-        means = of_model.pivot(index="dataset", columns="setting", values="roc_auc").mean()
+        cells = cells.reindex(columns=columns)
+        means, n = equal_n_means(of_model.pivot(index="dataset", columns="setting", values="roc_auc"))
         n_test = of_model.groupby("dataset")["n_test"].agg(lambda n: f"{n.min()}" if n.min() == n.max()
                                                             else f"{n.min()}-{n.max()}")
         rows_shown = [[dataset, n_test[dataset], *cells.loc[dataset].fillna("-")] for dataset in cells.index]
-        rows_shown.append(["mean", "", *(f"{means[setting]:.3f}" for setting in cells.columns)])
+        rows_shown.append([f"mean (n={n})", "", *(f"{means[setting]:.3f}" if n else "-" for setting in cells.columns)])
         interval = " [95% CI]" if ci else ""
         heading = f"{model}: test ROC AUC{interval} by dataset and setting ({len(cells.columns)} settings)"
         tables = text_tables(["dataset", "n_test", *cells.columns], rows_shown, fixed=2, width=width)
@@ -126,17 +182,20 @@ def _wrapped(title: str, cell_width: int) -> list[str] | None:
 
 
 def _cells(rows: pd.DataFrame, ci: bool) -> list[str]:
-    """Each result's AUC to 3 places, with its interval when `ci`."""
-    return [_with_interval(*values) if ci else f"{values[0]:.3f}"
-            for values in rows[["roc_auc", "roc_auc_ci_low", "roc_auc_ci_high"]].itertuples(index=False)]
+    """Each setting's AUC to 3 places (the mean over seeds), with `±sd` over several seeds, else with its interval
+    when `ci`."""
+    return [f"{auc:.3f} ±{sd:.3f}" if seeds > 1 else _with_interval(auc, low, high) if ci else f"{auc:.3f}"
+            for auc, low, high, sd, seeds in rows[["roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "auc_sd",
+                                                   "seeds"]].itertuples(index=False)]
 
 
 def setting_labels(frame: pd.DataFrame) -> pd.Series:
     """One label per setting of a model: `probe feature layers aggregation`, layers shortened (`L0-23`), with
-    ` seed N` for seeds other than 0 and ` [baseline]` for baselines, so two settings never share a label."""
+    ` [baseline]` for baselines and ` [shuffled-labels]` for a control, so two settings never share a label;
+    the seeds of a setting share its label."""
     return pd.Series([
         " ".join(part for part in (row.probe, row.feature, short_layers(row.layers), row.aggregation) if part)
-        + (f" seed {row.seed}" if row.seed else "") + (" [baseline]" if row.baseline else "")
+        + (" [baseline]" if row.baseline else "") + (f" [{row.control}]" if getattr(row, "control", "") else "")
         for row in frame.itertuples()
     ], index=frame.index, dtype=str)
 

@@ -8,7 +8,9 @@ in one transaction, so a run that fails writes nothing and a row is visible only
 Features: `attn` (a token aggregation of the attention rows), `resid` (the last-token residual) and
 `length`, the length-only control: log(seq_len) and its square, so a probe can also use a length
 that is informative in a middle range. An attention setting that does not beat it tells you the
-attention feature may only be tracking prompt length.
+attention feature may only be tracking prompt length. The shuffled-label control (`control="shuffled-labels"`)
+fits the same probe on the training labels permuted (seeded): its test AUC should sit near 0.5, and a setting
+whose control does not shows a leak through the split, the padding or the prompt length.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from featstore.views.aggregations import parse_aggregation
 from featstore.views.matrix import to_matrix
 from featstore.probing.head_weights import head_weights
 from featstore.views.view import layer_indices, open_view
-from featstore.probing.families import FAMILIES
+from featstore.probing.families import CONTROLS, FAMILIES, SHUFFLED_LABELS
 from featstore.probing.saved_probes import SUFFIX, is_pickled, logs_key, read_probe
 from probes import AttentionRows, ProbeInputError, binary_scores, probe_bytes
 
@@ -74,6 +76,7 @@ class ProbeSpec:
     probe: str
     seed: int = 0
     baseline: bool = False
+    control: str = ""
 
     @property
     def layers_label(self) -> str:
@@ -82,7 +85,7 @@ class ProbeSpec:
     @property
     def result_id(self) -> str:
         fields = [self.dataset, self.model, self.feature, self.layers_label, "all", self.aggregation, self.probe,
-                  self.seed, self.baseline]
+                  self.seed, self.baseline] + ([self.control] if self.control else [])  # older ids unchanged
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:20]
 
 
@@ -97,6 +100,8 @@ class ProbeRequest:
     aggregations: list[str] | None = None
     probes: list[str] = field(default_factory=lambda: ["logreg"])
     seed: int = 0
+    seeds: int = 1
+    control: str = ""
     baseline: bool = False
     baseline_layer: int | None = None
     hard_threshold: float | None = None
@@ -105,7 +110,18 @@ class ProbeRequest:
 
 def plan_specs(project: Project, request: ProbeRequest) -> list[ProbeSpec]:
     """The combinations of a request: its datasets (default: all built for the model; the hard subset when a
-    threshold is given) times aggregations times probes, or one baseline per dataset."""
+    threshold is given) times aggregations times probes, or one baseline per dataset; each fitted with `seeds`
+    seeds from `seed` on (every probe holds out a seeded validation set), as the control if one is named."""
+    if request.seeds < 1:
+        raise FeatstoreError(f"--seeds must be at least 1, not {request.seeds}")
+    if request.control not in ("", *CONTROLS):
+        raise FeatstoreError(f"unknown control {request.control!r}; choose from {', '.join(CONTROLS)}")
+    single = [replace(spec, control=request.control) for spec in _single_seed_specs(project, request)]
+    return [replace(spec, seed=request.seed + k) for spec in single for k in range(request.seeds)]
+
+
+def _single_seed_specs(project: Project, request: ProbeRequest) -> list[ProbeSpec]:
+    """`plan_specs` for the request's first seed, without a control."""
     built = run_user_query(
         project.catalog_path,
         "SELECT DISTINCT dataset FROM feature_splits WHERE model = ? AND status = 'complete' ORDER BY dataset",
@@ -310,12 +326,15 @@ def _fit_or_rescore(project: Project, spec: ProbeSpec, previous: dict | None, sc
 def _setting(spec: ProbeSpec) -> str:
     """The dataset and setting of a spec, as warnings name them: `1_toy (resid L6, last-token, logreg, baseline)`."""
     parts = [f"{spec.feature} {short_layers(spec.layers_label)}".strip(), spec.aggregation, spec.probe]
-    return f"{spec.dataset} ({', '.join(parts + ['baseline'] * spec.baseline)})"
+    extra = ["baseline"] * spec.baseline + [spec.control] * bool(spec.control) + [f"seed {spec.seed}"] * bool(spec.seed)
+    return f"{spec.dataset} ({', '.join(parts + extra)})"
 
 
 def fit_and_score(project: Project, spec: ProbeSpec, scratch: Path) -> Fitted:
     """Fit on the train split, score on the test split; learning curves (if the probe keeps any) go to `scratch`."""
     train = feature_matrix(project, spec, TRAIN)
+    if spec.control == SHUFFLED_LABELS:
+        train = replace(train, y=shuffled(train.y, spec.seed))
     probe = FAMILIES[spec.probe].make(spec.seed)
     probe_path = _new_probe_path(spec)
     logs = None
@@ -333,6 +352,11 @@ def fit_and_score(project: Project, spec: ProbeSpec, scratch: Path) -> Fitted:
     del train
     row, scores = _score(project, spec, probe, seconds, n_train, probe_path)
     return Fitted(row, scores, probe, _keyed(weights, spec.result_id, HEAD_WEIGHT_COLUMNS), logs)
+
+
+def shuffled(labels: np.ndarray, seed: int) -> np.ndarray:
+    """The labels permuted by a generator seeded with `seed`: the shuffled-label control's training labels."""
+    return labels[np.random.default_rng(seed).permutation(len(labels))]
 
 
 def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> Fitted:
@@ -427,7 +451,8 @@ def _row(spec: ProbeSpec, probe, scores: dict, n_train: int, seconds: float, pro
         "roc_auc": scores["roc_auc"], "roc_auc_ci_low": scores["roc_auc_ci_low"],
         "roc_auc_ci_high": scores["roc_auc_ci_high"], "accuracy": scores["accuracy"],
         "balanced_accuracy": scores["balanced_accuracy"], "f1": scores["f1"], "n_train": n_train,
-        "n_test": scores["n"], "n_features": int(probe.n_features_in_), "seed": spec.seed, "fit_seconds": seconds,
+        "n_test": scores["n"], "n_features": int(probe.n_features_in_), "seed": spec.seed, "control": spec.control,
+        "fit_seconds": seconds,
         "featstore_version": __version__, "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
         "probe_path": probe_path,
     }

@@ -20,7 +20,8 @@ from featstore.api import Store
 from featstore.catalog.names import catalog_dataset_names, unknown_model
 from featstore.catalog.splits import TEST
 from featstore.errors import FeatstoreError
-from featstore.probing.results import setting_labels
+from featstore.probing.compare import BASELINE, paired_comparisons
+from featstore.probing.results import natural_order, setting_labels
 from featstore.probing.runner import LENGTH_FEATURE
 from featstore.store.integrity import SplitRef, open_split_store
 from featstore.store.layout import model_dir_name, tokenizer_path
@@ -83,10 +84,12 @@ def load_model_data(store: Store, model: str, datasets: list[str]) -> ModelData:
     chosen = {"model": model, "datasets": datasets}
     results = store.sql(
         "SELECT result_id, dataset, probe, feature, layers, aggregation, baseline, roc_auc, roc_auc_ci_low, "
-        "roc_auc_ci_high, n_train, n_test, n_features, seed FROM probe_results "
+        "roc_auc_ci_high, n_train, n_test, n_features, seed, control FROM probe_results "
         "WHERE model = $model AND list_contains($datasets, dataset) ORDER BY dataset, result_id", chosen)
     results["setting"] = setting_labels(results)
-    results["role"] = np.select([results["baseline"], results["feature"] == LENGTH_FEATURE], ["baseline", "length"], "probe")
+    results["model"] = model
+    results["role"] = np.select([results["control"] != "", results["baseline"], results["feature"] == LENGTH_FEATURE],
+                                ["control", "baseline", "length"], "probe")
     splits = store.sql("SELECT dataset, split, n_examples, max_seq_len, n_layers, n_heads FROM feature_splits "
                        "WHERE model = $model AND status = 'complete' AND list_contains($datasets, dataset) "
                        "ORDER BY dataset, split", chosen)
@@ -111,24 +114,49 @@ def _shown_results(results: pd.DataFrame, scored: set[str], weighted: set[str]) 
     return list(dict.fromkeys(_roc_results(results)["result_id"].tolist() + ([featured.result_id] if featured else [])))
 
 
-def overview(results: pd.DataFrame, datasets: list[str], threshold: float) -> dict:
-    """Datasets x settings: AUC, interval and flags; the hard subset; the mean AUC of each setting."""
-    order = {"baseline": 0, "length": 1, "probe": 2}
-    settings = results.drop_duplicates("setting")[["setting", "role", "feature"]]
-    settings = settings.iloc[sorted(range(len(settings)), key=lambda i: (
-        order[settings["role"].iloc[i]], settings["feature"].iloc[i], _natural(settings["setting"].iloc[i])))]
+def overview(results: pd.DataFrame, datasets: list[str], threshold: float,
+             comparisons: pd.DataFrame | None = None) -> dict:
+    """Datasets x settings (natural order): AUC (the mean over seeds), interval and flags; the hard subset; each
+    setting's mean AUC over the datasets every setting has (`n_datasets` of them); with `comparisons` (against
+    the baseline), each cell's ΔAUC, Holm-adjusted p and verdict, and each setting's mean ΔAUC over those datasets."""
+    ordered = natural_order(results)
+    settings = ordered.drop_duplicates("setting")[["setting", "role"]]
     rows = []
     for dataset in datasets:
         mine = results[results["dataset"] == dataset]
-        cells = {row.setting: _cell(row, _length_auc(mine)) for row in mine.itertuples()}
+        cells = {setting: _setting_cell(group, _length_auc(mine))
+                 for setting, group in mine.groupby("setting", sort=False)}
+        if comparisons is not None:
+            for item in comparisons[comparisons["dataset"] == dataset].itertuples():
+                cells[item.setting].update(delta=float(item.delta_auc), delta_low=float(item.delta_ci_low),
+                                           delta_high=float(item.delta_ci_high), p_holm=float(item.p_holm),
+                                           verdict=item.verdict)
         rows.append({"dataset": dataset, "hard": _hard(mine, threshold), "cells": cells})
-    means = results.groupby("setting")["roc_auc"].agg(["mean", "count"])
+    table = results.groupby(["dataset", "setting"])["roc_auc"].mean().unstack()
+    common = table.reindex(columns=settings["setting"]).dropna().index
+    means = table.loc[common].mean()
+    deltas = {}
+    if comparisons is not None and len(comparisons):
+        deltas = comparisons[comparisons["dataset"].isin(common)].groupby("setting")["delta_auc"].mean().to_dict()
     return {
         "threshold": threshold,
-        "settings": [{"setting": s, "role": r, "mean_auc": float(means.loc[s, "mean"]), "n_datasets": int(means.loc[s, "count"])}
+        "n_common": len(common),
+        "settings": [{"setting": s, "role": r, "mean_auc": _float(means.get(s)), "n_datasets": len(common),
+                      "mean_delta": _float(deltas.get(s))}
                      for s, r in zip(settings["setting"], settings["role"])],
         "rows": rows,
     }
+
+
+def baseline_comparisons(store: Store, results: pd.DataFrame) -> pd.DataFrame | None:
+    """Every setting against the baseline (paired DeLong on the stored scores, Holm across datasets), or None
+    without a baseline or without stored scores."""
+    if not (results["role"] == "baseline").any():
+        return None
+    try:
+        return paired_comparisons(store, results, BASELINE)
+    except FeatstoreError:  # results fitted before scores were stored: the overview shows AUCs only
+        return None
 
 
 def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) -> dict:
@@ -331,6 +359,15 @@ def store_summary(store: Store, scope: Scope) -> list[dict]:
     return summary
 
 
+def _setting_cell(group: pd.DataFrame, length_auc: float | None) -> dict:
+    """One setting of a dataset in the overview: its single result's cell, or the mean AUC of its seeds with their
+    standard deviation `sd` and count `seeds` (no interval, not flagged)."""
+    if len(group) == 1:
+        return {**_cell(next(group.itertuples()), length_auc), "sd": 0.0, "seeds": 1}
+    return {"result_id": group["result_id"].iloc[0], "auc": float(group["roc_auc"].mean()), "low": None, "high": None,
+            "flagged": None, "sd": float(group["roc_auc"].std(ddof=1)), "seeds": len(group)}
+
+
 def _cell(row, length_auc: float | None) -> dict:
     """One result as the report shows it; `flagged` when a probe setting does not beat the length-only
     control by more than its interval (its lower bound is at or below the control's AUC)."""
@@ -356,17 +393,12 @@ def _hard(results: pd.DataFrame, threshold: float) -> bool | None:
 def _featured(results: pd.DataFrame, scored: set[str], weighted: set[str]):
     """The setting the page explains, among the results with stored test scores: the best attention probe with
     head weights, else the best attention probe, else the best probe of any feature but length."""
-    results = results[results["result_id"].isin(scored)]
+    results = results[results["result_id"].isin(scored) & (results["role"] != "control")]
     attn = results[results["feature"] == "attn"]
     for candidates in (attn[attn["result_id"].isin(weighted)], attn, results[results["role"] != "length"]):
         if len(candidates):
             return next(candidates.sort_values("roc_auc", ascending=False, kind="stable").itertuples())
     return None
-
-
-def _natural(text: str) -> list:
-    """A sort key that orders the numbers inside a label by value (L2 before L10)."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 def _sample_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:

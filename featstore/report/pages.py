@@ -11,8 +11,8 @@ from markupsafe import Markup
 
 from featstore.report import svg
 
-ROLE_COLOURS = {"baseline": "#555555", "length": "#6a3d9a"}
-ROLE_NAMES = {"baseline": "baseline", "length": "length control"}
+ROLE_COLOURS = {"baseline": "#555555", "length": "#6a3d9a", "control": "#999999"}
+ROLE_NAMES = {"baseline": "baseline", "length": "length control", "control": "shuffled-label control"}
 
 
 def environment() -> Environment:
@@ -20,6 +20,7 @@ def environment() -> Environment:
     env = Environment(loader=PackageLoader("featstore.report", "templates"), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["auc_colour"] = svg.auc_colour
+    env.filters["delta_colour"] = svg.delta_colour
     env.filters["auc_text"] = lambda auc: "#fff" if auc >= 0.85 else "#1d2330"
     env.filters["size"] = human_size
     env.filters["brief"] = brief

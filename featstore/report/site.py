@@ -120,8 +120,9 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
     for model, datasets in scope.models.items():
         with store.reading() as reading:
             model_data = data.load_model_data(reading, model, datasets)
+            comparisons = data.baseline_comparisons(reading, model_data.results)
         sections.append({"model": model, "folder": model_dir_name(model),
-                         "overview": data.overview(model_data.results, datasets, scope.threshold)})
+                         "overview": data.overview(model_data.results, datasets, scope.threshold, comparisons)})
         _write_datasets(store.project, model_data, datasets, scope.threshold, folder)
     with store.reading() as reading:
         summary = data.store_summary(reading, scope)

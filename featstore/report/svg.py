@@ -217,3 +217,11 @@ def auc_colour(auc: float) -> str:
         f = (0.5 - auc) / 0.5
         r, g, b = 255 + (203 - 255) * f, 255 + (24 - 255) * f, 255 + (29 - 255) * f
     return f"#{int(r):02x}{int(g):02x}{int(b):02x}"
+
+
+def delta_colour(delta: float) -> str:
+    """The Δ-vs-baseline cell colour: white at 0, greener up to +0.2 and beyond, redder down to -0.2."""
+    f = float(np.clip(abs(delta) / 0.2, 0, 1))
+    target = (49, 163, 84) if delta >= 0 else (222, 45, 38)
+    r, g, b = (255 + (c - 255) * f for c in target)
+    return f"#{int(r):02x}{int(g):02x}{int(b):02x}"
