@@ -116,4 +116,5 @@ def test_one_ctrl_c_stops_a_local_cluster_build_and_its_workers_in_seconds(tmp_p
     capfd.readouterr()
     assert main(["--root", str(project.root), "build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64",
                  "--cluster", "local:2"]) == 0
-    assert capfd.readouterr() == ("", "")  # the resumed build: quiet, no nanny warnings
+    out, err = capfd.readouterr()  # the resumed build: quiet but for its progress lines (every 30 s), no nanny warnings
+    assert (out, [line for line in err.splitlines() if not line.startswith("build ")]) == ("", [])

@@ -198,15 +198,15 @@ def test_a_file_or_header_over_its_bound_is_refused_before_parsing(monkeypatch):
 def test_an_attention_row_file_whose_parameters_imply_other_shapes_or_a_huge_network_is_refused():
     rows, y = planted("token", 120, seed=3)
     probe = AttentionRowProbe(max_epochs=1, patience=1).fit(rows, y)
-    for edit, message in [(set_param("readers_per_head", 1000), "state_.basis_weights must be"),
+    for edit, message in [(set_param("readers_per_head", 1000), "state_.0.basis_weights must be"),
                           (set_param("readers_per_head", 10**9), "readers_per_head"),
-                          (set_fitted("vocab_size_", 2**31), "state_.embedding.weight must be"),
+                          (set_fitted("vocab_size_", 2**31), "state_.0.embedding.weight must be"),
                           (set_param("batch_size", 2**40), "batch_size"),
                           (set_fitted("n_layers_", 7), "not n_layers_ x n_heads_")]:
         with pytest.raises(SavedProbeError, match=message):
             load_probe(crafted(probe, edit))
     with pytest.raises(SavedProbeError, match="network state holds"):
-        load_probe(crafted(probe, arrays_edit=lambda a: a.pop("state_.readout.bias")))
+        load_probe(crafted(probe, arrays_edit=lambda a: a.pop("state_.0.readout.bias")))
 
 
 def test_meta_probes_nested_too_deep_or_with_wrong_parts_are_refused():
