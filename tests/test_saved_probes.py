@@ -358,3 +358,22 @@ def test_a_pickle_payload_in_a_bucket_never_runs_on_a_clone(moto_s3, monkeypatch
     with pytest.raises(FeatstoreError, match="not a probe file"):
         Store(clone).probe(only_row(clone)["result_id"])
     assert not marker.exists()
+
+
+def test_a_catalog_probe_path_naming_another_stored_file_is_never_deleted(tmp_path):
+    from featstore.errors import FeatstoreError
+    from featstore.probing.runner import _remove_fit
+    from featstore.probing.saved_probes import is_probe_key
+    from featstore.project import Project
+
+    project = Project(tmp_path)
+    victim = project.store_dir / "features.zarr" / "m" / "d" / "train" / "zarr.json"
+    victim.parent.mkdir(parents=True)
+    victim.write_text("{}")
+    for key in ["features.zarr/m/d/train/zarr.json", "probes/../features.zarr/x.safetensors", "probes/m/d.safetensors",
+                "probes/m/d/r-1.safetensors/../../x"]:
+        assert not is_probe_key(key)
+        with pytest.raises(FeatstoreError, match="no probe file is"):
+            _remove_fit(project, key)
+    assert victim.read_text() == "{}"
+    assert is_probe_key("probes/m/d/r-0123456789ab.safetensors") and is_probe_key("probes/m/d/r-1.joblib")

@@ -53,7 +53,7 @@ from featstore.views.matrix import to_matrix
 from featstore.probing.head_weights import head_weights
 from featstore.views.view import layer_indices, open_view
 from featstore.probing.families import CONTROLS, FAMILIES, SHUFFLED_LABELS
-from featstore.probing.saved_probes import SUFFIX, is_pickled, logs_key, read_probe
+from featstore.probing.saved_probes import SUFFIX, is_pickled, is_probe_key, logs_key, read_probe
 from probes import AttentionRows, ProbeInputError, binary_scores, probe_bytes
 
 LAST_TOKEN = "last-token"
@@ -552,7 +552,10 @@ def _remove_orphans(project: Project, recorded: dict[str, dict]) -> set[str]:
 
 
 def _remove_fit(project: Project, probe_key: str) -> None:
-    """Delete a fit's probe file (a file) and its learning curves (a folder), whichever are there."""
+    """Delete a fit's probe file (a file) and its learning curves (a folder), whichever are there; a key that
+    names no probe file (a hostile catalog's) is refused before anything is deleted."""
+    if not is_probe_key(probe_key):
+        raise FeatstoreError(f"the catalog names {probe_key!r} as a probe file, which no probe file is: not deleted")
     project.store.delete([probe_key])
     project.store.delete_folder(logs_key(probe_key))
 

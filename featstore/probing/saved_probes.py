@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from featstore.errors import FeatstoreError
 from featstore.project import Project
+from featstore.store.layout import PROBES
+from featstore.store.safe_paths import checked_key
 from probes import SavedProbeError, load_probe
 from probes.base import BinaryProbe
 
@@ -16,6 +18,16 @@ LOGS_SUFFIX = ".logs"
 def is_pickled(key: str) -> bool:
     """Whether a saved probe is a pickle of an older featstore (never loaded)."""
     return key.endswith(PICKLED_SUFFIX)
+
+
+def is_probe_key(key: str) -> bool:
+    """Whether a key (read from the catalog: untrusted) names a probe file featstore writes, the only kind of
+    file that probe runs delete: `probes/<model>/<dataset>/<name>` in either format."""
+    try:
+        parts = checked_key(key, "probe file").split("/")
+    except FeatstoreError:
+        return False
+    return len(parts) == 4 and parts[0] == PROBES and key.endswith((SUFFIX, PICKLED_SUFFIX))
 
 
 def logs_key(probe_key: str) -> str:
