@@ -75,7 +75,8 @@ def main() -> None:
                 speeds.append(f"(context {model.n_ctx})")
                 continue
             rate = tokens_per_second(model, length, args.repeats)
-            speeds.append(f"{rate['last-row'] / rate['pattern']:.2f}x ({rate['last-row']:.0f} vs {rate['pattern']:.0f})")
+            fast, slow = rate["last-row"], rate["pattern"]
+            speeds.append(f"{fast / slow:.2f}x ({fast:.0f} vs {slow:.0f})")
         print(f"| random:{family} | {model.identity['architecture']} | {default_capture(model)} | {attn_diff:.1e} | "
               f"{resid_diff:.1e} | " + " | ".join(speeds) + " |", flush=True)
 

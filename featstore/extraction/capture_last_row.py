@@ -129,7 +129,8 @@ def _visible_keys(attention_mask: torch.Tensor | None, sink: LastTokenSink) -> t
 
 
 def _softcapped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, scale: float, softcap: float) -> tuple[torch.Tensor, None]:
+                          attention_mask: torch.Tensor | None, scale: float,
+                          softcap: float) -> tuple[torch.Tensor, None]:
     """Eager attention with logit soft-capping (Gemma 2) over a boolean mask: transformers' eager arithmetic."""
     n_rep = query.shape[1] // key.shape[1]
     scores = torch.matmul(query, repeat_kv(key, n_rep).transpose(2, 3)) * scale
