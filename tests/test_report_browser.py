@@ -36,7 +36,10 @@ def test_overview_loads_clean_and_sorts(site):
     visit_.assert_clean()
     page = visit_.page
     assert page.locator("table.results tbody td.auc").count() == 6
-    assert page.locator("table.results .badge.hard").count() in (0, 1)
+    assert page.locator("table.delta tbody td.delta-cell").count() == 5  # every setting but the baseline
+    assert page.locator("table.delta tfoot th").inner_text() == "mean (n=1)"
+    assert page.locator(".scale .swatch").count() == 7
+    assert page.locator("table.results:not(.delta) .badge.hard").count() in (0, 1)
     headers = page.locator("table.results thead th")
     headers.nth(0).click()
     assert "sorted-desc" in headers.nth(0).get_attribute("class")
