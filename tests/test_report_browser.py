@@ -43,7 +43,7 @@ def test_overview_loads_clean_and_sorts(site):
     headers = page.locator("table.results thead th")
     headers.nth(0).click()
     assert "sorted-desc" in headers.nth(0).get_attribute("class")
-    page.locator(f'a[href="{DATASET_PAGE}"]').click()
+    page.locator(f'a[href="{DATASET_PAGE}"]').first.click()
     page.wait_for_load_state("networkidle")
     assert page.url.endswith(DATASET_PAGE)
 
@@ -116,7 +116,7 @@ def test_a_dataset_name_that_needs_url_encoding_links_and_loads(site, tmp_path):
     with serve(project.report_dir) as base_url:
         overview = visit(browser, base_url + "index.html")
         overview.assert_clean()
-        overview.page.locator("table.results tbody a").click()
+        overview.page.locator("table.results tbody a").first.click()
         overview.page.wait_for_load_state("networkidle")
         assert overview.page.locator("h1").inner_text().startswith("7_c++ & 50% #x")
         overview.page.locator("a.example-link").first.click()
