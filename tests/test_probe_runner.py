@@ -238,7 +238,7 @@ def test_each_layer_fits_one_probe_per_layer_and_results_show_intervals(built, c
     header, line, mean = csv.reader(io.StringIO(capsys.readouterr().out))
     assert header == ["dataset", "random:tiny logreg attn L0 first", "random:tiny logreg attn L1 first"]
     assert line == ["1_toy"] + [f"{r.roc_auc:.3f} [{r.roc_auc_ci_low:.3f}, {r.roc_auc_ci_high:.3f}]" for r in rows.itertuples()]
-    assert mean == ["mean"] + [f"{r.roc_auc:.3f}" for r in rows.itertuples()]
+    assert mean == ["mean (n=1)"] + [f"{r.roc_auc:.3f}" for r in rows.itertuples()]
 
 
 def test_length_control_takes_no_layers_or_aggregation(built, capsys):

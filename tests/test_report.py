@@ -22,7 +22,7 @@ from featstore.cli import main
 from featstore.project import Project
 from featstore.report import data
 from featstore.store.layout import tokenizer_path
-from probes.metrics import roc_auc_ci
+from probes.metrics import paired_auc_difference, roc_auc_ci
 from tests.builders import MODEL, built_toy_project, published_folder
 
 FOLDER = "random-tiny"
@@ -59,6 +59,27 @@ def test_overview_equals_the_catalog(reported):
     for setting in section["overview"]["settings"]:
         (cell,) = [c for name, c in row["cells"].items() if name == setting["setting"]]
         assert setting["mean_auc"] == cell["auc"] and setting["n_datasets"] == 1
+
+
+def test_delta_view_is_the_paired_test_against_the_baseline_on_the_stored_scores(reported):
+    (section,) = read_json(reported, "overview.json")["sections"]
+    (row,) = section["overview"]["rows"]
+    scores = catalog(reported, "SELECT s.result_id, s.example_id, s.score, e.label FROM probe_scores s "
+                               "JOIN examples e USING (example_id) ORDER BY s.example_id")
+    baseline_id = catalog(reported, "SELECT result_id FROM probe_results WHERE baseline")["result_id"].item()
+    base = scores[scores["result_id"] == baseline_id]
+    compared = [cell for cell in row["cells"].values() if "delta" in cell]
+    assert len(compared) == len(row["cells"]) - 1
+    for cell in compared:
+        mine = scores[scores["result_id"] == cell["result_id"]]
+        expected = paired_auc_difference(base["label"].to_numpy(), mine["score"].to_numpy(), base["score"].to_numpy())
+        assert (cell["delta"], cell["delta_low"], cell["delta_high"]) == pytest.approx(
+            (expected.delta, expected.ci_low, expected.ci_high))
+        assert cell["p_holm"] == pytest.approx(expected.p_value)  # one dataset: Holm leaves p as it is
+        assert cell["verdict"] == ("same" if expected.p_value >= 0.05 else "better" if expected.delta > 0 else "worse")
+    assert section["overview"]["n_common"] == 1
+    means = {s["setting"]: s["mean_delta"] for s in section["overview"]["settings"]}
+    assert all(means[name] == pytest.approx(cell["delta"]) for name, cell in row["cells"].items() if "delta" in cell)
 
 
 def test_intervals_and_roc_curves_follow_from_the_stored_scores(reported):

@@ -36,11 +36,14 @@ def test_overview_loads_clean_and_sorts(site):
     visit_.assert_clean()
     page = visit_.page
     assert page.locator("table.results tbody td.auc").count() == 6
-    assert page.locator("table.results .badge.hard").count() in (0, 1)
+    assert page.locator("table.delta tbody td.delta-cell").count() == 5  # every setting but the baseline
+    assert page.locator("table.delta tfoot th").inner_text() == "mean (n=1)"
+    assert page.locator(".scale .swatch").count() == 7
+    assert page.locator("table.results:not(.delta) .badge.hard").count() in (0, 1)
     headers = page.locator("table.results thead th")
     headers.nth(0).click()
     assert "sorted-desc" in headers.nth(0).get_attribute("class")
-    page.locator(f'a[href="{DATASET_PAGE}"]').click()
+    page.locator(f'a[href="{DATASET_PAGE}"]').first.click()
     page.wait_for_load_state("networkidle")
     assert page.url.endswith(DATASET_PAGE)
 
@@ -113,7 +116,7 @@ def test_a_dataset_name_that_needs_url_encoding_links_and_loads(site, tmp_path):
     with serve(project.report_dir) as base_url:
         overview = visit(browser, base_url + "index.html")
         overview.assert_clean()
-        overview.page.locator("table.results tbody a").click()
+        overview.page.locator("table.results tbody a").first.click()
         overview.page.wait_for_load_state("networkidle")
         assert overview.page.locator("h1").inner_text().startswith("7_c++ & 50% #x")
         overview.page.locator("a.example-link").first.click()

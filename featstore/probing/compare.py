@@ -14,6 +14,7 @@ import pandas as pd
 
 from featstore.api import Store
 from featstore.errors import FeatstoreError
+from featstore.probing.results import seed_means, text_tables
 from probes.metrics import CI_LEVEL, bootstrap_mean_interval, holm, paired_auc_difference
 
 BASELINE = "baseline"
@@ -24,12 +25,9 @@ SETTING_KEY = ["model", "dataset", "setting"]
 
 
 def seed_summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, dataset, setting) of `result_rows`: the mean test AUC over its seeds, their standard
-    deviation (0 for one seed), the number of seeds, n_test and the result ids."""
-    grouped = rows.groupby(SETTING_KEY, sort=False)
-    return grouped.agg(auc=("roc_auc", "mean"), auc_sd=("roc_auc", lambda a: float(np.std(a, ddof=1)) if len(a) > 1 else 0.0),
-                       seeds=("seed", "nunique"), n_test=("n_test", "max"),
-                       result_ids=("result_id", list)).reset_index()
+    """`seed_means` of `result_rows` (AUC as `auc`) with each setting's result ids."""
+    ids = rows.groupby(SETTING_KEY, sort=False)["result_id"].agg(list).rename("result_ids")
+    return seed_means(rows).rename(columns={"roc_auc": "auc"}).join(ids, on=SETTING_KEY)
 
 
 def reference_setting(rows: pd.DataFrame, reference: str) -> pd.Series:
@@ -134,8 +132,6 @@ def comparisons_text(comparisons: pd.DataFrame, width: int = 120) -> str:
     """Per model: a dataset x setting table of ΔAUC against the reference (`*` where significant after Holm), then
     per setting the mean ΔAUC over the compared datasets with its interval and better/same/worse counts, on all
     datasets and on the hard ones (reference AUC below HARD_THRESHOLD)."""
-    from featstore.probing.results import text_tables
-
     if comparisons.empty:
         return "(no settings to compare)"
     parts = []
