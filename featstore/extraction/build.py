@@ -285,6 +285,7 @@ def _gather(tokenized: TokenizedSplit, assembler: ShardAssembler, queue: ShardQu
                          refresh=False)
     for shard, arrays in assembler.add(batch, batch_attn, batch_resid):
         queue.put(shard, *arrays)
+    queue.record_written()
     progress.update(rows_to_write)
 
 
