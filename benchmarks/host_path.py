@@ -195,6 +195,9 @@ class RawCodec:
     def __exit__(self, *_) -> None:
         pass
 
+    def record_written(self) -> None:
+        pass
+
     def put(self, shard: int, attn: np.ndarray, resid: np.ndarray, tokens: np.ndarray) -> None:
         rows = self.writer.shape.chunk_examples
         chunks = [attn[i:i + rows, layer] for i in range(0, len(attn), rows) for layer in range(attn.shape[1])]

@@ -333,6 +333,7 @@ def _gather(tokenized: TokenizedSplit, assembler: ShardAssembler, queue: ShardQu
     batch_attn, batch_resid = copy.result()
     for shard, arrays in assembler.add(batch, batch_attn, batch_resid):
         queue.put(shard, *arrays)
+    queue.record_written()
     progress.done(tokenized.seq_lens[batch])
 
 

@@ -148,10 +148,14 @@ class ShardQueue:
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def record_written(self) -> None:
+        """Record the shards written by now (the caller checks after each batch, so a kill loses little)."""
+        self._record([future for future in self._running if future.done()])
+
     def put(self, shard: int, attn: np.ndarray, resid: np.ndarray, tokens: np.ndarray) -> None:
         """Queue shard `shard` for writing, first recording the shards already written (waiting for one while
         the queue is full)."""
-        self._record([future for future in self._running if future.done()])
+        self.record_written()
         while len(self._running) >= self.limit:
             self._record(wait(self._running, return_when=FIRST_COMPLETED).done)
         writer = self.writer
