@@ -52,14 +52,14 @@ def test_a_refit_replaces_the_probe_file_and_its_learning_curves_folder(toy_copy
     assert row_probe(toy_copy) == 0
     first = Store(toy_copy).sql("SELECT probe_path FROM probe_results")["probe_path"][0]
     old_logs = (toy_copy.store_dir / first).with_suffix(".logs")
-    assert (old_logs / "metrics.csv").is_file()
+    assert (old_logs / "fold-0" / "metrics.csv").is_file()
     capsys.readouterr()
     assert row_probe(toy_copy, "--overwrite-train") == 0
     assert capsys.readouterr().err == ""
     second = Store(toy_copy).sql("SELECT probe_path FROM probe_results")["probe_path"]
     assert len(second) == 1 and second[0] != first
     new = toy_copy.store_dir / second[0]
-    assert (new.with_suffix(".logs") / "metrics.csv").is_file()
+    assert (new.with_suffix(".logs") / "fold-0" / "metrics.csv").is_file()
     assert {p.name for p in new.parent.iterdir()} == {new.name, new.with_suffix(".logs").name}  # the old pair is gone
 
 

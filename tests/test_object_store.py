@@ -226,6 +226,7 @@ def test_a_file_changed_here_and_in_the_store_is_refused_and_new_local_files_are
     there = open_project(tmp_path / "there")
     there.registry_path.write_text(there.registry_path.read_text() + "\n")
     assert main(["--root", str(there.root), "datasets", "clean"]) == 0  # pushes the changed registry
+    capsys.readouterr()
     (here.raw_dir / "mine.csv").write_text("prompt,target\n")
     here.registry_path.write_text(here.registry_path.read_text() + "\n\n")
     assert main(["--root", str(here.root), "datasets", "clean"]) == 1
