@@ -11,15 +11,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from featstore.extraction.capture import capture_last_token, default_capture
 from featstore.extraction.capture_last_row import DECODER_LAYERS
 from featstore.extraction.models import LoadedModel, load_model
+from tests.test_capture import PAD_ID, TEXTS
 
-TEXTS = [
-    "a",
-    "Paris is the capital of",
-    "The quick brown fox jumps over the lazy dog, then naps in the sun for an hour or two.",
-    "ok?",
-    "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich",
-]
-PAD_ID = 256
 WINDOW = 16  # the tiny configs' sliding window
 FAMILIES = ["tiny", "llama-tiny", "mistral-tiny", "qwen2-tiny", "qwen3-tiny", "gemma-tiny", "gemma2-tiny",
             "gemma3_text-tiny", "phi3-tiny", "gpt_neox-tiny", "olmo2-tiny", "opt-tiny"]
