@@ -19,16 +19,21 @@ from tests.factories import registry_row, toy_raw, write_registry
 ROWS = [registry_row(1, "toy", "toy.csv"), registry_row(2, "other", "other.csv")]
 
 
-@pytest.fixture(scope="module")
-def two_built(tmp_path_factory):
-    """Two cleaned datasets with random:tiny features (32 examples a split) and a baseline probe on each."""
-    project = init_project(tmp_path_factory.mktemp("reclean") / "p")
+def cleaned_and_built(project, limit: int):
+    """Clean the two toy datasets into `project` and build random:tiny features of `limit` examples a split."""
     project.raw_dir.mkdir(parents=True)
     toy_raw(300).to_csv(project.raw_dir / "toy.csv", index=False)
     toy_raw(300, seed=1).to_csv(project.raw_dir / "other.csv", index=False)
     write_registry(project, ROWS)
     clean_datasets(project, load_registry(project), SplitParams())
-    build_features(project, MODEL, None, BuildSettings(device="cpu", limit=32))
+    build_features(project, MODEL, None, BuildSettings(device="cpu", limit=limit))
+    return project
+
+
+@pytest.fixture(scope="module")
+def two_built(tmp_path_factory):
+    """Two cleaned datasets with random:tiny features (32 examples a split) and a baseline probe on each."""
+    project = cleaned_and_built(init_project(tmp_path_factory.mktemp("reclean") / "p"), limit=32)
     assert main(["--root", str(project.root), "probe", "--model", MODEL, "--baseline"]) == 0
     return project
 
@@ -175,13 +180,7 @@ def test_a_drop_in_a_bucket_deletes_the_dropped_objects_only(moto_s3, monkeypatc
 
     moto_s3.use_env(monkeypatch)
     url = moto_s3.bucket_url()
-    project = init_project(tmp_path / "p", url)
-    project.raw_dir.mkdir(parents=True)
-    toy_raw(300).to_csv(project.raw_dir / "toy.csv", index=False)
-    toy_raw(300, seed=1).to_csv(project.raw_dir / "other.csv", index=False)
-    write_registry(project, ROWS)
-    clean_datasets(project, load_registry(project), SplitParams())
-    build_features(project, MODEL, None, BuildSettings(device="cpu", limit=16))
+    project = cleaned_and_built(init_project(tmp_path / "p", url), limit=16)
     before = bucket_keys(moto_s3, url)
     other = [key for key in before if key.startswith("features.zarr/random-tiny/2_other/")]
     assert other and any(key.startswith("features.zarr/random-tiny/1_toy/") for key in before)
