@@ -24,7 +24,6 @@ import warnings
 import joblib
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from probes import LogisticRegressionProbe

@@ -8,7 +8,6 @@ Nothing here refits or rescores a probe: AUCs, intervals and scores are the stor
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import numpy as np
