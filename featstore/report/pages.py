@@ -13,6 +13,7 @@ from featstore.report import svg
 
 ROLE_COLOURS = {"baseline": "#555555", "length": "#6a3d9a", "control": "#999999"}
 ROLE_NAMES = {"baseline": "baseline", "length": "length control", "control": "shuffled-label control"}
+REFERENCE_ROLES = ("baseline", "length")  # drawn as reference lines; shuffled-label controls stay points (one each)
 
 
 def environment() -> Environment:
@@ -54,7 +55,7 @@ def dataset_page(env: Environment, page: dict, folder: str) -> str:
 def dataset_charts(page: dict) -> dict[str, Markup | list[Markup] | None]:
     """The SVG charts of a dataset page (None where the data for one is missing)."""
     references = [(f'{ROLE_NAMES[r["role"]]} ({brief(r["setting"])})', r["auc"], ROLE_COLOURS[r["role"]])
-                  for r in page["results"] if r["role"] != "probe"]
+                  for r in page["results"] if r["role"] in REFERENCE_ROLES]
     forest_rows = [{"label": brief(r["setting"]), "auc": r["auc"], "low": r["low"], "high": r["high"],
                     "colour": ROLE_COLOURS.get(r["role"], "#6a3d9a" if r["flagged"] else svg.PALETTE[0])}
                    for r in page["results"]]
@@ -100,7 +101,8 @@ def _layer_chart(page: dict) -> Markup:
     series = [svg.Series(c["group"], c["layers"], c["auc"], svg.PALETTE[i % len(svg.PALETTE)],
                          band=(c["low"], c["high"]) if None not in c["low"] + c["high"] else None, markers=True)
               for i, c in enumerate(curves)]
-    references = [(ROLE_NAMES[r["role"]], r["auc"], ROLE_COLOURS[r["role"]]) for r in page["results"] if r["role"] != "probe"]
+    references = [(ROLE_NAMES[r["role"]], r["auc"], ROLE_COLOURS[r["role"]]) for r in page["results"]
+                  if r["role"] in REFERENCE_ROLES]
     layer_ticks = [t for t in svg.nice_ticks(min(layers), max(layers), 8) if float(t).is_integer()] or sorted(set(layers))
     return svg.line_chart(series, "test ROC AUC by layer", "layer", "test ROC AUC", (min(layers), max(layers)),
                           (low, 1.0), layer_ticks, np.round(np.arange(low, 1.0001, 0.1), 2),
