@@ -45,7 +45,7 @@
     document.title = `${dataset} #${example.example_id} · featstore report`;
     document.getElementById("title").textContent = `${dataset} · example ${example.example_id}`;
     const facts = [["model", example.model], ["label", example.label], ["tokens", example.seq_len]]
-      .concat(example.scores.map((s) => [`score: ${s.setting}`, s.score]));
+      .concat(example.scores.map((s) => [`score: ${s.setting}`, s.score.toFixed(3)]));
     document.getElementById("facts").replaceChildren(...facts.flatMap(([name, value]) => {
       const dt = document.createElement("dt"), dd = document.createElement("dd");
       dt.textContent = name; dd.textContent = String(value);
