@@ -172,3 +172,32 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
             raise damaged_catalog(err) or FeatstoreError(f"cannot read or write {project.catalog_path}: {reason}") from None
         finally:
             con.close()
+
+
+@contextmanager
+def catalog_reader(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection for featstore's own reads of the catalog (user SQL goes through `safe_sql`), opened
+    behind the gate so a waiting writer goes first, and closed when the block ends."""
+    if not project.catalog_path.is_file():
+        raise FeatstoreError(f"no catalog at {project.catalog_path}; run `featstore datasets import-sae-probes` or "
+                             "`featstore datasets clean` first")
+    deadline = time.monotonic() + wait_s
+    busy = "the catalog is being written by another featstore process; try again when it finishes"
+    while True:
+        try:
+            with catalog_gate(project.catalog_path, exclusive=False, wait_s=max(0.0, deadline - time.monotonic())) as passed:
+                if not passed:
+                    raise FeatstoreError(busy)
+                con = duckdb.connect(str(project.catalog_path), read_only=True)
+            break
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise damaged_catalog(err) or FeatstoreError(f"cannot open {project.catalog_path}: "
+                                                             f"{str(err).splitlines()[0]}") from None
+            if time.monotonic() > deadline:
+                raise FeatstoreError(busy) from None
+            time.sleep(0.05)
+    try:
+        yield con
+    finally:
+        con.close()
