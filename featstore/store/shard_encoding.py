@@ -12,6 +12,8 @@ not written, then the index's crc32c). Only the codec chain featstore creates is
 from __future__ import annotations
 
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import google_crc32c
 import numcodecs
@@ -21,6 +23,9 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 
 EMPTY = 2**64 - 1
+# Inner chunks are encoded in parallel (Blosc and crc32c release the GIL), so one shard uses every core: a split
+# has few shards (128 rows each), and the GPU waits on the last ones at the end of each split.
+_CHUNK_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="chunk-encoder")
 
 
 class ShardEncoder:
@@ -35,24 +40,28 @@ class ShardEncoder:
     def encode(self, block: np.ndarray) -> bytes:
         """The shard file holding `block` at the shard's origin (smaller than the shard: the rest is fill, and
         inner chunks wholly outside `block` are not written)."""
+        written = [coords for coords in itertools.product(*(range(n) for n in self.per_shard))
+                   if all(c * size < extent for c, size, extent in zip(coords, self.chunks, block.shape))]
         pieces, offset = [], 0
         index = np.full((*self.per_shard, 2), EMPTY, dtype="<u8")
-        for coords in itertools.product(*(range(n) for n in self.per_shard)):
-            start = [c * size for c, size in zip(coords, self.chunks)]
-            if any(begin >= extent for begin, extent in zip(start, block.shape)):
-                continue
-            part = block[tuple(slice(b, b + size) for b, size in zip(start, self.chunks))]
-            if part.shape != self.chunks:  # an edge chunk: stored at full size, fill (0) past the data
-                whole = np.zeros(self.chunks, dtype=block.dtype)
-                whole[tuple(slice(0, n) for n in part.shape)] = part
-                part = whole
-            encoded = self.codec.encode(np.ascontiguousarray(part))
-            pieces += [encoded, google_crc32c.value(encoded).to_bytes(4, "little")]
-            index[coords] = (offset, len(encoded) + 4)
-            offset += len(encoded) + 4
+        for coords, encoded in zip(written, _CHUNK_POOL.map(lambda coords: self._chunk(block, coords), written)):
+            pieces.append(encoded)
+            index[coords] = (offset, len(encoded))
+            offset += len(encoded)
         index_bytes = index.tobytes()
         pieces += [index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")]
         return b"".join(pieces)
+
+    def _chunk(self, block: np.ndarray, coords: tuple[int, ...]) -> bytes:
+        """One inner chunk, Blosc-encoded with its crc32c appended (an edge chunk stored at full size, fill past
+        the data)."""
+        part = block[tuple(slice(c * size, (c + 1) * size) for c, size in zip(coords, self.chunks))]
+        if part.shape != self.chunks:
+            whole = np.zeros(self.chunks, dtype=block.dtype)
+            whole[tuple(slice(0, n) for n in part.shape)] = part
+            part = whole
+        encoded = self.codec.encode(np.ascontiguousarray(part))
+        return encoded + google_crc32c.value(encoded).to_bytes(4, "little")
 
 
 def shard_encoder(array: zarr.Array) -> ShardEncoder | None:
