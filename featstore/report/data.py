@@ -32,6 +32,8 @@ PROFILE_EXAMPLES_PER_CLASS = 500
 TOP_HEADS = 4
 ROC_SETTINGS = 3
 EXAMPLES_PER_LIST = 3
+TEXTS_PER_CLASS = 3
+TEXT_CHARS = 300
 LENGTH_BINS = 30
 SEED = 0
 
@@ -180,6 +182,8 @@ def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) 
         "top_heads": [],
         "lengths": length_histogram(examples),
         "examples": {},
+        "labels": registry_labels(store, dataset),
+        "texts": example_texts(store, examples[examples["split"] == TEST]),
     }
     if featured is None:
         return page
@@ -191,6 +195,18 @@ def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) 
         page["top_heads"] = class_profiles(store, data.model, dataset, top)
     page["examples"] = example_lists(data.scores[data.scores["result_id"] == featured.result_id], examples)
     return page
+
+
+def example_texts(store: Store, examples: pd.DataFrame) -> list[dict]:
+    """A seeded few test prompts of each class (positives first), cut to TEXT_CHARS characters, so a reader sees
+    what the dataset's classes look like; `n_chars` is the whole prompt's length."""
+    chosen = examples.iloc[_sample_per_class(examples["label"].to_numpy(), TEXTS_PER_CLASS)]
+    prompts = example_prompts(store, chosen["example_id"].tolist())
+    rows = chosen[["example_id", "label"]].merge(prompts, on="example_id").sort_values(["label", "example_id"],
+                                                                                      ascending=[False, True])
+    return [{"example_id": int(row.example_id), "label": int(row.label), "n_chars": len(row.prompt),
+             "text": row.prompt if len(row.prompt) <= TEXT_CHARS else row.prompt[:TEXT_CHARS - 1] + "…"}
+            for row in rows.itertuples()]
 
 
 def roc_curves(chosen: pd.DataFrame, scores: pd.DataFrame, examples: pd.DataFrame) -> list[dict]:
@@ -419,3 +435,22 @@ def _float(value) -> float | None:
 
 def _floats(values: pd.Series) -> list[float | None]:
     return [_float(v) for v in values]
+
+
+# Catalog reads of the dataset page's label line and example texts (to move into featstore/catalog).
+
+def registry_labels(store: Store, dataset: str) -> dict | None:
+    """The registry entry that made the dataset's labels, as the catalog indexed it: tag, source file, target
+    column and its extraction ('' where an older catalog lacks them), and each class's count; None if not indexed."""
+    rows = store.sql("SELECT tag, source, coalesce(probe_to, '') AS target_column, coalesce(probe_to_extraction, '') "
+                     "AS extraction, n_pos AS n_positive, n_neg AS n_negative FROM datasets WHERE name = $dataset",
+                     {"dataset": dataset})
+    if rows.empty:
+        return None
+    return {key: value if isinstance(value, str) else int(value) for key, value in rows.iloc[0].items()}
+
+
+def example_prompts(store: Store, example_ids: list[int]) -> pd.DataFrame:
+    """The prompts (example_id, prompt) of these examples."""
+    return store.sql("SELECT example_id, prompt FROM examples WHERE list_contains($ids, example_id)",
+                     {"ids": example_ids})
