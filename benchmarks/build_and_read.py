@@ -46,7 +46,8 @@ from featstore.extraction.build import (CPU_BATCH_TOKENS, BuildSettings, SplitJo
                                        split_batches)
 from featstore.extraction.capture import default_capture
 from featstore.extraction.captures import CAPTURES
-from featstore.extraction.models import LoadedModel, load_model
+from featstore.extraction.model_sources import parse_model_spec
+from featstore.extraction.models import LoadedModel
 from featstore.progress import TokenProgress
 from featstore.project import init_project
 from featstore.views.view import forget_catalog_entries
@@ -198,7 +199,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     jobs = plan_jobs(project, [args.dataset], args.limit)
 
     started = time.perf_counter()
-    model = load_model(args.model)
+    model = parse_model_spec(args.model).load()
     load_s = time.perf_counter() - started
     max_len = args.max_len or model.n_ctx
     print(f"model {model.key}: {model.n_layers} layers x {model.n_heads} heads, d_model {model.d_model}, "

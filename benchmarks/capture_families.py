@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from featstore.extraction.capture import capture_last_token, default_capture
-from featstore.extraction.models import load_model
+from featstore.extraction.model_sources import parse_model_spec
 from tests.test_capture_families import FAMILIES, TEXTS, eager_reference, right_pad
 
 BATCH_TOKENS = 2048
@@ -67,7 +67,7 @@ def main() -> None:
           + " | ".join(f"last-row / pattern tok/s at {length}" for length in LENGTHS) + " |")
     print("|---|---|---|---|---|" + "---|" * len(LENGTHS))
     for family in args.families:
-        model = load_model(f"random:{family}")
+        model = parse_model_spec(f"random:{family}").load()
         attn_diff, resid_diff = max_differences(model)
         speeds = []
         for length in LENGTHS:

@@ -126,9 +126,10 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
 def split_tokens(project, args: argparse.Namespace) -> list[int]:
     """Real tokens of each split of the dataset after truncation to the model's context (tokenised here)."""
     from featstore.extraction.batching import order_split
-    from featstore.extraction.models import load_model, release_model
+    from featstore.extraction.model_sources import parse_model_spec
+    from featstore.extraction.models import release_model
 
-    model = load_model(args.model, device="cpu")
+    model = parse_model_spec(args.model).load(device="cpu")
     try:
         return [int(order_split(job.example_ids, model.encode(job.prompts), model.n_ctx, model.prepend_bos)
                     .seq_lens.sum()) for job in build_module.plan_jobs(project, [args.dataset], args.limit)]

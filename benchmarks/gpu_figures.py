@@ -56,12 +56,13 @@ def bare(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM
 
     from featstore.extraction.build import order_job, plan_jobs, split_batches
-    from featstore.extraction.models import (DTYPES, RANDOM_PREFIX, RANDOM_SEED, _RANDOM_CONFIGS, _resolve_device,
-                                             _byte_level_tokenizer)
+    from featstore.extraction.model_sources import parse_model_spec
+    from featstore.extraction.models import resolve_device, resolve_dtype
+    from featstore.extraction.random_models import RANDOM_CONFIGS, RANDOM_SEED, byte_level_tokenizer
     from featstore.project import open_project
 
-    device = _resolve_device(args.device)
-    config = _RANDOM_CONFIGS[args.model.removeprefix(RANDOM_PREFIX)]()
+    device = resolve_device(args.device)
+    config = RANDOM_CONFIGS[parse_model_spec(args.model).target]()
     with tempfile.TemporaryDirectory() as root:  # plan_jobs opens the catalog for writing: use a copy
         (Path(root) / "store").mkdir()
         shutil.copytree(args.project / "datasets", Path(root) / "datasets")
@@ -70,9 +71,10 @@ def bare(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     torch.manual_seed(RANDOM_SEED)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=DTYPES[args.dtype]).eval()
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=resolve_dtype(args.dtype))
+        model.eval()
     boot_seconds = time.perf_counter() - started
-    shaped = _Encoder(_byte_level_tokenizer())
+    shaped = _Encoder(byte_level_tokenizer())
     batches = []
     for job in jobs:
         split = order_job(shaped, job, config.max_position_embeddings)
@@ -113,10 +115,10 @@ class _Encoder:
 
 def captures(args: argparse.Namespace) -> dict:
     from featstore.extraction.capture import capture_last_token
-    from featstore.extraction.models import load_model
+    from featstore.extraction.model_sources import parse_model_spec
 
     started = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = parse_model_spec(args.model).load(device=args.device, dtype=args.dtype)
     figures = {"model": args.model, "dtype": args.dtype, "batch_tokens": args.batch_tokens,
                "boot_seconds": time.perf_counter() - started}
     rng = np.random.default_rng(0)

@@ -32,6 +32,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -103,7 +104,9 @@ def run_child(args: argparse.Namespace, spec: str, run: str) -> dict:
     from featstore.store.layout import LEGACY_CHUNKING
 
     model = shape_model(spec)
-    build_module.load_model = lambda *_, **__: model
+    parsed = build_module.parse_model_spec(spec)
+    build_module.parse_model_spec = lambda _: SimpleNamespace(text=spec, key=parsed.key, fingerprint=parsed.fingerprint,
+                                                              load=lambda **_: model)
     build_module.release_model = lambda _: None
     build_module.check_capture = lambda *_: "synthetic"
     build_module.launch_capture = SyntheticRows(model).launch
@@ -132,10 +135,12 @@ def shape_model(spec: str):
     """A LoadedModel with the shapes and tokenizer of `random:<arch>` and no weights (the forward is synthetic)."""
     import torch
 
-    from featstore.extraction.models import RANDOM_PREFIX, LoadedModel, _byte_level_tokenizer, _RANDOM_CONFIGS
+    from featstore.extraction.model_sources import parse_model_spec
+    from featstore.extraction.models import LoadedModel
+    from featstore.extraction.random_models import RANDOM_CONFIGS, byte_level_tokenizer
 
-    config = _RANDOM_CONFIGS[spec.removeprefix(RANDOM_PREFIX)]()
-    tokenizer = _byte_level_tokenizer()
+    config = RANDOM_CONFIGS[parse_model_spec(spec).target]()
+    tokenizer = byte_level_tokenizer()
     sizes = dict(n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads, d_model=config.hidden_size,
                  n_ctx=config.max_position_embeddings)
     identity = {"key": spec, "architecture": type(config).__name__, "d_vocab": config.vocab_size, **sizes}
@@ -217,7 +222,8 @@ def bare_forward(args: argparse.Namespace, spec: str) -> dict:
 
     from featstore.extraction.batching import token_batches
     from featstore.extraction.build import CPU_BATCH_TOKENS, order_job, plan_jobs
-    from featstore.extraction.models import RANDOM_PREFIX, RANDOM_SEED, _RANDOM_CONFIGS
+    from featstore.extraction.model_sources import parse_model_spec
+    from featstore.extraction.random_models import RANDOM_CONFIGS, RANDOM_SEED
     from featstore.project import open_project
 
     model = shape_model(spec)
@@ -239,7 +245,7 @@ def bare_forward(args: argparse.Namespace, spec: str) -> dict:
     sample.sort(key=len)
     lengths = np.array([len(ids) for ids in sample])
     torch.manual_seed(RANDOM_SEED)
-    config = _RANDOM_CONFIGS[spec.removeprefix(RANDOM_PREFIX)]()
+    config = RANDOM_CONFIGS[parse_model_spec(spec).target]()
     hf_model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     started = time.perf_counter()
     with torch.inference_mode():

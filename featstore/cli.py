@@ -18,10 +18,12 @@ from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, damaged_catalog, run_bo
 from featstore.catalog.splits import SplitParams
 from featstore.cluster import CLUSTER_HELP, local_workers
 from featstore.errors import FeatstoreError
-from featstore.extraction.captures import CAPTURES
+from featstore.extraction.captures import CAPTURES, capture_help
+from featstore.extraction.model_sources import model_spec_help
 from featstore.probing.families import CONTROLS, FAMILIES
 from featstore.project import Project, init_project, open_project
 from featstore.store.location import as_store_error
+from featstore.views.aggregations import aggregation_help
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -133,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="extract attention rows and residuals into the feature store")
     build.add_argument("--model", required=True,
-                       help="Hugging Face name, local folder, .gguf file, smollm2-135m (offline, 4-bit Q4_1) or "
-                            "random:<arch> (required, as for probe: no default that fails offline)")
+                       help=model_spec_help() + " (required, as for probe: no default that fails offline)")
     build.add_argument("--datasets", nargs="+", metavar="NAME", help="datasets to build (default: all in the catalog)")
     build.add_argument("--max-len", type=int, help="keep the last N tokens (default: the model's context)")
     build.add_argument("--batch-tokens", type=int,
@@ -144,9 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     build.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                        help="the model's compute dtype (stored arrays are float16 either way)")
-    build.add_argument("--capture", choices=list(CAPTURES),
-                       help="how attention rows are captured (default: the first that supports the model): "
-                            + "; ".join(f"{name}: {strategy.summary}" for name, strategy in CAPTURES.items()))
+    build.add_argument("--capture", choices=list(CAPTURES), help=capture_help())
     build.add_argument("--overwrite", action="store_true", help="rebuild splits that are already built")
     build.add_argument("--repair", action="store_true",
                        help="also rebuild what `featstore verify` finds damaged: only the damaged shards where it can")
@@ -171,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--layers", nargs="+", metavar="L", help="'all' (default) or layer numbers; negative ones count from the end")
     probe.add_argument("--each-layer", action="store_true", help="one probe per layer of --layers instead of one over all")
     probe.add_argument("--aggregation", nargs="+", metavar="SPEC",
-                       help="for attn: mean, max, entropy, first, last:K, bins:N, with -nofirst/-ratio (default: first)")
+                       help=f"for attn (default: first): {aggregation_help()}")
     probe.add_argument("--probe", nargs="+", choices=list(FAMILIES), default=["logreg"], dest="probes", metavar="PROBE",
                        help="; ".join(f"{name}: {family.summary}" for name, family in FAMILIES.items())
                        + " (default: logreg)")

@@ -1,5 +1,6 @@
 """Length-masked token aggregations and to_matrix, checked against per-example float64 loops."""
 
+import re
 import warnings
 from fractions import Fraction
 
@@ -11,7 +12,9 @@ import xarray as xr
 from featstore.errors import FeatstoreError
 from featstore.views.aggregations import (
     AGGREGATIONS,
+    MODIFIERS,
     LengthOnlyFeatureWarning,
+    aggregation_help,
     entropy,
     first_token_mass,
     last_k_mean,
@@ -20,6 +23,7 @@ from featstore.views.aggregations import (
     parse_aggregation,
     relative_bins,
     span_mean,
+    spec_forms,
 )
 from featstore.views.matrix import to_matrix
 
@@ -345,6 +349,16 @@ def test_bad_aggregation_specs_get_one_line_errors(spec, message):
     with pytest.raises(FeatstoreError, match=message) as info:
         parse_aggregation(spec)
     assert "\n" not in str(info.value)
+
+
+def test_spec_forms_and_help_come_from_the_registry():
+    assert spec_forms() == ("mean, mean-nofirst, max, max-nofirst, entropy, entropy-nofirst, first, last:K, "
+                            "last:K-ratio, bins:N, bins:N-ratio (K, N positive integers)")
+    expected = f"unknown aggregation 'median'; expected one of: {spec_forms()}"
+    with pytest.raises(FeatstoreError, match=re.escape(expected)):
+        parse_aggregation("median")
+    assert all(f"{kind.forms()[0]}: {kind.summary}" in aggregation_help() for kind in AGGREGATIONS.values())
+    assert all(f"-{name} (" in aggregation_help() for name in MODIFIERS)
 
 
 def test_bad_views_and_arguments_are_refused(view):

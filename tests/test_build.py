@@ -21,7 +21,7 @@ from featstore.datasets.registry import load_registry
 from featstore.errors import FeatstoreError
 from featstore.extraction import build as build_module
 from featstore.extraction.build import CPU_BATCH_TOKENS, BuildSettings, build_features, default_batch_tokens
-from featstore.extraction.models import load_model
+from featstore.extraction.model_sources import parse_model_spec
 from featstore.project import init_project
 from featstore.store.layout import LEGACY_CHUNKING, SHARD_EXAMPLES
 from featstore.store.locking import BUILD_LOCK, exclusive_build
@@ -38,7 +38,7 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_model(MODEL, device="cpu")
+    return parse_model_spec(MODEL).load(device="cpu")
 
 
 def arrays(project, split):
@@ -256,7 +256,8 @@ def test_cleaning_waits_for_no_build_and_max_len_rules(built, capsys):
 
 
 def test_features_of_other_weights_under_the_same_key_are_not_reused(built, monkeypatch, capsys):
-    monkeypatch.setattr(build_module, "source_fingerprint", lambda spec: "other weights")
+    monkeypatch.setattr(build_module, "parse_model_spec",
+                        lambda spec: dataclasses.replace(parse_model_spec(spec), fingerprint="other weights"))
     assert main(["--root", str(built.root), "build", "--model", MODEL]) == 1
     assert "pass --overwrite" in capsys.readouterr().err
 

@@ -1,6 +1,8 @@
 """The correctness test of extraction: a right-padded batch captured with hooks must give, for every
 example, layer and head, what the same model gives on that example alone, unpadded."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from featstore.errors import FeatstoreError
 from featstore.extraction import capture_last_row
 from featstore.extraction.capture import capture_last_token, check_capture, default_capture
-from featstore.extraction.captures import CAPTURES
-from featstore.extraction.models import LoadedModel, load_model
+from featstore.extraction.captures import CAPTURES, capture_help
+from featstore.extraction.model_sources import parse_model_spec
+from featstore.extraction.models import LoadedModel
 
 TEXTS = [
     "a",
@@ -24,7 +27,7 @@ PAD_ID = 256  # <|endoftext|> of the random models' byte tokenizer
 
 @pytest.fixture(scope="module", params=["random:tiny", "random:llama-tiny"])
 def model(request: pytest.FixtureRequest) -> LoadedModel:
-    return load_model(request.param)
+    return parse_model_spec(request.param).load()
 
 
 @pytest.fixture(params=list(CAPTURES))
@@ -35,7 +38,7 @@ def capture(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def tiny() -> LoadedModel:
-    return load_model("random:tiny")
+    return parse_model_spec("random:tiny").load()
 
 
 def right_pad(encoded: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +143,7 @@ def test_matches_a_plain_hugging_face_model_rebuilt_from_the_identity(tiny, capt
 
 
 def test_bfloat16_model_stays_close_to_float32(tiny, capture):
-    bf16 = load_model("random:tiny", dtype="bfloat16")
+    bf16 = parse_model_spec("random:tiny").load(dtype="bfloat16")
     batch, lengths = right_pad(tiny.encode(TEXTS), PAD_ID)
 
     attn32, resid32 = capture_last_token(tiny, batch, lengths, out_dtype=np.float32, strategy=capture)
@@ -192,7 +195,8 @@ def test_default_capture_is_last_row_where_supported(model):
 
 
 def test_an_unsupported_architecture_falls_back_to_the_pattern_capture(tiny, monkeypatch):
-    monkeypatch.setattr(capture_last_row, "DECODER_LAYERS", {"LlamaForCausalLM": "layers"})
+    monkeypatch.setitem(CAPTURES, "last-row", dataclasses.replace(CAPTURES["last-row"],
+                                                                  architectures={"LlamaForCausalLM": "Llama"}))
     assert default_capture(tiny) == "pattern"
     with pytest.raises(FeatstoreError, match="capture 'last-row' does not support model 'random:tiny'.*--capture pattern"):
         check_capture(tiny, "last-row")
@@ -211,3 +215,14 @@ def test_a_strategy_that_skips_a_layer_is_refused(tiny, monkeypatch):
     monkeypatch.setitem(capture_last_row.AttentionInterface._global_mapping, capture_last_row.ATTENTION, skipping_layer_1)
     with pytest.raises(FeatstoreError, match="capture 'last-row' filled no attention row or residual for layer 1"):
         capture_last_token(tiny, np.zeros((1, 3), np.int64), np.array([3]), strategy="last-row")
+
+
+def test_last_row_registers_the_architectures_it_knows_the_layers_of():
+    assert set(CAPTURES["last-row"].architectures) == set(capture_last_row.DECODER_LAYERS)
+
+
+def test_build_help_lists_each_capture_and_the_families_it_covers():
+    text = capture_help()
+    assert all(f"{name} (" in text for name in CAPTURES)
+    assert all(family in text for family in CAPTURES["last-row"].architectures.values())
+    assert f"the default for all but the {len(capture_last_row.DECODER_LAYERS)} above" in text

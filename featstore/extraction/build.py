@@ -36,7 +36,8 @@ from featstore.catalog.splits import FEATURE_SPLITS, hash_order
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
 from featstore.extraction.capture import HostCopy, check_capture, launch_capture
-from featstore.extraction.models import LoadedModel, load_model, model_key, release_model, source_fingerprint
+from featstore.extraction.model_sources import ParsedModelSpec, parse_model_spec
+from featstore.extraction.models import LoadedModel, release_model
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import TokenProgress
 from featstore.project import Project
@@ -105,8 +106,9 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
                    cluster: str | None = None) -> int:
     """Extract every requested split not already built with the same settings; returns how many were built.
     With `cluster` (a scheduler address or `local:N`), dask workers extract and write the shards."""
-    key = model_key(model_spec)
-    settings = replace(settings, source=source_fingerprint(model_spec))
+    parsed = parse_model_spec(model_spec)
+    key = parsed.key
+    settings = replace(settings, source=parsed.fingerprint)
     with holding_store(project, "featstore build"):
         jobs = plan_jobs(project, datasets, settings.limit)
         recorded = _recorded_splits(project, key)
@@ -116,7 +118,7 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
         if not pending:
             return 0
         transformers_logging.disable_progress_bar()
-        with _shard_writing(model_spec, settings, cluster) as (model, write_shards, at_once):
+        with _shard_writing(parsed, settings, cluster) as (model, write_shards, at_once):
             settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model))
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
@@ -214,7 +216,7 @@ def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
 
 
 @contextmanager
-def _shard_writing(model_spec: str, settings: BuildSettings,
+def _shard_writing(parsed: ParsedModelSpec, settings: BuildSettings,
                    cluster: str | None) -> Iterator[tuple[LoadedModel, ShardWriting, int]]:
     """The model (for its tokenizer and shape), how shards get written and how many splits to build at once:
     one at a time here with the model loaded in this process, or one per worker on a cluster (the model
@@ -222,10 +224,10 @@ def _shard_writing(model_spec: str, settings: BuildSettings,
     if cluster is not None:
         from featstore.extraction.distributed_build import cluster_shard_writing
 
-        with cluster_shard_writing(cluster, model_spec, settings) as writing:
+        with cluster_shard_writing(cluster, parsed.text, settings) as writing:
             yield writing
         return
-    model = load_model(model_spec, device=settings.device, dtype=settings.dtype)
+    model = parsed.load(device=settings.device, dtype=settings.dtype)
     try:
         yield model, write_locally, 1
     finally:

@@ -22,7 +22,7 @@ OUT_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.f
 
 def default_capture(model: LoadedModel) -> str:
     """The first registered strategy that supports the model (the fastest measured first)."""
-    return next(name for name, strategy in CAPTURES.items() if strategy.load().supports(model))
+    return next(name for name, strategy in CAPTURES.items() if strategy.supports(model))
 
 
 def check_capture(model: LoadedModel, name: str | None) -> str:
@@ -32,7 +32,7 @@ def check_capture(model: LoadedModel, name: str | None) -> str:
         return default_capture(model)
     if name not in CAPTURES:
         raise FeatstoreError(f"unknown capture {name!r}: use one of {', '.join(CAPTURES)}")
-    if not CAPTURES[name].load().supports(model):
+    if not CAPTURES[name].supports(model):
         raise FeatstoreError(
             f"capture {name!r} does not support model {model.key!r} (architecture "
             f"{model.identity['architecture']}): use --capture {default_capture(model)}"

@@ -3,7 +3,8 @@ bridge's weights in the unwrapped Hugging Face model, an attention function regi
 attention interface that computes the layer's output and each example's last attention row from the queries and
 keys it is given (after rotary and QK-norm) with the layer's scaling, soft-capping and mask (padding, causal,
 sliding window), and a hook on each decoder layer's output for the residual. Rows equal transformers' eager
-attention rows within float rounding (tested for every architecture in `DECODER_LAYERS`)."""
+attention rows within float rounding (tested for every architecture in `DECODER_LAYERS`, those its `CAPTURES` entry
+names)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from featstore.extraction.models import LoadedModel
 
 ATTENTION = "featstore_last_row"
 SINK_KWARG = "featstore_sink"
-# The architectures whose attention this file reproduces (each tested against transformers' eager attention),
-# and where their decoder layers are, under the base model.
+# Where the decoder layers are, under the base model, in each architecture whose attention this file reproduces
+# (each tested against transformers' eager attention; the same architectures as its entry in `CAPTURES`).
 DECODER_LAYERS = {
     "GPT2LMHeadModel": "h",
     "LlamaForCausalLM": "layers",
@@ -40,12 +41,6 @@ DECODER_LAYERS = {
 
 _UNWRAPPED: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
 _UNWRAPPING = threading.Lock()
-
-
-def supports(model: LoadedModel) -> bool:
-    """The architectures of `DECODER_LAYERS` (decided from the identity, so a model described without its weights
-    answers too)."""
-    return model.identity["architecture"] in DECODER_LAYERS
 
 
 def run(model: LoadedModel, tokens: torch.Tensor, sink: LastTokenSink) -> None:

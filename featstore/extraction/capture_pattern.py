@@ -3,17 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from featstore.extraction.capture_sink import LastTokenSink
 from featstore.extraction.models import LoadedModel
-
-
-def supports(model: LoadedModel) -> bool:
-    """Every model the bridge loads has hook_pattern and hook_resid_post."""
-    return True
 
 
 def run(model: LoadedModel, tokens: torch.Tensor, sink: LastTokenSink) -> None:

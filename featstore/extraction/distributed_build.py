@@ -32,7 +32,8 @@ from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit
 from featstore.extraction.build import BuildSettings, ShardWriting, SplitPlan, split_batches
 from featstore.extraction.capture import capture_last_token
-from featstore.extraction.models import LoadedModel, ModelLoadError, load_model, release_model
+from featstore.extraction.model_sources import parse_model_spec
+from featstore.extraction.models import LoadedModel, ModelLoadError, release_model
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import TokenProgress
 from featstore.store.layout import SplitShape
@@ -233,7 +234,7 @@ def worker_model(spec: ModelSpec) -> LoadedModel:
             _LOADED.clear()
             transformers_logging.disable_progress_bar()
             try:
-                _LOADED[spec] = load_model(spec.spec, device=spec.device, dtype=spec.dtype)
+                _LOADED[spec] = parse_model_spec(spec.spec).load(device=spec.device, dtype=spec.dtype)
             except ModelLoadError as err:
                 raise ModelLoadError(f"{_worker_name()}: {err}") from None
         return _LOADED[spec]

@@ -16,22 +16,16 @@ row that puts all its non-sink mass on one token (``first`` tells them apart). N
 ``import featstore.views.aggregations`` registers the ``.masked`` accessor:
 ``view.attn.masked.first()``, ``.masked.bins(8)``, ``.masked.last(4, ratio_to_uniform=True)``...
 
-Aggregation specs for the CLI/runner (``parse_aggregation``), grammar ``BASE[:N][-MODIFIER]``:
-
-    mean | max | entropy          reduce every valid token; modifier ``nofirst`` drops token 0
-                                  and renormalises the rest (mean-nofirst, entropy-nofirst ...;
-                                  0 for rows with no mass outside token 0)
-    first                         the value at token 0 (the attention sink)
-    last:K                        mean over the last min(K, seq_len) valid tokens
-    bins:N                        mean within N relative-position bins (see ``relative_bins``)
-    last:K-ratio, bins:N-ratio    the same multiplied by seq_len (1.0 for uniform attention)
-
+Aggregation specs for the CLI/runner (``parse_aggregation``), grammar ``BASE[:N][-MODIFIER]``: one
+``AggregationKind`` per base in ``AGGREGATIONS`` (its function, the argument ``:N`` fills, the modifiers it
+takes, its help line), one keyword per modifier in ``MODIFIERS``; ``aggregation_help()`` describes them all.
 ``span_mean`` needs per-example bounds, so it has no spec; call it directly.
 """
 
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -183,45 +177,83 @@ class MaskedAccessor:
 
 xr.register_dataarray_accessor("masked")(MaskedAccessor)
 
-AGGREGATIONS: dict[str, Callable[..., xr.DataArray]] = {
-    "mean": masked_mean,
-    "max": masked_max,
-    "entropy": entropy,
-    "first": first_token_mass,
-    "last": last_k_mean,
-    "bins": relative_bins,
+@dataclass(frozen=True)
+class Modifier:
+    """A ``-MODIFIER`` suffix: the boolean keyword it sets on the aggregation function, and what it does."""
+
+    keyword: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class AggregationKind:
+    """One base of the spec grammar: its function, the keyword a ``:N`` count fills with the letter --help shows
+    for it (none: the spec takes no count), the ``MODIFIERS`` it accepts and its line for --help."""
+
+    name: str
+    function: Callable[..., xr.DataArray]
+    summary: str
+    count: tuple[str, str] | None = None
+    modifiers: tuple[str, ...] = ()
+
+    def forms(self) -> list[str]:
+        """Every spec shape of this base: ``bins:N``, ``bins:N-ratio``."""
+        base = self.name + (f":{self.count[1]}" if self.count else "")
+        return [base, *(f"{base}-{modifier}" for modifier in self.modifiers)]
+
+
+MODIFIERS = {
+    "nofirst": Modifier("exclude_first", "drops token 0 and renormalises the rest (0 for rows with no mass left)"),
+    "ratio": Modifier("ratio_to_uniform", "multiplies by seq_len (1.0 for uniform attention)"),
 }
-_COUNT_ARGUMENT = {"last": "k", "bins": "n_bins"}
-_MODIFIERS = {
-    "mean": {"nofirst": {"exclude_first": True}},
-    "max": {"nofirst": {"exclude_first": True}},
-    "entropy": {"nofirst": {"exclude_first": True}},
-    "first": {},
-    "last": {"ratio": {"ratio_to_uniform": True}},
-    "bins": {"ratio": {"ratio_to_uniform": True}},
-}
+AGGREGATIONS = {kind.name: kind for kind in (
+    AggregationKind("mean", masked_mean, "mean over every valid token (on attention rows only 1/seq_len)",
+                    modifiers=("nofirst",)),
+    AggregationKind("max", masked_max, "largest valid value", modifiers=("nofirst",)),
+    AggregationKind("entropy", entropy, "Shannon entropy of the valid weights", modifiers=("nofirst",)),
+    AggregationKind("first", first_token_mass, "the value at token 0 (the attention sink)"),
+    AggregationKind("last", last_k_mean, "mean over the last min(K, seq_len) valid tokens", count=("k", "K"),
+                    modifiers=("ratio",)),
+    AggregationKind("bins", relative_bins, "means within N relative-position bins", count=("n_bins", "N"),
+                    modifiers=("ratio",)),
+)}
 _SPEC = re.compile(r"(?P<base>[a-z]+)(?::(?P<count>\d+))?(?:-(?P<modifier>[a-z]+))?")
-_SPEC_HELP = (
-    "mean, mean-nofirst, max, max-nofirst, entropy, entropy-nofirst, first, "
-    "last:K, last:K-ratio, bins:N, bins:N-ratio (K, N positive integers)"
-)
+
+
+def spec_forms() -> str:
+    """Every accepted spec shape in one line, as the parse errors name them."""
+    forms = ", ".join(form for kind in AGGREGATIONS.values() for form in kind.forms())
+    letters = ", ".join(kind.count[1] for kind in AGGREGATIONS.values() if kind.count)
+    return f"{forms} ({letters} positive integers)"
+
+
+def aggregation_help() -> str:
+    """What each base and modifier computes, for ``probe --aggregation --help``."""
+    bases = "; ".join(f"{kind.forms()[0]}: {kind.summary}" for kind in AGGREGATIONS.values())
+    modifiers = "; ".join(f"-{name} ({', '.join(_taking(name))}) {modifier.summary}"
+                          for name, modifier in MODIFIERS.items())
+    return f"{bases}; {modifiers}"
+
+
+def _taking(modifier: str) -> list[str]:
+    return [kind.name for kind in AGGREGATIONS.values() if modifier in kind.modifiers]
 
 
 def parse_aggregation(spec: str) -> tuple[str, Aggregation]:
     """Parse a spec such as ``"bins:8"`` or ``"mean-nofirst"`` into (canonical name, callable)."""
     match = _SPEC.fullmatch(spec.strip().lower())
-    base = match and match["base"]
-    if base not in AGGREGATIONS:
-        raise FeatstoreError(f"unknown aggregation {spec!r}; expected one of: {_SPEC_HELP}")
+    kind = AGGREGATIONS.get(match["base"]) if match else None
+    if kind is None:
+        raise FeatstoreError(f"unknown aggregation {spec!r}; expected one of: {spec_forms()}")
     count, modifier = match["count"], match["modifier"]
-    if (count is None) != (base not in _COUNT_ARGUMENT) or modifier not in (None, *_MODIFIERS[base]):
-        raise FeatstoreError(f"malformed aggregation {spec!r}; expected one of: {_SPEC_HELP}")
-    kwargs = dict(_MODIFIERS[base].get(modifier, {}))
+    if (count is None) != (kind.count is None) or modifier not in (None, *kind.modifiers):
+        raise FeatstoreError(f"malformed aggregation {spec!r}; expected one of: {spec_forms()}")
+    kwargs = {MODIFIERS[modifier].keyword: True} if modifier else {}
     if count is not None:
-        _check_positive(_COUNT_ARGUMENT[base], int(count))
-        kwargs[_COUNT_ARGUMENT[base]] = int(count)
-    name = base + (f":{int(count)}" if count is not None else "") + (f"-{modifier}" if modifier else "")
-    return name, partial(AGGREGATIONS[base], **kwargs)
+        _check_positive(kind.count[0], int(count))
+        kwargs[kind.count[0]] = int(count)
+    name = kind.name + (f":{int(count)}" if count is not None else "") + (f"-{modifier}" if modifier else "")
+    return name, partial(kind.function, **kwargs)
 
 
 def _check_view(da: xr.DataArray) -> None:
