@@ -9,10 +9,10 @@ import pytest
 from featstore.api import Store
 from featstore.cli import main
 from featstore.probing import fit
-from featstore.probing.inputs import FeatureMatrix
-from featstore.probing.specs import ProbeSpec
 from featstore.probing.compare import across_datasets, verdicts
+from featstore.probing.inputs import FeatureMatrix
 from featstore.probing.results import natural_order, setting_labels
+from featstore.probing.specs import ProbeSpec
 from probes.metrics import bootstrap_mean_interval, paired_auc_difference
 from tests.builders import MODEL, built_toy_project
 
