@@ -49,8 +49,9 @@ def synthetic_problems(n_problems: int, n_train: int = 1000, n_test: int = 1000,
 
 def store_problems(root: str, model: str, layer: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """The last-token residual at one layer of every dataset built for `model` in a project."""
+    from featstore.probing.inputs import feature_matrix
+    from featstore.probing.plan import ProbeRequest, plan_specs
     from featstore.project import open_project
-    from featstore.probing.runner import ProbeRequest, feature_matrix, plan_specs
 
     project = open_project(root)
     specs = plan_specs(project, ProbeRequest(model=model, baseline=True, baseline_layer=layer))

@@ -1,6 +1,8 @@
 """featstore: an activation cache for probing attention, with a SQL catalog and lazy views."""
 
-__version__ = "0.1.0"
+from featstore.version import __version__
+
+__all__ = ["__version__"]
 
 
 def __getattr__(name: str):

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
+from featstore.catalog.database import catalog_reader
+from featstore.catalog.probe_records import probe_path
 from featstore.catalog.safe_sql import CatalogReader, query_catalog
 from featstore.errors import FeatstoreError
 from featstore.project import Project, open_project
@@ -23,7 +25,7 @@ class Store:
         self.reader = reader
 
     def sql(self, query: str, params: Sequence | Mapping | None = None) -> pd.DataFrame:
-        """Run one read-only SELECT over the catalog and return its rows."""
+        """Run the user's one read-only select statement over the catalog and return its rows."""
         return query_catalog(self.project.catalog_path, query, params, self.reader)
 
     @contextmanager
@@ -51,10 +53,11 @@ class Store:
         unpickled; see probes.saved)."""
         from featstore.probing.saved_probes import read_probe
 
-        found = self.sql("SELECT probe_path FROM probe_results WHERE result_id = ?", [result_id])
-        if found.empty:
+        with catalog_reader(self.project) as con:
+            found = probe_path(con, result_id)
+        if found is None:
             raise FeatstoreError(f"no probe result {result_id!r}; `featstore results` lists them")
-        return read_probe(self.project, str(found["probe_path"][0]))
+        return read_probe(self.project, found)
 
     def compare(self, reference: str = "baseline", model: str | None = None,
                 datasets: Sequence[str] | None = None) -> pd.DataFrame:
@@ -64,7 +67,8 @@ class Store:
         from featstore.probing.compare import paired_comparisons
         from featstore.probing.results import result_rows
 
-        return paired_comparisons(self, result_rows(self, model, list(datasets) if datasets else None), reference)
+        rows = result_rows(self.project, model, list(datasets) if datasets else None)
+        return paired_comparisons(self.project, rows, reference)
 
 
 def open_store(root: str | Path = ".", store: str | None = None) -> Store:

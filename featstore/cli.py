@@ -384,7 +384,8 @@ def run_verify(args: argparse.Namespace) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> None:
-    from featstore.probing.runner import ProbeRequest, plan_specs, run_probes
+    from featstore.probing.plan import ProbeRequest, plan_specs
+    from featstore.probing.runner import run_probes
 
     if args.cluster:
         local_workers(args.cluster)
@@ -405,22 +406,20 @@ def run_probe(args: argparse.Namespace) -> None:
 
 
 def run_results(args: argparse.Namespace) -> None:
-    from featstore.api import Store
     from featstore.catalog.database import upgrade_catalog
     from featstore.probing.results import by_mean_auc, result_rows, results_table, results_text
 
     project = reading_project(args)
     upgrade_catalog(project)
-    store = Store(project)
-    rows = result_rows(store, args.model, args.datasets, args.settings)
+    rows = result_rows(project, args.model, args.datasets, args.settings)
     if args.sort == "auc":
         rows = by_mean_auc(rows)
     if args.vs is not None:
         from featstore.probing.compare import comparisons_text, paired_comparisons, reference_setting
 
-        everything = result_rows(store, args.model, args.datasets)  # the reference, even when --settings leaves it out
+        everything = result_rows(project, args.model, args.datasets)  # the reference, even when --settings leaves it out
         reference = everything[reference_setting(everything, args.vs)]
-        comparisons = paired_comparisons(store, pd.concat([rows, reference]).drop_duplicates("result_id"), args.vs)
+        comparisons = paired_comparisons(project, pd.concat([rows, reference]).drop_duplicates("result_id"), args.vs)
         if args.format == "table":
             print(comparisons_text(comparisons, width=shutil.get_terminal_size((120, 24)).columns))
         else:

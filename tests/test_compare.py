@@ -8,9 +8,11 @@ import pytest
 
 from featstore.api import Store
 from featstore.cli import main
-from featstore.probing import runner
+from featstore.probing import fit
 from featstore.probing.compare import across_datasets, verdicts
+from featstore.probing.inputs import FeatureMatrix
 from featstore.probing.results import natural_order, setting_labels
+from featstore.probing.specs import ProbeSpec
 from probes.metrics import bootstrap_mean_interval, paired_auc_difference
 from tests.builders import MODEL, built_toy_project
 
@@ -97,18 +99,18 @@ def planted_matrix(project, spec, split):
     rng = np.random.default_rng({"train": 0, "test": 1}[split])
     y = np.arange(400) % 2
     X = rng.normal(size=(400, 6)) + 2.5 * y[:, None] * (np.arange(6) < 2)
-    return runner.FeatureMatrix(X, y, np.arange(400) + (0 if split == "train" else 10_000), [f"f{i}" for i in range(6)])
+    return FeatureMatrix(X, y, np.arange(400) + (0 if split == "train" else 10_000), [f"f{i}" for i in range(6)])
 
 
 def test_shuffled_label_control_sits_near_half_where_the_real_probe_scores_high(built, monkeypatch):
-    monkeypatch.setattr(runner, "feature_matrix", planted_matrix)
-    spec = runner.ProbeSpec("1_toy", MODEL, "attn", (0, 1), "first", "logreg")
-    real = runner.fit_and_score(built, spec, built.root)
-    control = runner.fit_and_score(built, runner.ProbeSpec(**{**spec.__dict__, "control": "shuffled-labels"}), built.root)
+    monkeypatch.setattr(fit, "feature_matrix", planted_matrix)
+    spec = ProbeSpec("1_toy", MODEL, "attn", (0, 1), "first", "logreg")
+    real = fit.fit_and_score(built, spec, built.root)
+    control = fit.fit_and_score(built, ProbeSpec(**{**spec.__dict__, "control": "shuffled-labels"}), built.root)
     assert real.row["roc_auc"] >= 0.9 and abs(control.row["roc_auc"] - 0.5) <= 0.1
     assert control.row["control"] == "shuffled-labels" and control.row["result_id"] != real.row["result_id"]
     assert real.row["result_id"] == spec.result_id  # a plain setting keeps the id it had before controls existed
-    np.testing.assert_array_equal(runner.shuffled(np.arange(10), 3), runner.shuffled(np.arange(10), 3))
+    np.testing.assert_array_equal(fit.shuffled(np.arange(10), 3), fit.shuffled(np.arange(10), 3))
 
 
 def test_seeds_give_one_row_each_the_spread_and_identical_refits(built, capsys):

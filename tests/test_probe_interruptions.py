@@ -14,18 +14,18 @@ import pytest
 from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import EXIT_INTERRUPTED, main
-from featstore.probing import runner
+from featstore.probing import persist, probe_files, runner
 from probes import load_probe
 from tests.builders import MODEL
 
 SETTINGS = ["--feature", "length", "--probe", "logreg", "mass-mean", "mass-mean-lda"]  # three quick combinations
-TRACED = {Path(runner.__file__).name, "probe_records.py", "locking.py", "database.py"}
+TRACED = {Path(persist.__file__).name, Path(probe_files.__file__).name, "probe_records.py", "locking.py", "database.py"}
 KILL_AT = """
 import os, signal, sys
 from featstore.cli import main
-from featstore.probing import runner
+from featstore.probing import persist
 from featstore.store.location import LocalLocation
-point, real_commit = sys.argv[1], runner.replace_probe_results
+point, real_commit = sys.argv[1], persist.replace_probe_results
 def commit(*args, **kwargs):
     if point == "before-commit":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -37,7 +37,7 @@ def put_half(self, path, key):
     staged.parent.mkdir(parents=True, exist_ok=True)
     staged.write_bytes(b"half a probe")
     os.kill(os.getpid(), signal.SIGKILL)
-runner.replace_probe_results = commit
+persist.replace_probe_results = commit
 if point == "mid-dump":
     LocalLocation.put_file = put_half
 main(sys.argv[2:])
@@ -47,13 +47,13 @@ import sys, time
 from pathlib import Path
 from featstore.cli import main
 from featstore.probing import runner
-barrier, real_write = Path(sys.argv[1]), runner._write
+barrier, real_write = Path(sys.argv[1]), runner.write_fits
 def write(*args, **kwargs):
     (barrier / sys.argv[2]).touch()
     while len(list(barrier.iterdir())) < 2:
         time.sleep(0.01)
     return real_write(*args, **kwargs)
-runner._write = write
+runner.write_fits = write
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -101,18 +101,18 @@ def interrupt_at_line(moment):
 def run_traced(project, moment, *args):
     """Run the probe command with the tracer on from the start of the write (files, catalog, clean-up)."""
     tracer, count = interrupt_at_line(moment)
-    real_write = runner._write
+    real_write = runner.write_fits
 
     def traced_write(*write_args):
         sys.settrace(tracer)
         return real_write(*write_args)
 
-    runner._write = traced_write
+    runner.write_fits = traced_write
     try:
         code = main(probe_args(project, *args))
     finally:
         sys.settrace(None)
-        runner._write = real_write
+        runner.write_fits = real_write
     return code, count[0]
 
 
@@ -144,12 +144,12 @@ def forget_results(project):
 
 def test_ctrl_c_at_every_line_of_the_write_commits_all_or_nothing_and_rows_only_with_files(toy_copy):
     writes = []
-    real_write = runner._write
-    runner._write = lambda *args: (writes.append(args), real_write(*args))[1]
+    real_write = runner.write_fits
+    runner.write_fits = lambda *args: (writes.append(args), real_write(*args))[1]
     try:
         assert main(probe_args(toy_copy)) == 0
     finally:
-        runner._write = real_write
+        runner.write_fits = real_write
     moment, interrupted = 0, True
     while interrupted:  # every line the write runs, from the first to past the last
         moment += 1

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import main
-from featstore.probing import runner
+from featstore.probing import fit
 from probes import LogisticRegressionProbe, MassMeanProbe, load_probe
 from probes.metrics import roc_auc_ci
 from tests.builders import MODEL, built_toy_project, published_folder, rewrite_stored
@@ -83,8 +83,8 @@ def test_reruns_skip_and_overwrite_flags_refit_or_reevaluate(built):
 
 def test_fitting_reads_train_only_and_evaluation_test_only(built, monkeypatch):
     events = []
-    real_matrix = runner.feature_matrix
-    monkeypatch.setattr(runner, "feature_matrix", lambda p, spec, split: (events.append(split), real_matrix(p, spec, split))[1])
+    real_matrix = fit.feature_matrix
+    monkeypatch.setattr(fit, "feature_matrix", lambda p, spec, split: (events.append(split), real_matrix(p, spec, split))[1])
     real_fit = LogisticRegressionProbe.fit
     monkeypatch.setattr(LogisticRegressionProbe, "fit", lambda self, X, y: (events.append("fit"), real_fit(self, X, y))[1])
     assert probe(built, "--aggregation", "bins:4") == 0

@@ -206,9 +206,9 @@ def test_with_nothing_probed_the_report_says_what_to_run(tmp_path):
 
 
 def test_resolve_scope_defaults_to_everything_built(reported):
-    scope = data.resolve_scope(Store(reported), None, None, 0.8)
+    scope = data.resolve_scope(reported, None, None, 0.8)
     assert scope.models == {MODEL: ["1_toy"]}
-    loaded = data.load_model_data(Store(reported), MODEL, ["1_toy"])
+    loaded = data.load_model_data(reported, MODEL, ["1_toy"])
     assert len(loaded.results) == 6 and set(loaded.examples["split"]) == {"train", "test"}
 
 

@@ -362,7 +362,7 @@ def test_a_pickle_payload_in_a_bucket_never_runs_on_a_clone(moto_s3, monkeypatch
 
 def test_a_catalog_probe_path_naming_another_stored_file_is_never_deleted(tmp_path):
     from featstore.errors import FeatstoreError
-    from featstore.probing.runner import _remove_fit
+    from featstore.probing.probe_files import remove_fit
     from featstore.probing.saved_probes import is_probe_key
     from featstore.project import Project
 
@@ -374,6 +374,6 @@ def test_a_catalog_probe_path_naming_another_stored_file_is_never_deleted(tmp_pa
                 "probes/m/d/r-1.safetensors/../../x"]:
         assert not is_probe_key(key)
         with pytest.raises(FeatstoreError, match="no probe file is"):
-            _remove_fit(project, key)
+            remove_fit(project, key)
     assert victim.read_text() == "{}"
     assert is_probe_key("probes/m/d/r-0123456789ab.safetensors") and is_probe_key("probes/m/d/r-1.joblib")

@@ -1,7 +1,8 @@
 """The catalog's probe tables: each fit's result row, its test-split scores and its per-head weights.
 
 They are written in one transaction and dropped together, so scores and weights always belong to a
-result that is in `probe_results`, and that result to the features in the store now.
+result that is in `probe_results`, and that result to the features in the store now. Every statement
+featstore runs on these tables (and the `baselines` view over them) is a named function here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import duckdb
 import pandas as pd
 
 KEYED_BY_RESULT = ("probe_scores", "probe_head_weights")
+LISTED_COLUMNS = ("result_id, dataset, model, probe, feature, layers, aggregation, seed, baseline, control, roc_auc, "
+                  "roc_auc_ci_low, roc_auc_ci_high, n_test")
+REPORTED_COLUMNS = ("result_id, dataset, probe, feature, layers, aggregation, baseline, roc_auc, roc_auc_ci_low, "
+                    "roc_auc_ci_high, n_train, n_test, n_features, seed, control")
 
 
 def drop_probe_results(con: duckdb.DuckDBPyConnection, dataset: str, model: str | None = None) -> None:
@@ -40,3 +45,64 @@ def replace_probe_results(
     for name in ("new_results", "new_scores", "new_weights", "refitted"):
         con.unregister(name)
     con.execute("COMMIT")
+
+
+def all_results(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Every row of `probe_results`, all columns."""
+    return con.execute("SELECT * FROM probe_results").df()
+
+
+def listed_results(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The columns `featstore results` shows of every result, by dataset and model."""
+    return con.execute(f"SELECT {LISTED_COLUMNS} FROM probe_results ORDER BY dataset, model").df()
+
+
+def model_results(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> pd.DataFrame:
+    """The columns the report shows of a model's results on these datasets, by dataset and result id."""
+    return con.execute(f"SELECT {REPORTED_COLUMNS} FROM probe_results WHERE model = $model AND "
+                       "list_contains($datasets, dataset) ORDER BY dataset, result_id",
+                       {"model": model, "datasets": datasets}).df()
+
+
+def count_results(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> int:
+    """How many results a model has on these datasets."""
+    return int(con.execute("SELECT count(*) FROM probe_results WHERE model = $model AND "
+                           "list_contains($datasets, dataset)", {"model": model, "datasets": datasets}).fetchone()[0])
+
+
+def probe_path(con: duckdb.DuckDBPyConnection, result_id: str) -> str | None:
+    """Where a result's fitted probe is saved (store-relative), or None when there is no such result."""
+    found = con.execute("SELECT probe_path FROM probe_results WHERE result_id = ?", [result_id]).fetchone()
+    return None if found is None else str(found[0])
+
+
+def baselines(con: duckdb.DuckDBPyConnection, model: str) -> pd.DataFrame:
+    """Each dataset's baseline test AUC under a model (the `baselines` view: the mean over its seeds)."""
+    return con.execute("SELECT dataset, roc_auc FROM baselines WHERE model = ?", [model]).df()
+
+
+def model_head_weights(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> pd.DataFrame:
+    """The per-head weights of a model's results on these datasets, by result, layer and head."""
+    return con.execute("SELECT w.result_id, w.layer, w.head, w.weight FROM probe_head_weights w JOIN probe_results r "
+                       "USING (result_id) WHERE r.model = $model AND list_contains($datasets, r.dataset) "
+                       "ORDER BY w.result_id, w.layer, w.head", {"model": model, "datasets": datasets}).df()
+
+
+def scored_results(con: duckdb.DuckDBPyConnection, result_ids: list[str]) -> set[str]:
+    """Which of these results have stored test scores."""
+    found = con.execute("SELECT DISTINCT result_id FROM probe_scores WHERE list_contains($ids, result_id)",
+                        {"ids": result_ids}).df()
+    return set(found["result_id"])
+
+
+def result_scores(con: duckdb.DuckDBPyConnection, result_ids: list[str]) -> pd.DataFrame:
+    """The stored test scores of these results: result_id, example_id, score."""
+    return con.execute("SELECT result_id, example_id, score FROM probe_scores WHERE list_contains($ids, result_id)",
+                       {"ids": result_ids}).df()
+
+
+def labelled_scores(con: duckdb.DuckDBPyConnection, result_ids: list[str]) -> pd.DataFrame:
+    """The stored test scores of these results with each example's label: result_id, example_id, score, label."""
+    return con.execute("SELECT s.result_id, s.example_id, s.score, e.label FROM probe_scores s "
+                       "JOIN examples e USING (example_id) WHERE list_contains($ids, s.result_id)",
+                       {"ids": result_ids}).df()

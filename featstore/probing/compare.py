@@ -12,9 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from featstore.api import Store
+from featstore.catalog.database import catalog_reader
+from featstore.catalog.probe_records import labelled_scores
 from featstore.errors import FeatstoreError
 from featstore.probing.results import seed_means, text_tables
+from featstore.probing.specs import LENGTH_FEATURE
+from featstore.project import Project
 from probes.metrics import CI_LEVEL, bootstrap_mean_interval, holm, paired_auc_difference
 
 BASELINE = "baseline"
@@ -37,7 +40,7 @@ def reference_setting(rows: pd.DataFrame, reference: str) -> pd.Series:
     if reference == BASELINE:
         chosen = rows["baseline"].astype(bool) & plain
     elif reference == LENGTH:
-        chosen = (rows["feature"] == "length") & plain
+        chosen = (rows["feature"] == LENGTH_FEATURE) & plain
     else:
         chosen = rows["setting"] == reference
     if not chosen.any():
@@ -48,7 +51,7 @@ def reference_setting(rows: pd.DataFrame, reference: str) -> pd.Series:
     return chosen
 
 
-def paired_comparisons(store: Store, rows: pd.DataFrame, reference: str = BASELINE) -> pd.DataFrame:
+def paired_comparisons(project: Project, rows: pd.DataFrame, reference: str = BASELINE) -> pd.DataFrame:
     """Per (model, dataset, setting) of `result_rows` other than the reference: its mean AUC over seeds and their
     spread, the reference's AUC, and delta_auc, delta_ci_low, delta_ci_high, p_value of the paired DeLong test on
     the seed-averaged test scores of the shared test examples, p_holm across the datasets of each (model,
@@ -56,7 +59,7 @@ def paired_comparisons(store: Store, rows: pd.DataFrame, reference: str = BASELI
     chosen = reference_setting(rows, reference)
     summary = seed_summary(rows)
     references = seed_summary(rows[chosen]).set_index(["model", "dataset"])
-    scores = _averaged_scores(store, summary)
+    scores = _averaged_scores(project, summary)
     records = []
     for item in summary.itertuples(index=False):
         if (item.model, item.dataset) not in references.index:
@@ -110,11 +113,11 @@ def hard_datasets(comparisons: pd.DataFrame, threshold: float = HARD_THRESHOLD) 
     return set(comparisons.loc[comparisons["reference_auc"] < threshold, "dataset"])
 
 
-def _averaged_scores(store: Store, summary: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+def _averaged_scores(project: Project, summary: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     """Per (model, dataset, setting): its test examples' labels and seed-averaged decision scores, by example id."""
     ids = [rid for group in summary["result_ids"] for rid in group]
-    stored = store.sql("SELECT s.result_id, s.example_id, s.score, e.label FROM probe_scores s "
-                       "JOIN examples e USING (example_id) WHERE list_contains($ids, s.result_id)", {"ids": ids})
+    with catalog_reader(project) as con:
+        stored = labelled_scores(con, ids)
     by_result = dict(tuple(stored.groupby("result_id")))
     averaged = {}
     for item in summary.itertuples(index=False):

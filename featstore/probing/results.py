@@ -10,28 +10,31 @@ import textwrap
 
 import pandas as pd
 
-from featstore.api import Store
+from featstore.catalog.database import catalog_reader
 from featstore.catalog.names import catalog_dataset_names, unknown_model
+from featstore.catalog.probe_records import listed_results
 from featstore.errors import FeatstoreError
+from featstore.probing.specs import LENGTH_FEATURE, parse_layers_label, short_layers
+from featstore.project import Project
 
 COLUMN_GAP = 3  # spaces between the columns of a text table (setting labels hold single spaces)
 HEADER_WIDTH = 14  # a setting's label wraps at this width, or its cells' width if wider
 HEADER_LINES = 3  # labels needing more lines are numbered and spelled out under their table
 
 
-def result_rows(store: Store, model: str | None = None, datasets: list[str] | None = None,
+def result_rows(project: Project, model: str | None = None, datasets: list[str] | None = None,
                 settings: str | None = None) -> pd.DataFrame:
     """The probe results `featstore results` shows, each with its setting label, in natural setting order;
     `settings` keeps the labels matching that glob pattern (`*bins*`). A model without results, an unknown dataset
     name, a dataset without results or a pattern matching nothing is a one-line error."""
-    frame = store.sql("SELECT result_id, dataset, model, probe, feature, layers, aggregation, seed, baseline, control, "
-                      "roc_auc, roc_auc_ci_low, roc_auc_ci_high, n_test FROM probe_results ORDER BY dataset, model")
+    with catalog_reader(project) as con:
+        frame = listed_results(con)
     if model is not None:
         if model not in set(frame["model"]):
             raise unknown_model(model, sorted(set(frame["model"])), "probe results")
         frame = frame[frame["model"] == model]
     if datasets:
-        names = catalog_dataset_names(store.project, store.reader).resolve_all(datasets)
+        names = catalog_dataset_names(project).resolve_all(datasets)
         without = [name for name in names if name not in set(frame["dataset"])]
         if without:
             raise FeatstoreError(f"no probe results of {', '.join(without)}{f' for model {model!r}' if model else ''}; "
@@ -51,10 +54,10 @@ def natural_order(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` sorted by model, then setting: the baseline, the length control, then by feature, layers
     numerically, aggregation and probe, each setting's shuffled-label control right after it; then dataset, seed."""
     controls = frame["control"].fillna("") if "control" in frame else pd.Series("", index=frame.index)
-    layers = frame["layers"].map(lambda text: tuple(int(x) for x in text.split(",")) if text else ())
+    layers = frame["layers"].map(parse_layers_label)
     key = pd.DataFrame({
         "model": frame["model"],
-        "role": [0 if baseline else 1 if feature == "length" else 2
+        "role": [0 if baseline else 1 if feature == LENGTH_FEATURE else 2
                  for baseline, feature in zip(frame["baseline"], frame["feature"])],
         "feature": frame["feature"], "first": layers.map(lambda x: x[0] if x else -1), "count": layers.map(len),
         "layers": layers, "aggregation": frame["aggregation"], "probe": frame["probe"], "control": controls,
@@ -194,29 +197,11 @@ def setting_labels(frame: pd.DataFrame) -> pd.Series:
     ` [baseline]` for baselines and ` [shuffled-labels]` for a control, so two settings never share a label;
     the seeds of a setting share its label."""
     return pd.Series([
-        " ".join(part for part in (row.probe, row.feature, short_layers(row.layers), row.aggregation) if part)
+        " ".join(part for part in (row.probe, row.feature, short_layers(parse_layers_label(row.layers)),
+                                   row.aggregation) if part)
         + (" [baseline]" if row.baseline else "") + (f" [{row.control}]" if getattr(row, "control", "") else "")
         for row in frame.itertuples()
     ], index=frame.index, dtype=str)
-
-
-def short_layers(layers: str) -> str:
-    """`L0-23` for a contiguous run, `L5` for one layer, else the list; empty for no layers (length control)."""
-    if not layers:
-        return ""
-    numbers = [int(x) for x in layers.split(",")]
-    if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[-1] + 1)):
-        return f"L{numbers[0]}-{numbers[-1]}"
-    return "L" + ",".join(map(str, numbers))
-
-
-def parse_short_layers(label: str) -> tuple[int, ...]:
-    """The layers of a `short_layers` label: `L0-23`, `L5`, `L1,3`."""
-    numbers = label.removeprefix("L")
-    if "-" in numbers:
-        first, last = numbers.split("-")
-        return tuple(range(int(first), int(last) + 1))
-    return tuple(int(n) for n in numbers.split(","))
 
 
 def _with_interval(auc: float, low: float, high: float) -> str:

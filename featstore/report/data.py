@@ -15,17 +15,27 @@ import pandas as pd
 import zarr
 from sklearn.metrics import roc_curve
 
-from featstore.api import Store
+from featstore.catalog.built_features import complete_split_counts, model_examples, model_splits, split_summaries
+from featstore.catalog.database import catalog_reader
 from featstore.catalog.names import catalog_dataset_names, unknown_model
+from featstore.catalog.probe_records import (
+    count_results,
+    model_head_weights,
+    model_results,
+    result_scores,
+    scored_results,
+)
 from featstore.catalog.splits import TEST
 from featstore.errors import FeatstoreError
 from featstore.probing.compare import BASELINE, paired_comparisons
 from featstore.probing.results import natural_order, setting_labels
-from featstore.probing.runner import LENGTH_FEATURE
+from featstore.probing.specs import LENGTH_FEATURE
+from featstore.project import Project
 from featstore.store.integrity import SplitRef, open_split_store
 from featstore.store.layout import model_dir_name, tokenizer_path
 from featstore.store.tokenizers import TokenDecoder
 from featstore.views.aggregations import relative_bins
+from featstore.views.view import open_view
 
 PROFILE_BINS = 20
 PROFILE_EXAMPLES_PER_CLASS = 500
@@ -46,16 +56,16 @@ class Scope:
     threshold: float
 
 
-def resolve_scope(store: Store, models: list[str] | None, datasets: list[str] | None, threshold: float) -> Scope:
+def resolve_scope(project: Project, models: list[str] | None, datasets: list[str] | None, threshold: float) -> Scope:
     """Every built model and dataset by default; an unknown model or dataset is a one-line error."""
-    built = store.sql("SELECT model, dataset, count(*) AS splits FROM feature_splits WHERE status = 'complete' "
-                      "GROUP BY ALL ORDER BY model, dataset")
+    with catalog_reader(project) as con:
+        built = complete_split_counts(con)
     known_models = list(dict.fromkeys(built["model"]))
     unknown = [m for m in models or [] if m not in known_models]
     if unknown:
         raise unknown_model(unknown[0], known_models)
     if datasets:
-        datasets = catalog_dataset_names(store.project, store.reader).resolve_all(datasets)
+        datasets = catalog_dataset_names(project).resolve_all(datasets)
         unbuilt = [d for d in datasets if d not in set(built["dataset"])]
         if unbuilt:
             raise FeatstoreError(f"dataset {unbuilt[0]!r} has no features yet; run `featstore build --datasets {unbuilt[0]}`")
@@ -80,32 +90,22 @@ class ModelData:
     scores: pd.DataFrame
 
 
-def load_model_data(store: Store, model: str, datasets: list[str]) -> ModelData:
+def load_model_data(project: Project, model: str, datasets: list[str]) -> ModelData:
     """The catalog rows of `model` on these datasets (scores only of the results the pages show)."""
-    chosen = {"model": model, "datasets": datasets}
-    results = store.sql(
-        "SELECT result_id, dataset, probe, feature, layers, aggregation, baseline, roc_auc, roc_auc_ci_low, "
-        "roc_auc_ci_high, n_train, n_test, n_features, seed, control FROM probe_results "
-        "WHERE model = $model AND list_contains($datasets, dataset) ORDER BY dataset, result_id", chosen)
-    results["setting"] = setting_labels(results)
-    results["model"] = model
-    results["role"] = np.select([results["control"] != "", results["baseline"], results["feature"] == LENGTH_FEATURE],
-                                ["control", "baseline", "length"], "probe")
-    splits = store.sql("SELECT dataset, split, n_examples, max_seq_len, n_layers, n_heads FROM feature_splits "
-                       "WHERE model = $model AND status = 'complete' AND list_contains($datasets, dataset) "
-                       "ORDER BY dataset, split", chosen)
-    examples = store.sql("SELECT f.dataset, f.split, f.example_id, f.seq_len, f.truncated, e.label FROM features f "
-                         "JOIN examples e USING (example_id, dataset, split) "
-                         "WHERE f.model = $model AND list_contains($datasets, f.dataset)", chosen)
-    head_weights = store.sql("SELECT w.result_id, w.layer, w.head, w.weight FROM probe_head_weights w JOIN probe_results r "
-                             "USING (result_id) WHERE r.model = $model AND list_contains($datasets, r.dataset) "
-                             "ORDER BY w.result_id, w.layer, w.head", chosen)
-    scored = set(store.sql("SELECT DISTINCT result_id FROM probe_scores WHERE list_contains($ids, result_id)",
-                           {"ids": results["result_id"].tolist()})["result_id"])
-    weighted = set(head_weights["result_id"])
-    shown = [result_id for _, mine in results.groupby("dataset") for result_id in _shown_results(mine, scored, weighted)]
-    scores = store.sql("SELECT result_id, example_id, score FROM probe_scores WHERE list_contains($ids, result_id)",
-                       {"ids": shown})
+    with catalog_reader(project) as con:
+        results = model_results(con, model, datasets)
+        results["setting"] = setting_labels(results)
+        results["model"] = model
+        results["role"] = np.select([results["control"] != "", results["baseline"],
+                                     results["feature"] == LENGTH_FEATURE], ["control", "baseline", "length"], "probe")
+        splits = model_splits(con, model, datasets)
+        examples = model_examples(con, model, datasets)
+        head_weights = model_head_weights(con, model, datasets)
+        scored = scored_results(con, results["result_id"].tolist())
+        weighted = set(head_weights["result_id"])
+        shown = [result_id for _, mine in results.groupby("dataset")
+                 for result_id in _shown_results(mine, scored, weighted)]
+        scores = result_scores(con, shown)
     return ModelData(model, results, splits, examples, head_weights, scored, scores)
 
 
@@ -149,18 +149,18 @@ def overview(results: pd.DataFrame, datasets: list[str], threshold: float,
     }
 
 
-def baseline_comparisons(store: Store, results: pd.DataFrame) -> pd.DataFrame | None:
+def baseline_comparisons(project: Project, results: pd.DataFrame) -> pd.DataFrame | None:
     """Every setting against the baseline (paired DeLong on the stored scores, Holm across datasets), or None
     without a baseline or without stored scores."""
     if not (results["role"] == "baseline").any():
         return None
     try:
-        return paired_comparisons(store, results, BASELINE)
+        return paired_comparisons(project, results, BASELINE)
     except FeatstoreError:  # results fitted before scores were stored: the overview shows AUCs only
         return None
 
 
-def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) -> dict:
+def dataset_page(project: Project, data: ModelData, dataset: str, threshold: float) -> dict:
     """Everything the dataset page shows, from the model's catalog rows and a small slice of the test split."""
     mine = data.results[data.results["dataset"] == dataset].sort_values("roc_auc", ascending=False, kind="stable")
     length_auc = _length_auc(mine)
@@ -192,7 +192,7 @@ def dataset_page(store: Store, data: ModelData, dataset: str, threshold: float) 
     if len(weights):
         page["head_map"] = head_map(weights, int(splits["n_heads"].max()))
         top = weights.sort_values(["weight", "layer", "head"], ascending=[False, True, True], kind="stable").head(TOP_HEADS)
-        page["top_heads"] = class_profiles(store, data.model, dataset, top)
+        page["top_heads"] = class_profiles(project, data.model, dataset, top)
     page["examples"] = example_lists(data.scores[data.scores["result_id"] == featured.result_id], examples)
     return page
 
@@ -251,11 +251,11 @@ def head_map(weights: pd.DataFrame, n_heads: int) -> dict:
     return {"layers": layers, "n_heads": n_heads, "weights": [[None if np.isnan(v) else float(v) for v in row] for row in grid]}
 
 
-def class_profiles(store: Store, model: str, dataset: str, heads: pd.DataFrame) -> list[dict]:
+def class_profiles(project: Project, model: str, dataset: str, heads: pd.DataFrame) -> list[dict]:
     """Class means of the top heads' attention over PROFILE_BINS relative-position bins (length-masked) on
     the test split, from at most PROFILE_EXAMPLES_PER_CLASS examples of each class (a seeded sample); read
     one layer at a time, so memory is bounded by the sample and one layer."""
-    view = store.view(dataset, TEST, model=model, dask=False)
+    view = open_view(project, dataset, TEST, model=model, dask=False)
     view = view.isel(example=_sample_per_class(view["label"].values, PROFILE_EXAMPLES_PER_CLASS))
     labels = view["label"].values
     profiles = {}
@@ -304,7 +304,7 @@ def example_lists(scores: pd.DataFrame, examples: pd.DataFrame) -> dict:
     return lists
 
 
-def example_records(store: Store, data: ModelData, page: dict, decoder: TokenDecoder | None) -> list[dict]:
+def example_records(project: Project, data: ModelData, page: dict, decoder: TokenDecoder | None) -> list[dict]:
     """Per linked example: tokens (decoded with the stored tokenizer), label, the featured and baseline probes'
     scores, and every layer's and head's attention row as float16 decimals (the shortest that read back as the
     stored float16)."""
@@ -314,7 +314,7 @@ def example_records(store: Store, data: ModelData, page: dict, decoder: TokenDec
     shown = {page["featured"]["setting"]: page["featured"]["result_id"]}
     shown.update({r["setting"]: r["result_id"] for r in page["results"] if r["role"] == "baseline"})
     scores = data.scores[data.scores["example_id"].isin(example_ids)].set_index(["result_id", "example_id"])["score"]
-    view = store.view(page["dataset"], TEST, model=data.model, dask=False).sel(example=example_ids)[["attn", "tokens"]].load()
+    view = open_view(project, page["dataset"], TEST, model=data.model, dask=False).sel(example=example_ids)[["attn", "tokens"]].load()
     records = []
     for i, example_id in enumerate(example_ids):
         length = int(view["seq_len"].values[i])
@@ -332,27 +332,23 @@ def example_records(store: Store, data: ModelData, page: dict, decoder: TokenDec
     return records
 
 
-def token_decoder(store: Store, model: str) -> TokenDecoder | None:
+def token_decoder(project: Project, model: str) -> TokenDecoder | None:
     """The model's saved tokenizer, or None for a store built before tokenizers were saved (ids shown instead)."""
-    folder = tokenizer_path(store.project.tokenizers_dir, model)
+    folder = tokenizer_path(project.tokenizers_dir, model)
     return TokenDecoder(folder) if folder.is_dir() else None
 
 
-def store_summary(store: Store, scope: Scope) -> list[dict]:
+def store_summary(project: Project, scope: Scope) -> list[dict]:
     """Per model: its identity and, per split of the datasets in scope, examples, tokens, truncation, bytes on
     disk and compression."""
     summary = []
     for model, datasets in scope.models.items():
-        splits = store.sql(
-            "SELECT s.dataset, s.split, s.n_examples, s.max_seq_len, s.path, s.settings, s.built_at, s.build_seconds, "
-            "sum(f.seq_len) AS tokens, count_if(f.truncated) AS truncated FROM feature_splits s JOIN features f "
-            "USING (model, dataset, split) WHERE s.model = $model AND s.status = 'complete' "
-            "AND list_contains($datasets, s.dataset) GROUP BY ALL ORDER BY ALL",
-            {"model": model, "datasets": datasets},
-        )
+        with catalog_reader(project) as con:
+            splits = split_summaries(con, model, datasets)
+            n_probes = count_results(con, model, datasets)
         rows, identity = [], {}
         for row in splits.itertuples():
-            split_store = open_split_store(store.project.store, row.path, SplitRef(model, row.dataset, row.split))
+            split_store = open_split_store(project.store, row.path, SplitRef(model, row.dataset, row.split))
             group = zarr.open_group(split_store, mode="r")
             identity = identity or dict(group.attrs.get("model", {}))
             logical = sum(int(np.prod(array.shape)) * array.dtype.itemsize for _, array in group.arrays())
@@ -367,8 +363,6 @@ def store_summary(store: Store, scope: Scope) -> list[dict]:
         totals = {key: sum(r[key] for r in rows) for key in ("n_examples", "tokens", "truncated", "bytes_on_disk",
                                                              "bytes_uncompressed")}
         totals["compression_ratio"] = totals["bytes_uncompressed"] / totals["bytes_on_disk"] if totals["bytes_on_disk"] else None
-        n_probes = int(store.sql("SELECT count(*) AS n FROM probe_results WHERE model = $model AND "
-                                 "list_contains($datasets, dataset)", {"model": model, "datasets": datasets})["n"][0])
         summary.append({"model": model, "folder": model_dir_name(model), "identity": identity, "splits": rows,
                         "totals": totals, "n_probe_results": n_probes})
     return summary

@@ -20,7 +20,6 @@ from pathlib import Path
 import dask
 from tqdm import tqdm
 
-from featstore.api import Store
 from featstore.catalog.database import upgrade_catalog
 from featstore.errors import FeatstoreError
 from featstore.project import Project
@@ -51,8 +50,7 @@ def write_report(project: Project, models: list[str] | None = None, datasets: li
     if not 0 <= threshold <= 1:
         raise FeatstoreError(f"the hard threshold is an AUC in [0, 1], not {threshold}")
     upgrade_catalog(project)
-    store = Store(project)
-    scope = data.resolve_scope(store, models, datasets, threshold)
+    scope = data.resolve_scope(project, models, datasets, threshold)
     for model, chosen in scope.models.items():  # names from the catalog become file names below `out`
         checked_name(model_dir_name(model), "model")
         for dataset in chosen:
@@ -65,7 +63,7 @@ def write_report(project: Project, models: list[str] | None = None, datasets: li
     except OSError as err:
         raise FeatstoreError(f"cannot write a report next to {out}: {err.strerror}") from None
     try:
-        _write_site(store, scope, staging)
+        _write_site(project, scope, staging)
         (staging / MARKER).write_text("written by featstore report; the folder is replaced whole on each run\n")
         os.chmod(staging, 0o755)
         swap_folder(staging, out)
@@ -110,7 +108,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
+def _write_site(project: Project, scope: data.Scope, folder: Path) -> None:
     env = pages.environment()
     assets = folder / "assets"
     assets.mkdir()
@@ -118,16 +116,14 @@ def _write_site(store: Store, scope: data.Scope, folder: Path) -> None:
         (assets / name).write_bytes(importlib.resources.files("featstore.report").joinpath("static", name).read_bytes())
     sections = []
     for model, datasets in scope.models.items():
-        with store.reading() as reading:
-            model_data = data.load_model_data(reading, model, datasets)
-            comparisons = data.baseline_comparisons(reading, model_data.results)
+        model_data = data.load_model_data(project, model, datasets)
+        comparisons = data.baseline_comparisons(project, model_data.results)
         sections.append({"model": model, "folder": model_dir_name(model),
                          "overview": data.overview(model_data.results, datasets, scope.threshold, comparisons)})
-        _write_datasets(store.project, model_data, datasets, scope.threshold, folder)
-    with store.reading() as reading:
-        summary = data.store_summary(reading, scope)
+        _write_datasets(project, model_data, datasets, scope.threshold, folder)
+    summary = data.store_summary(project, scope)
     _write(folder / "index.html", pages.overview_page(env, sections))
-    _write(folder / "store.html", pages.store_page(env, summary, str(store.project.root), store.project.store.url))
+    _write(folder / "store.html", pages.store_page(env, summary, str(project.root), project.store.url))
     _write(folder / "example.html", pages.example_page(env))
     _write_json(folder / "data" / "overview.json", {"sections": sections})
     _write_json(folder / "data" / "store.json", {"models": summary})
@@ -160,19 +156,17 @@ _WORKER: dict = {}
 
 def _start_worker(project: Project, model_data: data.ModelData, threshold: float, folder: Path) -> None:
     """What every dataset of one model shares, set up once per process."""
-    store = Store(project)
-    _WORKER.update(store=store, data=model_data, threshold=threshold, folder=folder, env=pages.environment(),
-                   decoder=data.token_decoder(store, model_data.model))
+    _WORKER.update(project=project, data=model_data, threshold=threshold, folder=folder, env=pages.environment(),
+                   decoder=data.token_decoder(project, model_data.model))
 
 
 def _write_dataset(dataset: str) -> None:
     """One dataset's page, its JSON and its linked examples' JSON."""
-    store, model_data, folder = _WORKER["store"], _WORKER["data"], _WORKER["folder"]
+    project, model_data, folder = _WORKER["project"], _WORKER["data"], _WORKER["folder"]
     model_folder = model_dir_name(model_data.model)
-    # one catalog connection per dataset (writers get in between); small slices: no dask thread pool
-    with store.reading() as reading, dask.config.set(scheduler="synchronous"):
-        page = data.dataset_page(reading, model_data, dataset, _WORKER["threshold"])
-        examples = data.example_records(reading, model_data, page, _WORKER["decoder"])
+    with dask.config.set(scheduler="synchronous"):  # small slices: no dask thread pool
+        page = data.dataset_page(project, model_data, dataset, _WORKER["threshold"])
+        examples = data.example_records(project, model_data, page, _WORKER["decoder"])
     _write(folder / "models" / model_folder / f"{dataset}.html", pages.dataset_page(_WORKER["env"], page, model_folder))
     _write_json(folder / "data" / model_folder / f"{dataset}.json", page)
     for record in examples:
