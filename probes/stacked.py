@@ -15,7 +15,6 @@ from sklearn.utils.validation import check_is_fitted
 from probes.base import BinaryProbe, as_numpy
 from probes.errors import ProbeInputError
 from probes.logistic import LogisticRegressionProbe
-from probes.metrics import binary_scores
 from probes.saved_checks import MAX_PARTS, SavedProbeError, fields, integer, seed
 
 
@@ -60,11 +59,8 @@ class StackedProbe(BinaryProbe):
 
     def decision_function(self, X: list) -> np.ndarray:
         """The final probe's logit on the base probes' scores."""
-        return self.final_.decision_function(self.base_scores(X))
-
-    def score(self, X: list, y) -> dict[str, float]:
-        decision = self.decision_function(X)
-        return binary_scores(np.asarray(as_numpy(y)).ravel() == self.classes_[1], decision, decision > 0)
+        scores = self.base_scores(X)
+        return self.final_.decision_function(scores)
 
     def chosen_hyperparameters(self) -> dict:
         """The final probe's C and validation AUC, and its weight on each base probe's score."""
