@@ -72,8 +72,8 @@ class AttentionRowProbe(BinaryProbe):
         target = (y == self.classes_[1]).astype(np.float32)
         rarer = int(min(target.sum(), len(target) - target.sum()))
         if self.cv_folds < 2 or rarer < self.cv_folds:
-            raise ProbeInputError(f"AttentionRowProbe: {self.cv_folds}-fold validation needs cv_folds >= 2 and at least "
-                                  f"that many rows of each class; the rarer class has {rarer}")
+            raise ProbeInputError(f"AttentionRowProbe: {self.cv_folds}-fold validation needs cv_folds >= 2 and "
+                                  f"at least that many rows of each class; the rarer class has {rarer}")
         self.n_layers_, self.n_heads_ = rows.n_layers, rows.n_heads
         self.n_features_in_ = rows.n_channels
         self.vocab_size_ = rows.max_token() + 1 if self.use_tokens and rows.tokens is not None else 0

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from probes.base import BinaryProbe
 
 MATRIX = "matrix"  # an (examples x features) matrix
 ROWS = "rows"  # whole attention rows (probes.rows.AttentionRows), read lazily in batches
@@ -35,11 +38,11 @@ class Family:
     input: str
     presets: dict[str, Preset]
 
-    def estimator(self) -> type:
+    def estimator(self) -> type[BinaryProbe]:
         """The estimator class, its module imported on first use."""
         return getattr(importlib.import_module(self.module), self.class_name)
 
-    def make(self, preset: str, seed: int) -> Any:
+    def make(self, preset: str, seed: int) -> BinaryProbe:
         """An unfitted probe of one of the presets, seeded with `seed`."""
         return self.estimator()(random_state=seed, **self.presets[preset].params)
 

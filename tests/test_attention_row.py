@@ -9,8 +9,14 @@ import xarray as xr
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
-from probes import (AttentionRowProbe, AttentionRows, LogisticRegressionProbe, ProbeInputError, StackedProbe,
-                    probe_metrics)
+from probes import (
+    AttentionRowProbe,
+    AttentionRows,
+    LogisticRegressionProbe,
+    ProbeInputError,
+    StackedProbe,
+    probe_metrics,
+)
 
 FAST = dict(max_epochs=30, patience=8)
 

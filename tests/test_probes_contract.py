@@ -31,7 +31,7 @@ WORDING = "its one-line ProbeInputError reads 'y needs exactly two classes, got 
 EXPECTED_FAILURES = {
     "check_fit2d_1sample": WORDING,
     "check_classifier_not_supporting_multiclass": WORDING,
-    "check_fit2d_predict1d": "its one-line ProbeInputError keeps sklearn's first line, not the 'Reshape your data' hint",
+    "check_fit2d_predict1d": "its one-line ProbeInputError keeps sklearn's first line, not its 'Reshape your data'",
 }
 NO_N_ITER = {"check_non_transformer_estimators_n_iter": "max_iter bounds each fit of the C grid; no n_iter_ is kept "
                                                         "(nor saved)"}
