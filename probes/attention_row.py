@@ -20,73 +20,23 @@ read again each epoch, so memory stays bounded by the budget plus a batch.
 from __future__ import annotations
 
 import logging
-import math
-import signal
-import threading
 import warnings
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
 from probes.base import BinaryProbe, as_numpy
 from probes.errors import ProbeInputError
-from probes.metrics import binary_scores
+from probes.row_network import RowWeighting, batch_tensors
 from probes.rows import AttentionRows
 from probes.saved_checks import MAX_INT, SavedProbeError, array, boolean, fields, integer, real, seed, text
 
-MAX_DISTANCE = 4096
-
-
-class RowWeighting(nn.Module):
-    """The learned per-head weightings and the linear read-out (see the module docstring)."""
-
-    def __init__(self, n_channels: int, readers: int, n_position: int, n_distance: int, vocab_size: int,
-                 content_dim: int):
-        super().__init__()
-        self.n_position, self.n_distance = n_position, n_distance
-        n_basis = n_position + n_distance + 1
-        self.basis_weights = nn.Parameter(torch.zeros(n_channels, readers, n_basis))
-        nn.init.normal_(self.basis_weights, std=0.1)
-        # index vocab_size is every id unseen in training: a zero embedding that never trains
-        self.embedding = nn.Embedding(vocab_size + 1, content_dim, padding_idx=vocab_size) if vocab_size else None
-        self.content_weights = nn.Parameter(torch.randn(n_channels, readers, content_dim) * 0.1) if vocab_size else None
-        self.norm = nn.BatchNorm1d(n_channels * readers, affine=False)
-        self.readout = nn.Linear(n_channels * readers, 1)
-
-    def basis(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
-        """(batch, width, n_basis): position bumps, log-distance bumps, first-token indicator."""
-        t = torch.arange(width, dtype=torch.float32, device=lengths.device)
-        length = lengths.to(torch.float32)[:, None]
-        relative = (t + 0.5) / length
-        centres = torch.linspace(0, 1, self.n_position, device=lengths.device)
-        position = torch.exp(-0.5 * ((relative[..., None] - centres) * (self.n_position - 1)) ** 2)
-        distance = torch.log1p((length - 1 - t).clamp(min=0))
-        log_centres = torch.linspace(0, math.log1p(MAX_DISTANCE), self.n_distance, device=lengths.device)
-        spacing = math.log1p(MAX_DISTANCE) / max(self.n_distance - 1, 1)
-        near = torch.exp(-0.5 * ((distance[..., None] - log_centres) / spacing) ** 2)
-        first = (t == 0).to(torch.float32).expand(len(lengths), width)[..., None]
-        return torch.cat([position, near, first], dim=-1)
-
-    def features(self, attn: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        """(batch, channels * readers) weighted sums of the rows (padding is zero in `attn`)."""
-        pooled = torch.einsum("bct,btk->bck", attn, self.basis(lengths, attn.shape[-1]))
-        features = torch.einsum("bck,cmk->bcm", pooled, self.basis_weights)
-        if self.embedding is not None and tokens is not None:
-            content = torch.einsum("bct,btd->bcd", attn, self.embedding(tokens))
-            features = features + torch.einsum("bcd,cmd->bcm", content, self.content_weights)
-        return features.flatten(1)
-
-    def forward(self, attn: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        return self.readout(self.norm(self.features(attn, lengths, tokens))).squeeze(-1)
-
 
 class AttentionRowProbe(BinaryProbe):
-    """Learned attention-row probe (see the module docstring). X is an `AttentionRows` (or a 4-D array with
-    `lengths=` and optional `tokens=` passed to fit/decision_function)."""
+    """Learned attention-row probe (see the module docstring). X is an `AttentionRows` (fit and decision_function
+    also take a 4-D array with `lengths=` and optional `tokens=`)."""
 
     def __init__(self, readers_per_head: int = 2, n_position_basis: int = 24, n_distance_basis: int = 8,
                  content_dim: int = 4, use_tokens: bool = True, learning_rate: float = 0.01,
@@ -122,8 +72,8 @@ class AttentionRowProbe(BinaryProbe):
         target = (y == self.classes_[1]).astype(np.float32)
         rarer = int(min(target.sum(), len(target) - target.sum()))
         if self.cv_folds < 2 or rarer < self.cv_folds:
-            raise ProbeInputError(f"AttentionRowProbe: {self.cv_folds}-fold validation needs cv_folds >= 2 and at least "
-                                  f"that many rows of each class; the rarer class has {rarer}")
+            raise ProbeInputError(f"AttentionRowProbe: {self.cv_folds}-fold validation needs cv_folds >= 2 and "
+                                  f"at least that many rows of each class; the rarer class has {rarer}")
         self.n_layers_, self.n_heads_ = rows.n_layers, rows.n_heads
         self.n_features_in_ = rows.n_channels
         self.vocab_size_ = rows.max_token() + 1 if self.use_tokens and rows.tokens is not None else 0
@@ -147,9 +97,10 @@ class AttentionRowProbe(BinaryProbe):
         from lightning.pytorch.callbacks import EarlyStopping
         from lightning.pytorch.loggers import CSVLogger
 
+        from probes.row_training import BatchData, LightningRowProbe, fit_interruptibly
+
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # after the import, which sets it to INFO
         seed = int(np.random.SeedSequence([self.random_state, fold]).generate_state(1)[0])
-        LightningRowProbe, BatchData = _lightning_classes()
         L.seed_everything(seed, workers=True, verbose=False)
         module = LightningRowProbe(self._network(), self.learning_rate, self.weight_decay)
         data = BatchData(rows, target, fit_rows, val_rows, self.batch_size, seed, self.cache_bytes)
@@ -162,7 +113,7 @@ class AttentionRowProbe(BinaryProbe):
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers).*")
-            _train(trainer, module, data)
+            fit_interruptibly(trainer, module, data)
         return module.history
 
     def decision_function(self, X, lengths=None, tokens=None) -> np.ndarray:
@@ -175,22 +126,9 @@ class AttentionRowProbe(BinaryProbe):
         out = np.empty(len(rows))
         with torch.inference_mode():
             for batch in rows.batches(np.arange(len(rows)), self.batch_size):
-                inputs = _tensors(rows, batch, self.vocab_size_)
+                inputs = batch_tensors(rows, batch, self.vocab_size_)
                 out[batch] = torch.stack([network(*inputs) for network in networks]).double().mean(0).numpy()
         return out
-
-    def score(self, X, y, lengths=None, tokens=None) -> dict[str, float]:
-        """Metrics on (X, y): roc_auc with its interval, accuracy, balanced_accuracy, f1, n."""
-        decision = self.decision_function(X, lengths, tokens)
-        y = np.asarray(as_numpy(y)).ravel()
-        return binary_scores(y == self.classes_[1], decision, decision > 0)
-
-    def predict_proba(self, X, lengths=None, tokens=None) -> np.ndarray:
-        positive = 1 / (1 + np.exp(-self.decision_function(X, lengths, tokens)))
-        return np.column_stack([1 - positive, positive])
-
-    def predict(self, X, lengths=None, tokens=None) -> np.ndarray:
-        return self.classes_[(self.decision_function(X, lengths, tokens) > 0).astype(np.int64)]
 
     def head_importance(self) -> np.ndarray:
         """(layers, heads): the L2 norm of each head's read-out weights (on batch-normalised features), averaged over
@@ -217,6 +155,11 @@ class AttentionRowProbe(BinaryProbe):
             curves.append(torch.einsum("cmp,cm->cp", per_reader, readout / scale))
         curve = torch.stack(curves).mean(0)
         return curve.reshape(self.n_layers_, self.n_heads_, n_points).detach().numpy().astype(np.float64)
+
+    def standardised_weights(self, X) -> np.ndarray:
+        """Each head's importance (head_importance, flattened layer by layer): the read-out already acts on
+        batch-normalised features, so X is not needed."""
+        return self.head_importance().ravel()
 
     def chosen_hyperparameters(self) -> dict[str, float | int]:
         """The chosen epoch and its mean held-out ROC AUC over the folds, for a runner to record."""
@@ -293,125 +236,9 @@ class AttentionRowProbe(BinaryProbe):
                        for key, value in expected.items()}
 
 
-def _train(trainer, module, data) -> None:
-    """trainer.fit, with Ctrl-C raised as KeyboardInterrupt like anywhere else: Lightning catches it, ignores
-    further SIGINTs and exits 1 (SystemExit raised while handling the KeyboardInterrupt); undo both."""
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        trainer.fit(module, datamodule=data)
-    except SystemExit as exit_:
-        if not isinstance(exit_.__context__, KeyboardInterrupt):
-            raise
-        if handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, handler)
-        raise KeyboardInterrupt from None
-
-
 def _rows(X, lengths, tokens) -> AttentionRows:
     if isinstance(X, AttentionRows):
         return X
     if lengths is None:
         raise ProbeInputError("AttentionRowProbe needs lengths= with a 4-D array (or pass an AttentionRows)")
     return AttentionRows(X, lengths, tokens)
-
-
-def _tensors(rows: AttentionRows, batch: np.ndarray, vocab_size: int):
-    """A batch as tensors; token ids not seen in training map to the unknown index `vocab_size`."""
-    attn, lengths, tokens = rows.batch(batch)
-    if vocab_size and tokens is None:
-        raise ProbeInputError("AttentionRowProbe was fitted with token ids; pass them (tokens=) to score too")
-    tokens_tensor = torch.from_numpy(np.where(tokens < vocab_size, tokens, vocab_size)) if vocab_size else None
-    return torch.from_numpy(attn), torch.from_numpy(lengths), tokens_tensor
-
-
-def _lightning_classes():
-    """The LightningModule and DataModule, defined on first use so importing probes needs no lightning."""
-    import lightning as L
-
-    class LightningRowProbe(L.LightningModule):
-        """BCE training of a RowWeighting; the validation ROC AUC is logged as `val_auc` each epoch and kept in
-        `history` with a copy of the network's state after that epoch."""
-
-        def __init__(self, network: RowWeighting, learning_rate: float, weight_decay: float):
-            super().__init__()
-            self.network, self.learning_rate, self.weight_decay = network, learning_rate, weight_decay
-            self._val_logits: list[torch.Tensor] = []
-            self._val_targets: list[torch.Tensor] = []
-            self.history: list[tuple[float, dict[str, torch.Tensor]]] = []
-
-        def training_step(self, batch, _):
-            attn, lengths, tokens, target = batch
-            loss = nn.functional.binary_cross_entropy_with_logits(self.network(attn, lengths, tokens), target)
-            self.log("train_loss", loss, on_epoch=True, on_step=False, batch_size=len(target))
-            return loss
-
-        def validation_step(self, batch, _):
-            attn, lengths, tokens, target = batch
-            self._val_logits.append(self.network(attn, lengths, tokens).detach().cpu())
-            self._val_targets.append(target.cpu())
-
-        def on_validation_epoch_end(self):
-            # every process's validation rows (one process: the tensors themselves)
-            logits = self.all_gather(torch.cat(self._val_logits)).flatten().cpu().numpy()
-            targets = self.all_gather(torch.cat(self._val_targets)).flatten().cpu().numpy()
-            self._val_logits.clear()
-            self._val_targets.clear()
-            auc = roc_auc_score(targets, logits) if 0 < targets.sum() < len(targets) else 0.5
-            self.log("val_auc", float(auc), prog_bar=False)
-            self.history.append((float(auc), {key: value.detach().cpu().clone()
-                                              for key, value in self.network.state_dict().items()}))
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-
-    class BatchData(L.LightningDataModule):
-        """Length-ordered batches of the training and validation rows (batch order shuffled, seeded)."""
-
-        def __init__(self, rows: AttentionRows, target: np.ndarray, fit_rows, val_rows, batch_size: int, seed: int,
-                     cache_bytes: int):
-            super().__init__()
-            self.rows, self.target, self.seed = rows, target, seed
-            self.fit_batches = list(rows.batches(fit_rows, batch_size))
-            self.val_batches = list(rows.batches(val_rows, batch_size))
-            self.cache: dict[tuple, tuple] = {}
-            self.cache_left = cache_bytes
-
-        def _loader(self, batches, shuffle: bool):
-            vocab = self.trainer.lightning_module.network.embedding
-            vocab_size = vocab.padding_idx if vocab is not None else 0
-            data = self
-
-            class Batches(torch.utils.data.Dataset):
-                def __len__(self):
-                    return len(batches)
-
-                def __getitem__(self, i):
-                    return data.batch(batches[i], vocab_size)
-
-            generator = torch.Generator().manual_seed(self.seed)
-            return torch.utils.data.DataLoader(Batches(), batch_size=None, shuffle=shuffle, generator=generator,
-                                               collate_fn=lambda item: item)
-
-        def batch(self, rows: np.ndarray, vocab_size: int) -> tuple:
-            """A batch's tensors: read from the rows, kept in memory while the cache budget lasts (float16
-            attention), so later epochs need not read a lazy store again."""
-            key = tuple(rows.tolist())
-            if key in self.cache:
-                attn, lengths, tokens, target = self.cache[key]
-                return attn.float(), lengths, tokens, target
-            attn, lengths, tokens = _tensors(self.rows, rows, vocab_size)
-            target = torch.from_numpy(self.target[rows])
-            size = attn.numel() * 2 + (tokens.numel() * 8 if tokens is not None else 0)
-            if size <= self.cache_left:
-                self.cache_left -= size
-                self.cache[key] = (attn.half(), lengths, tokens, target)
-                attn = attn.half().float()  # the cached values, so every epoch sees the same numbers
-            return attn, lengths, tokens, target
-
-        def train_dataloader(self):
-            return self._loader(self.fit_batches, shuffle=True)
-
-        def val_dataloader(self):
-            return self._loader(self.val_batches, shuffle=False)
-
-    return LightningRowProbe, BatchData

@@ -1,4 +1,5 @@
-"""What every binary probe shares: input checks, labels, predict, predict_proba and score."""
+"""The binary-probe protocol, scikit-learn's classifier contract, and what every probe shares: input checks,
+labels, predict, predict_proba and score."""
 
 from typing import Any
 
@@ -9,7 +10,6 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from probes.errors import ProbeInputError
-from probes.metrics import binary_scores
 from probes.saved_checks import MAX_INT, classes, feature_names, fields, integer, saved_classes
 
 COMMON_FITTED = {"classes_", "n_features_in_"}
@@ -26,11 +26,55 @@ def as_numpy(array: Any) -> Any:
 
 
 class BinaryProbe(ClassifierMixin, BaseEstimator):
-    """Base of the binary probes: X is (examples, features), classes_[1] is the positive class.
+    """Base of the binary probes: X is (examples, features) unless the family says otherwise, classes_[1] is the
+    positive class.
 
-    score() returns a dict of metrics (see probes.metrics.binary_scores), not sklearn's accuracy float,
-    so cross_val_score and GridSearchCV need an explicit scoring ("roc_auc", "accuracy", ...).
+    A family implements fit and decision_function; predict, predict_proba and score (scikit-learn's mean accuracy)
+    follow from them. The ROC AUC and the other metrics a run records come from probes.metrics.probe_metrics.
+    The constructor stores its arguments unchanged, so get_params, set_params and clone work.
     """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def fit(self, X, y) -> "BinaryProbe":
+        """Fit on (X, y), y of exactly two classes; returns the probe."""
+        raise NotImplementedError
+
+    def decision_function(self, X) -> np.ndarray:
+        """Score of the positive class, shape (n,); positive means classes_[1]."""
+        raise NotImplementedError
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Probabilities of classes_[0] and classes_[1], shape (n, 2)."""
+        positive = expit(self._log_odds(self.decision_function(X)))
+        return np.column_stack([1.0 - positive, positive])
+
+    def predict(self, X) -> np.ndarray:
+        """Class labels: classes_[1] where decision_function is positive."""
+        positive = self.decision_function(X) > 0  # first: an unfitted probe raises NotFittedError there
+        return self.classes_[positive.astype(np.int64)]
+
+    def _log_odds(self, decision: np.ndarray) -> np.ndarray:
+        """Log-odds of the positive class given decision_function values."""
+        return decision
+
+    def chosen_hyperparameters(self) -> dict:
+        """What the fit chose (a regularisation, an epoch...) as plain values, for a runner to record; none here."""
+        return {}
+
+    def feature_weights(self) -> np.ndarray | None:
+        """Per-feature weights w with decision_function(X) = X @ w + constant, shape (features,); None for a probe
+        that is not linear in its features (the default)."""
+        return None
+
+    def standardised_weights(self, X) -> np.ndarray | None:
+        """What the fitted probe puts on each of its n_features_in_ features, comparable across features: by default
+        feature_weights times the features' standard deviations in X (its training data); None without weights."""
+        weights = self.feature_weights()
+        return None if weights is None else weights * np.asarray(as_numpy(X)).std(axis=0, dtype=np.float64)
 
     def _fit_inputs(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         """Validate training data, set classes_, and return X and y encoded as 0/1."""
@@ -53,38 +97,6 @@ class BinaryProbe(ClassifierMixin, BaseEstimator):
             return validate_data(self, as_numpy(X), reset=False, dtype=(np.float64, np.float32))
         except ValueError as error:
             raise ProbeInputError(f"{type(self).__name__}: {str(error).splitlines()[0]}") from error
-
-    def decision_function(self, X) -> np.ndarray:
-        """Score of the positive class, shape (n,); positive means classes_[1]."""
-        raise NotImplementedError
-
-    def feature_weights(self) -> np.ndarray:
-        """Per-feature weights w with decision_function(X) = X @ w + constant, shape (features,)."""
-        raise NotImplementedError
-
-    def _log_odds(self, decision: np.ndarray) -> np.ndarray:
-        """Log-odds of the positive class given decision_function values."""
-        return decision
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Probabilities of classes_[0] and classes_[1], shape (n, 2)."""
-        positive = expit(self._log_odds(self.decision_function(X)))
-        return np.column_stack([1.0 - positive, positive])
-
-    def predict(self, X) -> np.ndarray:
-        """Class labels: classes_[1] where decision_function is positive."""
-        return self.classes_[(self.decision_function(X) > 0).astype(np.int64)]
-
-    def score(self, X, y) -> dict[str, float]:
-        """Metrics on (X, y): roc_auc, accuracy, balanced_accuracy, f1, n."""
-        decision = self.decision_function(X)
-        y = np.asarray(as_numpy(y)).ravel()
-        if y.size != decision.size:
-            raise ProbeInputError(f"{type(self).__name__}.score: X has {decision.size} rows but y has {y.size}")
-        unknown = np.setdiff1d(y, self.classes_)
-        if unknown.size:
-            raise ProbeInputError(f"{type(self).__name__}.score: y has labels {unknown.tolist()} unseen in fit")
-        return binary_scores(y == self.classes_[1], decision, decision > 0)
 
     # Saving (see probes.saved): each family declares what it saves and how it is rebuilt from checked values.
 

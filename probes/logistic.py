@@ -11,8 +11,19 @@ from threadpoolctl import threadpool_limits
 
 from probes.base import BinaryProbe
 from probes.errors import ProbeInputError
-from probes.saved_checks import (FLOATS, MAX_INT, SavedProbeError, array, boolean, fields, integer, real,
-                                 seed, text, vector_length)
+from probes.saved_checks import (
+    FLOATS,
+    MAX_INT,
+    SavedProbeError,
+    array,
+    boolean,
+    fields,
+    integer,
+    real,
+    seed,
+    text,
+    vector_length,
+)
 
 MAX_GRID = 1000
 
@@ -23,8 +34,9 @@ class LogisticRegressionProbe(BinaryProbe):
     fit holds out min(validation_size * n, max_validation) training rows (stratified, seeded), fits each C
     of the grid on the rest (warm-started from the strongest regularisation up), keeps the C with the best
     validation ROC AUC (ties go to the first C of the grid, as in the SAE-Probes code: by default the
-    largest), and refits on all training rows with it. L2 uses lbfgs, L1 liblinear. With standardize=True a StandardScaler fitted on the training rows precedes the model;
-    coef_ and intercept_ always act on the raw features (the scaler is folded in). Fitting uses one BLAS
+    largest), and refits on all training rows with it. L2 uses lbfgs, L1 liblinear. With standardize=True a
+    StandardScaler fitted on the training rows precedes the model; coef_ and intercept_ always act on the raw
+    features (the scaler is folded in). Fitting uses one BLAS
     thread: lbfgs's stopping point (and so the chosen C) moved with the thread count; run fits in parallel
     processes instead.
     """

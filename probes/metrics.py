@@ -1,6 +1,6 @@
-"""The metrics every probe reports and the statistics comparing them, computed in one place: one AUC's DeLong
-interval, the paired DeLong test of two AUCs on the same examples, Holm's adjustment, and a seeded bootstrap
-interval of a mean."""
+"""The metrics every probe reports and the statistics comparing them, computed in one place: a fitted probe's
+metrics, one AUC's DeLong interval, the paired DeLong test of two AUCs on the same examples, Holm's adjustment,
+and a seeded bootstrap interval of a mean."""
 
 from dataclasses import dataclass
 
@@ -9,6 +9,7 @@ from scipy.special import ndtr, ndtri
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
+from probes.base import BinaryProbe, as_numpy
 from probes.errors import ProbeInputError
 
 CI_LEVEL = 0.95
@@ -29,6 +30,20 @@ def binary_scores(y_true: np.ndarray, scores: np.ndarray, preds: np.ndarray) -> 
         "f1": float(f1_score(y_true, preds, zero_division=0.0)),
         "n": int(y_true.size),
     }
+
+
+def probe_metrics(probe: BinaryProbe, X, y) -> dict[str, float]:
+    """The metrics of a fitted probe on (X, y), see binary_scores: what a run records, where the probe's own score
+    is scikit-learn's mean accuracy."""
+    decision = probe.decision_function(X)
+    y = np.asarray(as_numpy(y)).ravel()
+    name = type(probe).__name__
+    if y.size != decision.size:
+        raise ProbeInputError(f"{name}: X has {decision.size} rows but y has {y.size}")
+    unknown = np.setdiff1d(y, probe.classes_)
+    if unknown.size:
+        raise ProbeInputError(f"{name}: y has labels {unknown.tolist()} unseen in fit")
+    return binary_scores(y == probe.classes_[1], decision, decision > 0)
 
 
 def delong_components(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

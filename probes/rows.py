@@ -33,7 +33,8 @@ class AttentionRows:
         if shape[0] and (self.lengths.min() < 1 or self.lengths.max() > shape[3]):
             raise ProbeInputError(f"lengths must lie in 1..{shape[3]} (the token axis)")
         if self.tokens is not None and tuple(self.tokens.shape) != (shape[0], shape[3]):
-            raise ProbeInputError(f"tokens must be (examples, tokens) = {(shape[0], shape[3])}, got {tuple(self.tokens.shape)}")
+            raise ProbeInputError(f"tokens must be (examples, tokens) = {(shape[0], shape[3])}, "
+                                  f"got {tuple(self.tokens.shape)}")
 
     @classmethod
     def from_view(cls, view, with_tokens: bool = True) -> AttentionRows:
@@ -102,5 +103,6 @@ def _read(array: Any, rows: np.ndarray, width: int) -> np.ndarray:
         first = array.dims[0]
         picked = array.isel({first: index, array.dims[-1]: slice(0, width)})
         return np.asarray(picked.values)
-    picked = as_numpy(array[index][..., :width]) if not hasattr(array, "compute") else array[index][..., :width].compute()
-    return np.asarray(picked)
+    if hasattr(array, "compute"):  # dask
+        return np.asarray(array[index][..., :width].compute())
+    return np.asarray(as_numpy(array[index][..., :width]))

@@ -1,11 +1,11 @@
 """Fitted probes saved as arrays plus plain values, never as pickles, so loading a file runs no code it names.
 
 A probe file is a safetensors file: its tensors are the fitted arrays, and its metadata holds one JSON document
-{"format", "version", "probe"} where "probe" gives the family's name (a key of FAMILIES), the constructor
-parameters, the fitted plain values and the fitted sub-probes (the meta probe's). Loading bounds the file and
-header sizes, looks the family up in FAMILIES (nothing is imported by a name read from the file), checks every
-parameter, value and array shape, and only then builds the probe. Format version 1 was a joblib pickle: never
-loaded.
+{"format", "version", "probe"} where "probe" gives the family's name (a key of probes.families.FAMILIES), the
+constructor parameters, the fitted plain values and the fitted sub-probes (the meta probe's). Loading bounds the
+file and header sizes, looks the family up in that registry (nothing is imported by a name read from the file),
+checks every parameter, value and array shape, and only then builds the probe. Format version 1 was a joblib
+pickle: never loaded.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ import safetensors
 import safetensors.numpy
 from sklearn.utils.validation import check_is_fitted
 
-from probes.attention_row import AttentionRowProbe
 from probes.base import BinaryProbe
-from probes.logistic import LogisticRegressionProbe
-from probes.mass_mean import MassMeanProbe
+from probes.families import FAMILIES, family_name
 from probes.saved_checks import MAX_PARTS, SavedProbeError, fields, integer, shown
-from probes.stacked import StackedProbe
 
 FORMAT = "featstore-probe"
 FORMAT_VERSION = 2
@@ -32,13 +29,6 @@ MAX_BYTES = 256 * 2**20
 MAX_HEADER_BYTES = 8 * 2**20
 MAX_DEPTH = 3
 METADATA_KEY = "featstore"
-
-FAMILIES: dict[str, type[BinaryProbe]] = {
-    "logistic-regression": LogisticRegressionProbe,
-    "mass-mean": MassMeanProbe,
-    "stacked": StackedProbe,
-    "attention-row": AttentionRowProbe,
-}
 
 
 def probe_bytes(probe: BinaryProbe) -> bytes:
@@ -68,7 +58,7 @@ def load_probe(source: bytes | str | Path | IO[bytes]) -> BinaryProbe:
 
 def _node(probe: BinaryProbe, prefix: str, arrays: dict[str, np.ndarray], fitted: bool) -> dict:
     """A probe's JSON node; its arrays (and its sub-probes' arrays) are added to `arrays` under `prefix`."""
-    family = next((name for name, cls in FAMILIES.items() if type(probe) is cls), None)
+    family = family_name(probe)
     if family is None:
         raise TypeError(f"{type(probe).__name__} is not a probe family that can be saved ({', '.join(FAMILIES)})")
     params = {name: _plain_param(value, f"{prefix}{name}.", arrays) for name, value in
@@ -131,14 +121,14 @@ def _parse(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def _build(node: Any, prefix: str, arrays: dict[str, np.ndarray], depth: int, fitted: bool) -> BinaryProbe:
-    """The probe of a JSON node: its family from FAMILIES, its parameters and fitted values checked first."""
+    """The probe of a JSON node: its family from the registry, its parameters and fitted values checked first."""
     if depth > MAX_DEPTH:
         raise SavedProbeError(f"probes nested deeper than {MAX_DEPTH} levels")
     node = fields(node, "probe", {"family", "params"} | ({"fitted", "parts"} if fitted else set()))
     family = node["family"]
-    cls = FAMILIES.get(family) if isinstance(family, str) else None
-    if cls is None:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise SavedProbeError(f"unknown probe family {shown(family)} (known: {', '.join(FAMILIES)})")
+    cls = FAMILIES[family].estimator()
     params = fields(node["params"], f"{family} parameters", set(cls._get_param_names()))
     params = {name: _param(value, f"{prefix}{name}.", arrays, depth) for name, value in params.items()}
     cls._check_params(params)

@@ -15,7 +15,6 @@ from sklearn.utils.validation import check_is_fitted
 from probes.base import BinaryProbe, as_numpy
 from probes.errors import ProbeInputError
 from probes.logistic import LogisticRegressionProbe
-from probes.metrics import binary_scores
 from probes.saved_checks import MAX_PARTS, SavedProbeError, fields, integer, seed
 
 
@@ -42,11 +41,12 @@ class StackedProbe(BinaryProbe):
         folds = StratifiedKFold(self.n_folds, shuffle=True, random_state=self.random_state)
         out_of_fold = np.zeros((len(y), len(matrices)))
         for fit_rows, held_out in folds.split(np.zeros(len(y)), y):
-            for j, (base, X_j) in enumerate(zip(self._bases(len(matrices)), matrices)):
+            for j, (base, X_j) in enumerate(zip(self._bases(len(matrices)), matrices, strict=True)):
                 out_of_fold[held_out, j] = clone(base).fit(X_j[fit_rows], y[fit_rows]).decision_function(X_j[held_out])
-        self.final_ = clone(self.final_probe or LogisticRegressionProbe(standardize=True, random_state=self.random_state))
+        final = self.final_probe or LogisticRegressionProbe(standardize=True, random_state=self.random_state)
+        self.final_ = clone(final)
         self.final_.fit(out_of_fold, y)
-        self.bases_ = [clone(base).fit(X_j, y) for base, X_j in zip(self._bases(len(matrices)), matrices)]
+        self.bases_ = [clone(base).fit(X_j, y) for base, X_j in zip(self._bases(len(matrices)), matrices, strict=True)]
         self.n_features_in_ = sum(X_j.shape[1] for X_j in matrices)
         return self
 
@@ -56,15 +56,12 @@ class StackedProbe(BinaryProbe):
         matrices = self._matrices(X)
         if len(matrices) != len(self.bases_):
             raise ProbeInputError(f"StackedProbe: fitted with {len(self.bases_)} matrices, got {len(matrices)}")
-        return np.column_stack([base.decision_function(X_j) for base, X_j in zip(self.bases_, matrices)])
+        return np.column_stack([base.decision_function(X_j) for base, X_j in zip(self.bases_, matrices, strict=True)])
 
     def decision_function(self, X: list) -> np.ndarray:
         """The final probe's logit on the base probes' scores."""
-        return self.final_.decision_function(self.base_scores(X))
-
-    def score(self, X: list, y) -> dict[str, float]:
-        decision = self.decision_function(X)
-        return binary_scores(np.asarray(as_numpy(y)).ravel() == self.classes_[1], decision, decision > 0)
+        scores = self.base_scores(X)
+        return self.final_.decision_function(scores)
 
     def chosen_hyperparameters(self) -> dict:
         """The final probe's C and validation AUC, and its weight on each base probe's score."""

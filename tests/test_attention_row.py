@@ -9,7 +9,14 @@ import xarray as xr
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
-from probes import AttentionRowProbe, AttentionRows, LogisticRegressionProbe, ProbeInputError, StackedProbe
+from probes import (
+    AttentionRowProbe,
+    AttentionRows,
+    LogisticRegressionProbe,
+    ProbeInputError,
+    StackedProbe,
+    probe_metrics,
+)
 
 FAST = dict(max_epochs=30, patience=8)
 
@@ -58,11 +65,11 @@ def test_learns_planted_signals_that_fixed_aggregations_miss(kind):
     train, y_train = planted(kind, 600, seed=0)
     test, y_test = planted(kind, 400, seed=1)
     learned = AttentionRowProbe(**FAST).fit(train, y_train)
-    assert learned.score(test, y_test)["roc_auc"] >= 0.95
+    assert probe_metrics(learned, test, y_test)["roc_auc"] >= 0.95
     fixed_train, fixed_test = fixed_aggregations(train), fixed_aggregations(test)
     for name in fixed_train:
         baseline = LogisticRegressionProbe().fit(fixed_train[name], y_train)
-        assert baseline.score(fixed_test[name], y_test)["roc_auc"] <= 0.70, name
+        assert probe_metrics(baseline, fixed_test[name], y_test)["roc_auc"] <= 0.70, name
     assert learned.head_importance().shape == (2, 3)
     assert np.unravel_index(learned.head_importance().argmax(), (2, 3)) == (1, 2)
     if kind == "window":  # the learned weighting of head 1.2 peaks inside the window, not on its flanks
@@ -173,6 +180,6 @@ def test_stacked_probe_is_cross_fitted_on_the_training_rows_only():
     np.testing.assert_allclose(stacked.decision_function([informative[300:], noise[300:]]),
                                final.decision_function(test_scores), rtol=1e-6)
     assert stacked.chosen_hyperparameters()["base_weights"] == final.feature_weights().tolist()
-    assert stacked.score([informative[300:], noise[300:]], y[300:])["roc_auc"] > 0.85
+    assert probe_metrics(stacked, [informative[300:], noise[300:]], y[300:])["roc_auc"] > 0.85
     with pytest.raises(ProbeInputError, match="same rows"):
         StackedProbe().fit([informative, noise[:10]], y)

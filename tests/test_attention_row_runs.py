@@ -13,7 +13,7 @@ from featstore.api import Store
 from featstore.cli import EXIT_INTERRUPTED, main
 from featstore.probing import families
 from probes import AttentionRowProbe
-from probes.attention_row import RowWeighting
+from probes.row_network import RowWeighting
 from tests.builders import MODEL
 
 QUICK = """
@@ -21,7 +21,7 @@ import os, signal, sys
 from featstore.cli import main
 from featstore.probing import families
 from probes import AttentionRowProbe
-from probes.attention_row import RowWeighting
+from probes.row_network import RowWeighting
 quick = families.FAMILIES["attention-row"]
 families.FAMILIES["attention-row"] = families.ProbeFamily(
     "rows", lambda seed: AttentionRowProbe(random_state=seed, max_epochs=50, patience=50), quick.summary)

@@ -14,7 +14,7 @@ from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.probing import fit
-from probes import LogisticRegressionProbe, MassMeanProbe, load_probe
+from probes import LogisticRegressionProbe, MassMeanProbe, load_probe, probe_metrics
 from probes.metrics import roc_auc_ci
 from tests.builders import MODEL, built_toy_project, published_folder, rewrite_stored
 
@@ -51,14 +51,14 @@ def test_rows_equal_probes_fitted_by_hand_on_the_stored_arrays(built):
     attn_train, resid_train, y_train = raw_arrays(built, "train")
     attn_test, resid_test, y_test = raw_arrays(built, "test")
     baseline = LogisticRegressionProbe(random_state=0).fit(resid_train[:, 1], y_train)
-    assert rows.loc[("resid", "logreg"), "roc_auc"] == pytest.approx(baseline.score(resid_test[:, 1], y_test)["roc_auc"], abs=1e-9)
+    assert rows.loc[("resid", "logreg"), "roc_auc"] == pytest.approx(probe_metrics(baseline, resid_test[:, 1], y_test)["roc_auc"], abs=1e-9)
     assert rows.loc[("resid", "logreg"), "layers"] == "1" and rows.loc[("resid", "logreg"), "baseline"]
     first = LogisticRegressionProbe(random_state=0).fit(attn_train[..., 0].reshape(len(y_train), -1), y_train)
     assert rows.loc[("attn", "logreg"), "roc_auc"] == pytest.approx(
-        first.score(attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9)
+        probe_metrics(first, attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9)
     lda = MassMeanProbe(tilt="lda").fit(attn_train[..., 0].reshape(len(y_train), -1), y_train)
     assert rows.loc[("attn", "mass-mean-lda"), "roc_auc"] == pytest.approx(
-        lda.score(attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9)
+        probe_metrics(lda, attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9)
     row = rows.loc[("attn", "logreg")]
     assert (row["n_train"], row["n_test"], row["n_features"]) == (len(y_train), len(y_test), 8)
     assert json.loads(row["hyperparameters"])["C"] == first.C_
@@ -191,7 +191,7 @@ def test_length_control_equals_a_probe_fitted_by_hand_on_log_length(built):
     (_, _, y_train), (_, _, y_test) = raw_arrays(built, "train"), raw_arrays(built, "test")
     (_, train_len), (_, test_len) = raw_index(built, "train"), raw_index(built, "test")
     by_hand = LogisticRegressionProbe(random_state=0).fit(np.log(np.c_[train_len]) ** [1, 2], y_train)
-    assert row["roc_auc"] == pytest.approx(by_hand.score(np.log(np.c_[test_len]) ** [1, 2], y_test)["roc_auc"], abs=1e-9)
+    assert row["roc_auc"] == pytest.approx(probe_metrics(by_hand, np.log(np.c_[test_len]) ** [1, 2], y_test)["roc_auc"], abs=1e-9)
 
 
 def test_stored_scores_are_the_saved_probes_decisions_and_the_interval_follows_from_them(built):
@@ -286,7 +286,7 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
     valid = np.arange(attn_test.shape[-1]) < lengths[:, None, None, None]
     entropy = -np.where(valid & (attn_test > 0), attn_test * np.log(np.where(attn_test > 0, attn_test, 1)), 0).sum(-1)
     assert rows.loc["meta", "roc_auc"] == pytest.approx(
-        meta.score([first, entropy.reshape(len(ids), -1)], y_test)["roc_auc"], abs=1e-6)
+        probe_metrics(meta, [first, entropy.reshape(len(ids), -1)], y_test)["roc_auc"], abs=1e-6)
     assert not list((built.store_dir / "probes").rglob("*.staged"))
     before = results(built)
     assert probe(built, "--probe", "attention-row", "meta", "--aggregation", "first", "entropy") == 0

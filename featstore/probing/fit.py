@@ -97,11 +97,8 @@ def _score(project: Project, spec: ProbeSpec, probe, fit_seconds: float, n_train
 def standardised_weights(probe, train: FeatureMatrix) -> np.ndarray:
     """What the probe puts on each feature of `train.names`, on standardised features: a linear probe's weights
     times the features' training standard deviations, or a learned row probe's per-head importance."""
-    if hasattr(probe, "head_importance"):
-        return probe.head_importance().ravel()
-    if hasattr(probe, "feature_weights") and not isinstance(train.X, list):
-        return probe.feature_weights() * train.X.std(axis=0, dtype=np.float64)
-    return np.zeros(len(train.names))
+    weights = probe.standardised_weights(train.X)
+    return np.zeros(len(train.names)) if weights is None else weights
 
 
 @contextmanager
