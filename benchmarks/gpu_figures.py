@@ -55,7 +55,8 @@ def bare(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from featstore.extraction.build import order_job, plan_jobs, split_batches
+    from featstore.extraction.build import order_job, plan_jobs
+    from featstore.extraction.plan import split_batches
     from featstore.extraction.models import (DTYPES, RANDOM_PREFIX, RANDOM_SEED, _RANDOM_CONFIGS, _resolve_device,
                                              _byte_level_tokenizer)
     from featstore.project import open_project

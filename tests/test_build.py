@@ -20,7 +20,8 @@ from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import load_registry
 from featstore.errors import FeatstoreError
 from featstore.extraction import build as build_module
-from featstore.extraction.build import CPU_BATCH_TOKENS, BuildSettings, build_features, default_batch_tokens
+from featstore.extraction.build import CPU_BATCH_TOKENS, build_features, default_batch_tokens
+from featstore.extraction.plan import BuildSettings
 from featstore.extraction.models import load_model
 from featstore.project import init_project
 from featstore.store.layout import LEGACY_CHUNKING, SHARD_EXAMPLES

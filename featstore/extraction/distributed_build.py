@@ -30,9 +30,9 @@ from transformers.utils import logging as transformers_logging
 from featstore.cluster import connect, gpu_resources, worker_count
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit
-from featstore.extraction.build import BuildSettings, ShardWriting, SplitPlan, split_batches
 from featstore.extraction.capture import capture_last_token
 from featstore.extraction.models import LoadedModel, ModelLoadError, load_model, release_model
+from featstore.extraction.plan import BuildSettings, ShardWriting, SplitPlan, split_batches
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import TokenProgress
 from featstore.store.layout import SplitShape

@@ -47,7 +47,8 @@ from featstore.progress import open_progress
 from featstore.project import Project
 from featstore.probing.results import parse_short_layers, short_layers
 from featstore.store.layout import PROBES, model_dir_name
-from featstore.store.locking import holding_store, waiting_lock
+from featstore.session.holding import holding_store
+from featstore.store.locking import waiting_lock
 from featstore.views.aggregations import parse_aggregation
 from featstore.views.matrix import to_matrix
 from featstore.probing.head_weights import head_weights
