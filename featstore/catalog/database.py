@@ -29,6 +29,7 @@ WRITER_WAIT_S = 120.0
 _WRITER_THREAD = threading.RLock()  # one writing thread at a time in this process (the gate orders processes)
 BUSY_READING = "the catalog is being written by another featstore process; try again when it finishes"
 DAMAGE_SIGNS = ("Corrupt database file", "not a valid DuckDB database file")
+FILE_FAILURES = (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException)  # the file, not the query
 # Every read-only connection, featstore's own and user queries' alike (DuckDB refuses two configurations of one
 # file in a process): locked down for user SQL (see `safe_sql`).
 READ_ONLY_CONFIG: dict[str, str | int | bool] = {
@@ -173,6 +174,12 @@ def damaged_catalog(err: BaseException) -> FeatstoreError | None:
                           "builds again")
 
 
+def _file_failure(project: Project, doing: str, err: duckdb.Error) -> FeatstoreError:
+    """DuckDB's failure on the catalog file while in use, on one line (a damaged file names its recovery)."""
+    reason = " ".join(str(err).split())
+    return damaged_catalog(err) or FeatstoreError(f"cannot {doing} {project.catalog_path}: {reason}")
+
+
 def _busy_writing(catalog_path: Path) -> str:
     return f"{catalog_path} is open in another featstore process; try again when it finishes"
 
@@ -231,10 +238,8 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
         try:
             con.execute(SCHEMA)
             yield con
-        except (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException) as err:
-            # a full disk failing the commit, a truncated or damaged file: DuckDB's reason, on one line
-            reason = " ".join(str(err).split())
-            raise damaged_catalog(err) or FeatstoreError(f"cannot read or write {project.catalog_path}: {reason}") from None
+        except FILE_FAILURES as err:  # a full disk failing the commit, a truncated or damaged file
+            raise _file_failure(project, "read or write", err) from None
         finally:
             con.close()
 
@@ -245,14 +250,14 @@ def catalog_reader(project: Project, wait_s: float = WRITER_WAIT_S,
     """A read-only connection for featstore's own reads of the catalog (user SQL goes through `safe_sql`), opened
     behind the gate so a waiting writer goes first, and closed when the block ends; `shared`: the connection a
     batch of reads already holds, used instead."""
-    if shared is not None:
-        yield shared
-        return
-    con = open_read_only(project.catalog_path, wait_s)
+    con = shared if shared is not None else open_read_only(project.catalog_path, wait_s)
     try:
         yield con
+    except FILE_FAILURES as err:  # a truncated or damaged file
+        raise _file_failure(project, "read", err) from None
     finally:
-        con.close()
+        if shared is None:
+            con.close()
 
 
 def snapshot_catalog(project: Project, target: Path) -> None:
