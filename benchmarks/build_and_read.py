@@ -42,8 +42,8 @@ from featstore.api import open_store
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.sae_probes import import_sae_probes
 from featstore.extraction.batching import TokenizedSplit, order_split, truncate_left
-from featstore.extraction.build import (CPU_BATCH_TOKENS, BuildSettings, SplitJob, build_split, plan_jobs,
-                                       split_batches)
+from featstore.extraction.build import CPU_BATCH_TOKENS, SplitJob, build_split, plan_jobs
+from featstore.extraction.plan import BuildSettings, split_batches
 from featstore.extraction.capture import default_capture
 from featstore.extraction.captures import CAPTURES
 from featstore.extraction.model_sources import parse_model_spec

@@ -32,7 +32,8 @@ from featstore.catalog.splits import SplitParams
 from featstore.datasets.sae_probes import import_sae_probes
 from featstore.extraction import build as build_module
 from featstore.extraction import distributed_build
-from featstore.extraction.build import BuildSettings, build_features
+from featstore.extraction.build import build_features
+from featstore.extraction.plan import BuildSettings
 from featstore.progress import TokenProgress
 from featstore.project import init_project
 from featstore.store.writer import SplitWriter

@@ -55,9 +55,10 @@ def bare(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from featstore.extraction.build import order_job, plan_jobs, split_batches
+    from featstore.extraction.build import order_job, plan_jobs
     from featstore.extraction.model_sources import parse_model_spec
     from featstore.extraction.models import resolve_device, resolve_dtype
+    from featstore.extraction.plan import split_batches
     from featstore.extraction.random_models import RANDOM_CONFIGS, RANDOM_SEED, byte_level_tokenizer
     from featstore.project import open_project
 

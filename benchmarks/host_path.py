@@ -99,7 +99,8 @@ def copy_project(source: Path, root: Path) -> None:
 def run_child(args: argparse.Namespace, spec: str, run: str) -> dict:
     """Build with synthetic rows (old or new settings), or encode the same shards with the raw codec."""
     from featstore.extraction import build as build_module
-    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.extraction.build import build_features
+    from featstore.extraction.plan import BuildSettings
     from featstore.project import open_project
     from featstore.store.layout import LEGACY_CHUNKING
 

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featstore.api import Store  # noqa: E402
 from featstore.catalog.splits import SplitParams  # noqa: E402
 from featstore.datasets.sae_probes import import_sae_probes  # noqa: E402
-from featstore.extraction.build import BuildSettings, build_features  # noqa: E402
+from featstore.extraction.build import build_features  # noqa: E402
+from featstore.extraction.plan import BuildSettings  # noqa: E402
 from featstore.project import init_project, open_project  # noqa: E402
 from tests.object_servers import MotoS3Server  # noqa: E402
 

@@ -29,7 +29,8 @@ from featstore.catalog.probe_records import replace_probe_results
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import load_registry
-from featstore.extraction.build import BuildSettings, build_features
+from featstore.extraction.build import build_features
+from featstore.extraction.plan import BuildSettings
 from featstore.project import Project, init_project
 from featstore.report.site import write_report
 from tests.factories import registry_row, toy_raw, write_registry

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from featstore import __version__
-from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, damaged_catalog, run_bounded_query
+from featstore.catalog.database import damaged_catalog
+from featstore.catalog.safe_sql import DEFAULT_MAX_ROWS, EXAMPLE_QUERY, SQL_COMMAND_HELP, run_bounded_query
 from featstore.catalog.splits import SplitParams
 from featstore.cluster import CLUSTER_HELP, local_workers
 from featstore.errors import FeatstoreError
@@ -222,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--port", type=int, default=8000, help="port for --serve (default: %(default)s; 0 picks a free one)")
     report.set_defaults(handler=run_report)
 
-    sql = commands.add_parser("sql", help="run one read-only SELECT over the catalog")
-    sql.add_argument("query", help='for example "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"')
+    sql = commands.add_parser("sql", help=SQL_COMMAND_HELP)
+    sql.add_argument("query", help=f'for example "{EXAMPLE_QUERY}"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.add_argument("--max-rows", type=positive_int, default=DEFAULT_MAX_ROWS,
                      help="refuse results with more rows than this (default: %(default)s)")
@@ -297,7 +298,7 @@ def project_of(args: argparse.Namespace) -> Project:
 def reading_project(args: argparse.Namespace) -> Project:
     """The project of a read-only command, its catalog and datasets first brought up to a newer generation in
     a shared store (another machine's rebuild moved splits to versions only the newer catalog names)."""
-    from featstore.store.mirror import refresh
+    from featstore.session.mirror import refresh
 
     project = project_of(args)
     refresh(project)
@@ -312,7 +313,7 @@ def run_init(args: argparse.Namespace) -> None:
 
 
 def run_clone(args: argparse.Namespace) -> None:
-    from featstore.store.mirror import clone
+    from featstore.session.mirror import clone
 
     clone(args.url, args.directory)
 
@@ -337,25 +338,17 @@ def run_import_sae_probes(args: argparse.Namespace) -> None:
 
 
 def run_list(args: argparse.Namespace) -> None:
-    from featstore.api import Store
+    from featstore.catalog.database import catalog_reader
+    from featstore.catalog.datasets import dataset_listing
 
-    frame = Store(reading_project(args)).sql(
-        """WITH per_model AS (
-               SELECT dataset, model || CASE WHEN count(*) = 2 THEN '' ELSE ' (' || any_value(split) || ')' END AS built
-               FROM feature_splits WHERE status = 'complete' GROUP BY dataset, model),
-           built AS (SELECT dataset, string_agg(built, ', ' ORDER BY built) AS built FROM per_model GROUP BY dataset)
-           SELECT d.name AS dataset, d.n_examples AS n, d.n_train, d.n_test,
-                  round(d.n_pos / d.n_examples, 3) AS pos_fraction,
-                  min(e.n_chars) AS chars_min, CAST(median(e.n_chars) AS INTEGER) AS chars_median,
-                  max(e.n_chars) AS chars_max, coalesce(any_value(b.built), '') AS built
-           FROM datasets d JOIN examples e ON e.dataset = d.name LEFT JOIN built b ON b.dataset = d.name
-           GROUP BY d.name, d.n_examples, d.n_train, d.n_test, d.n_pos ORDER BY any_value(d.number)"""
-    )
+    with catalog_reader(reading_project(args)) as con:
+        frame = dataset_listing(con)
     print_frame(frame, "table")
 
 
 def run_build(args: argparse.Namespace) -> None:
-    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.extraction.build import build_features
+    from featstore.extraction.plan import BuildSettings
 
     if args.cluster:
         local_workers(args.cluster)  # a local:N this machine cannot hold is refused before any work
@@ -373,7 +366,7 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> None:
-    from featstore.store.verify import verify_store
+    from featstore.verify import verify_store
 
     damaged, commands = verify_store(reading_project(args), args.model, args.datasets)
     for damage in damaged:

@@ -13,7 +13,8 @@ from zarr.storage import LocalStore
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import load_registry
-from featstore.extraction.build import BuildSettings, build_features
+from featstore.extraction.build import build_features
+from featstore.extraction.plan import BuildSettings
 from featstore.project import Project, init_project
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
 from featstore.catalog.safe_sql import query_catalog

@@ -20,8 +20,9 @@ from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import load_registry
 from featstore.errors import FeatstoreError
 from featstore.extraction import build as build_module
-from featstore.extraction.build import CPU_BATCH_TOKENS, BuildSettings, build_features, default_batch_tokens
+from featstore.extraction.build import CPU_BATCH_TOKENS, build_features, default_batch_tokens
 from featstore.extraction.model_sources import parse_model_spec
+from featstore.extraction.plan import BuildSettings
 from featstore.project import init_project
 from featstore.store.layout import LEGACY_CHUNKING, SHARD_EXAMPLES
 from featstore.store.locking import BUILD_LOCK, exclusive_build

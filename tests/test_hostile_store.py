@@ -17,7 +17,7 @@ import pytest
 from featstore.cli import main
 from featstore.errors import FeatstoreError
 from featstore.project import open_project
-from featstore.store import mirror
+from featstore.session import mirror
 from featstore.store.documents import MAX_DOCUMENT_BYTES, read_document
 from featstore.store.layout import new_version, split_prefix
 from featstore.store.location import LocalLocation

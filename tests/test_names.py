@@ -15,7 +15,8 @@ from featstore.cli import main
 from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import load_registry
 from featstore.errors import FeatstoreError
-from featstore.extraction.build import BuildSettings, build_features
+from featstore.extraction.build import build_features
+from featstore.extraction.plan import BuildSettings
 from featstore.project import Project, init_project
 from tests.builders import MODEL
 from tests.factories import registry_row, toy_raw, write_registry

@@ -18,7 +18,8 @@ import s3fs
 
 from featstore.api import Store
 from featstore.cli import main
-from featstore.extraction.build import BuildSettings, build_features
+from featstore.extraction.build import build_features
+from featstore.extraction.plan import BuildSettings
 from featstore.project import Project, open_project
 from featstore.errors import FeatstoreError
 from featstore.store.lease import LEASE, Lease, assert_held, holding_lease

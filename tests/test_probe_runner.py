@@ -166,7 +166,8 @@ def test_repeated_and_differently_spelled_aggregations_fit_once(built):
 
 
 def test_rebuilding_features_drops_their_probe_results(built):
-    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.extraction.build import build_features
+    from featstore.extraction.plan import BuildSettings
 
     assert probe(built, "--aggregation", "first") == 0
     assert len(Store(built).sql("FROM probe_scores")) == 100 and len(Store(built).sql("FROM probe_head_weights")) == 8

@@ -11,7 +11,8 @@ from featstore.catalog.splits import SplitParams
 from featstore.cli import main
 from featstore.datasets.registry import load_registry
 from featstore.datasets.cleaning import clean_datasets
-from featstore.extraction.build import BuildSettings, build_features
+from featstore.extraction.build import build_features
+from featstore.extraction.plan import BuildSettings
 from featstore.project import init_project, open_project
 from tests.builders import MODEL
 from tests.factories import registry_row, toy_raw, write_registry

@@ -257,7 +257,8 @@ def test_worker_processes_write_the_same_report_as_one_process(tmp_path, monkeyp
     from featstore.catalog.splits import SplitParams
     from featstore.datasets.cleaning import clean_datasets
     from featstore.datasets.registry import load_registry
-    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.extraction.build import build_features
+    from featstore.extraction.plan import BuildSettings
     from featstore.project import init_project
     from featstore.report import site
     from tests.factories import registry_row, toy_raw, write_registry

@@ -141,7 +141,8 @@ def test_a_dataset_name_that_needs_url_encoding_and_hostile_prompts_link_load_an
     from featstore.cli import main
     from featstore.datasets.cleaning import clean_datasets
     from featstore.datasets.registry import load_registry
-    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.extraction.build import build_features
+    from featstore.extraction.plan import BuildSettings
     from featstore.project import init_project
     from tests.factories import registry_row, toy_raw, write_registry
 

@@ -338,7 +338,8 @@ def test_a_saved_tokenizer_naming_custom_code_never_runs_it(toy_copy, tmp_path, 
 
 
 def test_a_pickle_payload_in_a_bucket_never_runs_on_a_clone(moto_s3, monkeypatch, tmp_path, capsys):
-    from featstore.extraction.build import BuildSettings, build_features
+    from featstore.extraction.build import build_features
+    from featstore.extraction.plan import BuildSettings
     from featstore.project import open_project
     from tests.builders import toy_project
 

@@ -14,7 +14,7 @@ def test_a_view_opened_again_costs_no_catalog_connection(toy_copy, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the catalog was opened again")
 
-    monkeypatch.setattr(view_module, "CatalogReader", refuse)
+    monkeypatch.setattr(view_module, "catalog_reader", refuse)
     again = open_store(toy_copy.root).view("1_toy", "test", layers=[1])
     np.testing.assert_array_equal(again.attn.values, first.attn.values)
     np.testing.assert_array_equal(again.label.values, first.label.values)

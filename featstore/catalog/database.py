@@ -1,4 +1,6 @@
-"""The DuckDB catalog `store/catalog.duckdb`: its schema and the single writer's connection.
+"""The DuckDB catalog `store/catalog.duckdb`: its schema and every connection to it (the single writer's, the
+read-only readers', user queries' through `safe_sql`), opened one way: behind the gate, retried while another
+process holds DuckDB's file lock.
 
 Columns added after a catalog was first written come through `ADD COLUMN IF NOT EXISTS`, so any
 write command brings an older catalog up to date (its older rows hold NULL there).
@@ -6,22 +8,41 @@ write command brings an older catalog up to date (its older rows hold NULL there
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import takewhile
+from pathlib import Path
 
 import duckdb
 
 from featstore.errors import FeatstoreError
 from featstore.project import Project
-from featstore.catalog.safe_sql import damaged_catalog
 from featstore.store.locking import catalog_gate
 
 # Readers hold the catalog for at most a user query's 30 s (safe_sql.USER_QUERY_BUDGET) once a writer waits at the
 # gate; a writer waits for them with room to spare.
 WRITER_WAIT_S = 120.0
 _WRITER_THREAD = threading.RLock()  # one writing thread at a time in this process (the gate orders processes)
+BUSY_READING = "the catalog is being written by another featstore process; try again when it finishes"
+DAMAGE_SIGNS = ("Corrupt database file", "not a valid DuckDB database file")
+FILE_FAILURES = (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException)  # the file, not the query
+# Every read-only connection, featstore's own and user queries' alike (DuckDB refuses two configurations of one
+# file in a process): locked down for user SQL (see `safe_sql`).
+READ_ONLY_CONFIG: dict[str, str | int | bool] = {
+    "enable_external_access": False,  # no files, URLs, ATTACH, COPY, INSTALL, Python objects
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "python_enable_replacements": False,  # `FROM name` never reads a caller's DataFrame
+    "python_scan_all_frames": False,
+    "memory_limit": "2GB",
+    "threads": 2,
+    "temp_directory": "",  # no spilling to files next to the catalog
+    "lock_configuration": True,  # applied last: nothing above can be SET back
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -135,6 +156,66 @@ def example_id(number: int, row: int) -> int:
     return number * EXAMPLE_ID_STRIDE + row
 
 
+def one_line(err: Exception) -> str:
+    """DuckDB's message without the `LINE n: ...` excerpt and its caret, joined onto one line."""
+    lines = takewhile(lambda line: not line.startswith("LINE "), str(err).splitlines())
+    return " ".join(line.strip() for line in lines if line.strip())
+
+
+def damaged_catalog(err: BaseException) -> FeatstoreError | None:
+    """DuckDB's failure on a damaged catalog file (flipped bytes, a truncated copy) as one line naming the
+    recovery, or None for any other failure."""
+    text = " ".join(str(err).split())
+    if not isinstance(err, duckdb.Error) or not any(sign in text for sign in DAMAGE_SIGNS):
+        return None
+    return FeatstoreError(f"the catalog store/catalog.duckdb is damaged ({text[:160]}); a clone of a shared store: "
+                          "delete it and store/.mirror.json and run the command again (or `featstore clone` afresh); "
+                          "otherwise delete it and run `featstore datasets clean` (or `import-sae-probes`) and the "
+                          "builds again")
+
+
+def _file_failure(project: Project, doing: str, err: duckdb.Error) -> FeatstoreError:
+    """DuckDB's failure on the catalog file while in use, on one line (a damaged file names its recovery)."""
+    reason = " ".join(str(err).split())
+    return damaged_catalog(err) or FeatstoreError(f"cannot {doing} {project.catalog_path}: {reason}")
+
+
+def _busy_writing(catalog_path: Path) -> str:
+    return f"{catalog_path} is open in another featstore process; try again when it finishes"
+
+
+def _connect_retrying(catalog_path: Path, connect: Callable[[float], duckdb.DuckDBPyConnection], busy: str,
+                      deadline: float) -> duckdb.DuckDBPyConnection:
+    """`connect(seconds_left)`, tried again while another process holds DuckDB's lock on the file until the
+    monotonic `deadline`, then `busy`; any other failure to open is one line (a damaged file says so)."""
+    while True:
+        try:
+            return connect(max(0.0, deadline - time.monotonic()))
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise damaged_catalog(err) or FeatstoreError(f"cannot open {catalog_path}: {one_line(err)}") from None
+            if time.monotonic() > deadline:
+                raise FeatstoreError(busy) from None
+            time.sleep(0.05)
+
+
+def open_read_only(catalog_path: Path, wait_s: float) -> duckdb.DuckDBPyConnection:
+    """A read-only connection (locked down, `READ_ONLY_CONFIG`), opened behind the gate so a waiting writer goes
+    first, waiting up to `wait_s` for writers."""
+    catalog_path = Path(catalog_path)
+    if not catalog_path.is_file():
+        raise FeatstoreError(f"no catalog at {catalog_path}; run `featstore datasets import-sae-probes` or "
+                             "`featstore datasets clean` first")
+
+    def connect(seconds_left: float) -> duckdb.DuckDBPyConnection:
+        with catalog_gate(catalog_path, exclusive=False, wait_s=seconds_left) as passed:
+            if not passed:
+                raise FeatstoreError(BUSY_READING)
+            return duckdb.connect(str(catalog_path), read_only=True, config=READ_ONLY_CONFIG)
+
+    return _connect_retrying(catalog_path, connect, BUSY_READING, time.monotonic() + wait_s)
+
+
 def upgrade_catalog(project: Project) -> None:
     """Bring an existing catalog's schema up to date (a no-op when it is current; nothing is created)."""
     if project.catalog_path.is_file():
@@ -148,56 +229,49 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
     to finish (new readers wait behind it, see `catalog_gate`), then a clear error."""
     project.store_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
-    busy = f"{project.catalog_path} is open in another featstore process; try again when it finishes"
+    busy = _busy_writing(project.catalog_path)
     with _WRITER_THREAD, catalog_gate(project.catalog_path, exclusive=True, wait_s=wait_s) as passed:
         if not passed:
             raise FeatstoreError(busy)
-        while True:
-            try:
-                con = duckdb.connect(str(project.catalog_path))
-                break
-            except duckdb.IOException as err:
-                if "lock" not in str(err).lower():
-                    raise damaged_catalog(err) or FeatstoreError(f"cannot open {project.catalog_path}: "
-                                                                 f"{str(err).splitlines()[0]}") from None
-                if time.monotonic() > deadline:
-                    raise FeatstoreError(busy) from None
-                time.sleep(0.05)
+        con = _connect_retrying(project.catalog_path, lambda _: duckdb.connect(str(project.catalog_path)), busy,
+                                deadline)
         try:
             con.execute(SCHEMA)
             yield con
-        except (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException) as err:
-            # a full disk failing the commit, a truncated or damaged file: DuckDB's reason, on one line
-            reason = " ".join(str(err).split())
-            raise damaged_catalog(err) or FeatstoreError(f"cannot read or write {project.catalog_path}: {reason}") from None
+        except FILE_FAILURES as err:  # a full disk failing the commit, a truncated or damaged file
+            raise _file_failure(project, "read or write", err) from None
         finally:
             con.close()
 
 
 @contextmanager
-def catalog_reader(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+def catalog_reader(project: Project, wait_s: float = WRITER_WAIT_S,
+                   shared: duckdb.DuckDBPyConnection | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection for featstore's own reads of the catalog (user SQL goes through `safe_sql`), opened
-    behind the gate so a waiting writer goes first, and closed when the block ends."""
-    if not project.catalog_path.is_file():
-        raise FeatstoreError(f"no catalog at {project.catalog_path}; run `featstore datasets import-sae-probes` or "
-                             "`featstore datasets clean` first")
-    deadline = time.monotonic() + wait_s
-    busy = "the catalog is being written by another featstore process; try again when it finishes"
-    while True:
-        try:
-            with catalog_gate(project.catalog_path, exclusive=False, wait_s=max(0.0, deadline - time.monotonic())) as passed:
-                if not passed:
-                    raise FeatstoreError(busy)
-                con = duckdb.connect(str(project.catalog_path), read_only=True)
-            break
-        except duckdb.IOException as err:
-            if "lock" not in str(err).lower():
-                raise damaged_catalog(err) or FeatstoreError(f"cannot open {project.catalog_path}: "
-                                                             f"{str(err).splitlines()[0]}") from None
-            if time.monotonic() > deadline:
-                raise FeatstoreError(busy) from None
-            time.sleep(0.05)
+    behind the gate so a waiting writer goes first, and closed when the block ends; `shared`: the connection a
+    batch of reads already holds, used instead."""
+    con = shared if shared is not None else open_read_only(project.catalog_path, wait_s)
     try:
         yield con
+    except FILE_FAILURES as err:  # a truncated or damaged file
+        raise _file_failure(project, "read", err) from None
     finally:
-        con.close()
+        if shared is None:
+            con.close()
+
+
+def snapshot_catalog(project: Project, target: Path) -> None:
+    """Copy a consistent catalog to `target`: checkpointed and copied while no writer holds it."""
+    with catalog_writer(project) as con:
+        con.execute("CHECKPOINT")
+        shutil.copyfile(project.catalog_path, target)
+
+
+def replace_catalog(project: Project, downloaded: Path) -> None:
+    """Put a downloaded catalog file in place of this project's (its write-ahead log dropped), once no other
+    process has it open."""
+    with catalog_gate(project.catalog_path, exclusive=True, wait_s=WRITER_WAIT_S) as passed:
+        if not passed:
+            raise FeatstoreError(_busy_writing(project.catalog_path))
+        Path(f"{project.catalog_path}.wal").unlink(missing_ok=True)
+        os.replace(downloaded, project.catalog_path)

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from featstore.catalog.safe_sql import CatalogReader, query_catalog
+from featstore.catalog.database import catalog_reader
+from featstore.catalog.datasets import indexed_datasets
+from featstore.catalog.features import complete_models
+from featstore.catalog.safe_sql import CatalogReader
 from featstore.errors import FeatstoreError
 from featstore.project import Project
 
@@ -54,9 +57,9 @@ class DatasetNames:
 
 
 def catalog_dataset_names(project: Project, reader: CatalogReader | None = None) -> DatasetNames:
-    """The datasets indexed in the catalog."""
-    return DatasetNames.from_frame(
-        query_catalog(project.catalog_path, "SELECT name, number, tag FROM datasets ORDER BY number", reader=reader))
+    """The datasets indexed in the catalog (read through `reader` when a batch of reads shares one)."""
+    with catalog_reader(project, shared=reader.con if reader is not None else None) as con:
+        return DatasetNames.from_frame(indexed_datasets(con))
 
 
 def did_you_mean(given: str, known: Iterable[str], aliases: dict[str, str] | None = None) -> str:
@@ -68,9 +71,9 @@ def did_you_mean(given: str, known: Iterable[str], aliases: dict[str, str] | Non
 
 
 def built_models(project: Project, reader: CatalogReader | None = None) -> list[str]:
-    """The models with complete features of at least one split."""
-    return query_catalog(project.catalog_path, "SELECT DISTINCT model FROM feature_splits WHERE status = 'complete' "
-                         "ORDER BY model", reader=reader)["model"].tolist()
+    """The models with complete features of at least one split (read through `reader` when a batch shares one)."""
+    with catalog_reader(project, shared=reader.con if reader is not None else None) as con:
+        return complete_models(con)
 
 
 def unknown_model(given: str, known: Sequence[str], what: str = "features") -> FeatstoreError:

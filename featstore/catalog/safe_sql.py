@@ -1,7 +1,8 @@
 """Run a user's SQL on the catalog: one SELECT, on a locked-down read-only connection, under a time limit.
 
-DuckDB calls these settings defence in depth, not a sandbox: they stop file, network, extension,
-settings and Python-variable access, and the read-only connection stops writes.
+The connection is the catalog's read-only one (`database.READ_ONLY_CONFIG`). DuckDB calls its settings defence in
+depth, not a sandbox: they stop file, network, extension, settings and Python-variable access, and the read-only
+connection stops writes.
 Accepted: statements DuckDB's parser types as SELECT, which include WITH, FROM-first (`FROM t`),
 VALUES, `TABLE t`, UNPIVOT and the read-only DESCRIBE / SHOW / SUMMARIZE. Refused: everything else,
 including EXPLAIN (EXPLAIN ANALYZE runs its query), PRAGMA and CALL (use `SELECT * FROM pragma_table_info('t')`
@@ -14,87 +15,41 @@ under USER_QUERY_BUDGET (`run_bounded_query`), fetching and capping the rows the
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from itertools import takewhile
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from featstore.bounded import Budget, run_bounded
+from featstore.catalog.database import damaged_catalog, one_line, open_read_only
 from featstore.errors import FeatstoreError
-from featstore.store.locking import catalog_gate
 
 USER_QUERY_BUDGET = Budget(seconds=30.0, memory_bytes=3 * 2**30)  # DuckDB's 2 GB plus room for the fetched frame
 DEFAULT_MAX_ROWS = 100_000
 MAX_RESULT_BYTES = 256 * 2**20
 LOCK_WAIT_S = 120.0  # how long a reader waits for a writer (a build registering a split) to let go
 
-LOCKED_DOWN_CONFIG: dict[str, str | int | bool] = {
-    "enable_external_access": False,  # no files, URLs, ATTACH, COPY, INSTALL, Python objects
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-    "python_enable_replacements": False,  # `FROM name` never reads a caller's DataFrame
-    "python_scan_all_frames": False,
-    "memory_limit": "2GB",
-    "threads": 2,
-    "temp_directory": "",  # no spilling to files next to the catalog
-    "lock_configuration": True,  # applied last: nothing above can be SET back
-}
 READABLE_STATEMENT_NAMES = {"LOAD": "INSTALL/LOAD", "SET": "SET/RESET/USE", "VACUUM": "VACUUM/ANALYZE", "MULTI": "PIVOT"}
-
-
-DAMAGE_SIGNS = ("Corrupt database file", "not a valid DuckDB database file")
-
-
-def damaged_catalog(err: BaseException) -> FeatstoreError | None:
-    """DuckDB's failure on a damaged catalog file (flipped bytes, a truncated copy) as one line naming the
-    recovery, or None for any other failure."""
-    text = " ".join(str(err).split())
-    if not isinstance(err, duckdb.Error) or not any(sign in text for sign in DAMAGE_SIGNS):
-        return None
-    return FeatstoreError(f"the catalog store/catalog.duckdb is damaged ({text[:160]}); a clone of a shared store: "
-                          "delete it and store/.mirror.json and run the command again (or `featstore clone` afresh); "
-                          "otherwise delete it and run `featstore datasets clean` (or `import-sae-probes`) and the "
-                          "builds again")
+# `featstore sql --help`: what it runs, and an example
+SQL_COMMAND_HELP = "run one read-only SELECT over the catalog"
+EXAMPLE_QUERY = "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"
 
 
 class QueryRefused(FeatstoreError):
     """A user query that was refused, failed or was stopped, for the one-line reason in its message."""
 
 
-def _one_line(err: Exception) -> str:
-    """DuckDB's message without the `LINE n: ...` excerpt and its caret, joined onto one line."""
-    lines = takewhile(lambda line: not line.startswith("LINE "), str(err).splitlines())
-    return " ".join(line.strip() for line in lines if line.strip())
-
-
 def open_locked_down(catalog_path: Path) -> duckdb.DuckDBPyConnection:
     """A fresh read-only connection that cannot reach files, extensions, settings or Python variables."""
-    if not Path(catalog_path).is_file():
+    try:
+        return open_read_only(Path(catalog_path), LOCK_WAIT_S)
+    except duckdb.ConnectionException as err:
         raise FeatstoreError(
-            f"no catalog at {catalog_path}; run `featstore datasets import-sae-probes` or `featstore datasets clean` first"
-        )
-    busy = "the catalog is being written by another featstore process; try again when it finishes"
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            with catalog_gate(catalog_path, exclusive=False, wait_s=max(0.0, deadline - time.monotonic())) as passed:
-                if not passed:
-                    raise FeatstoreError(busy)
-                return duckdb.connect(str(catalog_path), read_only=True, config=LOCKED_DOWN_CONFIG)
-        except duckdb.IOException as err:
-            if "lock" not in str(err).lower():
-                raise damaged_catalog(err) or FeatstoreError(f"cannot open {catalog_path}: {_one_line(err)}") from None
-            if time.monotonic() > deadline:
-                raise FeatstoreError(busy) from None
-            time.sleep(0.05)
-        except duckdb.ConnectionException as err:
-            raise FeatstoreError(
-                f"cannot open {catalog_path} for a user query while this process holds another connection to it "
-                f"({_one_line(err)}); close that connection first"
-            ) from None
+            f"cannot open {catalog_path} for a user query while this process holds another connection to it "
+            f"({one_line(err)}); close that connection first"
+        ) from None
 
 
 def single_select(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.Statement:
@@ -102,7 +57,7 @@ def single_select(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.Statemen
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as err:
-        raise QueryRefused(f"query failed: {_one_line(err)}") from None
+        raise QueryRefused(f"query failed: {one_line(err)}") from None
     if len(statements) != 1:
         raise QueryRefused(f"refused: only one SELECT statement is allowed, got {len(statements)} statements")
     kind = statements[0].type
@@ -146,9 +101,9 @@ class CatalogReader:
         except duckdb.OutOfMemoryException as err:
             raise QueryRefused(f"query stopped: out of memory ({str(err).splitlines()[0].split(' Possible solutions')[0]})") from None
         except duckdb.PermissionException as err:
-            raise QueryRefused(f"refused: file access is disabled in user queries ({_one_line(err)})") from None
+            raise QueryRefused(f"refused: file access is disabled in user queries ({one_line(err)})") from None
         except duckdb.Error as err:
-            raise damaged_catalog(err) or QueryRefused(f"query failed: {_one_line(err)}") from None
+            raise damaged_catalog(err) or QueryRefused(f"query failed: {one_line(err)}") from None
         finally:
             timer.cancel()
             timer.join()
@@ -212,3 +167,16 @@ def _check_limits(timeout_s: float, max_rows: int | None) -> None:
         raise FeatstoreError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
     if max_rows is not None and max_rows < 0:
         raise FeatstoreError(f"max_rows must be 0 or more, got {max_rows}")
+
+
+def examples_where(catalog_path: Path, model: str, dataset: str, split: str, where: str,
+                   reader: CatalogReader | None = None) -> np.ndarray:
+    """The example ids of a built split whose `examples` and `features` columns meet a user's SQL condition (the
+    `where=` of a view), run as a user query."""
+    return query_catalog(
+        catalog_path,
+        "SELECT example_id FROM features f JOIN examples e USING (example_id, dataset, split) "
+        f"WHERE model = $model AND dataset = $dataset AND split = $split AND ({where})",
+        {"model": model, "dataset": dataset, "split": split},
+        reader,
+    )["example_id"].to_numpy()

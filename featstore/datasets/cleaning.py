@@ -20,16 +20,14 @@ import numpy as np
 import pandas as pd
 
 from featstore.catalog.database import catalog_writer, example_id
-from featstore.catalog.probe_records import drop_probe_results
+from featstore.catalog.datasets import DatasetRecord, indexed_fingerprints, replace_datasets
 from featstore.catalog.splits import TEST, TRAIN, SplitParams, assign_splits
 from featstore.datasets.drops import Drop, changed_datasets, delete_dropped, planned_drops
 from featstore.datasets.expressions import evaluate_extraction
 from featstore.datasets.registry import DatasetEntry
 from featstore.errors import FeatstoreError
 from featstore.project import Project
-from featstore.store.locking import holding_store
-
-CLEANED_COLUMNS = ["prompt", "target", "row"]
+from featstore.session.holding import holding_store
 
 Confirm = Callable[[list[Drop]], bool]  # shown the planned drops before anything is written; False: change nothing
 
@@ -212,37 +210,28 @@ def _index(
     dropped: set[str],
 ) -> None:
     """Replace the entries' examples and dataset rows; features and probe results go only for `dropped`."""
+    indexed = [(_dataset_record(entry, staged[entry.name][1], fingerprints[entry.name], params), staged[entry.name][1])
+               for entry in entries]
     with catalog_writer(project) as con:
-        con.execute("BEGIN TRANSACTION")
-        for entry in entries:
-            rows = staged[entry.name][1]
-            if entry.name in dropped:
-                drop_probe_results(con, entry.name)
-                for table in ("features", "feature_splits"):
-                    con.execute(f"DELETE FROM {table} WHERE dataset = ?", [entry.name])
-            con.execute("DELETE FROM examples WHERE dataset = ?", [entry.name])
-            con.execute("DELETE FROM datasets WHERE name = ?", [entry.name])
-            con.register("staged_examples", rows)
-            con.execute("INSERT INTO examples SELECT * FROM staged_examples")
-            con.unregister("staged_examples")
-            labels = rows["label"].to_numpy()
-            con.execute(
-                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-                [
-                    entry.name, entry.number, entry.tag, entry.source, entry.probe_from, entry.probe_to,
-                    entry.prompt_extraction, entry.target_extraction, entry.data_type, len(rows),
-                    int(labels.sum()), int((labels == 0).sum()), int((rows["split"] == TRAIN).sum()),
-                    int((rows["split"] == TEST).sum()), json.dumps(params.as_dict()), fingerprints[entry.name],
-                ],
-            )
-        con.execute("COMMIT")
+        replace_datasets(con, indexed, dropped)
+
+
+def _dataset_record(entry: DatasetEntry, rows: pd.DataFrame, fingerprint: str, params: SplitParams) -> DatasetRecord:
+    """The catalog row of a dataset cleaned into example `rows`."""
+    labels = rows["label"].to_numpy()
+    return DatasetRecord(
+        entry.name, entry.number, entry.tag, entry.source, entry.probe_from, entry.probe_to, entry.prompt_extraction,
+        entry.target_extraction, entry.data_type, len(rows), int(labels.sum()), int((labels == 0).sum()),
+        int((rows["split"] == TRAIN).sum()), int((rows["split"] == TEST).sum()), json.dumps(params.as_dict()),
+        fingerprint,
+    )
 
 
 def _indexed_fingerprints(project: Project) -> dict[str, str]:
     if not project.catalog_path.exists():
         return {}
     with catalog_writer(project) as con:
-        return dict(con.execute("SELECT name, fingerprint FROM datasets").fetchall())
+        return indexed_fingerprints(con)
 
 
 def _fingerprint(project: Project, entry: DatasetEntry, params: SplitParams) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pandas as pd
 
+from featstore.catalog.datasets import built_work, indexed_examples, results_query
 from featstore.catalog.splits import FEATURE_SPLITS
 from featstore.project import Project
 from featstore.store.layout import PROBES, is_version_name, model_dir_name, split_prefix
@@ -42,7 +43,7 @@ class Drop:
         shown = "; ".join(self.settings[:SHOWN_RESULTS])
         more = len(self.settings) - SHOWN_RESULTS
         if more > 0:
-            shown += f"; and {more} more (featstore sql \"SELECT * FROM probe_results WHERE dataset = '{self.dataset}'\")"
+            shown += f"; and {more} more (featstore sql \"{results_query(self.dataset)}\")"
         results = f"{len(self.results)} probe result(s)" + (f" ({shown})" if self.results else "")
         return f"{self.dataset}: features {splits}; {results}; {format_bytes(self.nbytes)}"
 
@@ -62,8 +63,7 @@ def changed_datasets(con: duckdb.DuckDBPyConnection, staged: dict[str, pd.DataFr
     catalog's."""
     changed = []
     for dataset, rows in staged.items():
-        indexed = con.execute("SELECT example_id, split, label, prompt FROM examples WHERE dataset = ?",
-                              [dataset]).df()
+        indexed = indexed_examples(con, dataset)
         if indexed.empty or examples_digest(indexed) != examples_digest(rows):
             changed.append(dataset)
     return changed
@@ -74,14 +74,10 @@ def planned_drops(project: Project, con: duckdb.DuckDBPyConnection, changed: lis
     file the drop deletes."""
     drops = []
     for dataset in changed:
-        splits = con.execute("SELECT model, split FROM feature_splits WHERE dataset = ? ORDER BY model, split",
-                             [dataset]).fetchall()
-        results = con.execute(
-            "SELECT result_id, model, probe, feature, layers, aggregation FROM probe_results WHERE dataset = ? "
-            "ORDER BY model, probe, feature, layers, aggregation", [dataset]).fetchall()
+        splits, results = built_work(con, dataset)
         if not splits and not results:
             continue
-        drop = Drop(dataset, [tuple(s) for s in splits], [r[0] for r in results],
+        drop = Drop(dataset, splits, [r[0] for r in results],
                     [f"{model} {probe} {feature} layers {layers} {aggregation}"
                      for _, model, probe, feature, layers, aggregation in results])
         for model, split in drop.splits:

@@ -30,51 +30,38 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from featstore.catalog.database import catalog_writer
+from featstore.catalog.datasets import indexed_datasets, split_examples
+from featstore.catalog.features import (
+    RecordedSplit,
+    record_status,
+    recorded_path,
+    recorded_splits,
+    register_split,
+    repoint_split,
+)
 from featstore.catalog.names import DatasetNames
-from featstore.catalog.probe_records import drop_probe_results
 from featstore.catalog.splits import FEATURE_SPLITS, hash_order
 from featstore.errors import FeatstoreError
-from featstore.extraction.batching import TokenizedSplit, order_split, token_batches
+from featstore.extraction.batching import TokenizedSplit, order_split
 from featstore.extraction.capture import HostCopy, check_capture, launch_capture
 from featstore.extraction.model_sources import ParsedModelSpec, parse_model_spec
 from featstore.extraction.models import LoadedModel, release_model
+from featstore.extraction.plan import BuildSettings, ShardWriting, SplitPlan, split_batches
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import TokenProgress
 from featstore.project import Project
+from featstore.session import mirror
+from featstore.session.holding import holding_store
 from featstore.store.integrity import Damage, SplitRef, verify_split
-from featstore.store.layout import CHUNKING, Chunking, SplitShape, split_prefix, tokenizer_path
-from featstore.store import mirror
-from featstore.store.locking import holding_store
+from featstore.store.layout import SplitShape, split_prefix, tokenizer_path
 from featstore.store.tokenizers import save_tokenizer
 from featstore.store.writer import ShardQueue, SplitWriter, retire_versions
-
 
 CPU_BATCH_TOKENS = 2048  # fastest measured on CPU: gpt2-medium 286 tok/s vs 245 at 8,192; smollm2 flat
 GPU_BATCH_TOKENS = (8192, 65536)  # the range a GPU's budget is chosen in, from its free memory
 GPU_MEMORY_SHARE = 0.5  # of the free memory, for one batch's activations (the rest: allocator slack, the writer)
 MAX_WRITERS = 8  # writer threads at most: each holds a shard (100 MB of gpt2-medium rows at 1,024 tokens)
 _TOKENIZING = threading.Lock()  # a fast tokenizer is not safe to share between threads (builds on a cluster)
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """What changes the stored numbers (max_len, dtype, limit) and what only changes speed."""
-
-    max_len: int | None = None
-    source: str = ""
-    batch_tokens: int | None = None  # None: `default_batch_tokens` for the model and its device
-    limit: int | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    overwrite: bool = False
-    repair: bool = False
-    capture: str | None = None  # a CAPTURES strategy; None: the model's default
-    writers: int | None = None  # shard-writer threads; None: `default_writers()`
-    chunking: Chunking = CHUNKING  # how attention is chunked and compressed (benchmarks compare LEGACY_CHUNKING)
-
-    def stored(self) -> dict:
-        """The settings that must match for stored features to be reused or mixed (the weights' source included)."""
-        return {"max_len": self.max_len, "dtype": self.dtype, "limit": self.limit, "source": self.source}
-
 
 @dataclass(frozen=True)
 class SplitJob:
@@ -85,21 +72,6 @@ class SplitJob:
     fingerprint: str
     example_ids: np.ndarray
     prompts: list[str]
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """A split ready to extract: its rows in length order, its array shape, the writer of its building folder
-    and the capture strategy that computes its rows."""
-
-    tokenized: TokenizedSplit
-    shape: SplitShape
-    writer: SplitWriter
-    capture: str
-
-
-ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, TokenProgress], None]
-"""Writes and records every pending shard of a planned split: in this process, or on a cluster."""
 
 
 def build_features(project: Project, model_spec: str, datasets: list[str] | None, settings: BuildSettings,
@@ -239,17 +211,14 @@ def plan_jobs(project: Project, datasets: list[str] | None, limit: int | None) -
     if not project.catalog_path.exists():
         raise FeatstoreError("the catalog is empty; run `featstore datasets import-sae-probes` or `featstore datasets clean`")
     with catalog_writer(project) as con:
-        indexed = con.execute("SELECT name, number, tag, fingerprint, split_params FROM datasets ORDER BY number").df()
+        indexed = indexed_datasets(con)
         known = {row.name: (row.fingerprint, json.loads(row.split_params)) for row in indexed.itertuples()}
         names = DatasetNames.from_frame(indexed).resolve_all(datasets) if datasets else list(known)
         jobs = []
         for name in names:
             fingerprint, split_params = known[name]
             for split in FEATURE_SPLITS:
-                rows = con.execute(
-                    'SELECT example_id, "row", label, prompt FROM examples WHERE dataset = ? AND split = ? ORDER BY example_id',
-                    [name, split],
-                ).df()
+                rows = split_examples(con, name, split)
                 if limit is not None:
                     rows = limited(rows, name, limit, split_params["seed"])
                 jobs.append(SplitJob(name, split, fingerprint, rows["example_id"].to_numpy(), rows["prompt"].tolist()))
@@ -276,6 +245,7 @@ def build_split(
     `repair`, write only those shards of the published split again (its catalog rows stay as they are).
     `write_shards` produces the shards (default: `write_locally`); `planner` tokenises the split ahead."""
     started = time.perf_counter()
+    ref = SplitRef(model.key, job.dataset, job.split)
     prefix = split_prefix(model.key, job.dataset, job.split)
     tokenized = planner.tokenized(job) if planner is not None else order_job(model, job, max_len)
     shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
@@ -289,21 +259,23 @@ def build_split(
                          tokenized.example_ids.tolist(), shape.chunking])
     writer = None
     if repair is not None:
-        writer = SplitWriter.repairing(project.store, prefix, _recorded_path(project, model.key, job), shape, build_key,
-                                       repair)
+        with catalog_writer(project) as con:
+            recorded = recorded_path(con, ref)
+        writer = SplitWriter.repairing(project.store, prefix, recorded, shape, build_key, repair)
     if writer is None:
         repair = None
         writer = SplitWriter(project.store, prefix, shape, attrs, build_key)
-        _record_status(project, model.key, job, "building", shape, writer.key, attrs["settings"])
+        with catalog_writer(project) as con:
+            record_status(con, ref, "building", shape, writer.key, attrs["settings"])
         if not writer.shards_written:
             writer.write_index(tokenized.example_ids, tokenized.seq_lens)
     (write_shards or write_locally)(model, SplitPlan(tokenized, shape, writer, capture), settings, progress)
     published = writer.publish()
     if repair is None:
-        register_split(project, model.key, job, tokenized, shape, published, attrs["settings"],
-                       time.perf_counter() - started)
+        _register(project, ref, tokenized, shape, published, attrs["settings"], time.perf_counter() - started)
     else:
-        _repoint_split(project, model.key, job, published)
+        with catalog_writer(project) as con:  # its rows and probe results stay
+            repoint_split(con, ref, published)
     if project.store_is_remote:  # the store's catalog points to the new version before older ones are deleted
         mirror.push(project)
     retire_versions(project.store, prefix, published)
@@ -339,81 +311,34 @@ def _gather(tokenized: TokenizedSplit, assembler: ShardAssembler, queue: ShardQu
     progress.done(tokenized.seq_lens[batch])
 
 
-def split_batches(tokenized: TokenizedSplit, batch_tokens: int) -> list[slice]:
-    """The split's batches: `token_batches` over all its rows, so a resumed build or a repair recomputes a
-    shard in exactly the batches of the first build (and so gets the same values)."""
-    return token_batches(tokenized.seq_lens, slice(0, len(tokenized.seq_lens)), batch_tokens)
-
-
-def register_split(
-    project: Project, key: str, job: SplitJob, tokenized: TokenizedSplit, shape: SplitShape, version: str,
-    settings: dict, build_seconds: float,
-) -> None:
+def _register(project: Project, split: SplitRef, tokenized: TokenizedSplit, shape: SplitShape, version: str,
+              settings: dict, build_seconds: float) -> None:
     """Record the split's rows and mark it complete (pointing to its published `version`) with this run's wall
     time, in one catalog transaction."""
     rows = pd.DataFrame(
         {
-            "model": key, "dataset": job.dataset, "split": job.split,
+            "model": split.model, "dataset": split.dataset, "split": split.split,
             "example_id": tokenized.example_ids, "array_row": np.arange(len(tokenized.example_ids), dtype=np.int32),
             "seq_len": tokenized.seq_lens, "n_tokens_source": tokenized.source_lens, "truncated": tokenized.truncated,
         }
     )
     with catalog_writer(project) as con:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM features WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
-        drop_probe_results(con, job.dataset, key)
-        con.register("built_rows", rows)
-        con.execute("INSERT INTO features SELECT * FROM built_rows")
-        con.unregister("built_rows")
-        _upsert_status(con, key, job, "complete", shape, version, settings, build_seconds)
-        con.execute("COMMIT")
+        register_split(con, split, rows, shape, version, settings, build_seconds)
 
 
-def _record_status(project: Project, key: str, job: SplitJob, status: str, shape: SplitShape, version: str,
-                   settings: dict) -> None:
+def _recorded_splits(project: Project, key: str) -> dict[tuple[str, str], RecordedSplit]:
+    """Every split recorded for this model key, by (dataset, split)."""
     with catalog_writer(project) as con:
-        _upsert_status(con, key, job, status, shape, version, settings)
+        return recorded_splits(con, key)
 
 
-def _repoint_split(project: Project, key: str, job: SplitJob, version: str) -> None:
-    """Point a complete split to its repaired version (its rows and probe results stay)."""
-    with catalog_writer(project) as con:
-        con.execute("UPDATE feature_splits SET path = ? WHERE model = ? AND dataset = ? AND split = ?",
-                    [version, key, job.dataset, job.split])
-
-
-def _recorded_path(project: Project, key: str, job: SplitJob) -> str:
-    """The store key of the version the catalog points to."""
-    with catalog_writer(project) as con:
-        return con.execute("SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
-                           [key, job.dataset, job.split]).fetchone()[0]
-
-
-def _upsert_status(con, key: str, job: SplitJob, status: str, shape: SplitShape, path: str, settings: dict,
-                   build_seconds: float | None = None) -> None:
-    con.execute("DELETE FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?", [key, job.dataset, job.split])
-    con.execute(
-        "INSERT INTO feature_splits (model, dataset, split, status, n_examples, max_seq_len, n_layers, n_heads, path, "
-        "settings, built_at, build_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
-        [key, job.dataset, job.split, status, shape.n_examples, shape.max_seq_len, shape.n_layers, shape.n_heads,
-         path, json.dumps(settings), build_seconds],
-    )
-
-
-def _recorded_splits(project: Project, key: str) -> dict[tuple[str, str], tuple[str, str, str]]:
-    """(dataset, split) -> (status, settings JSON, store key) of every split recorded for this model key."""
-    with catalog_writer(project) as con:
-        found = con.execute("SELECT dataset, split, status, settings, path FROM feature_splits WHERE model = ?", [key])
-        return {(dataset, split): (status, settings, path) for dataset, split, status, settings, path in found.fetchall()}
-
-
-def _needs_build(found: tuple[str, str, str] | None, key: str, job: SplitJob, settings: BuildSettings) -> bool:
+def _needs_build(found: RecordedSplit | None, key: str, job: SplitJob, settings: BuildSettings) -> bool:
     """False when the split is complete with the same settings; refuses to mix settings without --overwrite."""
     if settings.overwrite:
         return True
-    if found is None or found[0] != "complete":
+    if found is None or found.status != "complete":
         return True
-    recorded = json.loads(found[1])
+    recorded = json.loads(found.settings)
     stored = {k: recorded.get(k) for k in settings.stored()}
     if settings.max_len == recorded.get("max_len_applied") and stored["max_len"] is None:
         stored["max_len"] = settings.max_len  # an explicit --max-len equal to the context that was applied
@@ -427,23 +352,23 @@ def _needs_build(found: tuple[str, str, str] | None, key: str, job: SplitJob, se
 
 
 def _damaged_shards(project: Project, key: str, jobs: list[SplitJob],
-                    recorded: dict[tuple[str, str], tuple[str, str, str]]) -> dict[tuple[str, str], Damage]:
+                    recorded: dict[tuple[str, str], RecordedSplit]) -> dict[tuple[str, str], Damage]:
     """The complete splits among `jobs` that fail verification, with what rebuilds each."""
     damaged = {}
     for job in jobs:
         found = recorded.get((job.dataset, job.split))
-        if found is not None and found[0] == "complete":
-            damage = verify_split(project.store, found[2], SplitRef(key, job.dataset, job.split))
+        if found is not None and found.status == "complete":
+            damage = verify_split(project.store, found.path, SplitRef(key, job.dataset, job.split))
             if damage is not None:
                 damaged[(job.dataset, job.split)] = damage
     return damaged
 
 
-def _repair_settings(settings: BuildSettings, recorded: dict[tuple[str, str], tuple[str, str, str]],
+def _repair_settings(settings: BuildSettings, recorded: dict[tuple[str, str], RecordedSplit],
                      job: SplitJob) -> BuildSettings:
     """The settings a split was built with, batch size and capture included, so its repaired shards come out
     identical (splits recorded before captures were named were built with the pattern capture)."""
-    built = json.loads(recorded[(job.dataset, job.split)][1])
+    built = json.loads(recorded[(job.dataset, job.split)].settings)
     return replace(settings, batch_tokens=built.get("batch_tokens", settings.batch_tokens),
                    capture=built.get("capture", "pattern"))
 

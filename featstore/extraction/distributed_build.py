@@ -30,10 +30,10 @@ from transformers.utils import logging as transformers_logging
 from featstore.cluster import connect, gpu_resources, worker_count
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit
-from featstore.extraction.build import BuildSettings, ShardWriting, SplitPlan, split_batches
 from featstore.extraction.capture import capture_last_token
 from featstore.extraction.model_sources import parse_model_spec
 from featstore.extraction.models import LoadedModel, ModelLoadError, release_model
+from featstore.extraction.plan import BuildSettings, ShardWriting, SplitPlan, split_batches
 from featstore.extraction.shards import ShardAssembler
 from featstore.progress import TokenProgress
 from featstore.store.layout import SplitShape

@@ -26,7 +26,7 @@ from featstore.probing.persist import done_results, write_fits
 from featstore.probing.specs import ProbeSpec, short_layers
 from featstore.progress import open_progress
 from featstore.project import Project
-from featstore.store.locking import holding_store
+from featstore.session.holding import holding_store
 
 FITS_PER_WORKER = 2  # below 2 x this, one process: starting a worker costs about as much as a fit
 

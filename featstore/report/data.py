@@ -17,6 +17,7 @@ from sklearn.metrics import roc_curve
 
 from featstore.catalog.built_features import complete_split_counts, model_examples, model_splits, split_summaries
 from featstore.catalog.database import catalog_reader
+from featstore.catalog.datasets import example_prompts, label_provenance
 from featstore.catalog.names import catalog_dataset_names, unknown_model
 from featstore.catalog.probe_records import (
     count_results,
@@ -182,8 +183,8 @@ def dataset_page(project: Project, data: ModelData, dataset: str, threshold: flo
         "top_heads": [],
         "lengths": length_histogram(examples),
         "examples": {},
-        "labels": registry_labels(store, dataset),
-        "texts": example_texts(store, examples[examples["split"] == TEST]),
+        "labels": _label_provenance(project, dataset),
+        "texts": example_texts(project, examples[examples["split"] == TEST]),
     }
     if featured is None:
         return page
@@ -197,16 +198,22 @@ def dataset_page(project: Project, data: ModelData, dataset: str, threshold: flo
     return page
 
 
-def example_texts(store: Store, examples: pd.DataFrame) -> list[dict]:
+def example_texts(project: Project, examples: pd.DataFrame) -> list[dict]:
     """A seeded few test prompts of each class (positives first), cut to TEXT_CHARS characters, so a reader sees
     what the dataset's classes look like; `n_chars` is the whole prompt's length."""
     chosen = examples.iloc[_sample_per_class(examples["label"].to_numpy(), TEXTS_PER_CLASS)]
-    prompts = example_prompts(store, chosen["example_id"].tolist())
+    with catalog_reader(project) as con:
+        prompts = example_prompts(con, chosen["example_id"].tolist())
     rows = chosen[["example_id", "label"]].merge(prompts, on="example_id").sort_values(["label", "example_id"],
                                                                                       ascending=[False, True])
     return [{"example_id": int(row.example_id), "label": int(row.label), "n_chars": len(row.prompt),
              "text": row.prompt if len(row.prompt) <= TEXT_CHARS else row.prompt[:TEXT_CHARS - 1] + "…"}
             for row in rows.itertuples()]
+
+
+def _label_provenance(project: Project, dataset: str) -> dict | None:
+    with catalog_reader(project) as con:
+        return label_provenance(con, dataset)
 
 
 def roc_curves(chosen: pd.DataFrame, scores: pd.DataFrame, examples: pd.DataFrame) -> list[dict]:
@@ -429,22 +436,3 @@ def _float(value) -> float | None:
 
 def _floats(values: pd.Series) -> list[float | None]:
     return [_float(v) for v in values]
-
-
-# Catalog reads of the dataset page's label line and example texts (to move into featstore/catalog).
-
-def registry_labels(store: Store, dataset: str) -> dict | None:
-    """The registry entry that made the dataset's labels, as the catalog indexed it: tag, source file, target
-    column and its extraction ('' where an older catalog lacks them), and each class's count; None if not indexed."""
-    rows = store.sql("SELECT tag, source, coalesce(probe_to, '') AS target_column, coalesce(probe_to_extraction, '') "
-                     "AS extraction, n_pos AS n_positive, n_neg AS n_negative FROM datasets WHERE name = $dataset",
-                     {"dataset": dataset})
-    if rows.empty:
-        return None
-    return {key: value if isinstance(value, str) else int(value) for key, value in rows.iloc[0].items()}
-
-
-def example_prompts(store: Store, example_ids: list[int]) -> pd.DataFrame:
-    """The prompts (example_id, prompt) of these examples."""
-    return store.sql("SELECT example_id, prompt FROM examples WHERE list_contains($ids, example_id)",
-                     {"ids": example_ids})

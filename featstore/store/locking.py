@@ -1,6 +1,7 @@
 """Advisory lock files that the OS releases when the process dies: one build at a time per store, one
 writer at a time of the saved probes, and the catalog's gate that gives its writers priority over readers.
-A store in a bucket is held through a lease object instead (`featstore.store.lease`)."""
+A store in a bucket is held through a lease object instead (`featstore.store.lease`); a command holds either
+through `featstore.session.holding`."""
 
 from __future__ import annotations
 
@@ -12,30 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featstore.errors import FeatstoreError
-from featstore.project import Project
 
 BUILD_LOCK = ".write.lock"
-
-
-@contextmanager
-def holding_store(project: Project, command: str, local_lock: bool = True) -> Iterator[None]:
-    """Hold the project's store for a command that writes it: a local store's build lock (`local_lock`), or a
-    remote store's lease, with the catalog and datasets brought up to date from the store first and mirrored
-    to it afterwards (see `featstore.store.mirror`)."""
-    if not project.store_is_remote:
-        if local_lock:
-            with exclusive_build(project.store.root / BUILD_LOCK):
-                yield
-        else:
-            yield
-        return
-    from featstore.store import mirror
-    from featstore.store.lease import holding_lease
-
-    with holding_lease(project.store, command):
-        mirror.pull(project)
-        yield
-        mirror.push(project)
 
 
 @contextmanager

@@ -6,12 +6,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from featstore.catalog.database import catalog_reader
+from featstore.catalog.features import dataset_splits, split_labels
 from featstore.catalog.names import DatasetNames, did_you_mean, unknown_model
-from featstore.catalog.safe_sql import CatalogReader, query_catalog
+from featstore.catalog.safe_sql import CatalogReader, examples_where
 from featstore.catalog.splits import FEATURE_SPLITS
 from featstore.errors import FeatstoreError
 from featstore.project import Project
@@ -24,16 +27,10 @@ _CATALOG_ENTRIES: dict[tuple, tuple[str, str, str, pd.Series]] = {}
 _CATALOG_ENTRIES_LOCK = threading.Lock()
 
 
-def resolve_split(project: Project, dataset: str, split: str, model: str | None,
-                  reader: CatalogReader | None = None) -> tuple[str, str, str]:
+def resolve_split(con: duckdb.DuckDBPyConnection, dataset: str, split: str, model: str | None) -> tuple[str, str, str]:
     """The dataset's name, the model key and the store-relative path of a complete split (the dataset named as
     `featstore.catalog.names` resolves it); with no model given, the only one built. Unknown names are errors."""
-    splits = query_catalog(
-        project.catalog_path,
-        "SELECT d.name, d.number, d.tag, s.model, s.split, s.path FROM datasets d LEFT JOIN feature_splits s "
-        "ON s.dataset = d.name AND s.status = 'complete' ORDER BY d.number, s.model",
-        reader=reader,
-    )
+    splits = dataset_splits(con)
     dataset = DatasetNames.from_frame(splits.drop_duplicates("name")).resolve(dataset)
     if split not in FEATURE_SPLITS:
         raise FeatstoreError(f"no split {split!r}: features are built for {' and '.join(FEATURE_SPLITS)}"
@@ -107,17 +104,9 @@ def _catalog_entry(project: Project, dataset: str, split: str, model: str | None
     with _CATALOG_ENTRIES_LOCK:
         if cache_key in _CATALOG_ENTRIES:
             return _CATALOG_ENTRIES[cache_key]
-    if reader is None:
-        with CatalogReader(project.catalog_path) as own:
-            return _catalog_entry(project, dataset, split, model, own)
-    name, key, path = resolve_split(project, dataset, split, model, reader)
-    labels = query_catalog(
-        project.catalog_path,
-        "SELECT f.example_id, e.label FROM features f JOIN examples e USING (example_id, dataset, split) "
-        "WHERE f.model = ? AND f.dataset = ? AND f.split = ?",
-        [key, name, split],
-        reader,
-    ).set_index("example_id")["label"]
+    with catalog_reader(project, shared=reader.con if reader is not None else None) as con:
+        name, key, path = resolve_split(con, dataset, split, model)
+        labels = split_labels(con, SplitRef(key, name, split))
     with _CATALOG_ENTRIES_LOCK:
         while len(_CATALOG_ENTRIES) >= CATALOG_ENTRIES_KEPT:
             _CATALOG_ENTRIES.pop(next(iter(_CATALOG_ENTRIES)))
@@ -161,11 +150,5 @@ def _select_layers(view: xr.Dataset, layers: Sequence[int]) -> xr.Dataset:
 
 def _select_where(project: Project, reader: CatalogReader | None, view: xr.Dataset, key: str, dataset: str,
                   split: str, where: str) -> xr.Dataset:
-    chosen = query_catalog(
-        project.catalog_path,
-        "SELECT example_id FROM features f JOIN examples e USING (example_id, dataset, split) "
-        f"WHERE model = $model AND dataset = $dataset AND split = $split AND ({where})",
-        {"model": key, "dataset": dataset, "split": split},
-        reader,
-    )["example_id"].to_numpy()
+    chosen = examples_where(project.catalog_path, key, dataset, split, where, reader)
     return view.isel(example=np.flatnonzero(np.isin(view["example_id"].values, chosen)))

@@ -22,14 +22,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-from featstore.catalog.database import WRITER_WAIT_S, catalog_writer
+from featstore.catalog.database import replace_catalog, snapshot_catalog
 from featstore.errors import FeatstoreError
 from featstore.project import Project, init_project
 from featstore.store.documents import read_document
 from featstore.store.integrity import streamed_checksum
 from featstore.store.lease import assert_held
 from featstore.store.location import store_location
-from featstore.store.locking import catalog_gate
 from featstore.store.safe_paths import checked_count, checked_key, confined_path
 
 STATE = "project.json"
@@ -58,9 +57,7 @@ def _push(project: Project) -> None:
     if project.catalog_path.exists():
         with tempfile.TemporaryDirectory(dir=project.store_dir) as scratch:
             snapshot = Path(scratch) / CATALOG
-            with catalog_writer(project) as con:
-                con.execute("CHECKPOINT")
-                shutil.copyfile(project.catalog_path, snapshot)
+            snapshot_catalog(project, snapshot)
             project.store.put_file(snapshot, CATALOG)
             state[CATALOG] = _checksum_of(snapshot)
     project.store.write_bytes(STATE, json.dumps(state, sort_keys=True).encode())
@@ -100,12 +97,7 @@ def pull(project: Project, read_only: bool = False) -> bool:
         for path in stale:
             path.unlink(missing_ok=True)
         if catalog is not None:
-            with catalog_gate(project.catalog_path, exclusive=True, wait_s=WRITER_WAIT_S) as passed:
-                if not passed:
-                    raise FeatstoreError(f"{project.catalog_path} is open in another featstore process; try again "
-                                         "when it finishes")
-                Path(f"{project.catalog_path}.wal").unlink(missing_ok=True)
-                os.replace(catalog, project.catalog_path)
+            replace_catalog(project, catalog)
     _write_local_state(project, remote)  # files changed here stay "changed": the next push uploads them
     return True
 

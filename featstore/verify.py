@@ -7,8 +7,9 @@ import json
 import numpy as np
 import zarr
 
+from featstore.catalog.database import catalog_reader
+from featstore.catalog.features import complete_splits, example_order
 from featstore.catalog.names import catalog_dataset_names, unknown_model
-from featstore.catalog.safe_sql import query_catalog
 from featstore.errors import FeatstoreError
 from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, open_split_store, read_sealed_root, verify_split
@@ -20,8 +21,8 @@ def verify_store(project: Project, model: str | None = None,
     `featstore build --repair` commands (with the options the splits were built with) that fix them."""
     if not project.catalog_path.exists():
         raise FeatstoreError("the catalog is empty; nothing is built to verify")
-    splits = query_catalog(project.catalog_path, "SELECT model, dataset, split, path, settings FROM feature_splits "
-                                                 "WHERE status = 'complete' ORDER BY ALL")
+    with catalog_reader(project) as con:
+        splits = complete_splits(con)
     if model is not None:
         if model not in set(splits["model"]):
             raise unknown_model(model, sorted(set(splits["model"])))
@@ -55,9 +56,9 @@ def _identity_problem(project: Project, key: str, split: SplitRef) -> str | None
         return (f"{key} holds the features of {'/'.join(map(str, recorded[1:]))} of {recorded[0]}, not of the split "
                 "its catalog row names")
     stored = zarr.open_array(open_split_store(project.store, key, split), path="example_id", mode="r")[:]
-    listed = query_catalog(project.catalog_path, "SELECT example_id FROM features WHERE model = ? AND dataset = ? AND "
-                           "split = ? ORDER BY array_row", [split.model, split.dataset, split.split])["example_id"]
-    if not np.array_equal(stored, listed.to_numpy()):
+    with catalog_reader(project) as con:
+        listed = example_order(con, split)
+    if not np.array_equal(stored, listed):
         return f"{key} holds {len(stored)} examples whose ids and order differ from the catalog's {len(listed)}"
     return None
 
