@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import xarray as xr
 
-from featstore.catalog.built_features import split_class_counts
+from featstore.catalog.features import split_class_counts
 from featstore.catalog.database import catalog_reader
 from featstore.errors import FeatstoreError
 from featstore.probing.specs import LENGTH_FEATURE, ROWS_AGGREGATION, ProbeSpec, Stack

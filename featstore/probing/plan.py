@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from featstore.catalog.built_features import complete_layer_counts
+from featstore.catalog.features import complete_layer_counts
 from featstore.catalog.database import catalog_reader
 from featstore.catalog.names import built_models, catalog_dataset_names, unknown_model
 from featstore.catalog.probe_records import baselines

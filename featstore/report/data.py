@@ -15,7 +15,7 @@ import pandas as pd
 import zarr
 from sklearn.metrics import roc_curve
 
-from featstore.catalog.built_features import complete_split_counts, model_examples, model_splits, split_summaries
+from featstore.catalog.features import complete_split_counts, model_examples, model_splits, split_summaries
 from featstore.catalog.database import catalog_reader
 from featstore.catalog.datasets import example_prompts, label_provenance
 from featstore.catalog.names import catalog_dataset_names, unknown_model
