@@ -29,6 +29,8 @@ browser:
 		|| echo "chromium could not be installed: the browser tests will skip (and fail under CI)"
 
 test: setup browser
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 # The project's registry (datasets/main.csv) is the user's, not tracked: `featstore init` creates it.

@@ -29,6 +29,7 @@ import io
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import dask
@@ -43,11 +44,11 @@ from featstore.catalog.splits import SplitParams
 from featstore.datasets.sae_probes import import_sae_probes
 from featstore.extraction.batching import TokenizedSplit, order_split, truncate_left
 from featstore.extraction.build import CPU_BATCH_TOKENS, SplitJob, build_split, plan_jobs
-from featstore.extraction.plan import BuildSettings, split_batches
 from featstore.extraction.capture import default_capture
 from featstore.extraction.captures import CAPTURES
 from featstore.extraction.model_sources import parse_model_spec
 from featstore.extraction.models import LoadedModel
+from featstore.extraction.plan import BuildSettings, split_batches
 from featstore.progress import TokenProgress
 from featstore.project import init_project
 from featstore.views.view import forget_catalog_entries
@@ -74,8 +75,9 @@ def forward_all(hf_model: torch.nn.Module, batches: list[tuple[np.ndarray, np.nd
     with torch.inference_mode():
         for ids, lengths in batches:
             mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
-            hf_model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), logits_to_keep=1,
-                     use_cache=False)
+            hf_model(
+                input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), logits_to_keep=1, use_cache=False
+            )
 
 
 def plain_copy(wrapped: torch.nn.Module, attention: str = "sdpa") -> torch.nn.Module:
@@ -99,7 +101,7 @@ def padding_ratios(model: LoadedModel, jobs: list[SplitJob], batch_tokens: int, 
         split = tokenized_split(model, job, max_len)
         sorted_lengths += [split.seq_lens[rows] for rows in split_batches(split, batch_tokens)]
         in_file_order = split.seq_lens[np.argsort(split.example_ids)]
-        file_lengths += [in_file_order[i:i + PEER_BATCH] for i in range(0, len(in_file_order), PEER_BATCH)]
+        file_lengths += [in_file_order[i : i + PEER_BATCH] for i in range(0, len(in_file_order), PEER_BATCH)]
     real = sum(int(b.sum()) for b in sorted_lengths)
     return padded_tokens(sorted_lengths) / real, padded_tokens(file_lengths) / real
 
@@ -111,8 +113,9 @@ def padded_tokens(batches: list[np.ndarray]) -> int:
 
 def published_folder(project, model: str, dataset: str, split: str) -> Path:
     """The folder of the split version the catalog points to."""
-    path = open_store(project.root).sql("SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
-                                        [model, dataset, split])["path"][0]
+    path = open_store(project.root).sql(
+        "SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?", [model, dataset, split]
+    )["path"][0]
     return project.store_dir / path
 
 
@@ -137,20 +140,27 @@ class PeerExtractor:
         attn, resid = [], []
         with torch.inference_mode():
             for start in range(0, len(ids), PEER_BATCH):
-                batch = ids[start:start + PEER_BATCH]
+                batch = ids[start : start + PEER_BATCH]
                 lengths = torch.as_tensor([len(row) for row in batch])
                 tokens = torch.zeros((len(batch), int(lengths.max())), dtype=torch.long)
                 for i, row in enumerate(batch):
                     tokens[i, : len(row)] = torch.as_tensor(row)
                 mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).long()
                 self.tokens_computed += tokens.numel()
-                output = self.hf_model(input_ids=tokens, attention_mask=mask, output_attentions=True,
-                                       output_hidden_states=True, logits_to_keep=1, use_cache=False)
+                output = self.hf_model(
+                    input_ids=tokens,
+                    attention_mask=mask,
+                    output_attentions=True,
+                    output_hidden_states=True,
+                    logits_to_keep=1,
+                    use_cache=False,
+                )
                 rows, last = torch.arange(len(batch)), lengths - 1
                 patterns = torch.stack([layer[rows, :, last] for layer in output.attentions], 1)  # [B, L, H, T]
                 attn.append(torch.nn.functional.pad(patterns, (0, longest - patterns.shape[-1])).to(torch.float16))
-                resid.append(torch.stack([hidden[rows, last] for hidden in output.hidden_states[1:]], 1)
-                             .to(torch.float16))
+                resid.append(
+                    torch.stack([hidden[rows, last] for hidden in output.hidden_states[1:]], 1).to(torch.float16)
+                )
         self.out.mkdir(parents=True, exist_ok=True)
         torch.save({"attn": torch.cat(attn), "resid": torch.cat(resid)}, self.out / f"{job.dataset}_{job.split}.pt")
 
@@ -194,24 +204,32 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     """Build, then measure and print the comparisons for `args.model` on `args.dataset`."""
     project = init_project(root)
     import_sae_probes(project, None, [args.dataset], SplitParams())
-    settings = BuildSettings(limit=args.limit, batch_tokens=args.batch_tokens, overwrite=True, max_len=args.max_len,
-                             capture=args.capture)
+    settings = BuildSettings(
+        limit=args.limit, batch_tokens=args.batch_tokens, overwrite=True, max_len=args.max_len, capture=args.capture
+    )
     jobs = plan_jobs(project, [args.dataset], args.limit)
 
     started = time.perf_counter()
     model = parse_model_spec(args.model).load()
     load_s = time.perf_counter() - started
     max_len = args.max_len or model.n_ctx
-    print(f"model {model.key}: {model.n_layers} layers x {model.n_heads} heads, d_model {model.d_model}, "
-          f"loaded in {load_s:.1f} s (not timed below); load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; project {root}", flush=True)
+    print(
+        f"model {model.key}: {model.n_layers} layers x {model.n_heads} heads, d_model {model.d_model}, "
+        f"loaded in {load_s:.1f} s (not timed below); load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; project {root}",
+        flush=True,
+    )
 
     # 1 and 2. Build, peer and bare forwards alternate split by split, so other work on the machine
     #    weighs on all of them alike.
     splits = [tokenized_split(model, job, max_len) for job in jobs]
     n_tokens = sum(int(split.seq_lens.sum()) for split in splits)
-    shaped = {budget: [[(split.padded(rows), split.seq_lens[rows]) for rows in split_batches(split, budget)]
-                       for split in splits] for budget in BARE_BUDGETS}
+    shaped = {
+        budget: [
+            [(split.padded(rows), split.seq_lens[rows]) for rows in split_batches(split, budget)] for split in splits
+        ]
+        for budget in BARE_BUDGETS
+    }
     plain = plain_copy(model.bridge.original_model)
     forward_all(plain, shaped[BARE_BUDGETS[0]][0][:1])  # warm-up, untimed
     peer = PeerExtractor(model, root / "peer", max_len) if args.peer else None
@@ -220,28 +238,34 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     with torch.inference_mode():
         for _ in range(args.rounds):
             for i, job in enumerate(jobs):
-                build += timed(lambda: build_split(project, model, job, settings, max_len, quiet))
+                build += timed(partial(build_split, project, model, job, settings, max_len, quiet))
                 if peer is not None:
-                    peer_s += timed(lambda: peer.extract(job))
+                    peer_s += timed(partial(peer.extract, job))
                 for budget in BARE_BUDGETS:
-                    bare[budget] += timed(lambda: forward_all(plain, shaped[budget][i]))
+                    bare[budget] += timed(partial(forward_all, plain, shaped[budget][i]))
     best = min(BARE_BUDGETS, key=lambda budget: bare[budget][0])
     build_rate, bare_rate = n_tokens * args.rounds / build[0], n_tokens * args.rounds / bare[best][0]
     per_budget = ", ".join(f"{budget}: {n_tokens * args.rounds / bare[budget][0]:.0f}" for budget in BARE_BUDGETS)
-    print(f"1. build tokens/s / bare forward tokens/s at its best batch budget ({len(jobs)} splits, "
-          f"{n_tokens} real tokens, {n_tokens / sum(len(s.seq_lens) for s in splits):.1f} per example, "
-          f"{args.rounds} round(s)): {build_rate / bare_rate:.2f}x wall-clock "
-          f"({bare[best][1] / build[1]:.2f}x CPU time)  [build {build_rate:.0f} tok/s at --batch-tokens "
-          f"{args.batch_tokens}, capture {args.capture or default_capture(model)}; bare plain HF (sdpa) tok/s by "
-          f"batch budget {per_budget}]", flush=True)
+    print(
+        f"1. build tokens/s / bare forward tokens/s at its best batch budget ({len(jobs)} splits, "
+        f"{n_tokens} real tokens, {n_tokens / sum(len(s.seq_lens) for s in splits):.1f} per example, "
+        f"{args.rounds} round(s)): {build_rate / bare_rate:.2f}x wall-clock "
+        f"({bare[best][1] / build[1]:.2f}x CPU time)  [build {build_rate:.0f} tok/s at --batch-tokens "
+        f"{args.batch_tokens}, capture {args.capture or default_capture(model)}; bare plain HF (sdpa) tok/s by "
+        f"batch budget {per_budget}]",
+        flush=True,
+    )
 
     layer = model.n_layers // 2
     store = open_store(project.root)
     if peer is not None:
-        ours_tokens = sum(padded_tokens([split.seq_lens[rows] for rows in split_batches(split, args.batch_tokens)])
-                          for split in splits)
+        ours_tokens = sum(
+            padded_tokens([split.seq_lens[rows] for rows in split_batches(split, args.batch_tokens)])
+            for split in splits
+        )
         ours_bytes = sum(disk_bytes(published_folder(project, model.key, j.dataset, j.split)) for j in jobs)
         peer_bytes = disk_bytes(peer.out)
+
         def read() -> np.ndarray:
             return open_store(root).view(args.dataset, "test", layers=[layer]).attn.values
 
@@ -250,23 +274,31 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
         peer_read = best_of(lambda: peer.read_layer(args.dataset, "test", layer))
         np.testing.assert_allclose(  # the same rows (the peer's in file order), up to float16 rounding
             store.view(args.dataset, "test", layers=[layer]).sortby("example_id").attn.values[:, 0].astype(np.float32),
-            peer.read_layer(args.dataset, "test", layer).astype(np.float32), rtol=0, atol=2e-3)
+            peer.read_layer(args.dataset, "test", layer).astype(np.float32),
+            rtol=0,
+            atol=2e-3,
+        )
         peer_tokens = peer.tokens_computed // args.rounds
-        print(f"2. featstore / sae-probes-style peer ({sum(len(j.example_ids) for j in jobs)} examples): "
-              f"build time {build[0] / peer_s[0]:.2f}x ({build[1] / peer_s[1]:.2f}x CPU time); "
-              f"tokens computed {ours_tokens / peer_tokens:.2f}x; bytes on disk {ours_bytes / peer_bytes:.2f}x; "
-              f"opening and reading layer {layer} of the test split {ours_read / peer_read:.2f}x "
-              f"({first_read / peer_read:.2f}x the first time in a process)  "
-              f"[build {build[0]:.1f} s vs {peer_s[0]:.1f} s; tokens {ours_tokens} vs {peer_tokens}; "
-              f"{ours_bytes / 1e6:.1f} MB vs {peer_bytes / 1e6:.1f} MB; read {ours_read * 1e3:.0f} ms "
-              f"({first_read * 1e3:.0f} ms first) vs {peer_read * 1e3:.0f} ms]", flush=True)
+        print(
+            f"2. featstore / sae-probes-style peer ({sum(len(j.example_ids) for j in jobs)} examples): "
+            f"build time {build[0] / peer_s[0]:.2f}x ({build[1] / peer_s[1]:.2f}x CPU time); "
+            f"tokens computed {ours_tokens / peer_tokens:.2f}x; bytes on disk {ours_bytes / peer_bytes:.2f}x; "
+            f"opening and reading layer {layer} of the test split {ours_read / peer_read:.2f}x "
+            f"({first_read / peer_read:.2f}x the first time in a process)  "
+            f"[build {build[0]:.1f} s vs {peer_s[0]:.1f} s; tokens {ours_tokens} vs {peer_tokens}; "
+            f"{ours_bytes / 1e6:.1f} MB vs {peer_bytes / 1e6:.1f} MB; read {ours_read * 1e3:.0f} ms "
+            f"({first_read * 1e3:.0f} ms first) vs {peer_read * 1e3:.0f} ms]",
+            flush=True,
+        )
 
     # 3. Padding of the length-sorted batches against batches of 32 in example_id order.
     whole_splits = plan_jobs(project, [args.dataset], None)
     for label, chosen in (("these examples", jobs), ("whole splits, tokenised only", whole_splits)):
         sorted_pad, file_pad = padding_ratios(model, chosen, args.batch_tokens, max_len)
-        print(f"3. padded / real tokens ({label}, {sum(len(j.example_ids) for j in chosen)} ex.): "
-              f"length-sorted batches {sorted_pad:.3f}, batches of 32 in example_id order {file_pad:.3f}")
+        print(
+            f"3. padded / real tokens ({label}, {sum(len(j.example_ids) for j in chosen)} ex.): "
+            f"length-sorted batches {sorted_pad:.3f}, batches of 32 in example_id order {file_pad:.3f}"
+        )
 
     # 4. Bytes on disk against unpadded and padded float16.
     store_bytes = uncompressed = 0
@@ -283,13 +315,17 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
         arrays_uncompressed = sum(group[name].nbytes for name in group.array_keys())
         store_bytes += disk_bytes(folder)
         uncompressed += arrays_uncompressed
-        print(f"4. {job.split} ({n} ex., {lens.min()}..{lens.max()} tokens): {stored / n:.0f} B/example "
-              f"(attn+resid+tokens) = {stored / unpadded:.3f}x unpadded fp16, "
-              f"{stored / padded:.3f}x padded to longest; "
-              f"attn alone {attn_disk / n:.0f} B/example = {attn_disk / attn_unpadded:.3f}x unpadded; "
-              f"compression {arrays_uncompressed / disk_bytes(folder):.2f}x")
-    print(f"   store compression ratio (uncompressed array bytes / bytes on disk, both splits): "
-          f"{uncompressed / store_bytes:.2f}x  [{uncompressed / 1e6:.1f} MB -> {store_bytes / 1e6:.1f} MB]")
+        print(
+            f"4. {job.split} ({n} ex., {lens.min()}..{lens.max()} tokens): {stored / n:.0f} B/example "
+            f"(attn+resid+tokens) = {stored / unpadded:.3f}x unpadded fp16, "
+            f"{stored / padded:.3f}x padded to longest; "
+            f"attn alone {attn_disk / n:.0f} B/example = {attn_disk / attn_unpadded:.3f}x unpadded; "
+            f"compression {arrays_uncompressed / disk_bytes(folder):.2f}x"
+        )
+    print(
+        f"   store compression ratio (uncompressed array bytes / bytes on disk, both splits): "
+        f"{uncompressed / store_bytes:.2f}x  [{uncompressed / 1e6:.1f} MB -> {store_bytes / 1e6:.1f} MB]"
+    )
 
     # 5. One-layer reductions through the lazy view against numpy in memory and against all layers.
     open_s = timed(lambda: store.view(args.dataset, "test", layers=[layer]))[0]
@@ -302,11 +338,13 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     one_s = best_of(lambda: view_reductions(one))
     numpy_s = best_of(lambda: numpy_reductions(in_memory, lengths))
     all_s = best_of(lambda: view_reductions(every))
-    print(f"5. first+entropy of layer {layer}, test split (best of {REPEATS}): view / numpy in memory "
-          f"{one_s / numpy_s:.1f}x; one layer / all {model.n_layers} layers {one_s / all_s:.3f} "
-          f"(1/n_layers = {1 / model.n_layers:.3f})  "
-          f"[view {one_s * 1e3:.1f} ms, numpy {numpy_s * 1e3:.1f} ms, all layers {all_s * 1e3:.1f} ms, "
-          f"opening the view {open_s * 1e3:.0f} ms]; load average now {os.getloadavg()[0]:.1f}")
+    print(
+        f"5. first+entropy of layer {layer}, test split (best of {REPEATS}): view / numpy in memory "
+        f"{one_s / numpy_s:.1f}x; one layer / all {model.n_layers} layers {one_s / all_s:.3f} "
+        f"(1/n_layers = {1 / model.n_layers:.3f})  "
+        f"[view {one_s * 1e3:.1f} ms, numpy {numpy_s * 1e3:.1f} ms, all layers {all_s * 1e3:.1f} ms, "
+        f"opening the view {open_s * 1e3:.0f} ms]; load average now {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads")
-    print("| family | architecture | capture | max abs diff rows | max abs diff residuals | "
-          + " | ".join(f"last-row / pattern tok/s at {length}" for length in LENGTHS) + " |")
+    print(
+        "| family | architecture | capture | max abs diff rows | max abs diff residuals | "
+        + " | ".join(f"last-row / pattern tok/s at {length}" for length in LENGTHS)
+        + " |"
+    )
     print("|---|---|---|---|---|" + "---|" * len(LENGTHS))
     for family in args.families:
         model = parse_model_spec(f"random:{family}").load()
@@ -77,8 +80,11 @@ def main() -> None:
             rate = tokens_per_second(model, length, args.repeats)
             fast, slow = rate["last-row"], rate["pattern"]
             speeds.append(f"{fast / slow:.2f}x ({fast:.0f} vs {slow:.0f})")
-        print(f"| random:{family} | {model.identity['architecture']} | {default_capture(model)} | {attn_diff:.1e} | "
-              f"{resid_diff:.1e} | " + " | ".join(speeds) + " |", flush=True)
+        print(
+            f"| random:{family} | {model.identity['architecture']} | {default_capture(model)} | {attn_diff:.1e} | "
+            f"{resid_diff:.1e} | " + " | ".join(speeds) + " |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -96,14 +96,18 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     started = time.perf_counter()
     build_features(project, args.model, [args.dataset], settings)
     local_s = time.perf_counter() - started
-    print(f"{args.model} on {args.dataset}, {args.limit} examples per split, {n_tokens} real tokens; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"{args.model} on {args.dataset}, {args.limit} examples per split, {n_tokens} real tokens; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     print(f"single process: {n_tokens / local_s:7.0f} tok/s ({local_s:.1f} s)")
     figures = {}
     for workers in (1, 2):
         started = time.perf_counter()
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
             start_s = time.perf_counter() - started
             build_features(project, args.model, [args.dataset], warm_up, cluster=cluster.scheduler_address)
             timers.reset()
@@ -111,15 +115,20 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
                 started = time.perf_counter()
                 build_features(project, args.model, [args.dataset], settings, cluster=cluster.scheduler_address)
                 wall = time.perf_counter() - started
-        tasks = [sum(part["stop"] - part["start"] for part in task["startstops"] if part["action"] == "compute")
-                 for task in stream.data if "-shard-" in task["key"]]
+        tasks = [
+            sum(part["stop"] - part["start"] for part in task["startstops"] if part["action"] == "compute")
+            for task in stream.data
+            if "-shard-" in task["key"]
+        ]
         shard_s = sum(tasks) / len(tasks)
         serial_s = (timers.seconds["split"] - timers.seconds["shards"]) / timers.calls["split"]
         figures[workers] = (wall, shard_s, timers.per_call("record"), serial_s, len(tasks), timers.calls["split"])
-        print(f"{workers} local worker(s): {n_tokens / wall:7.0f} tok/s ({wall:.1f} s; cluster start {start_s:.1f} s "
-              f"and a first build with the model load not counted); {len(tasks)} units of {shard_s:.2f} s; "
-              f"coordinator per shard {1e3 * figures[workers][2]:.1f} ms = {figures[workers][2] / shard_s:.1%} of a "
-              f"unit; per split, serial coordinator work {serial_s:.2f} s")
+        print(
+            f"{workers} local worker(s): {n_tokens / wall:7.0f} tok/s ({wall:.1f} s; cluster start {start_s:.1f} s "
+            f"and a first build with the model load not counted); {len(tasks)} units of {shard_s:.2f} s; "
+            f"coordinator per shard {1e3 * figures[workers][2]:.1f} ms = {figures[workers][2] / shard_s:.1%} of a "
+            f"unit; per split, serial coordinator work {serial_s:.2f} s"
+        )
     print(f"speed-up 2 workers / 1 worker: {figures[1][0] / figures[2][0]:.2f}x (on {os.cpu_count()} CPUs)")
     predict(*figures[2][1:])
 
@@ -132,8 +141,10 @@ def split_tokens(project, args: argparse.Namespace) -> list[int]:
 
     model = parse_model_spec(args.model).load(device="cpu")
     try:
-        return [int(order_split(job.example_ids, model.encode(job.prompts), model.n_ctx, model.prepend_bos)
-                    .seq_lens.sum()) for job in build_module.plan_jobs(project, [args.dataset], args.limit)]
+        return [
+            int(order_split(job.example_ids, model.encode(job.prompts), model.n_ctx, model.prepend_bos).seq_lens.sum())
+            for job in build_module.plan_jobs(project, [args.dataset], args.limit)
+        ]
     finally:
         release_model(model)
 
@@ -153,9 +164,12 @@ def predict(unit_s: float, record_s: float, serial_s: float, n_units: int, n_spl
     for splits, units in ((226, per_split), (226, 8), (226, 32)):  # 113 datasets x (train, test)
         one = max(math.ceil(splits * units) * unit_s, splits * (serial_s + units * record_s))
         many = max(math.ceil(splits * units / N_GPUS) * unit_s, splits * (serial_s + units * record_s))
-        print(f"  P = {splits}, U = {units:4.1f}: T(1) = {one:9.1f} s, T({N_GPUS}) = {many:8.1f} s, speed-up "
-              f"{one / many:5.1f}x of {N_GPUS} (unit {unit_s:.2f} s, c {1e3 * record_s:.1f} ms, serial {serial_s:.2f} s "
-              "measured here)")
+        print(
+            f"  P = {splits}, U = {units:4.1f}: T(1) = {one:9.1f} s, T({N_GPUS}) = {many:8.1f} s, speed-up "
+            f"{one / many:5.1f}x of {N_GPUS} (unit {unit_s:.2f} s, c {1e3 * record_s:.1f} ms, serial {serial_s:.2f} s "
+            "measured here)"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -90,17 +90,28 @@ def bare(args: argparse.Namespace) -> dict:
             run_batch(model, ids, lengths, device)
         _synchronize(device)
     seconds = time.perf_counter() - started
-    return {"model": args.model, "dtype": args.dtype, "batch_tokens": args.batch_tokens, "tokens": tokens,
-            "seconds": seconds, "tok_s": tokens / seconds, "boot_seconds": boot_seconds,
-            "peak_gpu_bytes": _peak_gpu_bytes(device)}
+    return {
+        "model": args.model,
+        "dtype": args.dtype,
+        "batch_tokens": args.batch_tokens,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tok_s": tokens / seconds,
+        "boot_seconds": boot_seconds,
+        "peak_gpu_bytes": _peak_gpu_bytes(device),
+    }
 
 
 def run_batch(model, ids: np.ndarray, lengths: np.ndarray, device) -> None:
     import torch
 
     mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
-    model(input_ids=torch.as_tensor(ids, device=device), attention_mask=torch.as_tensor(mask, device=device),
-          logits_to_keep=1, use_cache=False)
+    model(
+        input_ids=torch.as_tensor(ids, device=device),
+        attention_mask=torch.as_tensor(mask, device=device),
+        logits_to_keep=1,
+        use_cache=False,
+    )
 
 
 class _Encoder:
@@ -110,8 +121,10 @@ class _Encoder:
         self.tokenizer, self.prepend_bos, self.bos_token_id = tokenizer, True, tokenizer.bos_token_id
 
     def encode(self, texts):
-        return [np.asarray([self.bos_token_id, *ids], dtype=np.int32)
-                for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return [
+            np.asarray([self.bos_token_id, *ids], dtype=np.int32)
+            for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        ]
 
 
 def captures(args: argparse.Namespace) -> dict:
@@ -120,8 +133,12 @@ def captures(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     model = parse_model_spec(args.model).load(device=args.device, dtype=args.dtype)
-    figures = {"model": args.model, "dtype": args.dtype, "batch_tokens": args.batch_tokens,
-               "boot_seconds": time.perf_counter() - started}
+    figures = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "batch_tokens": args.batch_tokens,
+        "boot_seconds": time.perf_counter() - started,
+    }
     rng = np.random.default_rng(0)
     for length in args.lengths:
         rows = max(1, args.batch_tokens // length)
@@ -144,11 +161,17 @@ def build(args: argparse.Namespace) -> dict:
 
     with duckdb.connect(str(args.project / "store" / "catalog.duckdb"), read_only=True) as con:
         tokens, splits = con.execute("SELECT sum(seq_len), count(DISTINCT dataset || split) FROM features").fetchone()
-        seconds, settings = con.execute("SELECT sum(build_seconds), any_value(settings) FROM feature_splits "
-                                        "WHERE status = 'complete'").fetchone()
-    figures = {"tokens": int(tokens or 0), "splits": splits, "split_seconds": seconds, "wall": args.wall,
-               "settings": json.loads(settings) if settings else None,
-               "tok_s_splits": (tokens or 0) / seconds if seconds else None}
+        seconds, settings = con.execute(
+            "SELECT sum(build_seconds), any_value(settings) FROM feature_splits WHERE status = 'complete'"
+        ).fetchone()
+    figures = {
+        "tokens": int(tokens or 0),
+        "splits": splits,
+        "split_seconds": seconds,
+        "wall": args.wall,
+        "settings": json.loads(settings) if settings else None,
+        "tok_s_splits": (tokens or 0) / seconds if seconds else None,
+    }
     if args.smi and args.smi.exists():
         figures.update(_utilisation(args.smi, figures["tokens"]))
     return figures
@@ -165,10 +188,15 @@ def _utilisation(smi: Path, tokens: int) -> dict:
     memory = [float(row[1].split()[0]) for row in rows]
     active = [i for i, value in enumerate(busy) if value > 0]
     window = (active[-1] - active[0] + 1) * 0.5 if active else 0.0
-    inside = busy[active[0]:active[-1] + 1] if active else []
-    return {"samples": len(rows), "gpu_util_mean": float(np.mean(busy)), "busy_window_s": window,
-            "gpu_util_mean_in_window": float(np.mean(inside)) if inside else 0.0,
-            "tok_s_busy_window": tokens / window if window else None, "gpu_mem_peak_mib": max(memory)}
+    inside = busy[active[0] : active[-1] + 1] if active else []
+    return {
+        "samples": len(rows),
+        "gpu_util_mean": float(np.mean(busy)),
+        "busy_window_s": window,
+        "gpu_util_mean_in_window": float(np.mean(inside)) if inside else 0.0,
+        "tok_s_busy_window": tokens / window if window else None,
+        "gpu_mem_peak_mib": max(memory),
+    }
 
 
 def _synchronize(device) -> None:

@@ -42,8 +42,11 @@ BANK_VALUES = 1 << 23  # 16 MB of float16: more than one row of every layer and 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--project", help="a project folder holding --datasets (read only: it is copied); default: "
-                        "one made here with `featstore datasets import-sae-probes`")
+    parser.add_argument(
+        "--project",
+        help="a project folder holding --datasets (read only: it is copied); default: "
+        "one made here with `featstore datasets import-sae-probes`",
+    )
     parser.add_argument("--models", nargs="+", default=["random:gpt2-medium", "random:llama-1b"])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--limit", type=int, default=300)
@@ -63,16 +66,35 @@ def main() -> None:
             args.project = str(imported_project(Path(scratch) / "imported", args.datasets))
         for spec in args.models:
             folder = Path(scratch) / spec.replace(":", "-")
-            report(spec, {run: in_child(args, spec, run, folder / run) for run in ("old", "new", "codec")},
-                   bare_forward(args, spec), args)
+            report(
+                spec,
+                {run: in_child(args, spec, run, folder / run) for run in ("old", "new", "codec")},
+                bare_forward(args, spec),
+                args,
+            )
             shutil.rmtree(folder)
 
 
 def in_child(args: argparse.Namespace, spec: str, run: str, root: Path) -> dict:
     """One measured run in a fresh process (its own peak memory); returns what it printed."""
     copy_project(Path(args.project), root)
-    command = [sys.executable, __file__, "--child", spec, run, "--root", str(root), "--project", args.project,
-               "--datasets", *args.datasets, "--limit", str(args.limit), "--batch-tokens", str(args.batch_tokens)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        spec,
+        run,
+        "--root",
+        str(root),
+        "--project",
+        args.project,
+        "--datasets",
+        *args.datasets,
+        "--limit",
+        str(args.limit),
+        "--batch-tokens",
+        str(args.batch_tokens),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{run} run of {spec} failed:\n{done.stderr[-3000:]}")
@@ -106,8 +128,9 @@ def run_child(args: argparse.Namespace, spec: str, run: str) -> dict:
 
     model = shape_model(spec)
     parsed = build_module.parse_model_spec(spec)
-    build_module.parse_model_spec = lambda _: SimpleNamespace(text=spec, key=parsed.key, fingerprint=parsed.fingerprint,
-                                                              load=lambda **_: model)
+    build_module.parse_model_spec = lambda _: SimpleNamespace(
+        text=spec, key=parsed.key, fingerprint=parsed.fingerprint, load=lambda **_: model
+    )
     build_module.release_model = lambda _: None
     build_module.check_capture = lambda *_: "synthetic"
     build_module.launch_capture = SyntheticRows(model).launch
@@ -116,8 +139,9 @@ def run_child(args: argparse.Namespace, spec: str, run: str) -> dict:
         build_module.ShardQueue = codec.queue
     settings = BuildSettings(device="cpu", limit=args.limit, batch_tokens=args.batch_tokens)
     if run == "old":
-        settings = BuildSettings(device="cpu", limit=args.limit, batch_tokens=args.batch_tokens, writers=1,
-                                 chunking=LEGACY_CHUNKING)
+        settings = BuildSettings(
+            device="cpu", limit=args.limit, batch_tokens=args.batch_tokens, writers=1, chunking=LEGACY_CHUNKING
+        )
     project = open_project(args.root)
     before = rss_bytes()
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -126,10 +150,14 @@ def run_child(args: argparse.Namespace, spec: str, run: str) -> dict:
     from featstore.api import Store
 
     tokens = int(Store(project).sql("SELECT sum(seq_len) AS n FROM features")["n"][0])
-    return {"tokens": tokens, "seconds": codec.seconds if codec else seconds,
-            "cpu_seconds": codec.cpu_seconds if codec else cpu_seconds, "peak_bytes": rss_bytes() - before,
-            "store_bytes": folder_bytes(project.store_dir / "features.zarr"),
-            "shard_bytes": codec.bytes if codec else 0}
+    return {
+        "tokens": tokens,
+        "seconds": codec.seconds if codec else seconds,
+        "cpu_seconds": codec.cpu_seconds if codec else cpu_seconds,
+        "peak_bytes": rss_bytes() - before,
+        "store_bytes": folder_bytes(project.store_dir / "features.zarr"),
+        "shard_bytes": codec.bytes if codec else 0,
+    }
 
 
 def shape_model(spec: str):
@@ -142,11 +170,23 @@ def shape_model(spec: str):
 
     config = RANDOM_CONFIGS[parse_model_spec(spec).target]()
     tokenizer = byte_level_tokenizer()
-    sizes = dict(n_layers=config.num_hidden_layers, n_heads=config.num_attention_heads, d_model=config.hidden_size,
-                 n_ctx=config.max_position_embeddings)
+    sizes = dict(
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        d_model=config.hidden_size,
+        n_ctx=config.max_position_embeddings,
+    )
     identity = {"key": spec, "architecture": type(config).__name__, "d_vocab": config.vocab_size, **sizes}
-    return LoadedModel(key=spec, bridge=None, tokenizer=tokenizer, identity=identity, device=torch.device("cpu"),
-                       prepend_bos=True, bos_token_id=tokenizer.bos_token_id, **sizes)
+    return LoadedModel(
+        key=spec,
+        bridge=None,
+        tokenizer=tokenizer,
+        identity=identity,
+        device=torch.device("cpu"),
+        prepend_bos=True,
+        bos_token_id=tokenizer.bos_token_id,
+        **sizes,
+    )
 
 
 class SyntheticRows:
@@ -164,9 +204,9 @@ class SyntheticRows:
         attn = np.zeros((len(lengths), layers, heads, input_ids.shape[1]), dtype=np.float16)
         for row, n in enumerate(lengths):
             start = int(rng.integers(0, BANK_VALUES - layers * heads * n))
-            attn[row, :, :, :n] = self.bank[start:start + layers * heads * n].reshape(layers, heads, n)
+            attn[row, :, :, :n] = self.bank[start : start + layers * heads * n].reshape(layers, heads, n)
         start = int(rng.integers(0, BANK_VALUES - len(lengths) * layers * d_model))
-        resid = self.resid_bank[start:start + len(lengths) * layers * d_model].reshape(len(lengths), layers, d_model)
+        resid = self.resid_bank[start : start + len(lengths) * layers * d_model].reshape(len(lengths), layers, d_model)
         return Ready((attn, resid))
 
 
@@ -206,11 +246,10 @@ class RawCodec:
 
     def put(self, shard: int, attn: np.ndarray, resid: np.ndarray, tokens: np.ndarray) -> None:
         rows = self.writer.shape.chunk_examples
-        chunks = [attn[i:i + rows, layer] for i in range(0, len(attn), rows) for layer in range(attn.shape[1])]
+        chunks = [attn[i : i + rows, layer] for i in range(0, len(attn), rows) for layer in range(attn.shape[1])]
         chunks += [resid[:, layer] for layer in range(resid.shape[1])]
         started, cpu_started = time.perf_counter(), time.process_time()
-        self.bytes += sum(map(len, self.pool.map(lambda chunk: self.codec.encode(np.ascontiguousarray(chunk)),
-                                                 chunks)))
+        self.bytes += sum(map(len, self.pool.map(lambda chunk: self.codec.encode(np.ascontiguousarray(chunk)), chunks)))
         self.seconds += time.perf_counter() - started
         self.cpu_seconds += time.process_time() - cpu_started
         self.writer.record_shard(shard, {})
@@ -254,10 +293,11 @@ def bare_forward(args: argparse.Namespace, spec: str) -> dict:
             width = int(lengths[batch].max())
             ids = np.zeros((batch.stop - batch.start, width), dtype=np.int64)
             for row, tokens in enumerate(sample[batch]):
-                ids[row, :len(tokens)] = tokens
+                ids[row, : len(tokens)] = tokens
             mask = (np.arange(width) < lengths[batch][:, None]).astype(np.int64)
-            hf_model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), logits_to_keep=1,
-                     use_cache=False)
+            hf_model(
+                input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), logits_to_keep=1, use_cache=False
+            )
     return {"tokens": int(lengths.sum()), "seconds": time.perf_counter() - started, "cpu_seconds": 0.0}
 
 
@@ -266,21 +306,36 @@ def report(spec: str, runs: dict[str, dict], bare: dict, args: argparse.Namespac
     rate = {name: run["tokens"] / run["seconds"] for name, run in {**runs, "bare": bare}.items()}
     per_cpu = {name: run["tokens"] / run["cpu_seconds"] for name, run in runs.items()}
     old, new, codec = runs["old"], runs["new"], runs["codec"]
-    print(f"{spec}: {len(args.datasets)} datasets, --limit {args.limit}, --batch-tokens {args.batch_tokens}, "
-          f"{new['tokens']:,} real tokens, {os.cpu_count()} cores")
-    for name, label in (("old", "host path, old (1 writer, legacy chunks)"), ("new", "host path, new"),
-                        ("codec", "raw codec, all cores"), ("bare", f"bare forward, CPU, {bare['tokens']} tokens")):
-        cpu = f" ({per_cpu[name]:9,.0f} tok per CPU-s), peak +{runs[name]['peak_bytes'] / 2**20:,.0f} MiB" \
-            if name in runs else ""
+    print(
+        f"{spec}: {len(args.datasets)} datasets, --limit {args.limit}, --batch-tokens {args.batch_tokens}, "
+        f"{new['tokens']:,} real tokens, {os.cpu_count()} cores"
+    )
+    for name, label in (
+        ("old", "host path, old (1 writer, legacy chunks)"),
+        ("new", "host path, new"),
+        ("codec", "raw codec, all cores"),
+        ("bare", f"bare forward, CPU, {bare['tokens']} tokens"),
+    ):
+        cpu = (
+            f" ({per_cpu[name]:9,.0f} tok per CPU-s), peak +{runs[name]['peak_bytes'] / 2**20:,.0f} MiB"
+            if name in runs
+            else ""
+        )
         print(f"  {label:45s} {rate[name]:10,.0f} tok/s{cpu}")
-    print(f"  new / old {rate['new'] / rate['old']:.2f}x (per CPU-s {per_cpu['new'] / per_cpu['old']:.2f}x); "
-          f"raw codec / new {rate['codec'] / rate['new']:.2f}x; new / bare forward {rate['new'] / rate['bare']:.1f}x")
-    print(f"  store: new {new['store_bytes'] / 2**20:,.1f} MiB, old {old['store_bytes'] / 2**20:,.1f} MiB "
-          f"(new / old {new['store_bytes'] / old['store_bytes']:.3f}); raw codec bytes "
-          f"{codec['shard_bytes'] / 2**20:,.1f} MiB")
+    print(
+        f"  new / old {rate['new'] / rate['old']:.2f}x (per CPU-s {per_cpu['new'] / per_cpu['old']:.2f}x); "
+        f"raw codec / new {rate['codec'] / rate['new']:.2f}x; new / bare forward {rate['new'] / rate['bare']:.1f}x"
+    )
+    print(
+        f"  store: new {new['store_bytes'] / 2**20:,.1f} MiB, old {old['store_bytes'] / 2**20:,.1f} MiB "
+        f"(new / old {new['store_bytes'] / old['store_bytes']:.3f}); raw codec bytes "
+        f"{codec['shard_bytes'] / 2**20:,.1f} MiB"
+    )
     read = {name: layer_read_seconds(runs[name]["root"], spec, args.datasets[-1]) for name in ("old", "new")}
-    print(f"  one layer of {args.datasets[-1]}/test through the view: new {read['new'] * 1e3:,.0f} ms, "
-          f"old {read['old'] * 1e3:,.0f} ms (best of 3)")
+    print(
+        f"  one layer of {args.datasets[-1]}/test through the view: new {read['new'] * 1e3:,.0f} ms, "
+        f"old {read['old'] * 1e3:,.0f} ms (best of 3)"
+    )
     print(f"  decoded arrays identical, old vs new: {same_arrays(old['root'], new['root'], spec, args.datasets)}")
 
 
@@ -293,7 +348,7 @@ def layer_read_seconds(root: Path, spec: str, dataset: str) -> float:
     for _ in range(3):
         view = Store(open_project(root)).view(dataset, "test", model=spec)
         started = time.perf_counter()
-        view["attn"].isel(layer=1).values
+        view["attn"].isel(layer=1).to_numpy()
         times.append(time.perf_counter() - started)
     return min(times)
 

@@ -46,8 +46,10 @@ def main() -> None:
     os.environ.update(server.env())
     url = server.bucket_url()
     with tempfile.TemporaryDirectory(prefix="featstore-bench-") as scratch:
-        projects = {"folder": init_project(Path(scratch) / "local"),
-                    "bucket": open_project(init_project(Path(scratch) / "bucket", store=url).root)}
+        projects = {
+            "folder": init_project(Path(scratch) / "local"),
+            "bucket": open_project(init_project(Path(scratch) / "bucket", store=url).root),
+        }
         for project in projects.values():
             import_sae_probes(project, None, [args.dataset], SplitParams())
         seconds = {}
@@ -55,19 +57,26 @@ def main() -> None:
             build_features(project, args.model, [args.dataset], BuildSettings(device="cpu", limit=args.limit))
             server.reset_requests()
             started = time.perf_counter()
-            build_features(project, args.model, [args.dataset],
-                           BuildSettings(device="cpu", limit=args.limit, overwrite=True))
+            build_features(
+                project, args.model, [args.dataset], BuildSettings(device="cpu", limit=args.limit, overwrite=True)
+            )
             seconds[label] = time.perf_counter() - started
         build_requests = collections.Counter(r.method for r in server.requests if "/features.zarr/" in r.path)
-        stored = {"folder": sum(p.stat().st_size for p in (projects["folder"].store_dir / "features.zarr").rglob("*")
-                                if p.is_file()),
-                  "bucket": sum(server.client().head_object(Bucket=url.split("/")[2],
-                                                            Key=f"proj/{key}")["ContentLength"]
-                                for key in projects["bucket"].store.list("features.zarr"))}
-        print(f"build to the bucket / to a folder: {seconds['bucket'] / seconds['folder']:.2f}x "
-              f"[{seconds['bucket']:.1f} s vs {seconds['folder']:.1f} s; {args.model}, {args.dataset}, "
-              f"--limit {args.limit}]; bucket requests for features: {dict(build_requests)}; bytes stored: "
-              f"{stored['bucket'] / 1e6:.2f} MB in the bucket, {stored['folder'] / 1e6:.2f} MB in the folder")
+        stored = {
+            "folder": sum(
+                p.stat().st_size for p in (projects["folder"].store_dir / "features.zarr").rglob("*") if p.is_file()
+            ),
+            "bucket": sum(
+                server.client().head_object(Bucket=url.split("/")[2], Key=f"proj/{key}")["ContentLength"]
+                for key in projects["bucket"].store.list("features.zarr")
+            ),
+        }
+        print(
+            f"build to the bucket / to a folder: {seconds['bucket'] / seconds['folder']:.2f}x "
+            f"[{seconds['bucket']:.1f} s vs {seconds['folder']:.1f} s; {args.model}, {args.dataset}, "
+            f"--limit {args.limit}]; bucket requests for features: {dict(build_requests)}; bytes stored: "
+            f"{stored['bucket'] / 1e6:.2f} MB in the bucket, {stored['folder'] / 1e6:.2f} MB in the folder"
+        )
         layer = Store(projects["folder"]).view(args.dataset, "test").sizes["layer"] // 2
         reads = {}
         for label, project in projects.items():
@@ -76,12 +85,16 @@ def main() -> None:
             one_layer_sum(project, args.dataset, layer)
             reads[label] = (time.perf_counter() - started, list(server.requests))
         requests = reads["bucket"][1]
-        by_file = collections.Counter("attn chunks" if "/attn/c/" in r.path else r.path.rsplit("/", 2)[-2] + "/"
-                                      + r.path.rsplit("/", 1)[-1] for r in requests)
-        print(f"one-layer read of the test split (layer {layer}): bucket {reads['bucket'][0] * 1e3:.0f} ms, folder "
-              f"{reads['folder'][0] * 1e3:.0f} ms; {len(requests)} requests "
-              f"({sum(r.method == 'GET' for r in requests)} GET, listings: "
-              f"{sum('list-type' in r.query for r in requests)}): {dict(by_file)}")
+        by_file = collections.Counter(
+            "attn chunks" if "/attn/c/" in r.path else r.path.rsplit("/", 2)[-2] + "/" + r.path.rsplit("/", 1)[-1]
+            for r in requests
+        )
+        print(
+            f"one-layer read of the test split (layer {layer}): bucket {reads['bucket'][0] * 1e3:.0f} ms, folder "
+            f"{reads['folder'][0] * 1e3:.0f} ms; {len(requests)} requests "
+            f"({sum(r.method == 'GET' for r in requests)} GET, listings: "
+            f"{sum('list-type' in r.query for r in requests)}): {dict(by_file)}"
+        )
     server.stop()
 
 

@@ -29,8 +29,9 @@ from sklearn.metrics import roc_auc_score
 from probes import LogisticRegressionProbe
 
 
-def synthetic_problems(n_problems: int, n_train: int = 1000, n_test: int = 1000, n_features: int = 576,
-                       seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def synthetic_problems(
+    n_problems: int, n_train: int = 1000, n_test: int = 1000, n_features: int = 576, seed: int = 0
+) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Residual-like data: correlated features, a few outlier dimensions, a weak linear label signal."""
     rng = np.random.default_rng(seed)
     problems = []
@@ -47,7 +48,9 @@ def synthetic_problems(n_problems: int, n_train: int = 1000, n_test: int = 1000,
     return problems
 
 
-def store_problems(root: str, model: str, layer: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def store_problems(
+    root: str, model: str, layer: int
+) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """The last-token residual at one layer of every dataset built for `model` in a project."""
     from featstore.probing.inputs import feature_matrix
     from featstore.probing.plan import ProbeRequest, plan_specs
@@ -83,7 +86,9 @@ class Float64Probe(LogisticRegressionProbe):
         return X.astype(np.float64), y
 
 
-def timed_fit(probe, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray) -> tuple[float, float, float]:
+def timed_fit(
+    probe, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray
+) -> tuple[float, float, float]:
     """Seconds to fit, the chosen C, and test ROC AUC."""
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -96,7 +101,9 @@ def timed_fit(probe, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: n
 def sweep(problems: list, jobs: int) -> float:
     """Seconds to fit today's protocol on every problem, in `jobs` processes (1: this process)."""
     started = time.perf_counter()
-    joblib.Parallel(n_jobs=jobs)(joblib.delayed(timed_fit)(LogisticRegressionProbe(), *problem[1:]) for problem in problems)
+    joblib.Parallel(n_jobs=jobs)(
+        joblib.delayed(timed_fit)(LogisticRegressionProbe(), *problem[1:]) for problem in problems
+    )
     return time.perf_counter() - started
 
 
@@ -109,8 +116,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes for the parallel sweep")
     args = parser.parse_args()
     problems = store_problems(args.root, args.model, args.layer) if args.root else synthetic_problems(args.problems)
-    print(f"{'problem':28s} {'today s':>8s} {'newton s':>8s} {'ratio':>6s} {'C equal':>8s} {'dAUC':>8s} "
-          f"{'f64-lbfgs C equal':>18s} {'dAUC':>8s}")
+    print(
+        f"{'problem':28s} {'today s':>8s} {'newton s':>8s} {'ratio':>6s} {'C equal':>8s} {'dAUC':>8s} "
+        f"{'f64-lbfgs C equal':>18s} {'dAUC':>8s}"
+    )
     ratios, deltas, noise = [], [], []
     for name, X, y, X_test, y_test in problems:
         today = timed_fit(LogisticRegressionProbe(), X, y, X_test, y_test)
@@ -119,12 +128,18 @@ def main() -> None:
         ratios.append(today[0] / newton[0])
         deltas.append(abs(newton[2] - today[2]))
         noise.append(abs(precise[2] - today[2]))
-        print(f"{name[:28]:28s} {today[0]:8.2f} {newton[0]:8.2f} {ratios[-1]:6.2f} {str(newton[1] == today[1]):>8s} "
-              f"{newton[2] - today[2]:+8.4f} {str(precise[1] == today[1]):>18s} {precise[2] - today[2]:+8.4f}")
-    print(f"time per fit, today / newton-cholesky: median {np.median(ratios):.2f}x; max |dAUC| newton {max(deltas):.4f}, "
-          f"float64 lbfgs {max(noise):.4f}")
+        print(
+            f"{name[:28]:28s} {today[0]:8.2f} {newton[0]:8.2f} {ratios[-1]:6.2f} {str(newton[1] == today[1]):>8s} "
+            f"{newton[2] - today[2]:+8.4f} {str(precise[1] == today[1]):>18s} {precise[2] - today[2]:+8.4f}"
+        )
+    print(
+        f"time per fit, today / newton-cholesky: median {np.median(ratios):.2f}x; max |dAUC| newton {max(deltas):.4f}, "
+        f"float64 lbfgs {max(noise):.4f}"
+    )
     one, many = sweep(problems, 1), sweep(problems, args.jobs)
-    print(f"sweep of {len(problems)} fits: one process {one:.1f} s, {args.jobs} processes {many:.1f} s: {one / many:.2f}x")
+    print(
+        f"sweep of {len(problems)} fits: one process {one:.1f} s, {args.jobs} processes {many:.1f} s: {one / many:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -55,31 +55,68 @@ def toy_store(root: Path, n_datasets: int, n_examples: int) -> Project:
 def synthetic_results(project: Project, n_settings: int) -> int:
     """n_settings rows per dataset (baseline, length control, attention settings) with scores and weights."""
     rng = np.random.default_rng(0)
-    test = Store(project).sql("SELECT f.dataset, f.example_id, e.label FROM features f JOIN examples e "
-                              "USING (example_id) WHERE f.split = 'test' AND f.model = ?", [MODEL])
+    test = Store(project).sql(
+        "SELECT f.dataset, f.example_id, e.label FROM features f JOIN examples e "
+        "USING (example_id) WHERE f.split = 'test' AND f.model = ?",
+        [MODEL],
+    )
     results, scores, weights = [], [], []
     for dataset, rows in test.groupby("dataset"):
         for s in range(n_settings):
-            feature, layers, aggregation, baseline = (("resid", "1", "last-token", True) if s == 0 else
-                                                      ("length", "", "log-seq_len", False) if s == 1 else
-                                                      ("attn", "0,1" if s % 2 else str(s % 2), f"bins:{s}", False))
+            feature, layers, aggregation, baseline = (
+                ("resid", "1", "last-token", True)
+                if s == 0
+                else ("length", "", "log-seq_len", False)
+                if s == 1
+                else ("attn", "0,1" if s % 2 else str(s % 2), f"bins:{s}", False)
+            )
             result_id = f"{dataset}-{s}"
             score = rows["label"].to_numpy() * rng.uniform(0, 2) + rng.normal(size=len(rows))
-            results.append({"result_id": result_id, "dataset": dataset, "model": MODEL, "feature": feature,
-                            "layers": layers, "heads": "all", "aggregation": aggregation, "probe": "logreg",
-                            "baseline": baseline, "hyperparameters": "{}", "roc_auc": rng.uniform(0.5, 1),
-                            "roc_auc_ci_low": 0.5, "roc_auc_ci_high": 1.0, "accuracy": 0.5,
-                            "balanced_accuracy": 0.5, "f1": 0.5, "n_train": 1, "n_test": len(rows),
-                            "n_features": 8, "seed": 0, "fit_seconds": 0.0, "featstore_version": "bench",
-                            "created_at": pd.Timestamp.now(), "probe_path": ""})
+            results.append(
+                {
+                    "result_id": result_id,
+                    "dataset": dataset,
+                    "model": MODEL,
+                    "feature": feature,
+                    "layers": layers,
+                    "heads": "all",
+                    "aggregation": aggregation,
+                    "probe": "logreg",
+                    "baseline": baseline,
+                    "hyperparameters": "{}",
+                    "roc_auc": rng.uniform(0.5, 1),
+                    "roc_auc_ci_low": 0.5,
+                    "roc_auc_ci_high": 1.0,
+                    "accuracy": 0.5,
+                    "balanced_accuracy": 0.5,
+                    "f1": 0.5,
+                    "n_train": 1,
+                    "n_test": len(rows),
+                    "n_features": 8,
+                    "seed": 0,
+                    "fit_seconds": 0.0,
+                    "featstore_version": "bench",
+                    "created_at": pd.Timestamp.now(),
+                    "probe_path": "",
+                }
+            )
             scores.append(pd.DataFrame({"result_id": result_id, "example_id": rows["example_id"], "score": score}))
             if feature == "attn":
                 layer, head = np.meshgrid(range(2), range(4), indexing="ij")
-                weights.append(pd.DataFrame({"result_id": result_id, "layer": layer.ravel(), "head": head.ravel(),
-                                             "weight": rng.uniform(size=8)}))
+                weights.append(
+                    pd.DataFrame(
+                        {
+                            "result_id": result_id,
+                            "layer": layer.ravel(),
+                            "head": head.ravel(),
+                            "weight": rng.uniform(size=8),
+                        }
+                    )
+                )
     with catalog_writer(project) as con:
-        replace_probe_results(con, pd.DataFrame(results), pd.concat(scores), pd.concat(weights),
-                              [w["result_id"].iloc[0] for w in weights])
+        replace_probe_results(
+            con, pd.DataFrame(results), pd.concat(scores), pd.concat(weights), [w["result_id"].iloc[0] for w in weights]
+        )
     return len(results)
 
 
@@ -107,17 +144,27 @@ def main() -> None:
             started = time.perf_counter()
             project = toy_store(root, args.datasets, args.examples)
             n_results = synthetic_results(project, args.settings)
-            print(f"setup: {args.datasets} datasets built and {n_results} results written in "
-                  f"{time.perf_counter() - started:.0f} s")
+            print(
+                f"setup: {args.datasets} datasets built and {n_results} results written in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
         project = Project(root.resolve())
         summary = write_report(project)
         floor = floor_seconds(project)
         pages = sorted((f.stat().st_size, f.relative_to(summary.folder)) for f in summary.folder.rglob("*.html"))
-        print(json.dumps({
-            "report_seconds": round(summary.seconds, 2), "pages": summary.pages, "bytes": summary.bytes,
-            "largest_page": [str(pages[-1][1]), pages[-1][0]], "floor_seconds": round(floor, 2),
-            "report_over_floor": round(summary.seconds / floor, 1),
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "report_seconds": round(summary.seconds, 2),
+                    "pages": summary.pages,
+                    "bytes": summary.bytes,
+                    "largest_page": [str(pages[-1][1]), pages[-1][0]],
+                    "floor_seconds": round(floor, 2),
+                    "report_over_floor": round(summary.seconds / floor, 1),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import argparse
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import dask
@@ -69,9 +70,16 @@ def unverified_copy(folder: Path, target: Path) -> Path:
     copy = zarr.open_group(target, mode="w", zarr_format=3)
     for name, array in source.arrays():
         compressors = [compressor()] if array.dtype == np.float16 else "auto"
-        written = copy.create_array(name, shape=array.shape, dtype=array.dtype, chunks=array.chunks,
-                                    shards=array.shards, compressors=compressors, fill_value=0,
-                                    dimension_names=array.metadata.dimension_names)
+        written = copy.create_array(
+            name,
+            shape=array.shape,
+            dtype=array.dtype,
+            chunks=array.chunks,
+            shards=array.shards,
+            compressors=compressors,
+            fill_value=0,
+            dimension_names=array.metadata.dimension_names,
+        )
         written[...] = array[...]
     return target
 
@@ -108,22 +116,29 @@ def compare(folder: Path, ref: SplitRef, plain: Path, layer: int | None) -> None
     """Print the three verified / unverified ratios."""
     shape = zarr.open_group(folder, mode="r")["attn"].shape
     layer = shape[1] // 2 if layer is None else layer
-    print(f"{ref}: attn {shape} (examples, layers, heads, tokens), layer {layer}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"{ref}: attn {shape} (examples, layers, heads, tokens), layer {layer}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     cases = {
         "1. one layer through dask": lambda store: read_layer(store, layer, True),
         "2. one layer straight through zarr": lambda store: read_layer(store, layer, False),
         "3. first-token mass + entropy of one layer": lambda store: reduce_layer(store, layer),
     }
     for label, action in cases.items():
-        times = paired_times(lambda: action(str(plain)),
-                             lambda: action(open_split_store(LocalLocation(folder.parent), folder.name, ref)))
+        times = paired_times(
+            partial(action, str(plain)),
+            partial(action, open_split_store(LocalLocation(folder.parent), folder.name, ref)),
+        )
         best = times.min(axis=0)
         median = np.median(times[:, 1] / times[:, 0], axis=0)
-        print(f"{label}: verified / unverified, CPU time {best[1, 1] / best[0, 1]:.3f}x best-of, {median[1]:.3f}x "
-              f"median of pairs; wall-clock {best[1, 0] / best[0, 0]:.3f}x best-of, {median[0]:.3f}x median  "
-              f"[best CPU {best[1, 1] * 1e3:.0f} vs {best[0, 1] * 1e3:.0f} ms, wall {best[1, 0] * 1e3:.0f} vs "
-              f"{best[0, 0] * 1e3:.0f} ms]")
+        print(
+            f"{label}: verified / unverified, CPU time {best[1, 1] / best[0, 1]:.3f}x best-of, {median[1]:.3f}x "
+            f"median of pairs; wall-clock {best[1, 0] / best[0, 0]:.3f}x best-of, {median[0]:.3f}x median  "
+            f"[best CPU {best[1, 1] * 1e3:.0f} vs {best[0, 1] * 1e3:.0f} ms, wall {best[1, 0] * 1e3:.0f} vs "
+            f"{best[0, 0] * 1e3:.0f} ms]"
+        )
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -45,8 +45,9 @@ class Store:
         dask: bool = True,
     ) -> xr.Dataset:
         """A lazy xarray view of one split's features (see `featstore.views.view.open_view`)."""
-        return open_view(self.project, dataset, split, model=model, layers=layers, where=where, reader=self.reader,
-                         dask=dask)
+        return open_view(
+            self.project, dataset, split, model=model, layers=layers, where=where, reader=self.reader, dask=dask
+        )
 
     def probe(self, result_id: str):
         """The fitted probe saved for a row of `probe_results` (read as arrays and checked values, never
@@ -59,8 +60,9 @@ class Store:
             raise FeatstoreError(f"no probe result {result_id!r}; `featstore results` lists them")
         return read_probe(self.project, found)
 
-    def compare(self, reference: str = "baseline", model: str | None = None,
-                datasets: Sequence[str] | None = None) -> pd.DataFrame:
+    def compare(
+        self, reference: str = "baseline", model: str | None = None, datasets: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """Every probe setting against `reference` (baseline, length or a setting label) on the same test examples:
         per dataset ΔAUC, its paired DeLong interval, p-value and Holm-adjusted p (see featstore.probing.compare);
         `across_datasets` of that module summarises it per setting."""

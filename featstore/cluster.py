@@ -35,8 +35,10 @@ CLOSE_TIMEOUT_S = 10.0
 WORKER_MEMORY_BYTES = 1 << 30
 MAX_HANDSHAKE_BYTES = 1 << 20  # a dask handshake message is a few hundred bytes
 
-CLUSTER_HELP = ("run on a dask cluster: a scheduler address (tcp://host:8786) or local:N for N worker processes "
-                "on this machine (default: this process only)")
+CLUSTER_HELP = (
+    "run on a dask cluster: a scheduler address (tcp://host:8786) or local:N for N worker processes "
+    "on this machine (default: this process only)"
+)
 
 
 def dask_setup(worker) -> None:
@@ -54,15 +56,19 @@ def local_workers(address: str) -> int | None:
         raise FeatstoreError(f"--cluster {address!r}: local:N needs N of at least 1")
     n, cpus = int(local["n"]), usable_cpus()
     if n > cpus:
-        raise FeatstoreError(f"--cluster {address!r}: this machine lets featstore use {cpus} CPU(s); local:N starts "
-                             f"one single-threaded worker per CPU at most (local:{cpus} or fewer)")
+        raise FeatstoreError(
+            f"--cluster {address!r}: this machine lets featstore use {cpus} CPU(s); local:N starts "
+            f"one single-threaded worker per CPU at most (local:{cpus} or fewer)"
+        )
     available = available_memory()
     if n * WORKER_MEMORY_BYTES > available:
         fits = available // WORKER_MEMORY_BYTES
         advice = f"use local:{fits} or fewer" if fits else "free some memory first"
-        raise FeatstoreError(f"--cluster {address!r}: {n} workers need about {n * WORKER_MEMORY_BYTES / 2**30:.0f} GiB "
-                             f"({WORKER_MEMORY_BYTES / 2**30:.0f} GiB each) and {available / 2**30:.1f} GiB is "
-                             f"available; {advice}")
+        raise FeatstoreError(
+            f"--cluster {address!r}: {n} workers need about {n * WORKER_MEMORY_BYTES / 2**30:.0f} GiB "
+            f"({WORKER_MEMORY_BYTES / 2**30:.0f} GiB each) and {available / 2**30:.1f} GiB is "
+            f"available; {advice}"
+        )
     return n
 
 
@@ -89,10 +95,14 @@ def connect(address: str) -> Iterator[Client]:
     cluster = None
     try:
         if n_local is not None:
-            cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0",  # a free port: 8787 may be taken
-                                   silence_logs=logging.ERROR,  # no nanny warnings about slow worker exits
-                                   preload=[__name__])  # dask_setup below: Ctrl-C is the coordinator's to handle
+            cluster = LocalCluster(
+                n_workers=n_local,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",  # a free port: 8787 may be taken
+                silence_logs=logging.ERROR,  # no nanny warnings about slow worker exits
+                preload=[__name__],
+            )  # dask_setup below: Ctrl-C is the coordinator's to handle
             client = Client(cluster)
         else:
             check_scheduler_answers(address)
@@ -137,17 +147,20 @@ def check_scheduler_answers(address: str) -> None:
                     break
                 greeting += chunk
     except TimeoutError:
-        raise FeatstoreError(f"the dask cluster {address!r} accepted the connection but sent no handshake in "
-                             f"{HANDSHAKE_TIMEOUT_S:.0f} s: is a dask scheduler listening there?") from None
+        raise FeatstoreError(
+            f"the dask cluster {address!r} accepted the connection but sent no handshake in "
+            f"{HANDSHAKE_TIMEOUT_S:.0f} s: is a dask scheduler listening there?"
+        ) from None
     except OSError as err:
         raise FeatstoreError(f"cannot connect to the dask cluster {address!r}: {err.strerror or err}") from None
     if len(greeting) < 8:
-        raise FeatstoreError(f"the dask cluster {address!r} closed the connection before its handshake: "
-                             "is a dask scheduler listening there?")
+        raise FeatstoreError(
+            f"the dask cluster {address!r} closed the connection before its handshake: "
+            "is a dask scheduler listening there?"
+        )
     (length,) = struct.unpack("Q", greeting)
     if not 0 < length <= MAX_HANDSHAKE_BYTES:
-        raise FeatstoreError(f"{address!r} answered, but not as a dask scheduler (its first bytes were "
-                             f"{greeting!r})")
+        raise FeatstoreError(f"{address!r} answered, but not as a dask scheduler (its first bytes were {greeting!r})")
 
 
 def worker_count(client: Client) -> int:

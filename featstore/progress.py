@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterator, Sequence, TextIO, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TextIO, TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 T = TypeVar("T")
 LOG_INTERVAL_S = 30.0
-LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}, ETA {remaining}{postfix}"
+LINE_FORMAT = (
+    "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}, ETA {remaining}{postfix}"
+)
 # Without tqdm's ETA (remaining units / recent rate): for a counter whose caller puts its own ETA in the postfix.
 OWN_ETA_LINE_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}{postfix}"
 OWN_ETA_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}, {rate_fmt}{postfix}]"
@@ -26,9 +29,24 @@ class LineProgress:
     """A tqdm-like counter that prints one line to `stream` at most every `interval` seconds, and a last
     line on close when it printed any (a run shorter than the interval stays quiet)."""
 
-    def __init__(self, total: int, unit: str, desc: str, stream: TextIO, interval: float = LOG_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic, line_format: str = LINE_FORMAT):
-        self.total, self.unit, self.desc, self.stream, self.interval, self.clock = total, unit, desc, stream, interval, clock
+    def __init__(
+        self,
+        total: int,
+        unit: str,
+        desc: str,
+        stream: TextIO,
+        interval: float = LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        line_format: str = LINE_FORMAT,
+    ):
+        self.total, self.unit, self.desc, self.stream, self.interval, self.clock = (
+            total,
+            unit,
+            desc,
+            stream,
+            interval,
+            clock,
+        )
         self.line_format = line_format
         self.n, self.postfix, self.lines, self.printed_n = 0, "", 0, 0
         self.started = self.last = clock()
@@ -45,7 +63,7 @@ class LineProgress:
         if self.lines and self.n != self.printed_n:
             self._print()
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -53,8 +71,15 @@ class LineProgress:
 
     def _print(self) -> None:
         now = self.clock()
-        line = tqdm.format_meter(self.n, self.total, now - self.started, unit=self.unit, prefix=self.desc,
-                                 postfix=self.postfix or None, bar_format=self.line_format)
+        line = tqdm.format_meter(
+            self.n,
+            self.total,
+            now - self.started,
+            unit=self.unit,
+            prefix=self.desc,
+            postfix=self.postfix or None,
+            bar_format=self.line_format,
+        )
         print(" ".join(line.split()), file=self.stream, flush=True)
         self.last, self.lines, self.printed_n = now, self.lines + 1, self.n
 
@@ -62,16 +87,29 @@ class LineProgress:
 Progress = tqdm | LineProgress
 
 
-def open_progress(total: int, unit: str, desc: str, stream: TextIO | None = None, own_eta: bool = False,
-                  clock: Callable[[], float] = time.monotonic) -> Progress:
+def open_progress(
+    total: int,
+    unit: str,
+    desc: str,
+    stream: TextIO | None = None,
+    own_eta: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+) -> Progress:
     """A progress counter for `total` units: a tqdm bar when `stream` (stderr) is a terminal, else log lines
     (timed by `clock`). With `own_eta`, neither shows the counter's own ETA (the caller sets one in the postfix)."""
     stream = stream if stream is not None else sys.stderr
     if stream.isatty():
-        return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=stream,
-                    bar_format=OWN_ETA_BAR_FORMAT if own_eta else None)
-    return LineProgress(total, unit, desc, stream, clock=clock,
-                        line_format=OWN_ETA_LINE_FORMAT if own_eta else LINE_FORMAT)
+        return tqdm(
+            total=total,
+            unit=unit,
+            desc=desc,
+            dynamic_ncols=True,
+            file=stream,
+            bar_format=OWN_ETA_BAR_FORMAT if own_eta else None,
+        )
+    return LineProgress(
+        total, unit, desc, stream, clock=clock, line_format=OWN_ETA_LINE_FORMAT if own_eta else LINE_FORMAT
+    )
 
 
 class TokenProgress:
@@ -80,11 +118,12 @@ class TokenProgress:
     grows with the length), applied to the rows still to run. Builds run short prompts first, so a rate measured
     on the first rows alone promised an end far too early (an example-count ETA said 01:06 for a 26:52 build)."""
 
-    def __init__(self, lengths: np.ndarray, desc: str, stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, lengths: np.ndarray, desc: str, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic
+    ):
         lengths = np.asarray(lengths, dtype=np.float64)
         self.counter = open_progress(int(lengths.sum()), "tok", desc, stream, own_eta=True, clock=clock)
-        self.left = np.array([lengths.sum(), (lengths ** 2).sum()])  # tokens and squared lengths still to run
+        self.left = np.array([lengths.sum(), (lengths**2).sum()])  # tokens and squared lengths still to run
         self.measured: list[tuple[float, float, float]] = []  # (tokens, squared lengths, seconds) per batch
         self.clock = clock
         self.last = clock()
@@ -102,8 +141,9 @@ class TokenProgress:
         self.last = now
         self.left -= work
         self.measured.append((*work, seconds))
-        self.counter.set_postfix(tok_s=int(work[0] / max(seconds, 1e-9)), ETA=tqdm.format_interval(self.eta()),
-                                 refresh=False)
+        self.counter.set_postfix(
+            tok_s=int(work[0] / max(seconds, 1e-9)), ETA=tqdm.format_interval(self.eta()), refresh=False
+        )
         self.counter.update(int(work[0]))
 
     def eta(self) -> float:
@@ -120,7 +160,7 @@ class TokenProgress:
     def close(self) -> None:
         self.counter.close()
 
-    def __enter__(self) -> "TokenProgress":
+    def __enter__(self) -> TokenProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -130,7 +170,7 @@ class TokenProgress:
 def _work(lengths: np.ndarray) -> np.ndarray:
     """Tokens and the sum of squared lengths of rows of these lengths."""
     lengths = np.asarray(lengths, dtype=np.float64)
-    return np.array([lengths.sum(), (lengths ** 2).sum()])
+    return np.array([lengths.sum(), (lengths**2).sum()])
 
 
 def track(items: Sequence[T], unit: str, desc: str) -> Iterator[T]:

@@ -102,8 +102,7 @@ def open_project(root: str | Path = ".", store: str | None = None) -> Project:
     root = Path(root).resolve()
     if not (root / "datasets" / "main.csv").is_file():
         raise FeatstoreError(
-            f"{root} is not a featstore project (no datasets/main.csv); "
-            "run `featstore init` there or pass --root"
+            f"{root} is not a featstore project (no datasets/main.csv); run `featstore init` there or pass --root"
         )
     url = store or os.environ.get(STORE_VARIABLE) or configured_store(root)
     return Project(root, store_location(url) if url else None)
@@ -130,8 +129,10 @@ def init_project(root: str | Path, store: str | None = None) -> Project:
     project = Project(Path(root).resolve(), store_location(store) if store else None)
     if store:
         project.root.mkdir(parents=True, exist_ok=True)
-        project.settings_path.write_text(f'# featstore project settings (credentials come from the environment)\n'
-                                         f'[store]\nurl = {json.dumps(project.store.url)}\n')
+        project.settings_path.write_text(
+            f"# featstore project settings (credentials come from the environment)\n"
+            f"[store]\nurl = {json.dumps(project.store.url)}\n"
+        )
     project.datasets_dir.mkdir(parents=True, exist_ok=True)
     project.store_dir.mkdir(parents=True, exist_ok=True)
     if not project.registry_path.exists():

@@ -15,8 +15,9 @@ from featstore.project import Project
 from featstore.store.integrity import Damage, SplitRef, open_split_store, read_sealed_root, verify_split
 
 
-def verify_store(project: Project, model: str | None = None,
-                 datasets: list[str] | None = None) -> tuple[list[Damage], list[str]]:
+def verify_store(
+    project: Project, model: str | None = None, datasets: list[str] | None = None
+) -> tuple[list[Damage], list[str]]:
     """The damaged splits among the complete ones of `model` and `datasets` (all by default), and the
     `featstore build --repair` commands (with the options the splits were built with) that fix them."""
     if not project.catalog_path.exists():
@@ -31,8 +32,10 @@ def verify_store(project: Project, model: str | None = None,
         datasets = catalog_dataset_names(project).resolve_all(datasets)
         splits = splits[splits["dataset"].isin(datasets)]
     if splits.empty:
-        raise FeatstoreError(f"no complete features of {model or 'any model'} to verify"
-                             + (f" for {', '.join(datasets)}" if datasets else ""))
+        raise FeatstoreError(
+            f"no complete features of {model or 'any model'} to verify"
+            + (f" for {', '.join(datasets)}" if datasets else "")
+        )
     damaged, commands = [], {}
     for row in splits.itertuples():
         split = SplitRef(row.model, row.dataset, row.split)
@@ -41,7 +44,9 @@ def verify_store(project: Project, model: str | None = None,
             damage = Damage(split, [problem], None)
         if damage is not None:
             damaged.append(damage)
-            command = f"featstore build --repair --model {row.model}{_build_options(json.loads(row.settings))} --datasets"
+            command = (
+                f"featstore build --repair --model {row.model}{_build_options(json.loads(row.settings))} --datasets"
+            )
             commands.setdefault(command, {})[row.dataset] = None
     return damaged, [f"{command} {' '.join(names)}" for command, names in commands.items()]
 
@@ -51,10 +56,16 @@ def _identity_problem(project: Project, key: str, split: SplitRef) -> str | None
     another self-consistent one): its model, dataset, split and example ids in row order."""
     attributes = read_sealed_root(project.store, key, split)[1]["attributes"]
     model = attributes.get("model")
-    recorded = (model.get("key") if isinstance(model, dict) else None, attributes.get("dataset"), attributes.get("split"))
+    recorded = (
+        model.get("key") if isinstance(model, dict) else None,
+        attributes.get("dataset"),
+        attributes.get("split"),
+    )
     if recorded != (split.model, split.dataset, split.split):
-        return (f"{key} holds the features of {'/'.join(map(str, recorded[1:]))} of {recorded[0]}, not of the split "
-                "its catalog row names")
+        return (
+            f"{key} holds the features of {'/'.join(map(str, recorded[1:]))} of {recorded[0]}, not of the split "
+            "its catalog row names"
+        )
     stored = zarr.open_array(open_split_store(project.store, key, split), path="example_id", mode="r")[:]
     with catalog_reader(project) as con:
         listed = example_order(con, split)
@@ -65,7 +76,9 @@ def _identity_problem(project: Project, key: str, split: SplitRef) -> str | None
 
 def _build_options(settings: dict) -> str:
     """The `featstore build` options that reproduce these recorded settings."""
-    options = [f"--max-len {settings['max_len']}" if settings.get("max_len") else "",
-               f"--limit {settings['limit']}" if settings.get("limit") else "",
-               f"--dtype {settings['dtype']}" if settings.get("dtype", "float32") != "float32" else ""]
+    options = [
+        f"--max-len {settings['max_len']}" if settings.get("max_len") else "",
+        f"--limit {settings['limit']}" if settings.get("limit") else "",
+        f"--dtype {settings['dtype']}" if settings.get("dtype", "float32") != "float32" else "",
+    ]
     return "".join(f" {option}" for option in options if option)

@@ -38,12 +38,25 @@ class AttentionRowProbe(BinaryProbe):
     """Learned attention-row probe (see the module docstring). X is an `AttentionRows` (fit and decision_function
     also take a 4-D array with `lengths=` and optional `tokens=`)."""
 
-    def __init__(self, readers_per_head: int = 2, n_position_basis: int = 24, n_distance_basis: int = 8,
-                 content_dim: int = 4, use_tokens: bool = True, learning_rate: float = 0.01,
-                 weight_decay: float = 0.01, batch_size: int = 64, max_epochs: int = 60, patience: int = 10,
-                 cv_folds: int = 3, random_state: int = 0,
-                 cache_bytes: int = 2**31, accelerator: str = "auto", devices: str | int = 1,
-                 log_dir: str | None = None):
+    def __init__(
+        self,
+        readers_per_head: int = 2,
+        n_position_basis: int = 24,
+        n_distance_basis: int = 8,
+        content_dim: int = 4,
+        use_tokens: bool = True,
+        learning_rate: float = 0.01,
+        weight_decay: float = 0.01,
+        batch_size: int = 64,
+        max_epochs: int = 60,
+        patience: int = 10,
+        cv_folds: int = 3,
+        random_state: int = 0,
+        cache_bytes: int = 2**31,
+        accelerator: str = "auto",
+        devices: str | int = 1,
+        log_dir: str | None = None,
+    ):
         self.readers_per_head = readers_per_head
         self.n_position_basis = n_position_basis
         self.n_distance_basis = n_distance_basis
@@ -67,30 +80,38 @@ class AttentionRowProbe(BinaryProbe):
         y = np.asarray(as_numpy(y)).ravel()
         self.classes_ = np.unique(y)
         if self.classes_.size != 2 or len(y) != len(rows):
-            raise ProbeInputError(f"AttentionRowProbe.fit: needs {len(rows)} labels of exactly two classes, "
-                                  f"got {len(y)} labels of classes {self.classes_.tolist()}")
+            raise ProbeInputError(
+                f"AttentionRowProbe.fit: needs {len(rows)} labels of exactly two classes, "
+                f"got {len(y)} labels of classes {self.classes_.tolist()}"
+            )
         target = (y == self.classes_[1]).astype(np.float32)
         rarer = int(min(target.sum(), len(target) - target.sum()))
         if self.cv_folds < 2 or rarer < self.cv_folds:
-            raise ProbeInputError(f"AttentionRowProbe: {self.cv_folds}-fold validation needs cv_folds >= 2 and "
-                                  f"at least that many rows of each class; the rarer class has {rarer}")
+            raise ProbeInputError(
+                f"AttentionRowProbe: {self.cv_folds}-fold validation needs cv_folds >= 2 and "
+                f"at least that many rows of each class; the rarer class has {rarer}"
+            )
         self.n_layers_, self.n_heads_ = rows.n_layers, rows.n_heads
         self.n_features_in_ = rows.n_channels
         self.vocab_size_ = rows.max_token() + 1 if self.use_tokens and rows.tokens is not None else 0
         folds = StratifiedKFold(self.cv_folds, shuffle=True, random_state=self.random_state)
-        histories = [self._train_fold(rows, target, fit_rows, val_rows, fold)
-                     for fold, (fit_rows, val_rows) in enumerate(folds.split(np.zeros(len(target)), target))]
+        histories = [
+            self._train_fold(rows, target, fit_rows, val_rows, fold)
+            for fold, (fit_rows, val_rows) in enumerate(folds.split(np.zeros(len(target)), target))
+        ]
         common = min(len(history) for history in histories)  # the epochs every fold ran
         mean_auc = np.mean([[auc for auc, _ in history[:common]] for history in histories], axis=0)
         epoch = int(np.argmax(mean_auc))
-        self.state_ = {f"{fold}.{key}": value for fold, history in enumerate(histories)
-                       for key, value in history[epoch][1].items()}
+        self.state_ = {
+            f"{fold}.{key}": value for fold, history in enumerate(histories) for key, value in history[epoch][1].items()
+        }
         self.n_members_ = len(histories)
         self.best_epoch_, self.validation_auc_, self.epochs_run_ = epoch, float(mean_auc[epoch]), common
         return self
 
-    def _train_fold(self, rows: AttentionRows, target: np.ndarray, fit_rows: np.ndarray, val_rows: np.ndarray,
-                    fold: int) -> list[tuple[float, dict]]:
+    def _train_fold(
+        self, rows: AttentionRows, target: np.ndarray, fit_rows: np.ndarray, val_rows: np.ndarray, fold: int
+    ) -> list[tuple[float, dict]]:
         """Train a network on `fit_rows` (seeded by the probe's seed and the fold), returning each epoch's ROC AUC on
         `val_rows` with the network's state after that epoch."""
         import lightning as L
@@ -105,11 +126,17 @@ class AttentionRowProbe(BinaryProbe):
         module = LightningRowProbe(self._network(), self.learning_rate, self.weight_decay)
         data = BatchData(rows, target, fit_rows, val_rows, self.batch_size, seed, self.cache_bytes)
         trainer = L.Trainer(
-            accelerator=self.accelerator, devices=self.devices, max_epochs=self.max_epochs, deterministic=True,
+            accelerator=self.accelerator,
+            devices=self.devices,
+            max_epochs=self.max_epochs,
+            deterministic=True,
             callbacks=[EarlyStopping(monitor="val_auc", mode="max", patience=self.patience)],
             logger=CSVLogger(self.log_dir, name="", version=f"fold-{fold}") if self.log_dir else False,
-            enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-            num_sanity_val_steps=0, log_every_n_steps=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers).*")
@@ -134,8 +161,10 @@ class AttentionRowProbe(BinaryProbe):
         """(layers, heads): the L2 norm of each head's read-out weights (on batch-normalised features), averaged over
         the fold networks."""
         check_is_fitted(self, "state_")
-        norms = [self._member_state(m)["readout.weight"].reshape(self.n_features_in_, self.readers_per_head).norm(dim=1)
-                 for m in range(self.n_members_)]
+        norms = [
+            self._member_state(m)["readout.weight"].reshape(self.n_features_in_, self.readers_per_head).norm(dim=1)
+            for m in range(self.n_members_)
+        ]
         return torch.stack(norms).mean(0).reshape(self.n_layers_, self.n_heads_).numpy().astype(np.float64)
 
     def position_weights(self, n_points: int = 50, length: int = 1024) -> np.ndarray:
@@ -149,8 +178,9 @@ class AttentionRowProbe(BinaryProbe):
         for member in range(self.n_members_):
             state = self._member_state(member)
             readout = state["readout.weight"].reshape(self.n_features_in_, self.readers_per_head)
-            scale = torch.sqrt(state["norm.running_var"] + network.norm.eps).reshape(self.n_features_in_,
-                                                                                 self.readers_per_head)
+            scale = torch.sqrt(state["norm.running_var"] + network.norm.eps).reshape(
+                self.n_features_in_, self.readers_per_head
+            )
             per_reader = torch.einsum("pk,cmk->cmp", basis, state["basis_weights"])
             curves.append(torch.einsum("cmp,cm->cp", per_reader, readout / scale))
         curve = torch.stack(curves).mean(0)
@@ -164,8 +194,12 @@ class AttentionRowProbe(BinaryProbe):
     def chosen_hyperparameters(self) -> dict[str, float | int]:
         """The chosen epoch and its mean held-out ROC AUC over the folds, for a runner to record."""
         check_is_fitted(self, "state_")
-        return {"best_epoch": self.best_epoch_, "validation_auc": self.validation_auc_, "epochs_run": self.epochs_run_,
-                "cv_folds": self.n_members_}
+        return {
+            "best_epoch": self.best_epoch_,
+            "validation_auc": self.validation_auc_,
+            "epochs_run": self.epochs_run_,
+            "cv_folds": self.n_members_,
+        }
 
     def _member_state(self, member: int) -> dict[str, torch.Tensor]:
         """The state of fold network `member` (state_ holds every member's, keyed `<member>.<parameter>`)."""
@@ -182,8 +216,14 @@ class AttentionRowProbe(BinaryProbe):
         return networks
 
     def _network(self) -> RowWeighting:
-        return RowWeighting(self.n_features_in_, self.readers_per_head, self.n_position_basis, self.n_distance_basis,
-                            self.vocab_size_, self.content_dim)
+        return RowWeighting(
+            self.n_features_in_,
+            self.readers_per_head,
+            self.n_position_basis,
+            self.n_distance_basis,
+            self.vocab_size_,
+            self.content_dim,
+        )
 
     @classmethod
     def _check_params(cls, params: dict) -> None:
@@ -206,10 +246,16 @@ class AttentionRowProbe(BinaryProbe):
         text(params["log_dir"], "log_dir", optional=True)
 
     def _fitted_state(self) -> tuple[dict, dict[str, np.ndarray], dict]:
-        plain = {**self._common_state(), "n_layers_": self.n_layers_, "n_heads_": self.n_heads_,
-                 "vocab_size_": self.vocab_size_, "best_epoch_": self.best_epoch_,
-                 "validation_auc_": self.validation_auc_, "epochs_run_": self.epochs_run_,
-                 "n_members_": self.n_members_}
+        plain = {
+            **self._common_state(),
+            "n_layers_": self.n_layers_,
+            "n_heads_": self.n_heads_,
+            "vocab_size_": self.vocab_size_,
+            "best_epoch_": self.best_epoch_,
+            "validation_auc_": self.validation_auc_,
+            "epochs_run_": self.epochs_run_,
+            "n_members_": self.n_members_,
+        }
         return plain, {f"state_.{key}": value.detach().cpu().numpy() for key, value in self.state_.items()}, {}
 
     def _restore_fitted(self, plain: dict, arrays: dict[str, np.ndarray], parts: dict) -> None:
@@ -231,9 +277,12 @@ class AttentionRowProbe(BinaryProbe):
         names = {name.removeprefix("state_.") for name in arrays if name.startswith("state_.")}
         if names != set(expected):
             raise SavedProbeError(f"the network state holds {sorted(names)[:8]}, expected {sorted(expected)}")
-        self.state_ = {key: torch.from_numpy(array(arrays, f"state_.{key}", tuple(value.shape),
-                                                    (str(value.dtype).removeprefix("torch."),)))
-                       for key, value in expected.items()}
+        self.state_ = {
+            key: torch.from_numpy(
+                array(arrays, f"state_.{key}", tuple(value.shape), (str(value.dtype).removeprefix("torch."),))
+            )
+            for key, value in expected.items()
+        }
 
 
 def _rows(X, lengths, tokens) -> AttentionRows:

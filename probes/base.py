@@ -116,8 +116,11 @@ class BinaryProbe(ClassifierMixin, BaseEstimator):
     def _common_state(self) -> dict:
         """The fitted values every probe has: its classes, its number of features (and their names, if any)."""
         names = getattr(self, "feature_names_in_", None)
-        return {"classes_": saved_classes(self.classes_), "n_features_in_": int(self.n_features_in_),
-                **({"feature_names_in_": [str(name) for name in names]} if names is not None else {})}
+        return {
+            "classes_": saved_classes(self.classes_),
+            "n_features_in_": int(self.n_features_in_),
+            **({"feature_names_in_": [str(name) for name in names]} if names is not None else {}),
+        }
 
     def _restore_common(self, plain: dict, own: set[str], name: str) -> dict:
         """Check that `plain` holds exactly the common values and `own`, and set the common ones."""

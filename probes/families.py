@@ -48,19 +48,41 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "logistic-regression": Family("probes.logistic", "LogisticRegressionProbe", MATRIX, {
-        "logreg": Preset("logistic regression, C chosen on a validation holdout (SAE-Probes)"),
-    }),
-    "mass-mean": Family("probes.mass_mean", "MassMeanProbe", MATRIX, {
-        "mass-mean": Preset("difference of class means"),
-        "mass-mean-lda": Preset("mass-mean tilted by the shrunk covariance (LDA)", {"tilt": "lda"}),
-    }),
-    "attention-row": Family("probes.attention_row", "AttentionRowProbe", ROWS, {
-        "attention-row": Preset("learned weighting of whole attention rows (Lightning)"),
-    }),
-    "stacked": Family("probes.stacked", "StackedProbe", STACK, {
-        "meta": Preset("logistic regression over cross-fitted scores of the --aggregation (x --each-layer) settings"),
-    }),
+    "logistic-regression": Family(
+        "probes.logistic",
+        "LogisticRegressionProbe",
+        MATRIX,
+        {
+            "logreg": Preset("logistic regression, C chosen on a validation holdout (SAE-Probes)"),
+        },
+    ),
+    "mass-mean": Family(
+        "probes.mass_mean",
+        "MassMeanProbe",
+        MATRIX,
+        {
+            "mass-mean": Preset("difference of class means"),
+            "mass-mean-lda": Preset("mass-mean tilted by the shrunk covariance (LDA)", {"tilt": "lda"}),
+        },
+    ),
+    "attention-row": Family(
+        "probes.attention_row",
+        "AttentionRowProbe",
+        ROWS,
+        {
+            "attention-row": Preset("learned weighting of whole attention rows (Lightning)"),
+        },
+    ),
+    "stacked": Family(
+        "probes.stacked",
+        "StackedProbe",
+        STACK,
+        {
+            "meta": Preset(
+                "logistic regression over cross-fitted scores of the --aggregation (x --each-layer) settings"
+            ),
+        },
+    ),
 }
 
 

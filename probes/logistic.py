@@ -154,8 +154,12 @@ class LogisticRegressionProbe(BinaryProbe):
 
     def _fitted_state(self) -> tuple[dict, dict[str, np.ndarray], dict]:
         plain = {**self._common_state(), "validation_auc_": float(self.validation_auc_), "C_": float(self.C_)}
-        arrays = {"coef_": self.coef_, "intercept_": self.intercept_, "Cs_": self.Cs_,
-                  "validation_aucs_": self.validation_aucs_}
+        arrays = {
+            "coef_": self.coef_,
+            "intercept_": self.intercept_,
+            "Cs_": self.Cs_,
+            "validation_aucs_": self.validation_aucs_,
+        }
         return plain, arrays, {}
 
     def _restore_fitted(self, plain: dict, arrays: dict[str, np.ndarray], parts: dict) -> None:

@@ -31,8 +31,11 @@ class MassMeanProbe(BinaryProbe):
 
     def _tilted(self, X: np.ndarray, y: np.ndarray, class_means: np.ndarray) -> tuple[np.ndarray, float]:
         """Sigma^-1 (mu+ - mu-) and the shrinkage used, Sigma from the class-centred rows of X."""
-        valid_number = (isinstance(self.shrinkage, numbers.Real) and not isinstance(self.shrinkage, bool)
-                        and 0 <= self.shrinkage <= 1)
+        valid_number = (
+            isinstance(self.shrinkage, numbers.Real)
+            and not isinstance(self.shrinkage, bool)
+            and 0 <= self.shrinkage <= 1
+        )
         if self.shrinkage != "auto" and not valid_number:
             raise ProbeInputError(
                 f"MassMeanProbe: shrinkage must be 'auto' or a number in [0, 1], got {self.shrinkage!r}"
@@ -88,8 +91,12 @@ class MassMeanProbe(BinaryProbe):
         seed(params["random_state"])
 
     def _fitted_state(self) -> tuple[dict, dict[str, np.ndarray], dict]:
-        plain = {**self._common_state(), "shrinkage_": self.shrinkage_, "threshold_": self.threshold_,
-                 "logit_scale_": self.logit_scale_}
+        plain = {
+            **self._common_state(),
+            "shrinkage_": self.shrinkage_,
+            "threshold_": self.threshold_,
+            "logit_scale_": self.logit_scale_,
+        }
         return plain, {"direction_": self.direction_, "mean_": self.mean_}, {}
 
     def _restore_fitted(self, plain: dict, arrays: dict[str, np.ndarray], parts: dict) -> None:

@@ -100,8 +100,9 @@ class PairedAUC:
     n: int
 
 
-def paired_auc_difference(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray,
-                          level: float = CI_LEVEL) -> PairedAUC:
+def paired_auc_difference(
+    y_true: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, level: float = CI_LEVEL
+) -> PairedAUC:
     """The paired DeLong test of two scorings of the same examples (DeLong, DeLong & Clarke-Pearson 1988): the
     difference's variance is var(a) + var(b) - 2 cov(a, b) of the structural components, so the shared
     examples' difficulty cancels. A zero variance (identical rankings) gives p = 1 when the AUCs are equal."""
@@ -109,8 +110,10 @@ def paired_auc_difference(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np
         raise ProbeInputError(f"level must lie in (0, 1), got {level!r}")
     scores_a, scores_b = np.asarray(scores_a, dtype=np.float64).ravel(), np.asarray(scores_b, dtype=np.float64).ravel()
     if scores_a.size != scores_b.size or scores_a.size != np.asarray(y_true).size:
-        raise ProbeInputError(f"paired AUCs need scores of the same examples: {scores_a.size} and {scores_b.size} "
-                              f"scores for {np.asarray(y_true).size} labels")
+        raise ProbeInputError(
+            f"paired AUCs need scores of the same examples: {scores_a.size} and {scores_b.size} "
+            f"scores for {np.asarray(y_true).size} labels"
+        )
     auc_a, over_a, under_a = delong_components(y_true, scores_a)
     auc_b, over_b, under_b = delong_components(y_true, scores_b)
     covariance = delong_covariance(np.column_stack([over_a, over_b]), np.column_stack([under_a, under_b]))
@@ -121,8 +124,9 @@ def paired_auc_difference(y_true: np.ndarray, scores_a: np.ndarray, scores_b: np
         p_value = float(2 * ndtr(-abs(delta) / np.sqrt(variance)))
     else:
         p_value = 1.0 if np.isclose(delta, 0.0) else 0.0
-    return PairedAUC(auc_a, auc_b, delta, float(delta - half_width), float(delta + half_width), p_value,
-                     int(scores_a.size))
+    return PairedAUC(
+        auc_a, auc_b, delta, float(delta - half_width), float(delta + half_width), p_value, int(scores_a.size)
+    )
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
@@ -137,8 +141,9 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def bootstrap_mean_interval(values: np.ndarray, level: float = CI_LEVEL, resamples: int = 10_000,
-                            seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_interval(
+    values: np.ndarray, level: float = CI_LEVEL, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
     """The percentile interval of the mean of `values`, from `resamples` seeded bootstrap resamples (of the
     values, e.g. one per dataset); a single value gives (value, value)."""
     values = np.asarray(values, dtype=np.float64).ravel()

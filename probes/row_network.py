@@ -18,8 +18,9 @@ MAX_DISTANCE = 4096
 class RowWeighting(nn.Module):
     """The learned per-head weightings and the linear read-out (see the module docstring)."""
 
-    def __init__(self, n_channels: int, readers: int, n_position: int, n_distance: int, vocab_size: int,
-                 content_dim: int):
+    def __init__(
+        self, n_channels: int, readers: int, n_position: int, n_distance: int, vocab_size: int, content_dim: int
+    ):
         super().__init__()
         self.n_position, self.n_distance = n_position, n_distance
         n_basis = n_position + n_distance + 1

@@ -47,8 +47,9 @@ class LightningRowProbe(L.LightningModule):
         self._val_targets.clear()
         auc = roc_auc_score(targets, logits) if 0 < targets.sum() < len(targets) else 0.5
         self.log("val_auc", float(auc), prog_bar=False)
-        self.history.append((float(auc), {key: value.detach().cpu().clone()
-                                          for key, value in self.network.state_dict().items()}))
+        self.history.append(
+            (float(auc), {key: value.detach().cpu().clone() for key, value in self.network.state_dict().items()})
+        )
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
@@ -70,8 +71,9 @@ class RowBatches(torch.utils.data.Dataset):
 class BatchData(L.LightningDataModule):
     """Length-ordered batches of the training and validation rows (batch order shuffled, seeded)."""
 
-    def __init__(self, rows: AttentionRows, target: np.ndarray, fit_rows, val_rows, batch_size: int, seed: int,
-                 cache_bytes: int):
+    def __init__(
+        self, rows: AttentionRows, target: np.ndarray, fit_rows, val_rows, batch_size: int, seed: int, cache_bytes: int
+    ):
         super().__init__()
         self.rows, self.target, self.seed = rows, target, seed
         self.fit_batches = list(rows.batches(fit_rows, batch_size))
@@ -83,8 +85,13 @@ class BatchData(L.LightningDataModule):
         vocab = self.trainer.lightning_module.network.embedding
         vocab_size = vocab.padding_idx if vocab is not None else 0
         generator = torch.Generator().manual_seed(self.seed)
-        return torch.utils.data.DataLoader(RowBatches(self, batches, vocab_size), batch_size=None, shuffle=shuffle,
-                                           generator=generator, collate_fn=lambda item: item)
+        return torch.utils.data.DataLoader(
+            RowBatches(self, batches, vocab_size),
+            batch_size=None,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=lambda item: item,
+        )
 
     def batch(self, rows: np.ndarray, vocab_size: int) -> tuple:
         """A batch's tensors: read from the rows, kept in memory while the cache budget lasts (float16

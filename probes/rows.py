@@ -33,8 +33,9 @@ class AttentionRows:
         if shape[0] and (self.lengths.min() < 1 or self.lengths.max() > shape[3]):
             raise ProbeInputError(f"lengths must lie in 1..{shape[3]} (the token axis)")
         if self.tokens is not None and tuple(self.tokens.shape) != (shape[0], shape[3]):
-            raise ProbeInputError(f"tokens must be (examples, tokens) = {(shape[0], shape[3])}, "
-                                  f"got {tuple(self.tokens.shape)}")
+            raise ProbeInputError(
+                f"tokens must be (examples, tokens) = {(shape[0], shape[3])}, got {tuple(self.tokens.shape)}"
+            )
 
     @classmethod
     def from_view(cls, view, with_tokens: bool = True) -> AttentionRows:

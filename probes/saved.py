@@ -61,16 +61,20 @@ def _node(probe: BinaryProbe, prefix: str, arrays: dict[str, np.ndarray], fitted
     family = family_name(probe)
     if family is None:
         raise TypeError(f"{type(probe).__name__} is not a probe family that can be saved ({', '.join(FAMILIES)})")
-    params = {name: _plain_param(value, f"{prefix}{name}.", arrays) for name, value in
-              probe.get_params(deep=False).items()}
+    params = {
+        name: _plain_param(value, f"{prefix}{name}.", arrays) for name, value in probe.get_params(deep=False).items()
+    }
     node = {"family": family, "params": params}
     if fitted:
         plain, own, parts = probe._fitted_state()
         arrays.update({prefix + name: np.require(value, requirements="C") for name, value in own.items()})
         node["fitted"] = plain
-        node["parts"] = {name: [_node(p, f"{prefix}{name}.{i}.", arrays, True) for i, p in enumerate(part)]
-                         if isinstance(part, list) else _node(part, f"{prefix}{name}.", arrays, True)
-                         for name, part in parts.items()}
+        node["parts"] = {
+            name: [_node(p, f"{prefix}{name}.{i}.", arrays, True) for i, p in enumerate(part)]
+            if isinstance(part, list)
+            else _node(part, f"{prefix}{name}.", arrays, True)
+            for name, part in parts.items()
+        }
     return node
 
 
@@ -82,8 +86,11 @@ def _plain_param(value: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, BinaryProbe) for v in value):
         return {"probes": [_node(v, f"{prefix}{i}.", arrays, fitted=False) for i, v in enumerate(value)]}
     if isinstance(value, dict):
-        return {"mapping": [[_plain_param(key, prefix, arrays), _plain_param(item, prefix, arrays)]
-                            for key, item in value.items()]}
+        return {
+            "mapping": [
+                [_plain_param(key, prefix, arrays), _plain_param(item, prefix, arrays)] for key, item in value.items()
+            ]
+        }
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_plain_param(v, prefix, arrays) for v in value]
     if isinstance(value, np.generic):
@@ -101,7 +108,7 @@ def _parse(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     if not 0 < header_bytes <= min(MAX_HEADER_BYTES, len(data) - 8):
         raise SavedProbeError("not a probe file (no safetensors header of a bounded size)")
     try:
-        header = json.loads(data[8:8 + header_bytes])
+        header = json.loads(data[8 : 8 + header_bytes])
         metadata = header.get("__metadata__") if isinstance(header, dict) else None
         found = isinstance(metadata, dict) and isinstance(metadata.get(METADATA_KEY), str)
         document = json.loads(metadata[METADATA_KEY]) if found else None
@@ -111,8 +118,9 @@ def _parse(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         raise SavedProbeError(f"not a probe file (no {FORMAT} document in its metadata)")
     fields(document, "probe file", {"format", "version", "probe"})
     if document["version"] != FORMAT_VERSION:
-        raise SavedProbeError(f"probe file format version {document['version']!r}; this featstore reads "
-                              f"version {FORMAT_VERSION}")
+        raise SavedProbeError(
+            f"probe file format version {document['version']!r}; this featstore reads version {FORMAT_VERSION}"
+        )
     try:
         arrays = safetensors.numpy.load(data)
     except (safetensors.SafetensorError, ValueError, TypeError, KeyError) as error:
@@ -138,7 +146,7 @@ def _build(node: Any, prefix: str, arrays: dict[str, np.ndarray], depth: int, fi
         if not isinstance(parts, dict):
             raise SavedProbeError(f"{family} parts must be an object")
         parts = {name: _part(part, f"{prefix}{name}.", arrays, depth) for name, part in parts.items()}
-        own = {name[len(prefix):]: value for name, value in arrays.items() if name.startswith(prefix)}
+        own = {name[len(prefix) :]: value for name, value in arrays.items() if name.startswith(prefix)}
         probe._restore_fitted(node["fitted"], own, parts)
     return probe
 
@@ -153,11 +161,12 @@ def _param(value: Any, prefix: str, arrays: dict[str, np.ndarray], depth: int) -
     if kind == "probes" and isinstance(inner, list) and 0 < len(inner) <= MAX_PARTS:
         return [_build(v, f"{prefix}{i}.", arrays, depth + 1, fitted=False) for i, v in enumerate(inner)]
     if kind == "mapping" and isinstance(inner, list) and len(inner) <= MAX_PARTS:
-        if not all(isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (bool, int, float, str))
-                   for pair in inner):
+        if not all(
+            isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (bool, int, float, str)) for pair in inner
+        ):
             raise SavedProbeError("a mapping parameter must be a list of [plain key, value] pairs")
         return dict(map(tuple, inner))
-    raise SavedProbeError("a parameter object must be {\"probe\": ...}, {\"probes\": [...]} or {\"mapping\": [...]}")
+    raise SavedProbeError('a parameter object must be {"probe": ...}, {"probes": [...]} or {"mapping": [...]}')
 
 
 def _part(part: Any, prefix: str, arrays: dict[str, np.ndarray], depth: int) -> BinaryProbe | list[BinaryProbe]:

@@ -15,8 +15,7 @@ MAX_STRING = 4096
 MAX_INT = 2**62
 MAX_PARTS = 1024
 FLOATS = ("float32", "float64")
-CLASS_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32",
-                "float64"}
+CLASS_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64"}
 
 
 class SavedProbeError(ProbeInputError):
@@ -43,8 +42,9 @@ def integer(value: Any, name: str, low: int, high: int, optional: bool = False) 
     return value
 
 
-def real(value: Any, name: str, low: float = -math.inf, high: float = math.inf, finite: bool = True,
-         optional: bool = False) -> float | int | None:
+def real(
+    value: Any, name: str, low: float = -math.inf, high: float = math.inf, finite: bool = True, optional: bool = False
+) -> float | int | None:
     """A number (int or float, not bool) in [low, high], finite unless told, or None when optional."""
     if value is None and optional:
         return None
@@ -85,8 +85,10 @@ def array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtyp
         raise SavedProbeError(f"the array {name} is missing")
     found = arrays[name]
     if found.shape != shape or found.dtype.name not in dtypes:
-        raise SavedProbeError(f"the array {name} must be {'/'.join(dtypes)} of shape {shape}, "
-                              f"got {found.dtype.name} of shape {found.shape}")
+        raise SavedProbeError(
+            f"the array {name} must be {'/'.join(dtypes)} of shape {shape}, "
+            f"got {found.dtype.name} of shape {found.shape}"
+        )
     return found.copy()
 
 
@@ -105,8 +107,12 @@ def classes(found: Any) -> np.ndarray:
     if not isinstance(dtype, str) or not (dtype in CLASS_DTYPES or _short_unicode(dtype)):
         raise SavedProbeError(f"classes_ dtype must be a number, bool or short string type, got {shown(dtype)}")
     plain = (bool, int, float, str)
-    if (not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, plain) for v in values)
-            or any(isinstance(v, str) and len(v) > MAX_STRING for v in values)):
+    if (
+        not isinstance(values, list)
+        or len(values) != 2
+        or not all(isinstance(v, plain) for v in values)
+        or any(isinstance(v, str) and len(v) > MAX_STRING for v in values)
+    ):
         raise SavedProbeError("classes_ must be a list of two plain labels")
     try:
         labels = np.array(values, dtype=dtype)
@@ -126,8 +132,11 @@ def feature_names(found: Any, n_features: int) -> np.ndarray | None:
     """sklearn's feature_names_in_ (names of a DataFrame's columns), if the probe was fitted on one."""
     if found is None:
         return None
-    if (not isinstance(found, list) or len(found) != n_features
-            or not all(isinstance(v, str) and len(v) <= MAX_STRING for v in found)):
+    if (
+        not isinstance(found, list)
+        or len(found) != n_features
+        or not all(isinstance(v, str) and len(v) <= MAX_STRING for v in found)
+    ):
         raise SavedProbeError(f"feature_names_in_ must be {n_features} strings")
     return np.array(found, dtype=object)
 

@@ -36,8 +36,10 @@ class StackedProbe(BinaryProbe):
             raise ProbeInputError(f"StackedProbe.fit: y needs exactly two classes, got {self.classes_.tolist()}")
         rarest = int(np.unique(y, return_counts=True)[1].min())
         if rarest < self.n_folds:
-            raise ProbeInputError(f"StackedProbe: the rarer class has {rarest} training rows, fewer than the "
-                                  f"{self.n_folds} folds of its cross-fitting")
+            raise ProbeInputError(
+                f"StackedProbe: the rarer class has {rarest} training rows, fewer than the "
+                f"{self.n_folds} folds of its cross-fitting"
+            )
         folds = StratifiedKFold(self.n_folds, shuffle=True, random_state=self.random_state)
         out_of_fold = np.zeros((len(y), len(matrices)))
         for fit_rows, held_out in folds.split(np.zeros(len(y)), y):
@@ -86,8 +88,11 @@ class StackedProbe(BinaryProbe):
     @classmethod
     def _check_params(cls, params: dict) -> None:
         bases, final = params["base_probes"], params["final_probe"]
-        if bases is not None and not (isinstance(bases, list) and 0 < len(bases) <= MAX_PARTS
-                                      and all(isinstance(base, BinaryProbe) for base in bases)):
+        if bases is not None and not (
+            isinstance(bases, list)
+            and 0 < len(bases) <= MAX_PARTS
+            and all(isinstance(base, BinaryProbe) for base in bases)
+        ):
             raise SavedProbeError(f"base_probes must be null or a list of 1 to {MAX_PARTS} probes")
         if final is not None and not isinstance(final, BinaryProbe):
             raise SavedProbeError("final_probe must be null or a probe")
@@ -101,8 +106,11 @@ class StackedProbe(BinaryProbe):
         self._restore_common(plain, set(), "stacked")
         parts = fields(parts, "stacked parts", {"final_", "bases_"})
         final, bases = parts["final_"], parts["bases_"]
-        if not (isinstance(bases, list) and 0 < len(bases) <= MAX_PARTS
-                and all(isinstance(base, BinaryProbe) for base in bases)):
+        if not (
+            isinstance(bases, list)
+            and 0 < len(bases) <= MAX_PARTS
+            and all(isinstance(base, BinaryProbe) for base in bases)
+        ):
             raise SavedProbeError(f"bases_ must be a list of 1 to {MAX_PARTS} fitted probes")
         if not isinstance(final, BinaryProbe) or final.n_features_in_ != len(bases):
             raise SavedProbeError(f"final_ must be a fitted probe of {len(bases)} features (one per base probe)")

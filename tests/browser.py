@@ -70,7 +70,9 @@ def _wait_until_answering(server: subprocess.Popen[bytes], url: str) -> None:
                 return
         except (urllib.error.URLError, OSError):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"http.server did not answer at {url} within {SERVER_START_TIMEOUT_S:.0f} s")
+                raise RuntimeError(
+                    f"http.server did not answer at {url} within {SERVER_START_TIMEOUT_S:.0f} s"
+                ) from None
             time.sleep(0.05)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import zarr
 from zarr.storage import LocalStore
 
+from featstore.catalog.safe_sql import query_catalog
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.cleaning import clean_datasets
 from featstore.datasets.registry import load_registry
@@ -17,7 +18,6 @@ from featstore.extraction.build import build_features
 from featstore.extraction.plan import BuildSettings
 from featstore.project import Project, init_project
 from featstore.store.integrity import MANIFEST, ROOT, SEAL, RecordingStore, seal_value
-from featstore.catalog.safe_sql import query_catalog
 from featstore.store.layout import COMPLETE, split_prefix
 from tests.factories import registry_row, toy_raw, write_registry
 
@@ -43,8 +43,11 @@ def built_toy_project(root: Path, **settings) -> Project:
 
 def published_folder(project: Project, split: str, model: str = MODEL, dataset: str = "1_toy") -> Path:
     """The folder of the version of a split that the catalog points to."""
-    found = query_catalog(project.catalog_path, "SELECT path FROM feature_splits WHERE model = ? AND dataset = ? "
-                          "AND split = ?", [model, dataset, split])
+    found = query_catalog(
+        project.catalog_path,
+        "SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
+        [model, dataset, split],
+    )
     return project.store_dir / found["path"][0]
 
 

@@ -13,8 +13,12 @@ from tests.builders import MODEL, built_toy_project
 from tests.factories import registry_row, toy_raw, write_registry
 from tests.object_servers import moto_s3, seaweed_s3  # noqa: F401  (S3 servers on loopback, for any test)
 
-REPORTED_PROBE_RUNS = (["--baseline"], ["--feature", "length"], ["--aggregation", "first", "bins:4"],
-                       ["--each-layer", "--aggregation", "entropy"])
+REPORTED_PROBE_RUNS = (
+    ["--baseline"],
+    ["--feature", "length"],
+    ["--aggregation", "first", "bins:4"],
+    ["--each-layer", "--aggregation", "entropy"],
+)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from featstore.project import REGISTRY_COLUMNS, Project
@@ -39,5 +38,3 @@ def toy_raw(n: int = 300, seed: int = 0) -> pd.DataFrame:
     words = ["peace", "war", "river", "stone", "cloud", "market"]
     texts = [" ".join(rng.choice(words, size=rng.integers(1, 12))) + f" #{i}" for i in range(n)]
     return pd.DataFrame({"text": texts, "label": [int("war" in t) for t in texts], "stars": rng.integers(1, 6, n)})
-
-

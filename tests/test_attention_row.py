@@ -90,8 +90,9 @@ def test_padding_never_changes_a_prediction(fitted):
     for i, length in enumerate(rows.lengths):
         garbage[i, :, :, length:] = 123.0
         tokens[i, length:] = 77
-    np.testing.assert_array_equal(probe.decision_function(AttentionRows(garbage, rows.lengths, tokens)),
-                                  probe.decision_function(rows))
+    np.testing.assert_array_equal(
+        probe.decision_function(AttentionRows(garbage, rows.lengths, tokens)), probe.decision_function(rows)
+    )
 
 
 def test_same_seed_same_weights_and_save_load_same_predictions(fitted, tmp_path):
@@ -105,9 +106,12 @@ def test_same_seed_same_weights_and_save_load_same_predictions(fitted, tmp_path)
     other_seed = clone(probe).set_params(random_state=1).fit(rows, y)
     assert not torch.equal(probe.state_["0.readout.weight"], other_seed.state_["0.readout.weight"])
     save_probe(probe, tmp_path / "probe.safetensors")
-    np.testing.assert_array_equal(load_probe(tmp_path / "probe.safetensors").decision_function(rows),
-                                  probe.decision_function(rows))
-    assert probe.chosen_hyperparameters()["best_epoch"] < 5 and 0 <= probe.chosen_hyperparameters()["validation_auc"] <= 1
+    np.testing.assert_array_equal(
+        load_probe(tmp_path / "probe.safetensors").decision_function(rows), probe.decision_function(rows)
+    )
+    assert (
+        probe.chosen_hyperparameters()["best_epoch"] < 5 and 0 <= probe.chosen_hyperparameters()["validation_auc"] <= 1
+    )
 
 
 def test_numpy_torch_and_lazy_inputs_agree(fitted):
@@ -115,11 +119,14 @@ def test_numpy_torch_and_lazy_inputs_agree(fitted):
     expected = probe.decision_function(rows)
     as_torch = AttentionRows(torch.from_numpy(rows.attn), torch.from_numpy(rows.lengths), torch.from_numpy(rows.tokens))
     np.testing.assert_array_equal(probe.decision_function(as_torch), expected)
-    view = xr.Dataset({"attn": (("example", "layer", "head", "token"), rows.attn),
-                       "tokens": (("example", "token"), rows.tokens)},
-                      coords={"seq_len": ("example", rows.lengths)}).chunk({"example": 50})
+    view = xr.Dataset(
+        {"attn": (("example", "layer", "head", "token"), rows.attn), "tokens": (("example", "token"), rows.tokens)},
+        coords={"seq_len": ("example", rows.lengths)},
+    ).chunk({"example": 50})
     np.testing.assert_allclose(probe.decision_function(AttentionRows.from_view(view)), expected, rtol=1e-6)
-    np.testing.assert_array_equal(probe.decision_function(rows.attn, lengths=rows.lengths, tokens=rows.tokens), expected)
+    np.testing.assert_array_equal(
+        probe.decision_function(rows.attn, lengths=rows.lengths, tokens=rows.tokens), expected
+    )
 
 
 def test_bad_input_is_one_clear_error(fitted):
@@ -149,8 +156,9 @@ def test_padding_nan_duplicates_unseen_tokens_and_a_lone_row(fitted):
     padded = rows.attn.copy()
     for i, length in enumerate(rows.lengths):
         padded[i, :, :, length:] = np.nan
-    np.testing.assert_array_equal(AttentionRows(padded, rows.lengths, rows.tokens).batch(np.arange(5))[0],
-                                  rows.batch(np.arange(5))[0])
+    np.testing.assert_array_equal(
+        AttentionRows(padded, rows.lengths, rows.tokens).batch(np.arange(5))[0], rows.batch(np.arange(5))[0]
+    )
     repeated = rows.batch(np.array([0, 0, 2]))[0]  # a repeated row is read twice, not as its neighbour
     np.testing.assert_array_equal(repeated[1], repeated[0])
     assert not np.array_equal(repeated[1], rows.batch(np.array([0, 1, 2]))[0][1])
@@ -167,18 +175,21 @@ def test_stacked_probe_is_cross_fitted_on_the_training_rows_only():
     noise = rng.normal(size=(400, 5))
     stacked = StackedProbe(n_folds=4).fit([informative[:300], noise[:300]], y[:300])
     by_hand = LogisticRegressionProbe().fit(informative[:300], y[:300])
-    np.testing.assert_allclose(stacked.base_scores([informative[300:], noise[300:]])[:, 0],
-                               by_hand.decision_function(informative[300:]))
+    np.testing.assert_allclose(
+        stacked.base_scores([informative[300:], noise[300:]])[:, 0], by_hand.decision_function(informative[300:])
+    )
     out_of_fold = np.zeros((300, 2))
     for fit_rows, held_out in StratifiedKFold(4, shuffle=True, random_state=0).split(np.zeros(300), y[:300]):
         for j, X in enumerate((informative[:300], noise[:300])):
             base = LogisticRegressionProbe().fit(X[fit_rows], y[:300][fit_rows])
             out_of_fold[held_out, j] = base.decision_function(X[held_out])
     final = LogisticRegressionProbe(standardize=True).fit(out_of_fold, y[:300])
-    test_scores = np.column_stack([LogisticRegressionProbe().fit(X[:300], y[:300]).decision_function(X[300:])
-                                   for X in (informative, noise)])
-    np.testing.assert_allclose(stacked.decision_function([informative[300:], noise[300:]]),
-                               final.decision_function(test_scores), rtol=1e-6)
+    test_scores = np.column_stack(
+        [LogisticRegressionProbe().fit(X[:300], y[:300]).decision_function(X[300:]) for X in (informative, noise)]
+    )
+    np.testing.assert_allclose(
+        stacked.decision_function([informative[300:], noise[300:]]), final.decision_function(test_scores), rtol=1e-6
+    )
     assert stacked.chosen_hyperparameters()["base_weights"] == final.feature_weights().tolist()
     assert probe_metrics(stacked, [informative[300:], noise[300:]], y[300:])["roc_auc"] > 0.85
     with pytest.raises(ProbeInputError, match="same rows"):

@@ -40,8 +40,13 @@ sys.exit(main(sys.argv[1:]))
 def quick_rows(monkeypatch):
     """The attention-row family with a few epochs, so a fit takes seconds."""
     family = families.FAMILIES["attention-row"]
-    monkeypatch.setitem(families.FAMILIES, "attention-row", families.ProbeFamily(
-        "rows", lambda seed: AttentionRowProbe(random_state=seed, max_epochs=3, patience=2), family.summary))
+    monkeypatch.setitem(
+        families.FAMILIES,
+        "attention-row",
+        families.ProbeFamily(
+            "rows", lambda seed: AttentionRowProbe(random_state=seed, max_epochs=3, patience=2), family.summary
+        ),
+    )
 
 
 def row_probe(project, *args):
@@ -82,7 +87,22 @@ def test_ctrl_c_while_it_trains_is_interrupted_like_any_probe(toy_copy, quick_ro
 
 
 def test_a_real_sigint_while_it_trains_exits_130_with_one_line(toy_copy):
-    done = subprocess.run([sys.executable, "-c", QUICK, "--root", str(toy_copy.root), "probe", "--model", MODEL,
-                           "--probe", "attention-row"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            QUICK,
+            "--root",
+            str(toy_copy.root),
+            "probe",
+            "--model",
+            MODEL,
+            "--probe",
+            "attention-row",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert (done.returncode, done.stderr) == (EXIT_INTERRUPTED, "featstore: interrupted\n")
     assert Store(toy_copy).sql("SELECT count(*) AS n FROM probe_results")["n"][0] == 0

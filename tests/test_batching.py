@@ -13,7 +13,7 @@ def test_batches_cover_rows_in_order_within_budget_and_with_little_padding(seed)
     rows = slice(100, 356)
     batches = token_batches(lengths, rows, batch_tokens=2048)
     assert batches[0].start == rows.start and batches[-1].stop == rows.stop
-    assert all(a.stop == b.start for a, b in zip(batches, batches[1:]))
+    assert all(a.stop == b.start for a, b in zip(batches, batches[1:], strict=False))
     for batch in batches:
         batch_lengths = lengths[batch]
         padded = len(batch_lengths) * batch_lengths.max()

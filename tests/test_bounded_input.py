@@ -41,8 +41,12 @@ def one_error_line(capsys) -> str:
 
 
 def hostile_project(project: Project) -> None:
-    pd.DataFrame({"text": ["a" * 40 + "!", "b"] * 50, "label": [0, 1] * 50}).to_csv(project.raw_dir / "evil.csv", index=False)
-    write_registry(project, [registry_row(2, "evil", "evil.csv", **{"Probe to": "text", "Probe to extraction": HOSTILE_REGEX})])
+    pd.DataFrame({"text": ["a" * 40 + "!", "b"] * 50, "label": [0, 1] * 50}).to_csv(
+        project.raw_dir / "evil.csv", index=False
+    )
+    write_registry(
+        project, [registry_row(2, "evil", "evil.csv", **{"Probe to": "text", "Probe to extraction": HOSTILE_REGEX})]
+    )
 
 
 def test_case4_backtracking_regex_is_one_line_within_the_time_limit(project: Project, capsys, monkeypatch) -> None:
@@ -96,8 +100,10 @@ def catalogued(project: Project) -> Project:
 
 def test_case6_large_results_are_refused_at_the_row_cap(catalogued: Project, capsys) -> None:
     assert sql(catalogued, "SELECT * FROM range(200000)", "--format", "csv") == 1
-    assert one_error_line(capsys) == ("featstore: error: refused: the result has more than 100,000 rows (--max-rows 100000); "
-                                      "add a LIMIT or an aggregate, or raise --max-rows\n")
+    assert one_error_line(capsys) == (
+        "featstore: error: refused: the result has more than 100,000 rows (--max-rows 100000); "
+        "add a LIMIT or an aggregate, or raise --max-rows\n"
+    )
     assert capsys.readouterr().out == ""
     assert sql(catalogued, "SELECT * FROM range(1000)", "--format", "csv", "--max-rows", "999") == 1
     assert "more than 999 rows (--max-rows 999)" in one_error_line(capsys)
@@ -139,8 +145,15 @@ def test_case7_overlapping_readers_do_not_starve_a_writer(catalogued: Project) -
     from featstore.catalog.database import catalog_writer
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    readers = [subprocess.Popen([sys.executable, "-c", READER_LOOP, str(catalogued.catalog_path), str(offset), "20"],
-                                env=env, stdout=subprocess.PIPE, text=True) for offset in (0.0, 0.5)]
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", READER_LOOP, str(catalogued.catalog_path), str(offset), "20"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for offset in (0.0, 0.5)
+    ]
     try:
         assert [reader.stdout.readline().strip() for reader in readers] == ["ready", "ready"]
         time.sleep(1.0)  # from now on some reader always holds the catalog
@@ -158,13 +171,20 @@ def test_case7_overlapping_readers_do_not_starve_a_writer(catalogued: Project) -
 def test_case9_huge_dataset_number_is_refused_before_anything_is_written(project: Project, capsys) -> None:
     write_registry(project, [registry_row(3000000000, "huge", "toy.csv")])
     assert clean(project) == 1
-    assert one_error_line(capsys) == ("featstore: error: datasets/main.csv line 2: number 3000000000 is too large "
-                                      "(at most 2147483647)\n")
+    assert one_error_line(capsys) == (
+        "featstore: error: datasets/main.csv line 2: number 3000000000 is too large (at most 2147483647)\n"
+    )
     assert leftovers(project) == [] and not project.catalog_path.exists()
 
 
-@pytest.mark.parametrize("command", [["datasets", "clean", "--overwrite"], ["datasets", "list"],
-                                     ["build", "--model", "random:tiny", "--device", "cpu"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["datasets", "clean", "--overwrite"],
+        ["datasets", "list"],
+        ["build", "--model", "random:tiny", "--device", "cpu"],
+    ],
+)
 def test_case9_truncated_catalog_is_one_line(catalogued: Project, capsys, command: list[str]) -> None:
     size = catalogued.catalog_path.stat().st_size
     with open(catalogued.catalog_path, "r+b") as handle:
@@ -186,7 +206,8 @@ def test_case10_links_out_of_datasets_raw_are_not_followed(project: Project, cap
         assert clean(project) == 1
         assert one_error_line(capsys) == (
             f"featstore: error: datasets/main.csv line 2 (2_leak), source: datasets/raw/{source} leads through a link "
-            f"to {outside.resolve() / 'secret.csv'}, outside datasets/raw/; copy the file in instead\n")
+            f"to {outside.resolve() / 'secret.csv'}, outside datasets/raw/; copy the file in instead\n"
+        )
         assert leftovers(project) == [] and not project.catalog_path.exists()
     write_registry(project, [registry_row(2, "inside", "inside_link.csv")])
     assert clean(project) == 0
@@ -196,8 +217,10 @@ def test_case11_a_folder_as_source_is_called_a_folder(project: Project, capsys) 
     (project.raw_dir / "sub").mkdir()
     write_registry(project, [registry_row(2, "folder", "sub")])
     assert clean(project) == 1
-    assert one_error_line(capsys) == ("featstore: error: datasets/main.csv line 2 (2_folder), source: datasets/raw/sub is a "
-                                      "folder; name a file (CSV, compressed CSV or Parquet) inside it\n")
+    assert one_error_line(capsys) == (
+        "featstore: error: datasets/main.csv line 2 (2_folder), source: datasets/raw/sub is a "
+        "folder; name a file (CSV, compressed CSV or Parquet) inside it\n"
+    )
 
 
 @pytest.fixture
@@ -205,7 +228,9 @@ def small_disk(tmp_path: Path):
     """A 16 MiB tmpfs to fill up (mounting needs root); skipped where it cannot be mounted."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}); needs root")
     try:
@@ -248,19 +273,33 @@ def disk_project(disk: Path, n: int = 2000) -> Project:
 # free space at which each command failed in a different place (a raw file, a staged CSV, the catalog's WAL,
 # zarr chunks, the registry) when these tests were written; every one must end the same way
 FULL_DISK_CASES = [
-    ("clean", 0), ("clean", 50_000), ("clean", 200_000),
-    ("import", 0), ("import", 50_000), ("import", 200_000),
-    ("build", 0), ("build", 100_000), ("build", 400_000),  # 16 examples a split
+    ("clean", 0),
+    ("clean", 50_000),
+    ("clean", 200_000),
+    ("import", 0),
+    ("import", 50_000),
+    ("import", 200_000),
+    ("build", 0),
+    ("build", 100_000),
+    ("build", 400_000),  # 16 examples a split
 ]
 
 
 @pytest.mark.parametrize(("command", "free_bytes"), FULL_DISK_CASES)
-def test_case9_full_disk_is_one_line_leaves_nothing_and_a_rerun_succeeds(small_disk: Path, tmp_path: Path, capsys,
-                                                                        command: str, free_bytes: int) -> None:
+def test_case9_full_disk_is_one_line_leaves_nothing_and_a_rerun_succeeds(
+    small_disk: Path, tmp_path: Path, capsys, command: str, free_bytes: int
+) -> None:
     project = disk_project(small_disk, 300 if command == "build" else 2000)
-    argv = {"clean": ["datasets", "clean"],
-            "import": ["datasets", "import-sae-probes", "--source", str(fake_sae_wheel(tmp_path / "sae_probes-0-py3-none-any.whl"))],
-            "build": ["build", "--model", "random:tiny", "--device", "cpu", "--limit", "16"]}[command]
+    argv = {
+        "clean": ["datasets", "clean"],
+        "import": [
+            "datasets",
+            "import-sae-probes",
+            "--source",
+            str(fake_sae_wheel(tmp_path / "sae_probes-0-py3-none-any.whl")),
+        ],
+        "build": ["build", "--model", "random:tiny", "--device", "cpu", "--limit", "16"],
+    }[command]
     if command == "build":
         assert clean(project) == 0
     registry = project.registry_path.read_bytes()
@@ -274,7 +313,9 @@ def test_case9_full_disk_is_one_line_leaves_nothing_and_a_rerun_succeeds(small_d
     assert main(["--root", str(project.root), *argv]) == 0
 
 
-def test_case9_catalog_commit_failing_for_space_keeps_the_old_files_and_rows(small_disk: Path, capsys, monkeypatch) -> None:
+def test_case9_catalog_commit_failing_for_space_keeps_the_old_files_and_rows(
+    small_disk: Path, capsys, monkeypatch
+) -> None:
     import duckdb
 
     from featstore.datasets import cleaning
@@ -287,22 +328,33 @@ def test_case9_catalog_commit_failing_for_space_keeps_the_old_files_and_rows(sma
     monkeypatch.setattr(cleaning, "_index", lambda *args: (fill_leaving(small_disk, 0), index(*args)))
     assert clean(project) == 1
     err = one_error_line(capsys)
-    assert err.startswith(f"featstore: error: cannot read or write {project.catalog_path}: ") and "No space left on device" in err
+    assert (
+        err.startswith(f"featstore: error: cannot read or write {project.catalog_path}: ")
+        and "No space left on device" in err
+    )
     assert project.cleaned_path("1_toy").read_bytes() == cleaned_before
     assert leftovers(project) == ["datasets/cleaned/1_toy.csv"]
     (small_disk / "filler").unlink()
     con = duckdb.connect(str(project.catalog_path), read_only=True)
-    assert con.execute("SELECT sum(label) FROM examples").fetchone()[0] == pd.read_csv(project.raw_dir / "toy.csv")["label"].sum()
+    assert (
+        con.execute("SELECT sum(label) FROM examples").fetchone()[0]
+        == pd.read_csv(project.raw_dir / "toy.csv")["label"].sum()
+    )
     con.close()
     monkeypatch.setattr(cleaning, "_index", index)
     assert clean(project) == 0
-    assert pd.read_csv(project.cleaned_path("1_toy"))["target"].sum() == (pd.read_csv(project.raw_dir / "toy.csv")["label"] == 0).sum()
+    assert (
+        pd.read_csv(project.cleaned_path("1_toy"))["target"].sum()
+        == (pd.read_csv(project.raw_dir / "toy.csv")["label"] == 0).sum()
+    )
 
 
 def test_case6_results_over_the_byte_cap_are_refused(catalogued: Project, capsys, monkeypatch) -> None:
     monkeypatch.setattr("featstore.catalog.safe_sql.MAX_RESULT_BYTES", 2**20)
     assert sql(catalogued, "SELECT repeat('x', 10000) AS text FROM range(200)") == 1
-    assert one_error_line(capsys).startswith("featstore: error: refused: the result holds 2 MiB, more than the 1 MiB allowed")
+    assert one_error_line(capsys).startswith(
+        "featstore: error: refused: the result holds 2 MiB, more than the 1 MiB allowed"
+    )
     with pytest.raises(SystemExit) as exit_:
         sql(catalogued, "SELECT * FROM range(3)", "--max-rows", "0")
     assert exit_.value.code == 2 and "expected a whole number of at least 1, got '0'" in capsys.readouterr().err

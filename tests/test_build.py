@@ -27,8 +27,15 @@ from featstore.project import init_project
 from featstore.store.layout import LEGACY_CHUNKING, SHARD_EXAMPLES
 from featstore.store.locking import BUILD_LOCK, exclusive_build
 from featstore.store.writer import SplitWriter
-from tests.builders import (MODEL, building_folder, built_toy_project, new_version_folder, published_folder,
-                            toy_project, wait_for_a_written_shard)
+from tests.builders import (
+    MODEL,
+    building_folder,
+    built_toy_project,
+    new_version_folder,
+    published_folder,
+    toy_project,
+    wait_for_a_written_shard,
+)
 from tests.factories import registry_row, write_registry
 
 
@@ -72,7 +79,9 @@ def test_split_is_stored_in_length_order_and_features_table_maps_rows(built):
     for split in ("train", "test"):
         stored = arrays(built, split)
         assert (np.diff(stored["seq_len"]) >= 0).all()
-        rows = store.sql("SELECT example_id, array_row, seq_len FROM features WHERE split = ? ORDER BY array_row", [split])
+        rows = store.sql(
+            "SELECT example_id, array_row, seq_len FROM features WHERE split = ? ORDER BY array_row", [split]
+        )
         assert rows["example_id"].tolist() == stored["example_id"].tolist()
         assert rows["seq_len"].tolist() == stored["seq_len"].tolist()
         in_split = store.sql("SELECT example_id FROM examples WHERE split = ? ORDER BY 1", [split])["example_id"]
@@ -126,8 +135,10 @@ def test_rerun_skips_and_other_settings_are_refused_without_overwrite(built, cap
 def test_truncation_keeps_the_last_tokens_and_bos(tmp_path, tiny):
     project = built_toy_project(tmp_path / "p", max_len=12)
     store = Store(project)
-    rows = store.sql("SELECT e.prompt, f.seq_len, f.n_tokens_source, f.truncated, f.array_row FROM features f "
-                     "JOIN examples e USING (example_id) WHERE f.split = 'test'")
+    rows = store.sql(
+        "SELECT e.prompt, f.seq_len, f.n_tokens_source, f.truncated, f.array_row FROM features f "
+        "JOIN examples e USING (example_id) WHERE f.split = 'test'"
+    )
     tokens = arrays(project, "test")["tokens"]
     assert rows["truncated"].any() and (rows["seq_len"] <= 12).all()
     for row in rows.itertuples():
@@ -157,7 +168,9 @@ def test_build_killed_part_way_resumes_to_identical_arrays(tmp_path, monkeypatch
         Store(project).view("1_toy", "train")
 
     resumed_shards = []
-    monkeypatch.setattr(SplitWriter, "record_shard", lambda self, shard, *a: (resumed_shards.append(shard), real_write(self, shard, *a)))
+    monkeypatch.setattr(
+        SplitWriter, "record_shard", lambda self, shard, *a: (resumed_shards.append(shard), real_write(self, shard, *a))
+    )
     build_features(project, MODEL, None, BuildSettings(device="cpu", writers=1))
     assert resumed_shards == [1, 0]  # train resumes at shard 1, then test builds its one shard
     for split in ("train", "test"):
@@ -166,8 +179,9 @@ def test_build_killed_part_way_resumes_to_identical_arrays(tmp_path, monkeypatch
             np.testing.assert_array_equal(ours[name], theirs[name])
 
 
-def test_parallel_writers_killed_mid_split_resume_to_the_arrays_of_one_writer_and_the_old_chunking(tmp_path,
-                                                                                                  monkeypatch):
+def test_parallel_writers_killed_mid_split_resume_to_the_arrays_of_one_writer_and_the_old_chunking(
+    tmp_path, monkeypatch
+):
     """Several writer threads and the large chunks against one writer and the chunks of stores built before:
     a kill after the third shard recorded leaves those shards recorded (and only whole ones), the rerun writes
     the rest, and every decoded array equals the old path's."""
@@ -199,8 +213,20 @@ def test_parallel_writers_killed_mid_split_resume_to_the_arrays_of_one_writer_an
 
 def test_sigkill_leaves_a_readable_store_and_rerun_completes(tmp_path):
     project = toy_project(tmp_path / "p", n=900)
-    command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL,
-               "--device", "cpu", "--batch-tokens", "64"]
+    command = [
+        sys.executable,
+        "-m",
+        "featstore.cli",
+        "--root",
+        str(project.root),
+        "build",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--batch-tokens",
+        "64",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_a_written_shard(process, project)
     assert process.poll() is None, "the build finished before it could be killed"
@@ -208,8 +234,12 @@ def test_sigkill_leaves_a_readable_store_and_rerun_completes(tmp_path):
     process.wait()
     store = Store(project)
     assert store.sql("SELECT count(*) AS n FROM features")["n"][0] == 0
-    assert main(["--root", str(project.root), "build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64"]) == 0
-    counts = store.sql("SELECT split, count(*) AS n, count(DISTINCT example_id) AS ids FROM features GROUP BY split ORDER BY split")
+    assert (
+        main(["--root", str(project.root), "build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64"]) == 0
+    )
+    counts = store.sql(
+        "SELECT split, count(*) AS n, count(DISTINCT example_id) AS ids FROM features GROUP BY split ORDER BY split"
+    )
     expected = store.sql("SELECT split, count(*) AS n FROM examples GROUP BY split ORDER BY split")
     assert counts["n"].tolist() == counts["ids"].tolist() == expected["n"].tolist()
     assert store.view("1_toy", "train").sizes["example"] == expected["n"][1] > 128
@@ -226,7 +256,18 @@ def test_second_build_at_the_same_time_refuses_and_changes_nothing(built, capsys
 
 def test_concurrent_builds_neither_corrupt_nor_duplicate(tmp_path):
     project = toy_project(tmp_path / "p")
-    command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL, "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "featstore.cli",
+        "--root",
+        str(project.root),
+        "build",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+    ]
     processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = [(p.wait(), p.stderr.read()) for p in processes]
     assert sorted(code for code, _ in outcomes)[0] == 0
@@ -257,8 +298,11 @@ def test_cleaning_waits_for_no_build_and_max_len_rules(built, capsys):
 
 
 def test_features_of_other_weights_under_the_same_key_are_not_reused(built, monkeypatch, capsys):
-    monkeypatch.setattr(build_module, "parse_model_spec",
-                        lambda spec: dataclasses.replace(parse_model_spec(spec), fingerprint="other weights"))
+    monkeypatch.setattr(
+        build_module,
+        "parse_model_spec",
+        lambda spec: dataclasses.replace(parse_model_spec(spec), fingerprint="other weights"),
+    )
     assert main(["--root", str(built.root), "build", "--model", MODEL]) == 1
     assert "pass --overwrite" in capsys.readouterr().err
 
@@ -274,7 +318,9 @@ def test_batches_of_short_rows_are_not_capped_by_the_shard_size(tmp_path, monkey
     project = init_project(tmp_path / "p")
     project.raw_dir.mkdir(parents=True)
     texts = [f"{'war' if i % 2 else 'sea'} {i:03d}" for i in range(300)]  # 8 bytes each
-    pd.DataFrame({"text": texts, "label": [i % 2 for i in range(300)]}).to_csv(project.raw_dir / "short.csv", index=False)
+    pd.DataFrame({"text": texts, "label": [i % 2 for i in range(300)]}).to_csv(
+        project.raw_dir / "short.csv", index=False
+    )
     write_registry(project, [registry_row(1, "short", "short.csv")])
     clean_datasets(project, load_registry(project), SplitParams())
     batch_rows, real_capture = [], build_module.launch_capture
@@ -300,8 +346,9 @@ def test_both_captures_store_the_same_rows_and_the_one_used_is_recorded(built, t
         ref_attn = reference["attn"].astype(np.float32)
         step = np.spacing(np.abs(reference["attn"])).astype(np.float32)
         assert np.all(np.abs(fast["attn"].astype(np.float32) - ref_attn) <= step)
-        np.testing.assert_allclose(fast["resid"].astype(np.float32), reference["resid"].astype(np.float32),
-                                   rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            fast["resid"].astype(np.float32), reference["resid"].astype(np.float32), rtol=2e-3, atol=2e-3
+        )
     recorded = Store(built).sql("SELECT DISTINCT settings FROM feature_splits")["settings"]
     assert [json.loads(settings)["capture"] for settings in recorded] == ["last-row"]
     assert build_features(built, MODEL, None, BuildSettings(device="cpu", capture="pattern")) == 0  # same numbers
@@ -321,5 +368,5 @@ def test_gpu_batch_budget_follows_free_memory_and_cpu_keeps_2048(tiny, monkeypat
     ceiling."""
     assert default_batch_tokens(tiny) == CPU_BATCH_TOKENS == 2048
     gpu = dataclasses.replace(tiny, device=torch.device("cuda", 0))
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2 ** 30), 141 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2**30), 141 * 2**30))
     assert default_batch_tokens(gpu) == expected

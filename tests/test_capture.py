@@ -182,7 +182,9 @@ def test_strategies_agree_on_a_batch_of_mixed_lengths(model):
     """The two strategies side by side: float32 rows within 1e-5, and in float16 at most one rounding step."""
     batch, lengths = right_pad(model.encode(TEXTS * 3), PAD_ID)
     (fast_attn, fast_resid), (ref_attn, ref_resid) = (
-        capture_last_token(model, batch, lengths, out_dtype=np.float32, strategy=name) for name in ("last-row", "pattern"))
+        capture_last_token(model, batch, lengths, out_dtype=np.float32, strategy=name)
+        for name in ("last-row", "pattern")
+    )
     np.testing.assert_allclose(fast_attn, ref_attn, rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast_resid, ref_resid, rtol=1e-5, atol=1e-4)
     fast16, ref16 = (capture_last_token(model, batch, lengths, strategy=name)[0] for name in ("last-row", "pattern"))
@@ -195,10 +197,13 @@ def test_default_capture_is_last_row_where_supported(model):
 
 
 def test_an_unsupported_architecture_falls_back_to_the_pattern_capture(tiny, monkeypatch):
-    monkeypatch.setitem(CAPTURES, "last-row", dataclasses.replace(CAPTURES["last-row"],
-                                                                  architectures={"LlamaForCausalLM": "Llama"}))
+    monkeypatch.setitem(
+        CAPTURES, "last-row", dataclasses.replace(CAPTURES["last-row"], architectures={"LlamaForCausalLM": "Llama"})
+    )
     assert default_capture(tiny) == "pattern"
-    with pytest.raises(FeatstoreError, match="capture 'last-row' does not support model 'random:tiny'.*--capture pattern"):
+    with pytest.raises(
+        FeatstoreError, match="capture 'last-row' does not support model 'random:tiny'.*--capture pattern"
+    ):
         check_capture(tiny, "last-row")
     with pytest.raises(FeatstoreError, match="unknown capture 'fast': use one of last-row, pattern"):
         check_capture(tiny, "fast")
@@ -212,7 +217,9 @@ def test_a_strategy_that_skips_a_layer_is_refused(tiny, monkeypatch):
             kwargs.pop(capture_last_row.SINK_KWARG)
         return real(module, *args, **kwargs)
 
-    monkeypatch.setitem(capture_last_row.AttentionInterface._global_mapping, capture_last_row.ATTENTION, skipping_layer_1)
+    monkeypatch.setitem(
+        capture_last_row.AttentionInterface._global_mapping, capture_last_row.ATTENTION, skipping_layer_1
+    )
     with pytest.raises(FeatstoreError, match="capture 'last-row' filled no attention row or residual for layer 1"):
         capture_last_token(tiny, np.zeros((1, 3), np.int64), np.array([3]), strategy="last-row")
 

@@ -15,10 +15,27 @@ from featstore.extraction.models import LoadedModel
 from tests.test_capture import PAD_ID, TEXTS
 
 WINDOW = 16  # the tiny configs' sliding window
-FAMILIES = ["tiny", "llama-tiny", "mistral-tiny", "qwen2-tiny", "qwen3-tiny", "gemma-tiny", "gemma2-tiny",
-            "gemma3_text-tiny", "phi3-tiny", "gpt_neox-tiny", "olmo2-tiny", "opt-tiny"]
-SLIDING = {"mistral-tiny": [0, 1], "qwen2-tiny": [1], "gemma2-tiny": [0], "gemma3_text-tiny": [0, 1],
-           "phi3-tiny": [0, 1]}  # the layers with a window
+FAMILIES = [
+    "tiny",
+    "llama-tiny",
+    "mistral-tiny",
+    "qwen2-tiny",
+    "qwen3-tiny",
+    "gemma-tiny",
+    "gemma2-tiny",
+    "gemma3_text-tiny",
+    "phi3-tiny",
+    "gpt_neox-tiny",
+    "olmo2-tiny",
+    "opt-tiny",
+]
+SLIDING = {
+    "mistral-tiny": [0, 1],
+    "qwen2-tiny": [1],
+    "gemma2-tiny": [0],
+    "gemma3_text-tiny": [0, 1],
+    "phi3-tiny": [0, 1],
+}  # the layers with a window
 SHIPPED_IN_BF16 = ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "gemma-tiny", "gemma2-tiny", "gemma3_text-tiny"]
 
 
@@ -45,8 +62,10 @@ def eager_reference(model: LoadedModel) -> tuple[torch.nn.Module, dict]:
     layers = reference.base_model.get_submodule(DECODER_LAYERS[model.identity["architecture"]])
     for layer, block in enumerate(layers):
         block.register_forward_hook(
-            lambda module, args, output, layer=layer: outputs.__setitem__(layer, output[0] if isinstance(output, tuple)
-                                                                          else output))
+            lambda module, args, output, layer=layer: outputs.__setitem__(
+                layer, output[0] if isinstance(output, tuple) else output
+            )
+        )
     return reference, outputs
 
 
@@ -54,8 +73,9 @@ def eager_reference(model: LoadedModel) -> tuple[torch.nn.Module, dict]:
     "out_dtype, attn_atol, resid_rtol, resid_atol",
     [(np.float32, 1e-5, 1e-5, 1e-4), (np.float16, 1e-3, 2e-3, 1e-3)],
 )
-def test_last_row_matches_transformers_eager_attention_on_each_example_alone(family, out_dtype, attn_atol,
-                                                                             resid_rtol, resid_atol):
+def test_last_row_matches_transformers_eager_attention_on_each_example_alone(
+    family, out_dtype, attn_atol, resid_rtol, resid_atol
+):
     assert default_capture(family) == "last-row"
     encoded = family.encode(TEXTS)
     batch, lengths = right_pad(encoded)
@@ -72,7 +92,7 @@ def test_last_row_matches_transformers_eager_attention_on_each_example_alone(fam
         ref_resid = np.stack([block_outputs[layer][0, -1].numpy() for layer in range(family.n_layers)])
         np.testing.assert_allclose(attn[row, :, :, : len(ids)], ref_attn, rtol=0, atol=attn_atol)
         np.testing.assert_allclose(resid[row], ref_resid, rtol=resid_rtol, atol=resid_atol)
-        assert np.all(attn[row, :, :, len(ids):] == 0)
+        assert np.all(attn[row, :, :, len(ids) :] == 0)
 
 
 def test_sliding_layers_see_only_their_window(family):

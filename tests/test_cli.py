@@ -8,8 +8,19 @@ import pytest
 
 from featstore.cli import build_parser, main
 
-COMMANDS = [[], ["init"], ["datasets"], ["datasets", "clean"], ["datasets", "import-sae-probes"], ["datasets", "list"],
-            ["sql"], ["build"], ["probe"], ["results"], ["report"]]
+COMMANDS = [
+    [],
+    ["init"],
+    ["datasets"],
+    ["datasets", "clean"],
+    ["datasets", "import-sae-probes"],
+    ["datasets", "list"],
+    ["sql"],
+    ["build"],
+    ["probe"],
+    ["results"],
+    ["report"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "featstore")
@@ -46,7 +57,12 @@ def test_init_then_clean_and_sql_are_quiet_and_formats_parse(tmp_path, project, 
     assert capsys.readouterr().out.splitlines() == ["split,n", "test,100", "train,200"]
     assert main(["--root", str(project.root), "datasets", "list"]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing[0].split()[:4] == ["dataset", "n", "n_train", "n_test"] and listing[1].split()[:4] == ["1_toy", "300", "200", "100"]
+    assert listing[0].split()[:4] == ["dataset", "n", "n_train", "n_test"] and listing[1].split()[:4] == [
+        "1_toy",
+        "300",
+        "200",
+        "100",
+    ]
 
 
 def test_errors_are_one_line_on_stderr_with_exit_1(tmp_path, project, capsys):

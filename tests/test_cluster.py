@@ -99,8 +99,22 @@ def test_a_killed_coordinator_resumes_to_identical_arrays(address, tmp_path):
     reference = toy_project(tmp_path / "reference", n=900)
     assert build(reference, "--batch-tokens", "64") == 0
     project = toy_project(tmp_path / "p", n=900)  # train: 800 rows, 7 shards
-    command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL,
-               "--device", "cpu", "--batch-tokens", "64", "--cluster", address]
+    command = [
+        sys.executable,
+        "-m",
+        "featstore.cli",
+        "--root",
+        str(project.root),
+        "build",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--batch-tokens",
+        "64",
+        "--cluster",
+        address,
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_a_written_shard(process, project)
     assert process.poll() is None, "the build finished before it could be killed"
@@ -113,8 +127,9 @@ def test_a_killed_coordinator_resumes_to_identical_arrays(address, tmp_path):
     assert_same_arrays(project, reference)
 
 
-def test_a_model_that_fails_to_load_on_the_workers_is_one_line_and_records_nothing(address, toy_template, tmp_path,
-                                                                                   capsys):
+def test_a_model_that_fails_to_load_on_the_workers_is_one_line_and_records_nothing(
+    address, toy_template, tmp_path, capsys
+):
     project = open_project(shutil.copytree(toy_template.root, tmp_path / "p"))
     weights = tmp_path / "Broken.gguf"
     weights.write_bytes(b"not a gguf file")
@@ -128,8 +143,9 @@ def test_a_model_that_fails_to_load_on_the_workers_is_one_line_and_records_nothi
     assert not (project.store_dir / "features.zarr" / "Broken").exists()
 
 
-def test_a_cluster_probe_sweep_writes_the_rows_of_a_local_run_and_passes_warnings_on(address, toy_template,
-                                                                                    tmp_path, capsys):
+def test_a_cluster_probe_sweep_writes_the_rows_of_a_local_run_and_passes_warnings_on(
+    address, toy_template, tmp_path, capsys
+):
     local = open_project(shutil.copytree(toy_template.root, tmp_path / "local"))
     remote = open_project(shutil.copytree(toy_template.root, tmp_path / "remote"))
     settings = ["--model", MODEL, "--aggregation", "mean", "first", "--probe", "logreg", "mass-mean"]
@@ -146,8 +162,10 @@ def test_a_cluster_probe_sweep_writes_the_rows_of_a_local_run_and_passes_warning
     assert not list(remote.store_dir.glob(".featstore-probe-*"))  # the scratch folder in the store is gone
 
 
-@pytest.mark.parametrize("value, problem", [("tcp://127.0.0.1:9", "cannot connect to the dask cluster"),
-                                            ("local:0", "local:N needs N of at least 1")])
+@pytest.mark.parametrize(
+    "value, problem",
+    [("tcp://127.0.0.1:9", "cannot connect to the dask cluster"), ("local:0", "local:N needs N of at least 1")],
+)
 def test_a_bad_cluster_address_is_one_line(toy_template, tmp_path, capsys, monkeypatch, value, problem):
     monkeypatch.setattr(cluster_module, "CONNECT_TIMEOUT_S", 1.0)
     project = open_project(shutil.copytree(toy_template.root, tmp_path / "p"))
@@ -157,7 +175,8 @@ def test_a_bad_cluster_address_is_one_line(toy_template, tmp_path, capsys, monke
 
 
 def test_a_cluster_build_writes_to_a_bucket_what_one_process_writes(moto_s3, monkeypatch, toy_template, tmp_path):
-    from tests.test_object_store import assert_same_arrays as same_decoded_arrays, bucket_project
+    from tests.test_object_store import assert_same_arrays as same_decoded_arrays
+    from tests.test_object_store import bucket_project
 
     moto_s3.use_env(monkeypatch)  # before the workers start: they find the bucket through the same variables
     project = bucket_project(tmp_path / "bucket", moto_s3.bucket_url())

@@ -21,9 +21,15 @@ def run(project, capsys, *argv):
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value, problem", [
-    ("local:999", "lets featstore use"), ("local:99999999999999999999", "lets featstore use"),
-    ("local:-1", "local:N needs N"), ("local:2x", "local:N needs N")])
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("local:999", "lets featstore use"),
+        ("local:99999999999999999999", "lets featstore use"),
+        ("local:-1", "local:N needs N"),
+        ("local:2x", "local:N needs N"),
+    ],
+)
 @pytest.mark.parametrize("command", ["build", "probe"])
 def test_local_n_beyond_the_machine_is_one_line_before_any_work(toy_copy, capsys, command, value, problem):
     started = time.monotonic()
@@ -36,8 +42,10 @@ def test_local_n_is_capped_by_available_memory(toy_copy, capsys, monkeypatch):
     monkeypatch.setattr(cluster_module, "usable_cpus", lambda: 64)
     monkeypatch.setattr(cluster_module, "available_memory", lambda: 3 * 2**30 + 2**29)
     code, err = run(toy_copy, capsys, "build", "--model", MODEL, "--cluster", "local:4")
-    assert code == 1 and err == ("featstore: error: --cluster 'local:4': 4 workers need about 4 GiB (1 GiB each) and "
-                                 "3.5 GiB is available; use local:3 or fewer\n")
+    assert code == 1 and err == (
+        "featstore: error: --cluster 'local:4': 4 workers need about 4 GiB (1 GiB each) and "
+        "3.5 GiB is available; use local:3 or fewer\n"
+    )
     assert cluster_module.local_workers("local:3") == 3
 
 
@@ -68,13 +76,21 @@ class Server:
             conn.close()
 
 
-@pytest.mark.parametrize("reply, problem", [
-    (None, "accepted the connection but sent no handshake in 1 s"),
-    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "answered, but not as a dask scheduler (its first bytes were b'HTTP/1.1')"),
-    (b"", "closed the connection before its handshake")])
+@pytest.mark.parametrize(
+    "reply, problem",
+    [
+        (None, "accepted the connection but sent no handshake in 1 s"),
+        (
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+            "answered, but not as a dask scheduler (its first bytes were b'HTTP/1.1')",
+        ),
+        (b"", "closed the connection before its handshake"),
+    ],
+)
 @pytest.mark.parametrize("command", ["build", "probe"])
-def test_a_server_that_is_not_a_dask_scheduler_is_one_line_within_the_timeout(toy_copy, capsys, monkeypatch,
-                                                                              command, reply, problem):
+def test_a_server_that_is_not_a_dask_scheduler_is_one_line_within_the_timeout(
+    toy_copy, capsys, monkeypatch, command, reply, problem
+):
     monkeypatch.setattr(cluster_module, "HANDSHAKE_TIMEOUT_S", 1.0)
     server = Server(reply)
     try:
@@ -89,10 +105,25 @@ def test_a_server_that_is_not_a_dask_scheduler_is_one_line_within_the_timeout(to
 
 def test_one_ctrl_c_stops_a_local_cluster_build_and_its_workers_in_seconds(tmp_path, capfd):
     project = toy_project(tmp_path / "p", n=1500)  # train: 1,024 rows, 8 shards
-    command = [sys.executable, "-m", "featstore.cli", "--root", str(project.root), "build", "--model", MODEL,
-               "--device", "cpu", "--batch-tokens", "64", "--cluster", "local:2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # its own process group, as a terminal's foreground job
+    command = [
+        sys.executable,
+        "-m",
+        "featstore.cli",
+        "--root",
+        str(project.root),
+        "build",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--batch-tokens",
+        "64",
+        "--cluster",
+        "local:2",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own process group, as a terminal's foreground job
     try:
         wait_for_a_written_shard(process, project)
         assert process.poll() is None, "the build finished before it could be interrupted"
@@ -114,7 +145,23 @@ def test_one_ctrl_c_stops_a_local_cluster_build_and_its_workers_in_seconds(tmp_p
     else:
         pytest.fail("worker processes outlived the interrupted build")
     capfd.readouterr()
-    assert main(["--root", str(project.root), "build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64",
-                 "--cluster", "local:2"]) == 0
+    assert (
+        main(
+            [
+                "--root",
+                str(project.root),
+                "build",
+                "--model",
+                MODEL,
+                "--device",
+                "cpu",
+                "--batch-tokens",
+                "64",
+                "--cluster",
+                "local:2",
+            ]
+        )
+        == 0
+    )
     out, err = capfd.readouterr()  # the resumed build: quiet but for its progress lines (every 30 s), no nanny warnings
     assert (out, [line for line in err.splitlines() if not line.startswith("build ")]) == ("", [])

@@ -43,14 +43,17 @@ def test_vs_baseline_equals_the_paired_test_on_the_stored_scores(built, capsys):
 
     def scores(where):
         rid = store.sql(f"SELECT result_id FROM probe_results WHERE {where}")["result_id"][0]
-        return store.sql("SELECT example_id, score FROM probe_scores WHERE result_id = ?", [rid]).set_index("example_id")["score"]
+        return store.sql("SELECT example_id, score FROM probe_scores WHERE result_id = ?", [rid]).set_index(
+            "example_id"
+        )["score"]
 
     base = scores("baseline")
     for row in frame.itertuples():
         mine = scores(f"aggregation = '{row.setting.split()[-1]}'").loc[base.index]
         expected = paired_auc_difference(labels.loc[base.index].to_numpy(), mine.to_numpy(), base.to_numpy())
         assert (row.delta_auc, row.delta_ci_low, row.delta_ci_high, row.p_value, row.n_test) == pytest.approx(
-            (expected.delta, expected.ci_low, expected.ci_high, expected.p_value, expected.n))
+            (expected.delta, expected.ci_low, expected.ci_high, expected.p_value, expected.n)
+        )
         assert row.p_holm == pytest.approx(min(row.p_value, 1.0))  # one dataset: Holm changes nothing
     capsys.readouterr()
     assert main(["--root", str(built.root), "results", "--vs", "length"]) == 1
@@ -59,9 +62,18 @@ def test_vs_baseline_equals_the_paired_test_on_the_stored_scores(built, capsys):
 
 def test_across_datasets_equals_a_plain_loop():
     rng = np.random.default_rng(0)
-    rows = [{"model": "m", "dataset": f"d{d}", "setting": s, "delta_auc": rng.normal(0, 0.05),
-             "p_holm": rng.uniform(0, 0.1), "reference_auc": rng.uniform(0.6, 1.0)}
-            for s in ("a", "b") for d in range(7)]
+    rows = [
+        {
+            "model": "m",
+            "dataset": f"d{d}",
+            "setting": s,
+            "delta_auc": rng.normal(0, 0.05),
+            "p_holm": rng.uniform(0, 0.1),
+            "reference_auc": rng.uniform(0.6, 1.0),
+        }
+        for s in ("a", "b")
+        for d in range(7)
+    ]
     comparisons = pd.DataFrame(rows)
     comparisons["verdict"] = verdicts(comparisons)
     summary = across_datasets(comparisons, seed=3).set_index("setting")
@@ -74,24 +86,54 @@ def test_across_datasets_equals_a_plain_loop():
                 if row["setting"] == setting and keep(row["dataset"]):
                     deltas.append(row["delta_auc"])
                     significant = row["p_holm"] < 0.05
-                    counts["better" if significant and row["delta_auc"] > 0 else
-                           "worse" if significant and row["delta_auc"] < 0 else "same"] += 1
+                    counts[
+                        "better"
+                        if significant and row["delta_auc"] > 0
+                        else "worse"
+                        if significant and row["delta_auc"] < 0
+                        else "same"
+                    ] += 1
             got = table.loc[setting]
-            assert got["n_datasets"] == len(deltas) and got["mean_delta_auc"] == pytest.approx(sum(deltas) / len(deltas))
+            assert got["n_datasets"] == len(deltas) and got["mean_delta_auc"] == pytest.approx(
+                sum(deltas) / len(deltas)
+            )
             assert (got["mean_ci_low"], got["mean_ci_high"]) == bootstrap_mean_interval(np.array(deltas), seed=3)
             assert {k: got[k] for k in counts} == counts
 
 
 def test_settings_sort_naturally_with_controls_beside_their_setting():
-    frame = pd.DataFrame([
-        {"model": "m", "dataset": "d", "probe": "logreg", "feature": f, "layers": layers, "aggregation": a,
-         "baseline": b, "control": c, "seed": 0}
-        for f, layers, a, b, c in [("attn", "10", "first", False, ""), ("attn", "2", "first", False, ""),
-                                   ("attn", "0,1,2", "first", False, "shuffled-labels"), ("resid", "1", "last-token", True, ""),
-                                   ("attn", "0,1,2", "first", False, ""), ("length", "", "log-seq_len", False, "")]])
+    frame = pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "dataset": "d",
+                "probe": "logreg",
+                "feature": f,
+                "layers": layers,
+                "aggregation": a,
+                "baseline": b,
+                "control": c,
+                "seed": 0,
+            }
+            for f, layers, a, b, c in [
+                ("attn", "10", "first", False, ""),
+                ("attn", "2", "first", False, ""),
+                ("attn", "0,1,2", "first", False, "shuffled-labels"),
+                ("resid", "1", "last-token", True, ""),
+                ("attn", "0,1,2", "first", False, ""),
+                ("length", "", "log-seq_len", False, ""),
+            ]
+        ]
+    )
     ordered = natural_order(frame.assign(setting=setting_labels(frame)))["setting"].tolist()
-    assert ordered == ["logreg resid L1 last-token [baseline]", "logreg length log-seq_len", "logreg attn L0-2 first",
-                       "logreg attn L0-2 first [shuffled-labels]", "logreg attn L2 first", "logreg attn L10 first"]
+    assert ordered == [
+        "logreg resid L1 last-token [baseline]",
+        "logreg length log-seq_len",
+        "logreg attn L0-2 first",
+        "logreg attn L0-2 first [shuffled-labels]",
+        "logreg attn L2 first",
+        "logreg attn L10 first",
+    ]
 
 
 def planted_matrix(project, spec, split):
@@ -119,8 +161,11 @@ def test_seeds_give_one_row_each_the_spread_and_identical_refits(built, capsys):
     rows = Store(built).sql("SELECT * FROM probe_results ORDER BY control, seed")
     assert rows["seed"].tolist() == [4, 5, 6, 0] and rows["control"].tolist() == ["", "", "", "shuffled-labels"]
     table = results_json(built, capsys, "--ci")
-    assert table.columns.tolist() == ["dataset", f"{MODEL} logreg attn L0,1 first",
-                                      f"{MODEL} logreg attn L0,1 first [shuffled-labels]"]
+    assert table.columns.tolist() == [
+        "dataset",
+        f"{MODEL} logreg attn L0,1 first",
+        f"{MODEL} logreg attn L0,1 first [shuffled-labels]",
+    ]
     aucs = rows["roc_auc"][:3]
     assert table.iloc[0, 1] == f"{aucs.mean():.3f} ±{aucs.std(ddof=1):.3f}"
     scores = Store(built).sql("SELECT * FROM probe_scores ORDER BY ALL")

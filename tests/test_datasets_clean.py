@@ -30,7 +30,7 @@ def test_clean_writes_cleaned_file_and_catalog(project):
     [(n, n_pos, n_train, n_test)] = catalog_rows(project, "SELECT n_examples, n_pos, n_train, n_test FROM datasets")
     assert (n, n_pos) == (300, raw["label"].sum())
     assert n_train == 2 * min(200 // 2, min(n_pos, 300 - n_pos) - 1) and n_test == 300 - n_train
-    rows = catalog_rows(project, "SELECT example_id, \"row\", label, prompt, n_chars FROM examples ORDER BY \"row\"")
+    rows = catalog_rows(project, 'SELECT example_id, "row", label, prompt, n_chars FROM examples ORDER BY "row"')
     assert [r[0] for r in rows] == [1_000_000_000 + i for i in range(300)]
     assert all(r[3] == raw["text"][r[1]] and r[4] == len(r[3]) and r[2] == raw["label"][r[1]] for r in rows)
 
@@ -75,18 +75,42 @@ BAD_INPUTS = {
     "malformed csv": (dict(registry_text='number,"Dataset Tag\n1,"toy\n2,x,y,z,w\n'), "main.csv"),
     "missing column in registry": (dict(registry_text="number,Dataset Tag\n1,toy\n"), "lacks the column"),
     "missing source file": (dict(rows=[registry_row(2, "gone", "nope.csv")]), "nope.csv does not exist"),
-    "missing source column": (dict(rows=[registry_row(2, "b", "bad.csv", **{"Probe from": "body"})], raw=toy_raw()), "column 'body'"),
-    "labels not binary": (dict(rows=[registry_row(2, "b", "bad.csv", **{"Probe to": "stars"})], raw=toy_raw()), "not binary"),
+    "missing source column": (
+        dict(rows=[registry_row(2, "b", "bad.csv", **{"Probe from": "body"})], raw=toy_raw()),
+        "column 'body'",
+    ),
+    "labels not binary": (
+        dict(rows=[registry_row(2, "b", "bad.csv", **{"Probe to": "stars"})], raw=toy_raw()),
+        "not binary",
+    ),
     "string labels": (dict(rows=[registry_row(2, "b", "bad.csv")], raw=toy_raw().assign(label="yes")), "not binary"),
-    "empty prompt": (dict(rows=[registry_row(2, "b", "bad.csv")], raw=toy_raw().assign(text=["x", "   "] + ["x"] * 298)), "empty prompt in raw row 1"),
-    "missing prompt": (dict(rows=[registry_row(2, "b", "bad.csv")], raw=toy_raw().assign(text=[None] * 5 + ["x"] * 295)), "missing or empty prompt in raw row 0"),
-    "numeric prompts": (dict(rows=[registry_row(2, "b", "bad.csv", **{"Probe from": "stars"})], raw=toy_raw()), "is not text"),
-    "missing label": (dict(rows=[registry_row(2, "b", "bad.csv")], raw=toy_raw().assign(label=[None] + [1, 0] * 149 + [1])), "missing label"),
+    "empty prompt": (
+        dict(rows=[registry_row(2, "b", "bad.csv")], raw=toy_raw().assign(text=["x", "   "] + ["x"] * 298)),
+        "empty prompt in raw row 1",
+    ),
+    "missing prompt": (
+        dict(rows=[registry_row(2, "b", "bad.csv")], raw=toy_raw().assign(text=[None] * 5 + ["x"] * 295)),
+        "missing or empty prompt in raw row 0",
+    ),
+    "numeric prompts": (
+        dict(rows=[registry_row(2, "b", "bad.csv", **{"Probe from": "stars"})], raw=toy_raw()),
+        "is not text",
+    ),
+    "missing label": (
+        dict(rows=[registry_row(2, "b", "bad.csv")], raw=toy_raw().assign(label=[None] + [1, 0] * 149 + [1])),
+        "missing label",
+    ),
     "duplicate number": (dict(rows=[registry_row(1, "other", "toy.csv")]), "number 1 is already used"),
     "duplicate tag": (dict(rows=[registry_row(2, "toy", "toy.csv")]), "tag 'toy' is already used"),
     "bad number": (dict(rows=[registry_row("x2", "b", "toy.csv")]), "not a whole number"),
-    "unsafe expression": (dict(rows=[registry_row(2, "b", "toy.csv", **{"Probe to extraction": "__import__('os')"})]), "line 3 (2_b)"),
-    "unsupported data type": (dict(rows=[registry_row(2, "b", "toy.csv", **{"Data type": "Continuous Data"})]), "not supported"),
+    "unsafe expression": (
+        dict(rows=[registry_row(2, "b", "toy.csv", **{"Probe to extraction": "__import__('os')"})]),
+        "line 3 (2_b)",
+    ),
+    "unsupported data type": (
+        dict(rows=[registry_row(2, "b", "toy.csv", **{"Data type": "Continuous Data"})]),
+        "not supported",
+    ),
     "source outside raw": (dict(rows=[registry_row(2, "b", "../main.csv")]), "must be a file name"),
 }
 
@@ -107,7 +131,10 @@ def test_a_bad_row_leaves_earlier_clean_results_untouched(project):
     assert clean(project) == 0
     before = catalog_rows(project, "SELECT * FROM examples ORDER BY 1")
     toy_raw().assign(label=5).to_csv(project.raw_dir / "bad.csv", index=False)
-    write_registry(project, [registry_row(1, "toy", "toy.csv", **{"Probe to extraction": "col == 0"}), registry_row(2, "b", "bad.csv")])
+    write_registry(
+        project,
+        [registry_row(1, "toy", "toy.csv", **{"Probe to extraction": "col == 0"}), registry_row(2, "b", "bad.csv")],
+    )
     assert clean(project) == 1
     assert catalog_rows(project, "SELECT * FROM examples ORDER BY 1") == before
     assert pd.read_csv(project.cleaned_path("1_toy"))["target"].tolist() == toy_raw()["label"].tolist()

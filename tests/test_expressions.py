@@ -298,8 +298,11 @@ CHAINED = "col" + (".str.replace('a', '" + "a" * 50 + "')") * 3
 
 def test_chained_replacements_stop_at_the_row_limit():
     column = pd.Series(["abc abc " * 10, "short"])
-    with pytest.raises(ExpressionError, match=r"would make raw row 0 2,500,060 characters long, "
-                                              r"more than the 100,000 allowed per row$"):
+    with pytest.raises(
+        ExpressionError,
+        match=r"would make raw row 0 2,500,060 characters long, "
+        r"more than the 100,000 allowed per row$",
+    ):
         evaluate_extraction(CHAINED, column, WHERE)
 
 
@@ -308,13 +311,20 @@ def test_concatenation_stops_at_the_row_limit_but_long_sources_pass_unchanged():
     with pytest.raises(ExpressionError, match=r"would make raw row 0 120,000 characters long"):
         evaluate_extraction("col + col", long_text, WHERE)
     longer = pd.Series(["x" * 150_000 + " ", "y"])
-    assert evaluate_extraction("col.str.strip().str.replace('x', 'z')", longer, WHERE).str.len().tolist() == [150_000, 1]
+    assert evaluate_extraction("col.str.strip().str.replace('x', 'z')", longer, WHERE).str.len().tolist() == [
+        150_000,
+        1,
+    ]
 
 
-@pytest.mark.parametrize("expression, reason", [
-    ('col.str.replace("a", "b", regex=True, flags="i")', "flags must be a whole number, got 'i'"),
-    ('col.str.replace("(a+)", "\\\\1\\\\1", regex=True)', "a backslash in a regex replacement"),
-], ids=["text flags", "group references"])
+@pytest.mark.parametrize(
+    "expression, reason",
+    [
+        ('col.str.replace("a", "b", regex=True, flags="i")', "flags must be a whole number, got 'i'"),
+        ('col.str.replace("(a+)", "\\\\1\\\\1", regex=True)', "a backslash in a regex replacement"),
+    ],
+    ids=["text flags", "group references"],
+)
 def test_replacements_that_could_escape_the_checks_are_refused_in_one_line(expression, reason):
     with pytest.raises(ExpressionError, match=re.escape(reason)):
         compile_extraction(expression, WHERE)

@@ -36,8 +36,11 @@ def entry(data: bytes) -> list[int]:
 
 def snapshot(folder: Path, skip: Path | None = None) -> dict[str, bytes | None]:
     """Every file below `folder` (but `skip`), with its bytes: what must not change."""
-    return {str(p): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))
-            if skip is None or not p.is_relative_to(skip)}
+    return {
+        str(p): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if skip is None or not p.is_relative_to(skip)
+    }
 
 
 def hostile_folder(root: Path, files: dict[str, bytes], listing: dict | None = None, generation: int = 1) -> Path:
@@ -50,7 +53,9 @@ def hostile_folder(root: Path, files: dict[str, bytes], listing: dict | None = N
             target = Path(os.path.normpath(shared / key.replace("\\", "/")))
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-    state = listing if listing is not None else {"generation": generation, "files": {k: entry(v) for k, v in files.items()}}
+    state = (
+        listing if listing is not None else {"generation": generation, "files": {k: entry(v) for k, v in files.items()}}
+    )
     (shared / "project.json").write_text(json.dumps(state))
     return shared
 
@@ -62,10 +67,24 @@ def one_line_error(capsys, *needles: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("key", ["../victim.txt", "datasets/../../victim.txt", "tokenizers/../../victim.txt",
-                                 "datasets/../victim.txt", "ABSOLUTE", "datasets/raw/..\\..\\victim.txt",
-                                 "datasets/C:victim.txt", "datasets/a\x00b", "datasets//x.csv", "datasets/./x.csv",
-                                 "datasets/" + "x" * 300, "features.zarr/m/d/s/zarr.json", "catalog.duckdb"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../victim.txt",
+        "datasets/../../victim.txt",
+        "tokenizers/../../victim.txt",
+        "datasets/../victim.txt",
+        "ABSOLUTE",
+        "datasets/raw/..\\..\\victim.txt",
+        "datasets/C:victim.txt",
+        "datasets/a\x00b",
+        "datasets//x.csv",
+        "datasets/./x.csv",
+        "datasets/" + "x" * 300,
+        "features.zarr/m/d/s/zarr.json",
+        "catalog.duckdb",
+    ],
+)
 def test_a_clone_of_a_listing_that_escapes_writes_nothing_anywhere(tmp_path, capsys, key):
     victim = tmp_path / "victim.txt"
     victim.write_bytes(VICTIM)
@@ -98,8 +117,10 @@ def test_a_download_that_does_not_match_its_listing_replaces_nothing(tmp_path, c
     shared = hostile_folder(tmp_path, {"datasets/main.csv": b"number\n"})
     assert main(["clone", f"file://{shared}", str(tmp_path / "clone")]) == 0
     registry = tmp_path / "clone" / "datasets" / "main.csv"
-    listing = {"generation": 2, "files": {"datasets/main.csv": entry(b"number,tag\n"),
-                                          "datasets/new.csv": entry(b"new\n")}}
+    listing = {
+        "generation": 2,
+        "files": {"datasets/main.csv": entry(b"number,tag\n"), "datasets/new.csv": entry(b"new\n")},
+    }
     hostile_folder(tmp_path, {"datasets/main.csv": b"tampered!!\n", "datasets/new.csv": b"new\n"}, listing)
     assert main(["--root", str(tmp_path / "clone"), "datasets", "list"]) == 1
     one_line_error(capsys, "does not match")
@@ -109,17 +130,31 @@ def test_a_download_that_does_not_match_its_listing_replaces_nothing(tmp_path, c
     assert registry.read_bytes() == b"number\n"
 
 
-@pytest.mark.parametrize("document", [b"not json", b"[1, 2]", b'{"generation": 1}', b'{"generation": "1", "files": {}}',
-                                      b'{"generation": true, "files": {}}', b'{"generation": 1, "files": []}',
-                                      b'{"generation": 1, "files": {"datasets/x": "big"}}',
-                                      b'{"generation": 1, "files": {"datasets/x": [1, 2, 3]}}',
-                                      b'{"generation": 1, "files": {"datasets/x": [-1, 2]}}',
-                                      b"[" * 100_000, b"\xff\xfe", "HUGE", "MANY"])
+@pytest.mark.parametrize(
+    "document",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"generation": 1}',
+        b'{"generation": "1", "files": {}}',
+        b'{"generation": true, "files": {}}',
+        b'{"generation": 1, "files": []}',
+        b'{"generation": 1, "files": {"datasets/x": "big"}}',
+        b'{"generation": 1, "files": {"datasets/x": [1, 2, 3]}}',
+        b'{"generation": 1, "files": {"datasets/x": [-1, 2]}}',
+        b"[" * 100_000,
+        b"\xff\xfe",
+        "HUGE",
+        "MANY",
+    ],
+)
 def test_a_malformed_listing_is_one_line(tmp_path, capsys, document):
     if document == "HUGE":
         document = b'{"generation": 1, "files": {}' + b" " * MAX_DOCUMENT_BYTES + b"}"
     elif document == "MANY":
-        document = json.dumps({"generation": 1, "files": {f"datasets/{i}": [0, 0] for i in range(MAX_ENTRIES + 1)}}).encode()
+        document = json.dumps(
+            {"generation": 1, "files": {f"datasets/{i}": [0, 0] for i in range(MAX_ENTRIES + 1)}}
+        ).encode()
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "project.json").write_bytes(document)
@@ -128,9 +163,24 @@ def test_a_malformed_listing_is_one_line(tmp_path, capsys, document):
     assert not (tmp_path / "clone").exists()
 
 
-@pytest.mark.parametrize("url", ["s3://", "s3:", "s3://bucket one/x", "http://example.com/x", "https://h/x",
-                                 "s3://bucket/x?versionId=1", "zip://x", "memory://x", "s3://ab/x",
-                                 "s3://bucket/a/../b", "gs://bucket/x", "s3://Bucket/x", "s3://bucket/x#y"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://",
+        "s3:",
+        "s3://bucket one/x",
+        "http://example.com/x",
+        "https://h/x",
+        "s3://bucket/x?versionId=1",
+        "zip://x",
+        "memory://x",
+        "s3://ab/x",
+        "s3://bucket/a/../b",
+        "gs://bucket/x",
+        "s3://Bucket/x",
+        "s3://bucket/x#y",
+    ],
+)
 def test_store_urls_are_checked_when_parsed(tmp_path, monkeypatch, capsys, url):
     monkeypatch.chdir(tmp_path)
     assert main(["init", str(tmp_path / "p"), "--store", url]) == 1
@@ -161,7 +211,8 @@ def test_retiring_versions_deletes_only_what_featstore_named(tmp_path):
     assert not (folder / killed).exists() and (folder / "very_important" / "keep.txt").read_bytes() == VICTIM
     retire_versions(location, prefix, f"{prefix}/{current}")
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [current, "important.txt", "vimportant.txt", "notes", "very_important", "v1"])
+        [current, "important.txt", "vimportant.txt", "notes", "very_important", "v1"]
+    )
     assert all((folder / name / "keep.txt").read_bytes() == VICTIM for name in ("notes", "very_important", "v1"))
 
 
@@ -190,8 +241,12 @@ def test_checked_keys_and_confined_paths(tmp_path):
 def renamed_in_catalog(project, old: str, new: str) -> None:
     """A catalog edited as a hostile colleague would: a dataset renamed everywhere it is named."""
     con = duckdb.connect(str(project.catalog_path))
-    for table, column in (("datasets", "name"), ("examples", "dataset"), ("features", "dataset"),
-                          ("feature_splits", "dataset")):
+    for table, column in (
+        ("datasets", "name"),
+        ("examples", "dataset"),
+        ("features", "dataset"),
+        ("feature_splits", "dataset"),
+    ):
         con.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", [new, old])
     con.close()
 
@@ -262,7 +317,7 @@ def test_a_read_only_command_on_a_clone_sees_a_rebuild_done_elsewhere(tmp_path, 
 def test_a_hostile_bucket_listing_is_refused_before_any_download(moto_s3, monkeypatch, tmp_path, capsys):
     moto_s3.use_env(monkeypatch)
     url = moto_s3.bucket_url()
-    bucket, prefix = url[len("s3://"):].split("/", 1)
+    bucket, prefix = url[len("s3://") :].split("/", 1)
     victim = tmp_path / "victim.txt"
     victim.write_bytes(VICTIM)
     client = moto_s3.client()
@@ -287,7 +342,7 @@ def test_an_array_document_padded_in_place_is_damage_read_to_its_recorded_size(t
         handle.truncate(1 << 30)  # sparse: 1 GiB on paper, the manifest still lists its true size
     tracemalloc.start()
     with pytest.raises(DamagedSplit, match="attn/zarr.json does not match its checksum"):
-        Store(toy_copy).view("1_toy", "test", dask=False)["attn"].values
+        Store(toy_copy).view("1_toy", "test", dask=False)["attn"].to_numpy()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 64 << 20

@@ -49,8 +49,11 @@ def stored(project: Project, split: str = "train") -> dict[str, np.ndarray]:
 def data_files(project: Project) -> dict[str, bytes]:
     """Every file of the train split but its root document (whose manifest lists them in write order)."""
     root = folder(project)
-    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
-            if f.is_file() and f != root / "zarr.json"}
+    return {
+        str(f.relative_to(root)): f.read_bytes()
+        for f in sorted(root.rglob("*"))
+        if f.is_file() and f != root / "zarr.json"
+    }
 
 
 def damage(project: Project, target: str, how: str) -> str:
@@ -58,8 +61,11 @@ def damage(project: Project, target: str, how: str) -> str:
     chunk file of its array (a second shard where there is one), its middle byte flipped; a metadata file gets a
     flip that changes its meaning (fill value 0 -> 1, zarr_format 3 -> 2)."""
     root = folder(project)
-    key = target if target.endswith("zarr.json") else sorted(
-        str(f.relative_to(root)) for f in (root / target / "c").rglob("*") if f.is_file())[-1]
+    key = (
+        target
+        if target.endswith("zarr.json")
+        else sorted(str(f.relative_to(root)) for f in (root / target / "c").rglob("*") if f.is_file())[-1]
+    )
     path = root / key
     data = bytearray(path.read_bytes())
     if how == "delete":
@@ -114,14 +120,17 @@ def probe_results(pristine: Project, tmp_path_factory, args: tuple[str, ...]) ->
     if args not in _probe_results:
         reference = Project(Path(shutil.copytree(pristine.root, tmp_path_factory.mktemp("reference") / "p")))
         assert main(["--root", str(reference.root), "probe", "--model", MODEL, *args]) == 0
-        _probe_results[args] = Store(reference).sql("SELECT result_id, roc_auc FROM probe_results ORDER BY 1").values.tolist()
+        _probe_results[args] = (
+            Store(reference).sql("SELECT result_id, roc_auc FROM probe_results ORDER BY 1").values.tolist()
+        )
     return _probe_results[args]
 
 
 @pytest.mark.parametrize("how", DAMAGES)
 @pytest.mark.parametrize("target", TARGETS)
-def test_damaged_store_reads_original_values_or_fails_in_one_line(pristine, copy, target, how, capsys,
-                                                                   tmp_path_factory):
+def test_damaged_store_reads_original_values_or_fails_in_one_line(
+    pristine, copy, target, how, capsys, tmp_path_factory
+):
     original = view_reads(pristine)
     key = damage(copy, target, how)
 
@@ -137,7 +146,9 @@ def test_damaged_store_reads_original_values_or_fails_in_one_line(pristine, copy
     code, _, err = run_cli(capsys, "--root", str(copy.root), *args)
     if code == 0:
         fitted = Store(copy).sql("SELECT result_id, roc_auc FROM probe_results ORDER BY 1").values.tolist()
-        assert fitted == probe_results(pristine, tmp_path_factory, args[3:]), f"probe results changed after {how} of {key}"
+        assert fitted == probe_results(pristine, tmp_path_factory, args[3:]), (
+            f"probe results changed after {how} of {key}"
+        )
     else:
         assert code == 1
         assert_one_error_line(err)
@@ -151,12 +162,19 @@ def test_damaged_store_reads_original_values_or_fails_in_one_line(pristine, copy
 
 def test_verify_is_quiet_and_exits_0_on_a_healthy_store(pristine, capsys):
     assert run_cli(capsys, "--root", str(pristine.root), "verify") == (0, "", "")
-    assert run_cli(capsys, "--root", str(pristine.root), "verify", "--model", MODEL, "--datasets", "1_toy") == (0, "", "")
+    assert run_cli(capsys, "--root", str(pristine.root), "verify", "--model", MODEL, "--datasets", "1_toy") == (
+        0,
+        "",
+        "",
+    )
 
 
 def test_verify_refuses_a_model_with_nothing_built(pristine, capsys):
     code, _, err = run_cli(capsys, "--root", str(pristine.root), "verify", "--model", "random:gpt2-medium")
-    assert code == 1 and "no features of model 'random:gpt2-medium' in this store (models with features: random:tiny)" in err
+    assert (
+        code == 1
+        and "no features of model 'random:gpt2-medium' in this store (models with features: random:tiny)" in err
+    )
     assert_one_error_line(err)
 
 
@@ -165,15 +183,19 @@ def test_repair_rewrites_only_the_damaged_shard_byte_for_byte(pristine, copy, ta
     key = damage(copy, target, "delete")
     written = []
     real_write = SplitWriter.record_shard
-    monkeypatch.setattr(SplitWriter, "record_shard", lambda self, shard, *a: (written.append(shard), real_write(self, shard, *a)))
+    monkeypatch.setattr(
+        SplitWriter, "record_shard", lambda self, shard, *a: (written.append(shard), real_write(self, shard, *a))
+    )
     results_before = Store(copy).sql("SELECT count(*) AS n FROM features")["n"][0]
 
     assert run_cli(capsys, "--root", str(copy.root), "build", "--model", MODEL, "--device", "cpu", "--repair")[0] == 0
 
     assert written == [int(key.split("/")[2])], "only the damaged shard is extracted again"
     assert data_files(copy) == data_files(pristine)
-    assert json.loads((folder(copy) / "zarr.json").read_bytes())["attributes"]["manifest"] == \
-        json.loads((folder(pristine) / "zarr.json").read_bytes())["attributes"]["manifest"]
+    assert (
+        json.loads((folder(copy) / "zarr.json").read_bytes())["attributes"]["manifest"]
+        == json.loads((folder(pristine) / "zarr.json").read_bytes())["attributes"]["manifest"]
+    )
     assert run_cli(capsys, "--root", str(copy.root), "verify") == (0, "", "")
     assert Store(copy).sql("SELECT count(*) AS n FROM features")["n"][0] == results_before
     for name, values in stored(pristine).items():
@@ -214,8 +236,22 @@ def test_repair_leaves_a_healthy_store_alone(pristine, copy, capsys, monkeypatch
 
 
 def test_verify_names_the_options_a_split_was_built_with_and_repair_takes_them(copy, capsys):
-    assert run_cli(capsys, "--root", str(copy.root), "build", "--model", MODEL, "--device", "cpu", "--overwrite",
-                   "--limit", "40")[0] == 0
+    assert (
+        run_cli(
+            capsys,
+            "--root",
+            str(copy.root),
+            "build",
+            "--model",
+            MODEL,
+            "--device",
+            "cpu",
+            "--overwrite",
+            "--limit",
+            "40",
+        )[0]
+        == 0
+    )
     damage(copy, "attn", "flip")
     code, _, err = run_cli(capsys, "--root", str(copy.root), "verify")
     command = f"featstore build --repair --model {MODEL} --limit 40 --datasets 1_toy"

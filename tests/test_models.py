@@ -81,8 +81,9 @@ def test_fingerprints_are_the_ones_stored_catalogs_hold(tmp_path):
 
 def test_build_help_names_every_model_source():
     help_text = model_spec_help()
-    assert help_text == ("Hugging Face name, local folder, .gguf file, smollm2-135m (offline, 4-bit Q4_1) or "
-                         "random:<arch>")
+    assert help_text == (
+        "Hugging Face name, local folder, .gguf file, smollm2-135m (offline, 4-bit Q4_1) or random:<arch>"
+    )
     assert all(source.help in help_text for source in MODEL_SOURCES)
 
 
@@ -135,8 +136,9 @@ def test_captures_run_in_eval_and_inference_mode(tiny, capture):
     assert not tiny.bridge.training and not tiny.bridge.original_model.training
     seen = []
     runs = {"pattern": tiny.bridge.original_model, "last-row": unwrapped(tiny)}[capture]
-    handle = runs.register_forward_hook(lambda module, args, output: seen.append(
-        (torch.is_inference_mode_enabled(), module.training)))
+    handle = runs.register_forward_hook(
+        lambda module, args, output: seen.append((torch.is_inference_mode_enabled(), module.training))
+    )
     try:
         capture_last_token(tiny, np.zeros((2, 3), np.int64), np.array([3, 2]), strategy=capture)
     finally:

@@ -50,21 +50,29 @@ def indexed_at(project: Project) -> dict[str, object]:
     return dict(Store(project).sql("SELECT name, indexed_at FROM datasets").itertuples(index=False))
 
 
-NAMES = DatasetNames(("5_x", "900_5", "901_900_5", "87_glue_cola"), ("5", "900", "901", "87"),
-                     ("x", "5", "900_5", "glue_cola"))
+NAMES = DatasetNames(
+    ("5_x", "900_5", "901_900_5", "87_glue_cola"), ("5", "900", "901", "87"), ("x", "5", "900_5", "glue_cola")
+)
 
 
-@pytest.mark.parametrize("given, expected", [("900_5", "900_5"), ("901", "901_900_5"), ("x", "5_x"),
-                                             ("glue_cola", "87_glue_cola"), ("87", "87_glue_cola")])
+@pytest.mark.parametrize(
+    "given, expected",
+    [("900_5", "900_5"), ("901", "901_900_5"), ("x", "5_x"), ("glue_cola", "87_glue_cola"), ("87", "87_glue_cola")],
+)
 def test_exact_name_first_then_an_unambiguous_number_or_tag(given, expected):
     assert NAMES.resolve(given) == expected
 
 
 def test_ambiguous_and_unknown_names_are_one_line_errors_naming_candidates():
-    with pytest.raises(FeatstoreError, match=r"^dataset '5' is ambiguous: it could be 5_x \(by number\), "
-                                             r"900_5 \(by tag\); give the full name$"):
+    with pytest.raises(
+        FeatstoreError,
+        match=r"^dataset '5' is ambiguous: it could be 5_x \(by number\), "
+        r"900_5 \(by tag\); give the full name$",
+    ):
         NAMES.resolve("5")
-    with pytest.raises(FeatstoreError, match=r"^dataset '87_glue_cloa' is not in the catalog; did you mean 87_glue_cola\?$"):
+    with pytest.raises(
+        FeatstoreError, match=r"^dataset '87_glue_cloa' is not in the catalog; did you mean 87_glue_cola\?$"
+    ):
         NAMES.resolve("87_glue_cloa")
     with pytest.raises(FeatstoreError, match=r"'glue_cloa' is not in the catalog; did you mean 87_glue_cola\?$"):
         NAMES.resolve("glue_cloa")
@@ -95,10 +103,12 @@ def test_clean_by_exact_name_recleans_that_dataset_only(tmp_path):
 def test_build_probe_results_report_and_views_share_the_resolver(clashing_built, tmp_path, capsys):
     shutil.copytree(clashing_built.root, tmp_path / "p")
     project = Project(tmp_path / "p")
-    for command in (["build", "--model", MODEL, "--limit", "16", "--device", "cpu", "--datasets", "5"],
-                    ["probe", "--model", MODEL, "--feature", "length", "--datasets", "5"],
-                    ["results", "--datasets", "5"],
-                    ["report", "--out", str(tmp_path / "report"), "--datasets", "5"]):
+    for command in (
+        ["build", "--model", MODEL, "--limit", "16", "--device", "cpu", "--datasets", "5"],
+        ["probe", "--model", MODEL, "--feature", "length", "--datasets", "5"],
+        ["results", "--datasets", "5"],
+        ["report", "--out", str(tmp_path / "report"), "--datasets", "5"],
+    ):
         assert run(project, *command) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "dataset '5' is ambiguous" in err, command
@@ -115,14 +125,26 @@ def test_build_probe_results_report_and_views_share_the_resolver(clashing_built,
     assert "no probe results of 5_x" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, expected", [
-    (["probe", "--model", MODEL, "--datasets", "900_tag5"], "dataset '900_tag5' is not in the catalog; did you mean 900_5?"),
-    (["probe", "--model", "random:tny"], "no features of model 'random:tny' in this store (models with features: "
-                                         "random:tiny); did you mean random:tiny?"),
-    (["build", "--model", MODEL, "--datasets", "5_xx"], "dataset '5_xx' is not in the catalog; did you mean 5_x?"),
-    (["results", "--model", "gpt2-medium"], "no probe results of model 'gpt2-medium' in this store"),
-    (["results", "--datasets", "901_900_55"], "dataset '901_900_55' is not in the catalog; did you mean 901_900_5 or 900_5?"),
-])
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (
+            ["probe", "--model", MODEL, "--datasets", "900_tag5"],
+            "dataset '900_tag5' is not in the catalog; did you mean 900_5?",
+        ),
+        (
+            ["probe", "--model", "random:tny"],
+            "no features of model 'random:tny' in this store (models with features: "
+            "random:tiny); did you mean random:tiny?",
+        ),
+        (["build", "--model", MODEL, "--datasets", "5_xx"], "dataset '5_xx' is not in the catalog; did you mean 5_x?"),
+        (["results", "--model", "gpt2-medium"], "no probe results of model 'gpt2-medium' in this store"),
+        (
+            ["results", "--datasets", "901_900_55"],
+            "dataset '901_900_55' is not in the catalog; did you mean 901_900_5 or 900_5?",
+        ),
+    ],
+)
 def test_unknown_names_are_errors_suggesting_the_closest(clashing_built, capsys, command, expected):
     assert run(clashing_built, *command) == 1
     captured = capsys.readouterr()
@@ -130,12 +152,15 @@ def test_unknown_names_are_errors_suggesting_the_closest(clashing_built, capsys,
     assert "run `featstore build" not in captured.err
 
 
-@pytest.mark.parametrize("args, expected", [
-    (("900_tag5", "train"), "dataset '900_tag5' is not in the catalog; did you mean 900_5?"),
-    (("900_5", "validation"), "no split 'validation': features are built for train and test"),
-    (("900_5", "tset"), "did you mean test?"),
-    (("900_5", "train", "random:tny"), "no features of model 'random:tny'"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("900_tag5", "train"), "dataset '900_tag5' is not in the catalog; did you mean 900_5?"),
+        (("900_5", "validation"), "no split 'validation': features are built for train and test"),
+        (("900_5", "tset"), "did you mean test?"),
+        (("900_5", "train", "random:tny"), "no features of model 'random:tny'"),
+    ],
+)
 def test_views_name_what_does_not_exist(clashing_built, args, expected):
     with pytest.raises(FeatstoreError) as raised:
         Store(clashing_built).view(*args)

@@ -18,13 +18,13 @@ import s3fs
 
 from featstore.api import Store
 from featstore.cli import main
+from featstore.errors import FeatstoreError
 from featstore.extraction.build import build_features
 from featstore.extraction.plan import BuildSettings
 from featstore.project import Project, open_project
-from featstore.errors import FeatstoreError
+from featstore.store.layout import split_prefix
 from featstore.store.lease import LEASE, Lease, assert_held, holding_lease
 from featstore.store.location import store_location
-from featstore.store.layout import split_prefix
 from featstore.store.writer import SplitWriter
 from tests.builders import MODEL, toy_project
 
@@ -39,8 +39,11 @@ def bucket_project(root, url: str, n: int = 300) -> Project:
 def decoded(project: Project, split: str) -> dict[str, np.ndarray]:
     """Every stored value of a split of `1_toy`, read through a view."""
     view = Store(project).view("1_toy", split, dask=False)
-    return {**{name: view[name].values for name in ("attn", "resid", "tokens")},
-            "example_id": view["example_id"].values, "seq_len": view["seq_len"].values}
+    return {
+        **{name: view[name].values for name in ("attn", "resid", "tokens")},
+        "example_id": view["example_id"].values,
+        "seq_len": view["seq_len"].values,
+    }
 
 
 def assert_same_arrays(ours: Project, reference: Project) -> None:
@@ -51,9 +54,9 @@ def assert_same_arrays(ours: Project, reference: Project) -> None:
 
 
 def bucket_keys(server, url: str) -> list[str]:
-    bucket, prefix = url[len("s3://"):].split("/", 1)
+    bucket, prefix = url[len("s3://") :].split("/", 1)
     pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
-    return [item["Key"][len(prefix) + 1:] for page in pages for item in page.get("Contents", [])]
+    return [item["Key"][len(prefix) + 1 :] for page in pages for item in page.get("Contents", [])]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,9 @@ def test_a_clone_elsewhere_reads_features_in_place_and_probes(moto_s3, monkeypat
     assert not (clone.store_dir / "features.zarr").exists()
     assert_same_arrays(clone, project)
     assert results(clone).equals(results(project))
-    assert main(["--root", str(clone.root), "probe", "--model", MODEL, "--probe", "mass-mean", "--feature", "length"]) == 0
+    assert (
+        main(["--root", str(clone.root), "probe", "--model", MODEL, "--probe", "mass-mean", "--feature", "length"]) == 0
+    )
     assert len(results(clone)) == 2
     assert main(["--root", str(project.root), "probe", "--model", MODEL, "--feature", "length"]) == 0  # pulls first
     assert len(results(project)) == 2
@@ -120,23 +125,32 @@ def test_a_one_layer_read_of_the_test_split_fetches_only_its_chunks(moto_s3, mon
     for label, requests in counts.items():
         assert not [r for r in requests if r.method != "GET" or "list-type" in r.query or "prefix=" in r.query], label
     attn_reads = {label: [r for r in requests if "/attn/c/" in r.path] for label, requests in counts.items()}
-    print(f"one-layer test read: {len(counts['one layer'])} requests ({len(attn_reads['one layer'])} on attn "
-          f"shards); all layers: {len(counts['all layers'])} ({len(attn_reads['all layers'])})")
+    print(
+        f"one-layer test read: {len(counts['one layer'])} requests ({len(attn_reads['one layer'])} on attn "
+        f"shards); all layers: {len(counts['all layers'])} ({len(attn_reads['all layers'])})"
+    )
     assert 0 < len(attn_reads["one layer"]) < len(attn_reads["all layers"])
 
 
-def test_kill_9_during_a_build_to_a_bucket_then_a_rerun_resumes_to_identical_arrays(moto_s3, monkeypatch, tmp_path,
-                                                                                    reference_900):
+def test_kill_9_during_a_build_to_a_bucket_then_a_rerun_resumes_to_identical_arrays(
+    moto_s3, monkeypatch, tmp_path, reference_900
+):
     moto_s3.use_env(monkeypatch)
     url = moto_s3.bucket_url()
     project = bucket_project(tmp_path / "bucket", url, n=900)
-    process = subprocess.Popen([sys.executable, "-m", "featstore.cli", "--root", str(project.root), *BUILD],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "featstore.cli", "--root", str(project.root), *BUILD],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     prefix = split_prefix(MODEL, "1_toy", "train")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        roots = [key for key in bucket_keys(moto_s3, url) if key.startswith(prefix) and key.endswith("/zarr.json")
-                 and key.count("/") == prefix.count("/") + 2]
+        roots = [
+            key
+            for key in bucket_keys(moto_s3, url)
+            if key.startswith(prefix) and key.endswith("/zarr.json") and key.count("/") == prefix.count("/") + 2
+        ]
         if roots and _shards_written(moto_s3, url, roots[0]):
             break
         time.sleep(0.1)
@@ -152,13 +166,14 @@ def test_kill_9_during_a_build_to_a_bucket_then_a_rerun_resumes_to_identical_arr
 
 
 def _shards_written(server, url: str, key: str) -> list[int]:
-    bucket, prefix = url[len("s3://"):].split("/", 1)
+    bucket, prefix = url[len("s3://") :].split("/", 1)
     body = server.client().get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read()
     return json.loads(body).get("attributes", {}).get("shards_written", [])
 
 
-def test_a_server_stopped_mid_build_is_one_line_and_a_restart_resumes(moto_s3, monkeypatch, tmp_path, capsys,
-                                                                      reference_900):
+def test_a_server_stopped_mid_build_is_one_line_and_a_restart_resumes(
+    moto_s3, monkeypatch, tmp_path, capsys, reference_900
+):
     moto_s3.use_env(monkeypatch)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's standard variable: fail in seconds, not 15-25 s
     project = bucket_project(tmp_path / "bucket", moto_s3.bucket_url(), n=900)
@@ -186,8 +201,14 @@ def test_a_second_writer_on_the_same_url_is_refused_naming_the_holder(moto_s3, m
     moto_s3.use_env(monkeypatch)
     url = moto_s3.bucket_url()
     project = bucket_project(tmp_path / "bucket", url)
-    lease = {"token": "x", "command": "featstore build", "host": "gpu-node-7", "pid": 4242,
-             "since": time.time(), "expires": time.time() + 600}
+    lease = {
+        "token": "x",
+        "command": "featstore build",
+        "host": "gpu-node-7",
+        "pid": 4242,
+        "since": time.time(),
+        "expires": time.time() + 600,
+    }
     project.store.write_bytes(LEASE, json.dumps(lease).encode())
     before = bucket_keys(moto_s3, url)
     assert main(["--root", str(project.root), *BUILD]) == 1
@@ -218,8 +239,9 @@ def test_a_lapsed_lease_goes_to_one_taker_only_and_a_holder_that_lost_it_stops(m
     assert location.read_bytes(LEASE) == b'{"token": "someone else"}'  # not deleted: it is not ours
 
 
-def test_a_file_changed_here_and_in_the_store_is_refused_and_new_local_files_are_kept(moto_s3, monkeypatch,
-                                                                                    tmp_path, capsys):
+def test_a_file_changed_here_and_in_the_store_is_refused_and_new_local_files_are_kept(
+    moto_s3, monkeypatch, tmp_path, capsys
+):
     moto_s3.use_env(monkeypatch)
     url = moto_s3.bucket_url()
     here = bucket_project(tmp_path / "here", url)
@@ -236,16 +258,17 @@ def test_a_file_changed_here_and_in_the_store_is_refused_and_new_local_files_are
     assert (here.raw_dir / "mine.csv").is_file()
 
 
-def test_missing_credentials_a_missing_bucket_and_a_mistyped_url_are_one_line(moto_s3, monkeypatch, tmp_path,
-                                                                            capsys):
+def test_missing_credentials_a_missing_bucket_and_a_mistyped_url_are_one_line(moto_s3, monkeypatch, tmp_path, capsys):
     project = toy_project(tmp_path / "p")
     moto_s3.use_env(monkeypatch)
     for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(variable)
     s3fs.S3FileSystem.clear_instance_cache()
-    cases = {("--store", moto_s3.bucket_url()): "no credentials for the store",
-             ("--store", "s3:/bucket/x"): "is not a store URL",
-             ("--store", "s4://bucket/x"): "cannot be used"}
+    cases = {
+        ("--store", moto_s3.bucket_url()): "no credentials for the store",
+        ("--store", "s3:/bucket/x"): "is not a store URL",
+        ("--store", "s4://bucket/x"): "cannot be used",
+    }
     for options, message in cases.items():
         assert main(["--root", str(project.root), *options, "datasets", "clean"]) == 1
         err = capsys.readouterr().err
@@ -281,7 +304,9 @@ def test_seaweedfs_round_trip(seaweed_s3, monkeypatch, tmp_path, toy_copy):
     assert results(project).equals(results(toy_copy))
     assert main(["clone", project.store.url, str(tmp_path / "clone")]) == 0
     assert_same_arrays(open_project(tmp_path / "clone"), project)
-    assert project.store.create_bytes("conditional-put", b"1") and not project.store.create_bytes("conditional-put", b"2")
+    assert project.store.create_bytes("conditional-put", b"1") and not project.store.create_bytes(
+        "conditional-put", b"2"
+    )
 
 
 def test_the_store_is_chosen_by_option_variable_or_settings_file(tmp_path, monkeypatch, capsys):

@@ -58,7 +58,6 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-
 def probe_args(project, *args):
     return ["--root", str(project.root), "probe", "--model", MODEL, *SETTINGS, *args]
 
@@ -173,8 +172,11 @@ def test_ctrl_c_at_every_line_of_the_write_commits_all_or_nothing_and_rows_only_
 @pytest.mark.parametrize("point", ["mid-dump", "before-commit", "after-commit"])
 def test_kill_9_while_writing_then_a_rerun_completes_and_cleans_up(toy_copy, point):
     assert main(probe_args(toy_copy, "--probe", "mass-mean")) == 0  # an earlier result, to be kept or replaced
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *probe_args(toy_copy, "--overwrite-train")],
-                            capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT, point, *probe_args(toy_copy, "--overwrite-train")],
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL
     assert_every_row_has_its_probe(toy_copy)
     assert_a_rerun_recovers_everything(toy_copy)
@@ -200,12 +202,21 @@ def test_real_signals_at_random_delays(toy_copy):
 def test_two_identical_runs_at_once_both_succeed_and_write_each_result_once(toy_copy, tmp_path):
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    runs = [subprocess.Popen([sys.executable, "-c", BOTH_AT_THE_WRITE, str(barrier), name, *probe_args(toy_copy)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BOTH_AT_THE_WRITE, str(barrier), name, *probe_args(toy_copy)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
     outcomes = [(run.wait(), run.stderr.read()) for run in runs]
     assert [code for code, _ in outcomes] == [0, 0]
     # the run whose rows the other committed first writes none and says so in one line
-    assert all(err == "" or (err.startswith("featstore: nothing to do:") and err.count("\n") == 1) for _, err in outcomes)
+    assert all(
+        err == "" or (err.startswith("featstore: nothing to do:") and err.count("\n") == 1) for _, err in outcomes
+    )
     assert len(rows(toy_copy)) == 3
     assert_every_row_has_its_probe(toy_copy)
     assert_nothing_orphaned(toy_copy)
@@ -221,8 +232,13 @@ def test_a_row_whose_probe_file_is_missing_is_refitted_by_overwrite_eval(toy_cop
 def test_staged_and_unreferenced_files_of_older_runs_are_removed(toy_copy):
     assert main(probe_args(toy_copy, "--probe", "mass-mean")) == 0
     folder = (toy_copy.store_dir / rows(toy_copy)["probe_path"][0]).parent
-    for name in (".abc.joblib.staged", "abc.joblib", "abc.safetensors", ".abc.safetensors.staged",
-                 "abc.logs/version_0/metrics.csv"):
+    for name in (
+        ".abc.joblib.staged",
+        "abc.joblib",
+        "abc.safetensors",
+        ".abc.safetensors.staged",
+        "abc.logs/version_0/metrics.csv",
+    ):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"x")
     assert main(probe_args(toy_copy)) == 0

@@ -13,7 +13,6 @@ from probes import LogisticRegressionProbe
 from tests.builders import MODEL
 
 
-
 def probe(project, *args):
     return main(["--root", str(project.root), "probe", "--model", MODEL, *args])
 
@@ -26,8 +25,13 @@ def test_a_convergence_warning_names_the_dataset_and_setting(toy_copy, capsys, m
     monkeypatch.setitem(FAMILIES, "logreg", ProbeFamily("matrix", lambda seed: LogisticRegressionProbe(max_iter=1), ""))
     assert probe(toy_copy, "--baseline") == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if "ConvergenceWarning" in line]
-    assert lines and all(line.startswith("featstore: warning: ConvergenceWarning: 1_toy (resid L1, last-token, "
-                                         "logreg, baseline): lbfgs failed to converge") for line in lines)
+    assert lines and all(
+        line.startswith(
+            "featstore: warning: ConvergenceWarning: 1_toy (resid L1, last-token, "
+            "logreg, baseline): lbfgs failed to converge"
+        )
+        for line in lines
+    )
 
 
 def test_jobs_give_the_rows_of_one_process_and_pass_warnings_on(toy_copy, tmp_path, capsys):
@@ -39,7 +43,10 @@ def test_jobs_give_the_rows_of_one_process_and_pass_warnings_on(toy_copy, tmp_pa
     err = capsys.readouterr().err.splitlines()
     assert results(toy_copy).equals(results(single)) and len(results(toy_copy)) == 4
     length_only = [line for line in err if "LengthOnlyFeatureWarning" in line]
-    assert {line.split(": ")[3] for line in length_only} == {"1_toy (attn L0,1, mean, logreg)", "1_toy (attn L0,1, mean, mass-mean)"}
+    assert {line.split(": ")[3] for line in length_only} == {
+        "1_toy (attn L0,1, mean, logreg)",
+        "1_toy (attn L0,1, mean, mass-mean)",
+    }
 
 
 def test_jobs_must_be_a_positive_number(toy_copy, capsys):

@@ -51,14 +51,18 @@ def test_rows_equal_probes_fitted_by_hand_on_the_stored_arrays(built):
     attn_train, resid_train, y_train = raw_arrays(built, "train")
     attn_test, resid_test, y_test = raw_arrays(built, "test")
     baseline = LogisticRegressionProbe(random_state=0).fit(resid_train[:, 1], y_train)
-    assert rows.loc[("resid", "logreg"), "roc_auc"] == pytest.approx(probe_metrics(baseline, resid_test[:, 1], y_test)["roc_auc"], abs=1e-9)
+    assert rows.loc[("resid", "logreg"), "roc_auc"] == pytest.approx(
+        probe_metrics(baseline, resid_test[:, 1], y_test)["roc_auc"], abs=1e-9
+    )
     assert rows.loc[("resid", "logreg"), "layers"] == "1" and rows.loc[("resid", "logreg"), "baseline"]
     first = LogisticRegressionProbe(random_state=0).fit(attn_train[..., 0].reshape(len(y_train), -1), y_train)
     assert rows.loc[("attn", "logreg"), "roc_auc"] == pytest.approx(
-        probe_metrics(first, attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9)
+        probe_metrics(first, attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9
+    )
     lda = MassMeanProbe(tilt="lda").fit(attn_train[..., 0].reshape(len(y_train), -1), y_train)
     assert rows.loc[("attn", "mass-mean-lda"), "roc_auc"] == pytest.approx(
-        probe_metrics(lda, attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9)
+        probe_metrics(lda, attn_test[..., 0].reshape(len(y_test), -1), y_test)["roc_auc"], abs=1e-9
+    )
     row = rows.loc[("attn", "logreg")]
     assert (row["n_train"], row["n_test"], row["n_features"]) == (len(y_train), len(y_test), 8)
     assert json.loads(row["hyperparameters"])["C"] == first.C_
@@ -84,9 +88,13 @@ def test_reruns_skip_and_overwrite_flags_refit_or_reevaluate(built):
 def test_fitting_reads_train_only_and_evaluation_test_only(built, monkeypatch):
     events = []
     real_matrix = fit.feature_matrix
-    monkeypatch.setattr(fit, "feature_matrix", lambda p, spec, split: (events.append(split), real_matrix(p, spec, split))[1])
+    monkeypatch.setattr(
+        fit, "feature_matrix", lambda p, spec, split: (events.append(split), real_matrix(p, spec, split))[1]
+    )
     real_fit = LogisticRegressionProbe.fit
-    monkeypatch.setattr(LogisticRegressionProbe, "fit", lambda self, X, y: (events.append("fit"), real_fit(self, X, y))[1])
+    monkeypatch.setattr(
+        LogisticRegressionProbe, "fit", lambda self, X, y: (events.append("fit"), real_fit(self, X, y))[1]
+    )
     assert probe(built, "--aggregation", "bins:4") == 0
     assert events == ["train", "fit", "test"]
 
@@ -143,8 +151,18 @@ def test_length_only_mean_warns_in_one_line_on_the_command_line(built):
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "featstore.cli", "--root", str(built.root), "probe", "--model", MODEL,
-               "--aggregation", "mean"]
+    command = [
+        sys.executable,
+        "-m",
+        "featstore.cli",
+        "--root",
+        str(built.root),
+        "probe",
+        "--model",
+        MODEL,
+        "--aggregation",
+        "mean",
+    ]
     completed = subprocess.run(command, capture_output=True, text=True)
     assert completed.returncode == 0 and completed.stdout == ""
     warning_lines = [line for line in completed.stderr.splitlines() if "LengthOnlyFeatureWarning" in line]
@@ -182,7 +200,11 @@ def test_unknown_dataset_and_resid_aggregation_are_one_line_errors(built, capsys
     assert probe(built, "--datasets", "nope") == 1
     assert probe(built, "--feature", "resid", "--aggregation", "first") == 1
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 2 and "dataset 'nope' is not in the catalog" in lines[0] and "applies to --feature attn" in lines[1]
+    assert (
+        len(lines) == 2
+        and "dataset 'nope' is not in the catalog" in lines[0]
+        and "applies to --feature attn" in lines[1]
+    )
 
 
 def test_length_control_equals_a_probe_fitted_by_hand_on_log_length(built):
@@ -192,7 +214,9 @@ def test_length_control_equals_a_probe_fitted_by_hand_on_log_length(built):
     (_, _, y_train), (_, _, y_test) = raw_arrays(built, "train"), raw_arrays(built, "test")
     (_, train_len), (_, test_len) = raw_index(built, "train"), raw_index(built, "test")
     by_hand = LogisticRegressionProbe(random_state=0).fit(np.log(np.c_[train_len]) ** [1, 2], y_train)
-    assert row["roc_auc"] == pytest.approx(probe_metrics(by_hand, np.log(np.c_[test_len]) ** [1, 2], y_test)["roc_auc"], abs=1e-9)
+    assert row["roc_auc"] == pytest.approx(
+        probe_metrics(by_hand, np.log(np.c_[test_len]) ** [1, 2], y_test)["roc_auc"], abs=1e-9
+    )
 
 
 def test_stored_scores_are_the_saved_probes_decisions_and_the_interval_follows_from_them(built):
@@ -222,12 +246,14 @@ def test_head_weights_are_norms_of_standardised_weights_per_head(built):
     for i, length in enumerate(lengths):  # bin b holds the tokens t with floor(2 t / length) == b
         for b in range(2):
             members = [t for t in range(length) if (2 * t) // length == b]
-            bins[i, :, :, b] = attn_train[i, :, :, members].mean(axis=0) if members else attn_train[i, :, :, (b * length) // 2]
+            bins[i, :, :, b] = (
+                attn_train[i, :, :, members].mean(axis=0) if members else attn_train[i, :, :, (b * length) // 2]
+            )
     X = bins.reshape(len(y_train), -1)
     standardised = (saved.feature_weights() * X.std(axis=0)).reshape(2, 4, 2)
     stored = Store(built).sql("SELECT layer, head, weight FROM probe_head_weights ORDER BY layer, head")
     assert stored[["layer", "head"]].values.tolist() == [[layer, head] for layer in range(2) for head in range(4)]
-    np.testing.assert_allclose(stored["weight"], np.sqrt((standardised ** 2).sum(-1)).ravel(), rtol=1e-4)
+    np.testing.assert_allclose(stored["weight"], np.sqrt((standardised**2).sum(-1)).ravel(), rtol=1e-4)
 
 
 def test_each_layer_fits_one_probe_per_layer_and_results_show_intervals(built, capsys):
@@ -238,7 +264,9 @@ def test_each_layer_fits_one_probe_per_layer_and_results_show_intervals(built, c
     assert main(["--root", str(built.root), "results", "--ci", "--format", "csv"]) == 0
     header, line, mean = csv.reader(io.StringIO(capsys.readouterr().out))
     assert header == ["dataset", "random:tiny logreg attn L0 first", "random:tiny logreg attn L1 first"]
-    assert line == ["1_toy"] + [f"{r.roc_auc:.3f} [{r.roc_auc_ci_low:.3f}, {r.roc_auc_ci_high:.3f}]" for r in rows.itertuples()]
+    assert line == ["1_toy"] + [
+        f"{r.roc_auc:.3f} [{r.roc_auc_ci_low:.3f}, {r.roc_auc_ci_high:.3f}]" for r in rows.itertuples()
+    ]
     assert mean == ["mean (n=1)"] + [f"{r.roc_auc:.3f}" for r in rows.itertuples()]
 
 
@@ -256,8 +284,11 @@ def test_baseline_and_a_plain_probe_of_the_same_layer_get_their_own_columns_and_
     capsys.readouterr()
     assert main(["--root", str(built.root), "results", "--ci", "--format", "csv"]) == 0
     header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert header == ["dataset", "random:tiny logreg resid L1 last-token [baseline]",
-                      "random:tiny logreg resid L1 last-token"]
+    assert header == [
+        "dataset",
+        "random:tiny logreg resid L1 last-token [baseline]",
+        "random:tiny logreg resid L1 last-token",
+    ]
 
 
 def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
@@ -272,13 +303,19 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
     ids = group["example_id"][:]
     rows_input = AttentionRows(group["attn"][:], group["seq_len"][:], group["tokens"][:])
     saved = load_probe(built.store_dir / rows.loc["attention-row", "probe_path"])
-    stored = Store(built).sql("SELECT example_id, score FROM probe_scores WHERE result_id = ?",
-                              [rows.loc["attention-row", "result_id"]]).set_index("example_id")["score"].loc[ids]
+    stored = (
+        Store(built)
+        .sql("SELECT example_id, score FROM probe_scores WHERE result_id = ?", [rows.loc["attention-row", "result_id"]])
+        .set_index("example_id")["score"]
+        .loc[ids]
+    )
     np.testing.assert_allclose(stored, saved.decision_function(rows_input), rtol=1e-5, atol=1e-6)
     logs = (built.store_dir / rows.loc["attention-row", "probe_path"]).with_suffix(".logs")
     assert all("val_auc" in (logs / f"fold-{k}" / "metrics.csv").read_text() for k in range(3))
-    weights = Store(built).sql("SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ? ORDER BY ALL",
-                               [rows.loc["attention-row", "result_id"]])
+    weights = Store(built).sql(
+        "SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ? ORDER BY ALL",
+        [rows.loc["attention-row", "result_id"]],
+    )
     np.testing.assert_allclose(weights["weight"], saved.head_importance().ravel())
     attn_test, _, y_test = raw_arrays(built, "test")
     meta = load_probe(built.store_dir / rows.loc["meta", "probe_path"])
@@ -287,7 +324,8 @@ def test_learned_row_probe_and_meta_probe_are_results_like_any_other(built):
     valid = np.arange(attn_test.shape[-1]) < lengths[:, None, None, None]
     entropy = -np.where(valid & (attn_test > 0), attn_test * np.log(np.where(attn_test > 0, attn_test, 1)), 0).sum(-1)
     assert rows.loc["meta", "roc_auc"] == pytest.approx(
-        probe_metrics(meta, [first, entropy.reshape(len(ids), -1)], y_test)["roc_auc"], abs=1e-6)
+        probe_metrics(meta, [first, entropy.reshape(len(ids), -1)], y_test)["roc_auc"], abs=1e-6
+    )
     assert not list((built.store_dir / "probes").rglob("*.staged"))
     before = results(built)
     assert probe(built, "--probe", "attention-row", "meta", "--aggregation", "first", "entropy") == 0
@@ -310,7 +348,9 @@ def test_learned_probe_on_nan_rows_is_one_line_and_writes_nothing(built, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NaN" in err and "attention-row" in err
     assert results(built).empty
-    assert not (built.store_dir / "probes").exists() or not [p for p in (built.store_dir / "probes").rglob("*") if p.is_file()]
+    assert not (built.store_dir / "probes").exists() or not [
+        p for p in (built.store_dir / "probes").rglob("*") if p.is_file()
+    ]
 
 
 def test_baseline_refuses_options_it_would_ignore(built, capsys):

@@ -33,8 +33,9 @@ EXPECTED_FAILURES = {
     "check_classifier_not_supporting_multiclass": WORDING,
     "check_fit2d_predict1d": "its one-line ProbeInputError keeps sklearn's first line, not its 'Reshape your data'",
 }
-NO_N_ITER = {"check_non_transformer_estimators_n_iter": "max_iter bounds each fit of the C grid; no n_iter_ is kept "
-                                                        "(nor saved)"}
+NO_N_ITER = {
+    "check_non_transformer_estimators_n_iter": "max_iter bounds each fit of the C grid; no n_iter_ is kept (nor saved)"
+}
 
 
 def expected_failures(probe: BinaryProbe) -> dict[str, str]:
@@ -42,18 +43,29 @@ def expected_failures(probe: BinaryProbe) -> dict[str, str]:
 
 
 # a grid of two Cs instead of ten: the same code, a fifth of the fits
-@parametrize_with_checks([LogisticRegressionProbe(Cs=[1.0, 0.01]), MassMeanProbe(), MassMeanProbe(tilt="lda")],
-                         expected_failed_checks=expected_failures, xfail_strict=True)
+@parametrize_with_checks(
+    [LogisticRegressionProbe(Cs=[1.0, 0.01]), MassMeanProbe(), MassMeanProbe(tilt="lda")],
+    expected_failed_checks=expected_failures,
+    xfail_strict=True,
+)
 def test_matrix_probes_pass_the_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
 
 # X is AttentionRows (4-D rows and their lengths) or a list of matrices, so every check that fits on a 2-D array
 # fails at its first line; these are the checks of the estimator API itself.
-API_CHECKS = [check_do_not_raise_errors_in_init_or_set_params, check_estimator_cloneable, check_estimator_repr,
-              check_estimators_unfitted, check_get_params_invariance, check_mixin_order,
-              check_no_attributes_set_in_init, check_parameters_default_constructible, check_set_params,
-              check_valid_tag_types]
+API_CHECKS = [
+    check_do_not_raise_errors_in_init_or_set_params,
+    check_estimator_cloneable,
+    check_estimator_repr,
+    check_estimators_unfitted,
+    check_get_params_invariance,
+    check_mixin_order,
+    check_no_attributes_set_in_init,
+    check_parameters_default_constructible,
+    check_set_params,
+    check_valid_tag_types,
+]
 
 
 @pytest.mark.parametrize("probe", [AttentionRowProbe(), StackedProbe()], ids=["attention-row", "stacked"])
@@ -88,6 +100,13 @@ def test_every_preset_makes_a_seeded_probe_saved_under_its_family_name():
 
 def test_the_command_line_reads_the_registry_without_importing_the_estimators():
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, featstore.cli; print(sorted({'torch', 'sklearn', 'probes.base'} & "
-                               "set(sys.modules)))"], capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, featstore.cli; print(sorted({'torch', 'sklearn', 'probes.base'} & set(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert loaded.stdout.strip() == "[]"

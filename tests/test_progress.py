@@ -85,8 +85,10 @@ def test_token_progress_counts_tokens_and_its_eta_prices_the_long_rows_still_to_
     tokens_left = sum(rows.sum() for rows in batches[2:])
     assert tokens_left * cost[1] / batches[1].sum() < left / 5  # the rate of the last batch alone: far too early
     line = stream.getvalue().splitlines()[-1]
-    assert line == (f"build m: 160/960 tok (17%), {160 / sum(cost[:2]):.2f}tok/s, elapsed 00:00, "
-                    f"tok_s={int(80 / cost[1])}, ETA={tqdm.format_interval(left)}")
+    assert line == (
+        f"build m: 160/960 tok (17%), {160 / sum(cost[:2]):.2f}tok/s, elapsed 00:00, "
+        f"tok_s={int(80 / cost[1])}, ETA={tqdm.format_interval(left)}"
+    )
 
 
 def test_token_progress_skips_rows_already_written_and_falls_back_to_the_mean_rate():

@@ -9,8 +9,8 @@ import pytest
 from featstore.catalog.safe_sql import query_catalog
 from featstore.catalog.splits import SplitParams
 from featstore.cli import main
-from featstore.datasets.registry import load_registry
 from featstore.datasets.cleaning import clean_datasets
+from featstore.datasets.registry import load_registry
 from featstore.extraction.build import build_features
 from featstore.extraction.plan import BuildSettings
 from featstore.project import init_project, open_project
@@ -50,11 +50,19 @@ def clean(project, *extra):
 
 def state(project, dataset):
     """The dataset's catalog rows that re-cleaning may drop, and its files in the store."""
-    counts = [int(query_catalog(project.catalog_path, f"SELECT count(*) AS n FROM {table} WHERE dataset = ?",
-                                [dataset])["n"][0]) for table in ("features", "feature_splits", "probe_results")]
-    files = {key: project.store.path(key).read_bytes() for prefix in (f"features.zarr/random-tiny/{dataset}",
-                                                                     f"probes/random-tiny/{dataset}")
-             for key in project.store.list(prefix)}
+    counts = [
+        int(
+            query_catalog(project.catalog_path, f"SELECT count(*) AS n FROM {table} WHERE dataset = ?", [dataset])["n"][
+                0
+            ]
+        )
+        for table in ("features", "feature_splits", "probe_results")
+    ]
+    files = {
+        key: project.store.path(key).read_bytes()
+        for prefix in (f"features.zarr/random-tiny/{dataset}", f"probes/random-tiny/{dataset}")
+        for key in project.store.list(prefix)
+    }
     return counts, files
 
 
@@ -72,8 +80,9 @@ def test_overwrite_with_nothing_changed_keeps_everything_and_says_so(built, caps
     assert before["1_toy"][0] == [64, 2, 1] and before["1_toy"][1]
     assert clean(built, "--overwrite") == 0
     assert {d: state(built, d) for d in ("1_toy", "2_other")} == before
-    assert capsys.readouterr().err == ("featstore: re-cleaned 2 dataset(s): no train or test example changed, "
-                                       "features and probe results kept\n")
+    assert capsys.readouterr().err == (
+        "featstore: re-cleaned 2 dataset(s): no train or test example changed, features and probe results kept\n"
+    )
 
 
 def test_clean_with_nothing_to_do_says_so_in_one_line(built, capsys):
@@ -94,10 +103,14 @@ def test_one_changed_row_drops_only_its_dataset_and_deletes_its_files(built, cap
     freed = sum(len(data) for data in files.values())
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2
-    assert err[0].startswith("featstore: examples changed, would drop 2_other: features random:tiny test, "
-                             "random:tiny train; 1 probe result(s) (random:tiny logreg resid layers ")
-    assert err[1] == (f"featstore: dropped 2_other: random:tiny test, random:tiny train; 1 probe result(s); "
-                      f"{freed / 1000:.1f} kB freed")
+    assert err[0].startswith(
+        "featstore: examples changed, would drop 2_other: features random:tiny test, "
+        "random:tiny train; 1 probe result(s) (random:tiny logreg resid layers "
+    )
+    assert err[1] == (
+        f"featstore: dropped 2_other: random:tiny test, random:tiny train; 1 probe result(s); "
+        f"{freed / 1000:.1f} kB freed"
+    )
     relabelled = examples(built).query("dataset == '2_other'").sort_values("row")["label"].to_numpy()
     assert (relabelled == 1 - toy_raw(300, seed=1)["label"].to_numpy()).all()
 
@@ -109,8 +122,10 @@ def test_a_script_without_yes_is_refused_and_nothing_changes(built, capsys, monk
     assert clean(built) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("featstore: examples changed, would drop 2_other: ")
-    assert err[1] == ("featstore: error: 1 changed dataset(s) would lose the features and probe results listed "
-                      "above; nothing was changed: pass --yes to drop them")
+    assert err[1] == (
+        "featstore: error: 1 changed dataset(s) would lose the features and probe results listed "
+        "above; nothing was changed: pass --yes to drop them"
+    )
     after = (state(built, "2_other"), examples(built), built.cleaned_path("2_other").read_bytes())
     assert after[0] == before[0] and after[1].equals(before[1]) and after[2] == before[2]
     assert sorted(p.name for p in built.cleaned_dir.iterdir()) == ["1_toy.csv", "2_other.csv"]
@@ -157,8 +172,18 @@ def test_import_sae_probes_overwrite_keeps_unchanged_and_asks_before_dropping(tm
         (data_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (data_dir / name).write_bytes(payload)
     project = init_project(tmp_path / "p")
-    command = ["--root", str(project.root), "datasets", "import-sae-probes", "--source", str(tmp_path / "unpacked"),
-               "--only", "glue_toy", "--max-train", "64"]
+    command = [
+        "--root",
+        str(project.root),
+        "datasets",
+        "import-sae-probes",
+        "--source",
+        str(tmp_path / "unpacked"),
+        "--only",
+        "glue_toy",
+        "--max-train",
+        "64",
+    ]
     assert main(command) == 0
     build_features(project, MODEL, None, BuildSettings(device="cpu", limit=16))
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
@@ -171,8 +196,10 @@ def test_import_sae_probes_overwrite_keeps_unchanged_and_asks_before_dropping(tm
     assert main([*command, "--overwrite", "--seed", "1"]) == 1
     assert "pass --yes to drop them" in capsys.readouterr().err and state(project, "87_glue_toy") == before
     assert main([*command, "--overwrite", "--seed", "1", "--yes"]) == 0
-    assert "featstore: dropped 87_glue_toy: random:tiny test, random:tiny train; 0 probe result(s)" in \
-        capsys.readouterr().err
+    assert (
+        "featstore: dropped 87_glue_toy: random:tiny test, random:tiny train; 0 probe result(s)"
+        in capsys.readouterr().err
+    )
     assert state(project, "87_glue_toy") == ([0, 0, 0], {})
 
 
@@ -191,4 +218,6 @@ def test_a_drop_in_a_bucket_deletes_the_dropped_objects_only(moto_s3, monkeypatc
     after = bucket_keys(moto_s3, url)
     assert not any(key.startswith("features.zarr/random-tiny/2_other/") for key in after)
     assert {k for k in before if k.startswith("features.zarr/random-tiny/1_toy/")} <= set(after)
-    assert "featstore: dropped 2_other: random:tiny test, random:tiny train; 0 probe result(s)" in capsys.readouterr().err
+    assert (
+        "featstore: dropped 2_other: random:tiny test, random:tiny train; 0 probe result(s)" in capsys.readouterr().err
+    )

@@ -49,7 +49,11 @@ def test_overview_equals_the_catalog(reported):
     length_auc = rows.loc[rows["feature"] == "length", "roc_auc"].item()
     for result in rows.itertuples():
         cell = cells[result.result_id]
-        assert (cell["auc"], cell["low"], cell["high"]) == (result.roc_auc, result.roc_auc_ci_low, result.roc_auc_ci_high)
+        assert (cell["auc"], cell["low"], cell["high"]) == (
+            result.roc_auc,
+            result.roc_auc_ci_low,
+            result.roc_auc_ci_high,
+        )
         reference = result.baseline or result.feature == "length"
         assert cell["flagged"] == (None if reference else bool(result.roc_auc_ci_low <= length_auc))
     baseline = catalog(reported, "SELECT roc_auc FROM baselines")["roc_auc"].item()
@@ -64,8 +68,11 @@ def test_overview_equals_the_catalog(reported):
 def test_delta_view_is_the_paired_test_against_the_baseline_on_the_stored_scores(reported):
     (section,) = read_json(reported, "overview.json")["sections"]
     (row,) = section["overview"]["rows"]
-    scores = catalog(reported, "SELECT s.result_id, s.example_id, s.score, e.label FROM probe_scores s "
-                               "JOIN examples e USING (example_id) ORDER BY s.example_id")
+    scores = catalog(
+        reported,
+        "SELECT s.result_id, s.example_id, s.score, e.label FROM probe_scores s "
+        "JOIN examples e USING (example_id) ORDER BY s.example_id",
+    )
     baseline_id = catalog(reported, "SELECT result_id FROM probe_results WHERE baseline")["result_id"].item()
     base = scores[scores["result_id"] == baseline_id]
     compared = [cell for cell in row["cells"].values() if "delta" in cell]
@@ -74,7 +81,8 @@ def test_delta_view_is_the_paired_test_against_the_baseline_on_the_stored_scores
         mine = scores[scores["result_id"] == cell["result_id"]]
         expected = paired_auc_difference(base["label"].to_numpy(), mine["score"].to_numpy(), base["score"].to_numpy())
         assert (cell["delta"], cell["delta_low"], cell["delta_high"]) == pytest.approx(
-            (expected.delta, expected.ci_low, expected.ci_high))
+            (expected.delta, expected.ci_low, expected.ci_high)
+        )
         assert cell["p_holm"] == pytest.approx(expected.p_value)  # one dataset: Holm leaves p as it is
         assert cell["verdict"] == ("same" if expected.p_value >= 0.05 else "better" if expected.delta > 0 else "worse")
     assert section["overview"]["n_common"] == 1
@@ -86,7 +94,9 @@ def test_intervals_and_roc_curves_follow_from_the_stored_scores(reported):
     page = read_json(reported, FOLDER, "1_toy.json")
     labels = catalog(reported, "SELECT example_id, label FROM examples").set_index("example_id")["label"]
     for curve in page["roc"]:
-        scores = catalog(reported, "SELECT example_id, score FROM probe_scores WHERE result_id = ?", [curve["result_id"]])
+        scores = catalog(
+            reported, "SELECT example_id, score FROM probe_scores WHERE result_id = ?", [curve["result_id"]]
+        )
         y = labels.loc[scores["example_id"]].to_numpy()
         result = catalog(reported, "SELECT * FROM probe_results WHERE result_id = ?", [curve["result_id"]]).iloc[0]
         assert np.trapezoid(curve["tpr"], curve["fpr"]) == pytest.approx(result["roc_auc"], abs=1e-4)
@@ -104,20 +114,24 @@ def test_layer_curves_head_map_and_featured_setting(reported):
     assert curve["auc"] == single["roc_auc"].tolist() and curve["low"] == single["roc_auc_ci_low"].tolist()
     best = rows.sort_values("roc_auc", ascending=False).iloc[0]
     assert page["featured"]["result_id"] == best["result_id"]
-    weights = catalog(reported, "SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ?", [best["result_id"]])
+    weights = catalog(
+        reported, "SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ?", [best["result_id"]]
+    )
     grid = np.array(page["head_map"]["weights"], dtype=float)
     layers = page["head_map"]["layers"]
     for w in weights.itertuples():
         assert grid[layers.index(w.layer), w.head] == w.weight
     top = weights.sort_values("weight", ascending=False).head(4)
-    assert [(h["layer"], h["head"]) for h in page["top_heads"]] == list(zip(top["layer"], top["head"]))
+    assert [(h["layer"], h["head"]) for h in page["top_heads"]] == list(zip(top["layer"], top["head"], strict=False))
 
 
 def test_class_mean_profiles_equal_a_loop_over_the_stored_rows(reported):
     page = read_json(reported, FOLDER, "1_toy.json")
     group = raw_split(reported)
     attn, lengths, ids = group["attn"][:].astype(np.float64), group["seq_len"][:], group["example_id"][:]
-    labels = catalog(reported, "SELECT example_id, label FROM examples").set_index("example_id")["label"].loc[ids].to_numpy()
+    labels = (
+        catalog(reported, "SELECT example_id, label FROM examples").set_index("example_id")["label"].loc[ids].to_numpy()
+    )
     bins = data.PROFILE_BINS
     for profile in page["top_heads"]:
         assert profile["example_ids"] == ids.tolist()  # the toy test split is smaller than the sample cap
@@ -135,12 +149,14 @@ def test_class_mean_profiles_equal_a_loop_over_the_stored_rows(reported):
 def test_example_records_equal_the_stored_rows_tokens_and_scores(reported):
     page = read_json(reported, FOLDER, "1_toy.json")
     linked = [row for rows in page["examples"].values() for row in rows]
-    assert [len(rows) for rows in page["examples"].values()] == [3, 3, 3] and len({r["example_id"] for r in linked}) == 9
+    assert [len(rows) for rows in page["examples"].values()] == [3, 3, 3] and len(
+        {r["example_id"] for r in linked}
+    ) == 9
     group = raw_split(reported)
     position = {int(example_id): i for i, example_id in enumerate(group["example_id"][:])}
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path(reported.tokenizers_dir, MODEL)))
     for row in linked:
-        record = read_json(reported, FOLDER, "1_toy", "examples", f'{row["example_id"]}.json')
+        record = read_json(reported, FOLDER, "1_toy", "examples", f"{row['example_id']}.json")
         i = position[row["example_id"]]
         length = int(group["seq_len"][i])
         assert record["seq_len"] == length == row["seq_len"]
@@ -148,23 +164,34 @@ def test_example_records_equal_the_stored_rows_tokens_and_scores(reported):
         np.testing.assert_array_equal(np.array(record["attn"], dtype=np.float16), stored)
         assert record["token_ids"] == group["tokens"][i][:length].tolist()
         assert record["tokens"] == [tokenizer.decode([t]) for t in record["token_ids"]]
-        label = catalog(reported, "SELECT label FROM examples WHERE example_id = ?", [row["example_id"]])["label"].item()
+        label = catalog(reported, "SELECT label FROM examples WHERE example_id = ?", [row["example_id"]])[
+            "label"
+        ].item()
         assert record["label"] == row["label"] == label
         for score in record["scores"]:
-            assert score["score"] == catalog(reported, "SELECT score FROM probe_scores WHERE result_id = ? AND "
-                                             "example_id = ?", [score["result_id"], row["example_id"]])["score"].item()
-    scores = catalog(reported, "SELECT example_id, score FROM probe_scores WHERE result_id = ?",
-                     [page["featured"]["result_id"]]).sort_values("score", ascending=False)
+            assert (
+                score["score"]
+                == catalog(
+                    reported,
+                    "SELECT score FROM probe_scores WHERE result_id = ? AND example_id = ?",
+                    [score["result_id"], row["example_id"]],
+                )["score"].item()
+            )
+    scores = catalog(
+        reported, "SELECT example_id, score FROM probe_scores WHERE result_id = ?", [page["featured"]["result_id"]]
+    ).sort_values("score", ascending=False)
     assert [r["example_id"] for r in page["examples"]["highest scores"]] == scores["example_id"].head(3).tolist()
 
 
 def test_length_histogram_and_store_summary_equal_the_catalog_and_the_files(reported):
     page = read_json(reported, FOLDER, "1_toy.json")
-    features = catalog(reported, "SELECT f.seq_len, f.truncated, e.label FROM features f JOIN examples e USING (example_id)")
+    features = catalog(
+        reported, "SELECT f.seq_len, f.truncated, e.label FROM features f JOIN examples e USING (example_id)"
+    )
     edges = page["lengths"]["edges"]
     for name, label in (("positive", 1), ("negative", 0)):
         lengths = features.loc[features["label"] == label, "seq_len"].to_numpy()
-        counts = [int(((lengths >= lo) & (lengths < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
+        counts = [int(((lengths >= lo) & (lengths < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:], strict=False)]
         assert page["lengths"][name] == counts and sum(counts) == len(lengths)
     assert page["lengths"]["n_truncated"] == int(features["truncated"].sum())
     (model,) = read_json(reported, "store.json")["models"]
@@ -186,9 +213,11 @@ def test_rerun_replaces_the_folder_whole_and_unknown_names_write_nothing(reporte
     assert [p.name for p in project.root.iterdir() if p.name.startswith(".report")] == []
     capsys.readouterr()
     out = tmp_path / "elsewhere"
-    for args, expected in ((["--model", "random:gpt2-medium"], "no features of model 'random:gpt2-medium'"),
-                           (["--datasets", "2_nope"], "dataset '2_nope' is not in the catalog"),
-                           (["--hard-threshold", "nan"], "the hard threshold is an AUC in [0, 1]")):
+    for args, expected in (
+        (["--model", "random:gpt2-medium"], "no features of model 'random:gpt2-medium'"),
+        (["--datasets", "2_nope"], "dataset '2_nope' is not in the catalog"),
+        (["--hard-threshold", "nan"], "the hard threshold is an AUC in [0, 1]"),
+    ):
         assert main(["--root", str(project.root), "report", "--out", str(out), *args]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err
@@ -245,8 +274,11 @@ def test_out_never_replaces_a_folder_that_no_report_wrote(reported, tmp_path, ca
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    for out, expected in ((precious, "was not written by featstore report"), (reported.root, "holds the project itself"),
-                          (reported.root.parent, "holds the project itself")):
+    for out, expected in (
+        (precious, "was not written by featstore report"),
+        (reported.root, "holds the project itself"),
+        (reported.root.parent, "holds the project itself"),
+    ):
         assert main(["--root", str(reported.root), "report", "--out", str(out)]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err
@@ -275,6 +307,8 @@ def test_worker_processes_write_the_same_report_as_one_process(tmp_path, monkeyp
     monkeypatch.setattr(site.os, "cpu_count", lambda: 2)
     two = site.write_report(project, out=tmp_path / "two")
     files = sorted(p.relative_to(one.folder) for p in (one.folder / "data").rglob("*.json"))
-    assert len(files) == 2 + 2 + 2 * 9 and files == sorted(p.relative_to(two.folder) for p in (two.folder / "data").rglob("*.json"))
+    assert len(files) == 2 + 2 + 2 * 9 and files == sorted(
+        p.relative_to(two.folder) for p in (two.folder / "data").rglob("*.json")
+    )
     for name in files:
         assert (one.folder / name).read_bytes() == (two.folder / name).read_bytes(), name

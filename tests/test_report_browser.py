@@ -70,8 +70,10 @@ def test_dataset_page_says_what_the_labels_mean_and_shows_test_prompts_of_each_c
     counts = Store(reported).sql("SELECT n_pos, n_neg FROM datasets WHERE name = '1_toy'").iloc[0]
     line = page.locator("#label-meaning")
     assert line.is_visible()
-    assert line.inner_text().startswith(f"Label 1 means toy: column label of toy.csv is 1 ({counts['n_pos']} "
-                                        f"examples); label 0 means it is 0 ({counts['n_neg']}).")
+    assert line.inner_text().startswith(
+        f"Label 1 means toy: column label of toy.csv is 1 ({counts['n_pos']} "
+        f"examples); label 0 means it is 0 ({counts['n_neg']})."
+    )
     prompts = Store(reported).sql("SELECT example_id, label, prompt FROM examples WHERE split = 'test'")
     prompts = prompts.set_index("example_id")
     shown = page.locator("blockquote.example-text")
@@ -88,8 +90,9 @@ def test_dataset_page_says_what_the_labels_mean_and_shows_test_prompts_of_each_c
 def test_example_links_open_the_viewer_at_the_probes_top_head(site, reported):
     base_url, browser, report_dir = site
     featured = json.loads((report_dir / "data" / "random-tiny" / "1_toy.json").read_text())["featured"]
-    weights = Store(reported).sql("SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ?",
-                                  [featured["result_id"]])
+    weights = Store(reported).sql(
+        "SELECT layer, head, weight FROM probe_head_weights WHERE result_id = ?", [featured["result_id"]]
+    )
     layer, head = (int(v) for v in weights.loc[weights["weight"].idxmax(), ["layer", "head"]])
     assert (layer, head) != (weights["layer"].min(), 0)  # else the viewer's first head would pass too
     page = visit(browser, base_url + DATASET_PAGE).page
@@ -104,7 +107,7 @@ def test_example_links_open_the_viewer_at_the_probes_top_head(site, reported):
 def test_example_viewer_shows_the_stored_values_for_the_chosen_layer_and_head(site):
     base_url, browser, report_dir = site
     example = first_example(report_dir)
-    url = f'{base_url}example.html?model=random-tiny&dataset=1_toy&id={example["example_id"]}'
+    url = f"{base_url}example.html?model=random-tiny&dataset=1_toy&id={example['example_id']}"
     visit_ = visit(browser, url, ARTIFACTS / "example.png")
     visit_.assert_clean()
     page = visit_.page
@@ -163,8 +166,11 @@ def test_a_dataset_name_that_needs_url_encoding_and_hostile_prompts_link_load_an
         overview.page.locator("table.results tbody a").first.click()
         overview.page.wait_for_load_state("networkidle")
         assert overview.page.locator("h1").inner_text().startswith("7_c++ & 50% #x")
-        assert overview.page.locator("#label-meaning").inner_text().startswith(
-            "Label 1 means c++ & 50% #x: col == 1 holds, where col is column label of toy.csv")
+        assert (
+            overview.page.locator("#label-meaning")
+            .inner_text()
+            .startswith("Label 1 means c++ & 50% #x: col == 1 holds, where col is column label of toy.csv")
+        )
         texts = overview.page.locator("blockquote.example-text")
         assert texts.count() == 6
         for text in texts.all_inner_texts():

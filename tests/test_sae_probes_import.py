@@ -29,7 +29,9 @@ def fake_data_files(n: int = 240) -> dict[str, bytes]:
         {
             "Source": ["", "", "", ""],
             "Dataset Tag": ["truth_tf", "is_short", "glue_toy", "temperature"],
-            "Dataset save name": [f"cleaned_data/{s}.csv" for s in ("41_truth_tf", "49_is_short", "87_glue_toy", "3_temperature")],
+            "Dataset save name": [
+                f"cleaned_data/{s}.csv" for s in ("41_truth_tf", "49_is_short", "87_glue_toy", "3_temperature")
+            ],
             "Probe from": ["statement", "text", "sentence", "city"],
             "Probe to": ["t/f", "short?", "label", "degrees"],
             "Data type": ["Binary Classification"] * 3 + ["Continuous Data"],
@@ -38,9 +40,15 @@ def fake_data_files(n: int = 240) -> dict[str, bytes]:
     prompts = [f"example {i}" for i in range(n)]
     return {
         "probing_datasets_MASTER.csv.zst": zst_csv(master),
-        "cleaned_data/41_truth_tf.csv.zst": zst_csv(pd.DataFrame({"prompt": prompts, "target": ["incorrect", "correct"] * (n // 2)})),
-        "cleaned_data/49_is_short.csv.zst": zst_csv(pd.DataFrame({"prompt": prompts, "target": [True, False] * (n // 2)})),
-        "cleaned_data/87_glue_toy.csv.zst": zst_csv(pd.DataFrame({"prompt": prompts, "prompt_len": 9, "target": [0, 1] * (n // 2)})),
+        "cleaned_data/41_truth_tf.csv.zst": zst_csv(
+            pd.DataFrame({"prompt": prompts, "target": ["incorrect", "correct"] * (n // 2)})
+        ),
+        "cleaned_data/49_is_short.csv.zst": zst_csv(
+            pd.DataFrame({"prompt": prompts, "target": [True, False] * (n // 2)})
+        ),
+        "cleaned_data/87_glue_toy.csv.zst": zst_csv(
+            pd.DataFrame({"prompt": prompts, "prompt_len": 9, "target": [0, 1] * (n // 2)})
+        ),
         "cleaned_data/3_temperature.csv.zst": zst_csv(pd.DataFrame({"prompt": prompts, "target": range(n)})),
     }
 
@@ -76,8 +84,15 @@ def test_import_from_directory_with_only_and_reimport_keeps_user_rows(tmp_path):
     project = init_project(tmp_path / "p")
     import_sae_probes(project, tmp_path / "unpacked", ["glue_toy"], SplitParams(max_train=64))
     user = pd.read_csv(project.registry_path, dtype=str, keep_default_na=False)
-    user.loc[len(user)] = {**{c: "" for c in user.columns}, "number": "900", "Dataset Tag": "mine", "source": "87_glue_toy.csv.zst",
-                           "Probe from": "prompt", "Probe to": "target", "Data type": "Binary Classification"}
+    user.loc[len(user)] = {
+        **{c: "" for c in user.columns},
+        "number": "900",
+        "Dataset Tag": "mine",
+        "source": "87_glue_toy.csv.zst",
+        "Probe from": "prompt",
+        "Probe to": "target",
+        "Data type": "Binary Classification",
+    }
     user.to_csv(project.registry_path, index=False)
     import_sae_probes(project, tmp_path / "unpacked", ["87", "41_truth_tf"], SplitParams(max_train=64))
     assert [e.name for e in load_registry(project)] == ["87_glue_toy", "900_mine", "41_truth_tf"]
@@ -87,7 +102,9 @@ def test_import_refuses_unknown_names_and_number_clashes(tmp_path, fake_wheel):
     project = init_project(tmp_path / "p")
     with pytest.raises(FeatstoreError, match="'3_temperature' is not an SAE-Probes binary dataset"):
         import_sae_probes(project, fake_wheel, ["3_temperature"], SplitParams())
-    project.registry_path.write_text(project.registry_path.read_text() + "87,,,mine,,,prompt,target,Binary Classification,,x.csv,col,col\n")
+    project.registry_path.write_text(
+        project.registry_path.read_text() + "87,,,mine,,,prompt,target,Binary Classification,,x.csv,col,col\n"
+    )
     with pytest.raises(FeatstoreError, match="already uses number 87"):
         import_sae_probes(project, fake_wheel, None, SplitParams())
     assert not project.cleaned_dir.exists()
@@ -108,8 +125,20 @@ def test_real_benchmark_registers_113_datasets_with_protocol_splits(tmp_path, ca
     project = init_project(tmp_path / "p")
     assert main(["--root", str(project.root), "datasets", "import-sae-probes"]) == 0
     assert len(load_registry(project)) == 113
-    assert main(["--root", str(project.root), "sql", "--format", "csv",
-                 "SELECT dataset, split, count(*) AS n, avg(label) AS pos FROM examples WHERE split <> 'unused' GROUP BY ALL"]) == 0
+    assert (
+        main(
+            [
+                "--root",
+                str(project.root),
+                "sql",
+                "--format",
+                "csv",
+                "SELECT dataset, split, count(*) AS n, avg(label) AS pos FROM examples WHERE split <> 'unused' "
+                "GROUP BY ALL",
+            ]
+        )
+        == 0
+    )
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     totals = frame.groupby("dataset")["n"].sum()
     train = frame[frame["split"] == "train"].set_index("dataset")
@@ -143,7 +172,12 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
     from featstore.datasets import sae_probes
 
     monkeypatch.setattr(sae_probes.PackageData, "installed", classmethod(lambda cls: None))
-    monkeypatch.setattr(sae_probes.subprocess, "run",
-                        lambda command, **kw: subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution\n"))
-    with pytest.raises(FeatstoreError, match="could not download sae-probes with pip .*No matching distribution.*--source"):
+    monkeypatch.setattr(
+        sae_probes.subprocess,
+        "run",
+        lambda command, **kw: subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution\n"),
+    )
+    with pytest.raises(
+        FeatstoreError, match="could not download sae-probes with pip .*No matching distribution.*--source"
+    ):
         import_sae_probes(init_project(tmp_path / "p"), None, None, SplitParams())

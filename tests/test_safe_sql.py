@@ -43,7 +43,11 @@ def catalog(tmp_path: Path) -> Path:
 
 def snapshot(directory: Path) -> dict[str, str]:
     """Every file under the directory with its sha256: catches edits, WAL files and written outputs."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
 
 
 def assert_values_equal(got: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -56,18 +60,38 @@ PER_DATASET = EXAMPLES.groupby("dataset", as_index=False).agg(n=("label", "size"
 
 ACCEPTED = [
     ("SELECT * FROM examples ORDER BY example_id", None, EXAMPLES),
-    ("WITH tr AS (SELECT * FROM examples WHERE split = 'train') SELECT example_id FROM tr ORDER BY 1", None, TRAIN[["example_id"]]),
-    ("SELECT e.example_id, d.tag FROM examples e JOIN datasets d ON e.dataset = d.name ORDER BY 1", None, JOINED[["example_id", "tag"]]),
-    ("SELECT dataset, count(*) AS n, sum(label) AS n_pos FROM examples GROUP BY dataset ORDER BY dataset", None, PER_DATASET),
+    (
+        "WITH tr AS (SELECT * FROM examples WHERE split = 'train') SELECT example_id FROM tr ORDER BY 1",
+        None,
+        TRAIN[["example_id"]],
+    ),
+    (
+        "SELECT e.example_id, d.tag FROM examples e JOIN datasets d ON e.dataset = d.name ORDER BY 1",
+        None,
+        JOINED[["example_id", "tag"]],
+    ),
+    (
+        "SELECT dataset, count(*) AS n, sum(label) AS n_pos FROM examples GROUP BY dataset ORDER BY dataset",
+        None,
+        PER_DATASET,
+    ),
     (
         "SELECT example_id FROM examples WHERE label = ? AND split = ? ORDER BY 1",
         [1, "test"],
         EXAMPLES.query("label == 1 and split == 'test'")[["example_id"]],
     ),
-    ("SELECT example_id FROM examples WHERE dataset = $ds ORDER BY 1", {"ds": "b"}, EXAMPLES.query("dataset == 'b'")[["example_id"]]),
+    (
+        "SELECT example_id FROM examples WHERE dataset = $ds ORDER BY 1",
+        {"ds": "b"},
+        EXAMPLES.query("dataset == 'b'")[["example_id"]],
+    ),
     ("FROM examples SELECT example_id WHERE split = 'train' ORDER BY example_id", None, TRAIN[["example_id"]]),
     ("VALUES (1, 'x'), (2, 'y')", None, pd.DataFrame({"col0": [1, 2], "col1": ["x", "y"]})),
-    ("SELECT value FROM duckdb_settings() WHERE name = 'enable_external_access'", None, pd.DataFrame({"value": ["false"]})),
+    (
+        "SELECT value FROM duckdb_settings() WHERE name = 'enable_external_access'",
+        None,
+        pd.DataFrame({"value": ["false"]}),
+    ),
     ("SELECT column_name FROM (DESCRIBE examples)", None, pd.DataFrame({"column_name": list(EXAMPLES.columns)})),
 ]
 
@@ -107,7 +131,10 @@ REFUSED_STATEMENTS = [
 
 # Typed SELECT by the parser, stopped by the locked-down connection when run.
 REFUSED_AT_RUN_TIME = [
-    ("SELECT * FROM read_csv_auto('/etc/passwd')", 'file access is disabled in user queries (Permission Error: Cannot access file "/etc/passwd"'),
+    (
+        "SELECT * FROM read_csv_auto('/etc/passwd')",
+        'file access is disabled in user queries (Permission Error: Cannot access file "/etc/passwd"',
+    ),
     ("SELECT * FROM read_text('/etc/passwd')", "file access is disabled"),
     ("SELECT * FROM read_blob('/etc/passwd')", "file access is disabled"),
     ("SELECT * FROM read_parquet('{dir}/x.parquet')", "file access is disabled"),
@@ -124,7 +151,9 @@ REFUSED_AT_RUN_TIME = [
 
 
 @pytest.mark.parametrize(("query", "reason"), REFUSED_STATEMENTS + REFUSED_AT_RUN_TIME)
-def test_refused_query_names_the_reason_and_leaves_the_catalog_unchanged(catalog: Path, query: str, reason: str) -> None:
+def test_refused_query_names_the_reason_and_leaves_the_catalog_unchanged(
+    catalog: Path, query: str, reason: str
+) -> None:
     before = snapshot(catalog.parent)
     with pytest.raises(QueryRefused) as refused:
         run_user_query(catalog, query.format(dir=catalog.parent))
@@ -178,7 +207,9 @@ def test_long_query_is_stopped_by_the_time_limit(catalog: Path) -> None:
 @pytest.mark.parametrize("max_rows", [0, 1, 1000, 2048, 3334, 5000])
 def test_max_rows_keeps_the_first_rows_in_order(catalog: Path, max_rows: int) -> None:
     # the WHERE makes DuckDB stream chunks of under 2048 rows, so several chunks are read
-    got = run_user_query(catalog, "SELECT range AS i FROM range(10000) WHERE range % 3 = 0 ORDER BY i DESC", max_rows=max_rows)
+    got = run_user_query(
+        catalog, "SELECT range AS i FROM range(10000) WHERE range % 3 = 0 ORDER BY i DESC", max_rows=max_rows
+    )
     expected = np.arange(0, 10000, 3)[::-1][:max_rows]
     assert list(got.columns) == ["i"]
     np.testing.assert_array_equal(got.i.to_numpy(), expected)
@@ -186,16 +217,26 @@ def test_max_rows_keeps_the_first_rows_in_order(catalog: Path, max_rows: int) ->
 
 def test_max_rows_keeps_the_dtypes_of_the_full_frame(catalog: Path) -> None:
     full = run_user_query(catalog, "SELECT * FROM examples ORDER BY example_id")
-    assert_values_equal(run_user_query(catalog, "SELECT * FROM examples ORDER BY example_id", max_rows=2), EXAMPLES.head(2))
+    assert_values_equal(
+        run_user_query(catalog, "SELECT * FROM examples ORDER BY example_id", max_rows=2), EXAMPLES.head(2)
+    )
     assert run_user_query(catalog, "SELECT * FROM examples", max_rows=2).dtypes.equals(full.dtypes)
 
 
 @pytest.mark.parametrize(
     ("query", "params", "reason"),
     [
-        ("SELECT nope FROM examples", None, 'query failed: Binder Error: Referenced column "nope" not found in FROM clause!'),
+        (
+            "SELECT nope FROM examples",
+            None,
+            'query failed: Binder Error: Referenced column "nope" not found in FROM clause!',
+        ),
         ("SELEC * FROM examples", None, 'query failed: Parser Error: syntax error at or near "SELEC"'),
-        ("SELECT * FROM exampls", None, 'query failed: Catalog Error: Table with name exampls does not exist! Did you mean "examples"?'),
+        (
+            "SELECT * FROM exampls",
+            None,
+            'query failed: Catalog Error: Table with name exampls does not exist! Did you mean "examples"?',
+        ),
         ("SELECT * FROM examples WHERE label = ?", [], "query failed: "),
     ],
 )
@@ -206,7 +247,9 @@ def test_duckdb_errors_become_one_line_refusals(catalog: Path, query: str, param
 
 
 def test_missing_catalog_says_how_to_make_one(tmp_path: Path) -> None:
-    with pytest.raises(FeatstoreError, match=r"^no catalog at .*missing\.duckdb; run `featstore datasets import-sae-probes`"):
+    with pytest.raises(
+        FeatstoreError, match=r"^no catalog at .*missing\.duckdb; run `featstore datasets import-sae-probes`"
+    ):
         run_user_query(tmp_path / "missing.duckdb", "SELECT 1")
     assert not (tmp_path / "missing.duckdb").exists()
 
@@ -219,7 +262,10 @@ def test_catalog_written_by_another_process_gives_a_clear_message(catalog: Path,
     monkeypatch.setattr("featstore.catalog.safe_sql.LOCK_WAIT_S", 0.5)
     try:
         assert writer.stdout.readline().strip() == "ready"
-        with pytest.raises(FeatstoreError, match="^the catalog is being written by another featstore process; try again when it finishes$"):
+        with pytest.raises(
+            FeatstoreError,
+            match="^the catalog is being written by another featstore process; try again when it finishes$",
+        ):
             run_user_query(catalog, "SELECT 1")
     finally:
         writer.stdin.close()
@@ -228,8 +274,10 @@ def test_catalog_written_by_another_process_gives_a_clear_message(catalog: Path,
 
 
 def test_a_reader_waits_for_a_short_write_to_finish(catalog: Path) -> None:
-    holder = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
-              "time.sleep(1.5); con.close(); time.sleep(5)")
+    holder = (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+        "time.sleep(1.5); con.close(); time.sleep(5)"
+    )
     writer = subprocess.Popen([sys.executable, "-c", holder, str(catalog)], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "ready"
@@ -249,7 +297,8 @@ def test_catalog_open_for_writing_in_this_process_gives_a_clear_message(catalog:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "reason"), [({"timeout_s": 0}, "timeout_s must be a positive"), ({"max_rows": -1}, "max_rows must be 0 or more")]
+    ("kwargs", "reason"),
+    [({"timeout_s": 0}, "timeout_s must be a positive"), ({"max_rows": -1}, "max_rows must be 0 or more")],
 )
 def test_bad_limits_are_refused(catalog: Path, kwargs: dict, reason: str) -> None:
     with pytest.raises(FeatstoreError, match=reason):

@@ -15,9 +15,17 @@ from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.errors import FeatstoreError
-from probes import (AttentionRowProbe, LogisticRegressionProbe, MassMeanProbe, SavedProbeError, StackedProbe,
-                    load_probe, probe_bytes, save_probe)
-from probes import saved
+from probes import (
+    AttentionRowProbe,
+    LogisticRegressionProbe,
+    MassMeanProbe,
+    SavedProbeError,
+    StackedProbe,
+    load_probe,
+    probe_bytes,
+    save_probe,
+    saved,
+)
 from tests.builders import MODEL
 from tests.test_attention_row import planted
 
@@ -30,8 +38,9 @@ def matrix_problem(n: int = 160, d: int = 12, seed: int = 0):
 
 MATRIX_PROBES = {
     "logreg": LogisticRegressionProbe(),
-    "logreg-l1-standardised": LogisticRegressionProbe(penalty="l1", standardize=True, Cs=[0.01, 0.1, 1.0],
-                                                      class_weight={0: 1.0, 1: 2.5}, random_state=None),
+    "logreg-l1-standardised": LogisticRegressionProbe(
+        penalty="l1", standardize=True, Cs=[0.01, 0.1, 1.0], class_weight={0: 1.0, 1: 2.5}, random_state=None
+    ),
     "mass-mean": MassMeanProbe(),
     "mass-mean-lda": MassMeanProbe(tilt="lda"),
     "mass-mean-lda-fixed": MassMeanProbe(tilt="lda", shrinkage=0.3),
@@ -76,8 +85,9 @@ def test_the_meta_probe_with_mixed_bases_round_trips_exactly():
     np.testing.assert_array_equal(loaded.decision_function(parts), probe.decision_function(parts))
     assert loaded.chosen_hyperparameters() == probe.chosen_hyperparameters()
     default = StackedProbe(n_folds=3).fit(parts, y)
-    np.testing.assert_array_equal(load_probe(probe_bytes(default)).decision_function(parts),
-                                  default.decision_function(parts))
+    np.testing.assert_array_equal(
+        load_probe(probe_bytes(default)).decision_function(parts), default.decision_function(parts)
+    )
 
 
 @pytest.mark.parametrize("use_tokens", [True, False])
@@ -146,31 +156,52 @@ MALFORMED = {
     "a header longer than the file": (lambda tmp: huge_header(), "not a probe file"),
     "bad JSON": (lambda tmp: (9).to_bytes(8, "little") + b"{not json", "unreadable header"),
     "no metadata": (lambda tmp: safetensors.numpy.save({"a": np.zeros(2)}), "no featstore-probe document"),
-    "bad JSON document": (lambda tmp: safetensors.numpy.save({"a": np.zeros(2)}, metadata={"featstore": "{"}),
-                          "unreadable header"),
+    "bad JSON document": (
+        lambda tmp: safetensors.numpy.save({"a": np.zeros(2)}, metadata={"featstore": "{"}),
+        "unreadable header",
+    ),
     "a newer version": (lambda tmp: crafted(fitted_logreg(), lambda d: d.__setitem__("version", 3)), "version 3"),
-    "an unknown family": (lambda tmp: crafted(fitted_logreg(), lambda d: d["probe"].__setitem__("family", "os.system")),
-                          "unknown probe family 'os.system'"),
-    "a family given as a class path": (lambda tmp: crafted(fitted_logreg(), lambda d: d["probe"].__setitem__(
-        "family", {"module": "os", "name": "system"})), "unknown probe family"),
-    "an unknown parameter": (lambda tmp: crafted(fitted_logreg(), set_param("__class__", "x")),
-                             "unknown ['__class__']"),
+    "an unknown family": (
+        lambda tmp: crafted(fitted_logreg(), lambda d: d["probe"].__setitem__("family", "os.system")),
+        "unknown probe family 'os.system'",
+    ),
+    "a family given as a class path": (
+        lambda tmp: crafted(
+            fitted_logreg(), lambda d: d["probe"].__setitem__("family", {"module": "os", "name": "system"})
+        ),
+        "unknown probe family",
+    ),
+    "an unknown parameter": (
+        lambda tmp: crafted(fitted_logreg(), set_param("__class__", "x")),
+        "unknown ['__class__']",
+    ),
     "a parameter of the wrong type": (lambda tmp: crafted(fitted_logreg(), set_param("max_iter", "10")), "max_iter"),
-    "a probe object as a parameter": (lambda tmp: crafted(fitted_logreg(), set_param("penalty", {"probe": {}})),
-                                      "probe: missing"),
+    "a probe object as a parameter": (
+        lambda tmp: crafted(fitted_logreg(), set_param("penalty", {"probe": {}})),
+        "probe: missing",
+    ),
     "a bad penalty": (lambda tmp: crafted(fitted_logreg(), set_param("penalty", "l3")), "penalty must be one of"),
     "a huge integer": (lambda tmp: crafted(fitted_logreg(), set_fitted("n_features_in_", 10**30)), "n_features_in_"),
-    "one class": (lambda tmp: crafted(fitted_logreg(), set_fitted("classes_", {"values": [1, 1], "dtype": "int64"})),
-                  "two different labels"),
-    "an object dtype": (lambda tmp: crafted(fitted_logreg(), set_fitted("classes_", {"values": [0, 1], "dtype": "O"})),
-                        "classes_ dtype"),
-    "a wrong shape": (lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.__setitem__(
-        "coef_", np.zeros((1, 3)))),
-                      "coef_ must be"),
-    "a missing array": (lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.pop("intercept_")),
-                        "intercept_ is missing"),
-    "an integer array": (lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.__setitem__(
-        "coef_", np.zeros((1, 12), np.int64))), "float32/float64"),
+    "one class": (
+        lambda tmp: crafted(fitted_logreg(), set_fitted("classes_", {"values": [1, 1], "dtype": "int64"})),
+        "two different labels",
+    ),
+    "an object dtype": (
+        lambda tmp: crafted(fitted_logreg(), set_fitted("classes_", {"values": [0, 1], "dtype": "O"})),
+        "classes_ dtype",
+    ),
+    "a wrong shape": (
+        lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.__setitem__("coef_", np.zeros((1, 3)))),
+        "coef_ must be",
+    ),
+    "a missing array": (
+        lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.pop("intercept_")),
+        "intercept_ is missing",
+    ),
+    "an integer array": (
+        lambda tmp: crafted(fitted_logreg(), arrays_edit=lambda a: a.__setitem__("coef_", np.zeros((1, 12), np.int64))),
+        "float32/float64",
+    ),
 }
 
 
@@ -198,11 +229,13 @@ def test_a_file_or_header_over_its_bound_is_refused_before_parsing(monkeypatch):
 def test_an_attention_row_file_whose_parameters_imply_other_shapes_or_a_huge_network_is_refused():
     rows, y = planted("token", 120, seed=3)
     probe = AttentionRowProbe(max_epochs=1, patience=1).fit(rows, y)
-    for edit, message in [(set_param("readers_per_head", 1000), "state_.0.basis_weights must be"),
-                          (set_param("readers_per_head", 10**9), "readers_per_head"),
-                          (set_fitted("vocab_size_", 2**31), "state_.0.embedding.weight must be"),
-                          (set_param("batch_size", 2**40), "batch_size"),
-                          (set_fitted("n_layers_", 7), "not n_layers_ x n_heads_")]:
+    for edit, message in [
+        (set_param("readers_per_head", 1000), "state_.0.basis_weights must be"),
+        (set_param("readers_per_head", 10**9), "readers_per_head"),
+        (set_fitted("vocab_size_", 2**31), "state_.0.embedding.weight must be"),
+        (set_param("batch_size", 2**40), "batch_size"),
+        (set_fitted("n_layers_", 7), "not n_layers_ x n_heads_"),
+    ]:
         with pytest.raises(SavedProbeError, match=message):
             load_probe(crafted(probe, edit))
     with pytest.raises(SavedProbeError, match="network state holds"):
@@ -220,12 +253,17 @@ def test_meta_probes_nested_too_deep_or_with_wrong_parts_are_refused():
     with pytest.raises(SavedProbeError, match="number of sub-probes"):
         load_probe(crafted(probe, lambda d: d["probe"]["parts"].__setitem__("bases_", [])))
     with pytest.raises(SavedProbeError, match="bases_ must be"):
-        load_probe(crafted(probe, lambda d: d["probe"]["parts"].__setitem__("bases_", d["probe"]["parts"]["final_"]),
-                           lambda a: a.update({f"bases_.{k[7:]}": v for k, v in list(a.items())
-                                               if k.startswith("final_.")})))
+        load_probe(
+            crafted(
+                probe,
+                lambda d: d["probe"]["parts"].__setitem__("bases_", d["probe"]["parts"]["final_"]),
+                lambda a: a.update({f"bases_.{k[7:]}": v for k, v in list(a.items()) if k.startswith("final_.")}),
+            )
+        )
     with pytest.raises(SavedProbeError, match="one per base probe"):
-        load_probe(crafted(probe, lambda d: d["probe"]["parts"].__setitem__("bases_",
-                                                                          d["probe"]["parts"]["bases_"][:1])))
+        load_probe(
+            crafted(probe, lambda d: d["probe"]["parts"].__setitem__("bases_", d["probe"]["parts"]["bases_"][:1]))
+        )
 
 
 # The store: every command and API that reads probes, with hostile probe files in place.
@@ -247,8 +285,11 @@ def every_reader(project, out: Path, capsys) -> dict[str, tuple]:
     """Run each command and API that reads probes or their rows; (exit code or error, stderr) by name."""
     root = ["--root", str(project.root)]
     outcomes = {}
-    for name, argv in [("overwrite-eval", [*root, "probe", "--model", MODEL, *LENGTH_PROBE, "--overwrite-eval"]),
-                       ("results", [*root, "results"]), ("report", [*root, "report", "--out", str(out)])]:
+    for name, argv in [
+        ("overwrite-eval", [*root, "probe", "--model", MODEL, *LENGTH_PROBE, "--overwrite-eval"]),
+        ("results", [*root, "results"]),
+        ("report", [*root, "report", "--out", str(out)]),
+    ]:
         outcomes[name] = (main(argv), capsys.readouterr().err)
     try:
         Store(project).probe(only_row(project)["result_id"])
@@ -313,8 +354,17 @@ def test_no_module_of_featstore_or_probes_unpickles():
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    found = subprocess.run(["grep", "-rnE", r"joblib\.load|pickle\.loads?\(|allow_pickle=True|torch\.load\(",
-                            str(root / "featstore"), str(root / "probes")], capture_output=True, text=True).stdout
+    found = subprocess.run(
+        [
+            "grep",
+            "-rnE",
+            r"joblib\.load|pickle\.loads?\(|allow_pickle=True|torch\.load\(",
+            str(root / "featstore"),
+            str(root / "probes"),
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
     unsafe = [line for line in found.splitlines() if not re.search(r"torch\.load\(.*weights_only=True", line)]
     assert unsafe == []
 
@@ -328,8 +378,10 @@ def test_a_saved_tokenizer_naming_custom_code_never_runs_it(toy_copy, tmp_path, 
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config.update(auto_map={"AutoTokenizer": [None, "evil.Tokenizer"]}, tokenizer_class="Tokenizer")
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    (folder / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
-                                    "from transformers import PreTrainedTokenizerFast as Tokenizer\n")
+    (folder / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+        "from transformers import PreTrainedTokenizerFast as Tokenizer\n"
+    )
     capsys.readouterr()
     assert main(["--root", str(toy_copy.root), "report", "--out", str(tmp_path / "site")]) == 1
     err = capsys.readouterr().err
@@ -348,7 +400,7 @@ def test_a_pickle_payload_in_a_bucket_never_runs_on_a_clone(moto_s3, monkeypatch
     project = toy_project(tmp_path / "bucket", store=url)
     build_features(project, MODEL, None, BuildSettings(device="cpu"))
     assert probe_command(project) == 0
-    bucket, prefix = url[len("s3://"):].split("/", 1)
+    bucket, prefix = url[len("s3://") :].split("/", 1)
     moto_s3.client().put_object(Bucket=bucket, Key=f"{prefix}/{only_row(project)['probe_path']}", Body=payload(marker))
     assert main(["clone", url, str(tmp_path / "elsewhere")]) == 0
     clone = open_project(tmp_path / "elsewhere")
@@ -371,8 +423,12 @@ def test_a_catalog_probe_path_naming_another_stored_file_is_never_deleted(tmp_pa
     victim = project.store_dir / "features.zarr" / "m" / "d" / "train" / "zarr.json"
     victim.parent.mkdir(parents=True)
     victim.write_text("{}")
-    for key in ["features.zarr/m/d/train/zarr.json", "probes/../features.zarr/x.safetensors", "probes/m/d.safetensors",
-                "probes/m/d/r-1.safetensors/../../x"]:
+    for key in [
+        "features.zarr/m/d/train/zarr.json",
+        "probes/../features.zarr/x.safetensors",
+        "probes/m/d.safetensors",
+        "probes/m/d/r-1.safetensors/../../x",
+    ]:
         assert not is_probe_key(key)
         with pytest.raises(FeatstoreError, match="no probe file is"):
             remove_fit(project, key)

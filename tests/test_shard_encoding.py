@@ -14,8 +14,9 @@ SHAPE, CHUNKS, SHARDS = (300, 3, 2, 20), (32, 1, 2, 8), (128, 3, 2, 24)
 
 
 def sharded(compressor_list, shape=SHAPE, shards=SHARDS):
-    return zarr.create_array({}, shape=shape, dtype="float16", chunks=CHUNKS, shards=shards, fill_value=0,
-                             compressors=compressor_list)
+    return zarr.create_array(
+        {}, shape=shape, dtype="float16", chunks=CHUNKS, shards=shards, fill_value=0, compressors=compressor_list
+    )
 
 
 @pytest.mark.parametrize("shard, rows, width", [(0, 128, 20), (1, 128, 5), (2, 44, 17), (2, 44, 1)], ids=str)

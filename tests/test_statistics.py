@@ -50,8 +50,9 @@ def test_paired_interval_width_matches_a_paired_bootstrap():
     result = paired_auc_difference(y, a, b)
     positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     # stratified: each resample keeps the class counts, as DeLong's variance assumes; AUCs from midranks
-    rows = np.concatenate([rng.choice(positives, (2000, positives.size)), rng.choice(negatives, (2000, negatives.size))],
-                          axis=1)
+    rows = np.concatenate(
+        [rng.choice(positives, (2000, positives.size)), rng.choice(negatives, (2000, negatives.size))], axis=1
+    )
     m, n = positives.size, negatives.size
 
     def aucs(scores):

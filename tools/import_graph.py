@@ -29,7 +29,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 # Entry points that run the user's own SQL (`featstore sql`, `Store.sql`, `where=`) are not catalog statements.
 USER_SQL_ENTRY_POINTS = ("featstore.catalog",)
-SQL = re.compile(r"\b(SELECT|INSERT INTO|DELETE FROM|UPDATE \w+ SET|CREATE (TABLE|VIEW|INDEX|SEQUENCE)|DROP TABLE|ALTER TABLE)\b")
+SQL = re.compile(
+    r"\b(SELECT|INSERT INTO|DELETE FROM|UPDATE \w+ SET|CREATE (TABLE|VIEW|INDEX|SEQUENCE)|DROP TABLE|ALTER TABLE)\b"
+)
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -120,9 +122,13 @@ def main(root: Path) -> int:
     edges = imports(mods)
     loops = cycles(edges)
     upward = sorted((a, b) for a, targets in edges.items() for b in targets if layer(b) > layer(a))
-    sql = [(str(path.relative_to(root)), number)
-           for name, path in mods.items() if not name.startswith(USER_SQL_ENTRY_POINTS)
-           for number, line in enumerate(path.read_text().splitlines(), 1) if SQL.search(line)]
+    sql = [
+        (str(path.relative_to(root)), number)
+        for name, path in mods.items()
+        if not name.startswith(USER_SQL_ENTRY_POINTS)
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if SQL.search(line)
+    ]
     print(f"modules: {len(mods)}")
     print(f"import cycles: {len(loops)}")
     for group in loops:

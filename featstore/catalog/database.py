@@ -168,10 +168,12 @@ def damaged_catalog(err: BaseException) -> FeatstoreError | None:
     text = " ".join(str(err).split())
     if not isinstance(err, duckdb.Error) or not any(sign in text for sign in DAMAGE_SIGNS):
         return None
-    return FeatstoreError(f"the catalog store/catalog.duckdb is damaged ({text[:160]}); a clone of a shared store: "
-                          "delete it and store/.mirror.json and run the command again (or `featstore clone` afresh); "
-                          "otherwise delete it and run `featstore datasets clean` (or `import-sae-probes`) and the "
-                          "builds again")
+    return FeatstoreError(
+        f"the catalog store/catalog.duckdb is damaged ({text[:160]}); a clone of a shared store: "
+        "delete it and store/.mirror.json and run the command again (or `featstore clone` afresh); "
+        "otherwise delete it and run `featstore datasets clean` (or `import-sae-probes`) and the "
+        "builds again"
+    )
 
 
 def _file_failure(project: Project, doing: str, err: duckdb.Error) -> FeatstoreError:
@@ -184,8 +186,9 @@ def _busy_writing(catalog_path: Path) -> str:
     return f"{catalog_path} is open in another featstore process; try again when it finishes"
 
 
-def _connect_retrying(catalog_path: Path, connect: Callable[[float], duckdb.DuckDBPyConnection], busy: str,
-                      deadline: float) -> duckdb.DuckDBPyConnection:
+def _connect_retrying(
+    catalog_path: Path, connect: Callable[[float], duckdb.DuckDBPyConnection], busy: str, deadline: float
+) -> duckdb.DuckDBPyConnection:
     """`connect(seconds_left)`, tried again while another process holds DuckDB's lock on the file until the
     monotonic `deadline`, then `busy`; any other failure to open is one line (a damaged file says so)."""
     while True:
@@ -204,8 +207,10 @@ def open_read_only(catalog_path: Path, wait_s: float) -> duckdb.DuckDBPyConnecti
     first, waiting up to `wait_s` for writers."""
     catalog_path = Path(catalog_path)
     if not catalog_path.is_file():
-        raise FeatstoreError(f"no catalog at {catalog_path}; run `featstore datasets import-sae-probes` or "
-                             "`featstore datasets clean` first")
+        raise FeatstoreError(
+            f"no catalog at {catalog_path}; run `featstore datasets import-sae-probes` or "
+            "`featstore datasets clean` first"
+        )
 
     def connect(seconds_left: float) -> duckdb.DuckDBPyConnection:
         with catalog_gate(catalog_path, exclusive=False, wait_s=seconds_left) as passed:
@@ -233,8 +238,9 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
     with _WRITER_THREAD, catalog_gate(project.catalog_path, exclusive=True, wait_s=wait_s) as passed:
         if not passed:
             raise FeatstoreError(busy)
-        con = _connect_retrying(project.catalog_path, lambda _: duckdb.connect(str(project.catalog_path)), busy,
-                                deadline)
+        con = _connect_retrying(
+            project.catalog_path, lambda _: duckdb.connect(str(project.catalog_path)), busy, deadline
+        )
         try:
             con.execute(SCHEMA)
             yield con
@@ -245,8 +251,9 @@ def catalog_writer(project: Project, wait_s: float = WRITER_WAIT_S) -> Iterator[
 
 
 @contextmanager
-def catalog_reader(project: Project, wait_s: float = WRITER_WAIT_S,
-                   shared: duckdb.DuckDBPyConnection | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def catalog_reader(
+    project: Project, wait_s: float = WRITER_WAIT_S, shared: duckdb.DuckDBPyConnection | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection for featstore's own reads of the catalog (user SQL goes through `safe_sql`), opened
     behind the gate so a waiting writer goes first, and closed when the block ends; `shared`: the connection a
     batch of reads already holds, used instead."""

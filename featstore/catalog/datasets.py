@@ -54,12 +54,15 @@ def indexed_examples(con: duckdb.DuckDBPyConnection, dataset: str) -> pd.DataFra
 
 def split_examples(con: duckdb.DuckDBPyConnection, dataset: str, split: str) -> pd.DataFrame:
     """The example_id, row, label and prompt of a dataset's split, by example_id."""
-    return con.execute('SELECT example_id, "row", label, prompt FROM examples WHERE dataset = ? AND split = ? '
-                       "ORDER BY example_id", [dataset, split]).df()
+    return con.execute(
+        'SELECT example_id, "row", label, prompt FROM examples WHERE dataset = ? AND split = ? ORDER BY example_id',
+        [dataset, split],
+    ).df()
 
 
-def replace_datasets(con: duckdb.DuckDBPyConnection, indexed: list[tuple[DatasetRecord, pd.DataFrame]],
-                     dropped: set[str]) -> None:
+def replace_datasets(
+    con: duckdb.DuckDBPyConnection, indexed: list[tuple[DatasetRecord, pd.DataFrame]], dropped: set[str]
+) -> None:
     """Replace each dataset's row and examples (rows with the `examples` columns, in order), in one transaction;
     the features and probe results of the datasets in `dropped` go too."""
     con.execute("BEGIN TRANSACTION")
@@ -72,8 +75,9 @@ def replace_datasets(con: duckdb.DuckDBPyConnection, indexed: list[tuple[Dataset
         con.register("staged_examples", examples)
         con.execute("INSERT INTO examples SELECT * FROM staged_examples")
         con.unregister("staged_examples")
-        con.execute("INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-                    list(astuple(record)))
+        con.execute(
+            "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())", list(astuple(record))
+        )
     con.execute("COMMIT")
 
 
@@ -82,7 +86,9 @@ def built_work(con: duckdb.DuckDBPyConnection, dataset: str) -> tuple[list[tuple
     (result_id, model, probe, feature, layers, aggregation), each sorted."""
     results = con.execute(
         "SELECT result_id, model, probe, feature, layers, aggregation FROM probe_results WHERE dataset = ? "
-        "ORDER BY model, probe, feature, layers, aggregation", [dataset]).fetchall()
+        "ORDER BY model, probe, feature, layers, aggregation",
+        [dataset],
+    ).fetchall()
     return splits_of_dataset(con, dataset), results
 
 
@@ -111,9 +117,11 @@ def dataset_listing(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 def label_provenance(con: duckdb.DuckDBPyConnection, dataset: str) -> dict | None:
     """What made a dataset's labels, as the catalog indexed its registry row: tag, source file, target column and
     its extraction ('' where an older catalog lacks them) and each class's count; None if not indexed."""
-    rows = con.execute("SELECT tag, source, coalesce(probe_to, '') AS target_column, coalesce(probe_to_extraction, '') "
-                       "AS extraction, n_pos AS n_positive, n_neg AS n_negative FROM datasets WHERE name = ?",
-                       [dataset]).df()
+    rows = con.execute(
+        "SELECT tag, source, coalesce(probe_to, '') AS target_column, coalesce(probe_to_extraction, '') "
+        "AS extraction, n_pos AS n_positive, n_neg AS n_negative FROM datasets WHERE name = ?",
+        [dataset],
+    ).df()
     if rows.empty:
         return None
     return {key: value if isinstance(value, str) else int(value) for key, value in rows.iloc[0].items()}
@@ -121,5 +129,4 @@ def label_provenance(con: duckdb.DuckDBPyConnection, dataset: str) -> dict | Non
 
 def example_prompts(con: duckdb.DuckDBPyConnection, example_ids: list[int]) -> pd.DataFrame:
     """The prompts (example_id, prompt) of these examples."""
-    return con.execute("SELECT example_id, prompt FROM examples WHERE list_contains(?, example_id)",
-                       [example_ids]).df()
+    return con.execute("SELECT example_id, prompt FROM examples WHERE list_contains(?, example_id)", [example_ids]).df()

@@ -30,37 +30,65 @@ class RecordedSplit(NamedTuple):
 def recorded_splits(con: duckdb.DuckDBPyConnection, model: str) -> dict[tuple[str, str], RecordedSplit]:
     """Every split recorded for a model key, complete or not, by (dataset, split)."""
     found = con.execute("SELECT dataset, split, status, settings, path FROM feature_splits WHERE model = ?", [model])
-    return {(dataset, split): RecordedSplit(status, settings, path)
-            for dataset, split, status, settings, path in found.fetchall()}
+    return {
+        (dataset, split): RecordedSplit(status, settings, path)
+        for dataset, split, status, settings, path in found.fetchall()
+    }
 
 
 def recorded_path(con: duckdb.DuckDBPyConnection, split: SplitRef) -> str:
     """The store key of the version the catalog points to for a split."""
-    return con.execute("SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
-                       [split.model, split.dataset, split.split]).fetchone()[0]
+    return con.execute(
+        "SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?",
+        [split.model, split.dataset, split.split],
+    ).fetchone()[0]
 
 
-def record_status(con: duckdb.DuckDBPyConnection, split: SplitRef, status: str, shape: SplitShape, path: str,
-                  settings: dict, build_seconds: float | None = None) -> None:
+def record_status(
+    con: duckdb.DuckDBPyConnection,
+    split: SplitRef,
+    status: str,
+    shape: SplitShape,
+    path: str,
+    settings: dict,
+    build_seconds: float | None = None,
+) -> None:
     """Write a split's `feature_splits` row (replacing the one recorded before), built at the current time."""
     key = [split.model, split.dataset, split.split]
     con.execute("DELETE FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?", key)
     con.execute(
         "INSERT INTO feature_splits (model, dataset, split, status, n_examples, max_seq_len, n_layers, n_heads, path, "
         "settings, built_at, build_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), ?)",
-        [*key, status, shape.n_examples, shape.max_seq_len, shape.n_layers, shape.n_heads, path, json.dumps(settings),
-         build_seconds],
+        [
+            *key,
+            status,
+            shape.n_examples,
+            shape.max_seq_len,
+            shape.n_layers,
+            shape.n_heads,
+            path,
+            json.dumps(settings),
+            build_seconds,
+        ],
     )
 
 
-def register_split(con: duckdb.DuckDBPyConnection, split: SplitRef, rows: pd.DataFrame, shape: SplitShape, path: str,
-                   settings: dict, build_seconds: float) -> None:
+def register_split(
+    con: duckdb.DuckDBPyConnection,
+    split: SplitRef,
+    rows: pd.DataFrame,
+    shape: SplitShape,
+    path: str,
+    settings: dict,
+    build_seconds: float,
+) -> None:
     """Record a built split's rows (the `features` columns, in order) and mark it complete at its published
     version `path`, dropping the probe results of the dataset fitted on the model's earlier features; one
     transaction."""
     con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM features WHERE model = ? AND dataset = ? AND split = ?",
-                [split.model, split.dataset, split.split])
+    con.execute(
+        "DELETE FROM features WHERE model = ? AND dataset = ? AND split = ?", [split.model, split.dataset, split.split]
+    )
     drop_probe_results(con, split.dataset, split.model)
     con.register("built_rows", rows)
     con.execute("INSERT INTO features SELECT * FROM built_rows")
@@ -71,8 +99,10 @@ def register_split(con: duckdb.DuckDBPyConnection, split: SplitRef, rows: pd.Dat
 
 def repoint_split(con: duckdb.DuckDBPyConnection, split: SplitRef, path: str) -> None:
     """Point a complete split to another version of it (a repaired one); its rows and probe results stay."""
-    con.execute("UPDATE feature_splits SET path = ? WHERE model = ? AND dataset = ? AND split = ?",
-                [path, split.model, split.dataset, split.split])
+    con.execute(
+        "UPDATE feature_splits SET path = ? WHERE model = ? AND dataset = ? AND split = ?",
+        [path, split.model, split.dataset, split.split],
+    )
 
 
 def forget_dataset_features(con: duckdb.DuckDBPyConnection, dataset: str) -> None:
@@ -89,8 +119,9 @@ def splits_of_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> list[tupl
 
 def complete_splits(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """The model, dataset, split, store key (`path`) and settings (JSON) of every complete split, sorted."""
-    return con.execute("SELECT model, dataset, split, path, settings FROM feature_splits WHERE status = 'complete' "
-                       "ORDER BY ALL").df()
+    return con.execute(
+        "SELECT model, dataset, split, path, settings FROM feature_splits WHERE status = 'complete' ORDER BY ALL"
+    ).df()
 
 
 def complete_models(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -104,60 +135,86 @@ def dataset_splits(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     built), by dataset number and model."""
     return con.execute(
         "SELECT d.name, d.number, d.tag, s.model, s.split, s.path FROM datasets d LEFT JOIN feature_splits s "
-        "ON s.dataset = d.name AND s.status = 'complete' ORDER BY d.number, s.model").df()
+        "ON s.dataset = d.name AND s.status = 'complete' ORDER BY d.number, s.model"
+    ).df()
 
 
 def example_order(con: duckdb.DuckDBPyConnection, split: SplitRef) -> np.ndarray:
     """A built split's example ids in the order of its array rows."""
-    return con.execute("SELECT example_id FROM features WHERE model = ? AND dataset = ? AND split = ? "
-                       "ORDER BY array_row", [split.model, split.dataset, split.split]).df()["example_id"].to_numpy()
+    return (
+        con.execute(
+            "SELECT example_id FROM features WHERE model = ? AND dataset = ? AND split = ? ORDER BY array_row",
+            [split.model, split.dataset, split.split],
+        )
+        .df()["example_id"]
+        .to_numpy()
+    )
 
 
 def split_labels(con: duckdb.DuckDBPyConnection, split: SplitRef) -> pd.Series:
     """The label of each example of a built split, by example_id."""
-    return con.execute(
-        "SELECT f.example_id, e.label FROM features f JOIN examples e USING (example_id, dataset, split) "
-        "WHERE f.model = ? AND f.dataset = ? AND f.split = ?", [split.model, split.dataset, split.split],
-    ).df().set_index("example_id")["label"]
+    return (
+        con.execute(
+            "SELECT f.example_id, e.label FROM features f JOIN examples e USING (example_id, dataset, split) "
+            "WHERE f.model = ? AND f.dataset = ? AND f.split = ?",
+            [split.model, split.dataset, split.split],
+        )
+        .df()
+        .set_index("example_id")["label"]
+    )
 
 
 def complete_layer_counts(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, int]:
     """The datasets with complete features of `model` (in name order), each with its number of layers."""
-    rows = con.execute("SELECT dataset, max(n_layers) FROM feature_splits WHERE model = ? AND status = 'complete' "
-                       "GROUP BY dataset ORDER BY dataset", [model]).fetchall()
+    rows = con.execute(
+        "SELECT dataset, max(n_layers) FROM feature_splits WHERE model = ? AND status = 'complete' "
+        "GROUP BY dataset ORDER BY dataset",
+        [model],
+    ).fetchall()
     return {dataset: int(n_layers) for dataset, n_layers in rows}
 
 
 def split_class_counts(con: duckdb.DuckDBPyConnection, model: str, dataset: str) -> pd.Series:
     """The number of distinct labels in each complete split of a dataset's features under `model`, by split."""
-    return con.execute(
-        "SELECT s.split, count(DISTINCT e.label) AS classes FROM feature_splits s "
-        "JOIN features f USING (model, dataset, split) JOIN examples e USING (example_id) "
-        "WHERE s.model = ? AND s.dataset = ? AND s.status = 'complete' GROUP BY s.split",
-        [model, dataset],
-    ).df().set_index("split")["classes"]
+    return (
+        con.execute(
+            "SELECT s.split, count(DISTINCT e.label) AS classes FROM feature_splits s "
+            "JOIN features f USING (model, dataset, split) JOIN examples e USING (example_id) "
+            "WHERE s.model = ? AND s.dataset = ? AND s.status = 'complete' GROUP BY s.split",
+            [model, dataset],
+        )
+        .df()
+        .set_index("split")["classes"]
+    )
 
 
 def complete_split_counts(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Per (model, dataset) with complete features, how many splits are complete; by model and dataset."""
-    return con.execute("SELECT model, dataset, count(*) AS splits FROM feature_splits WHERE status = 'complete' "
-                       "GROUP BY ALL ORDER BY model, dataset").df()
+    return con.execute(
+        "SELECT model, dataset, count(*) AS splits FROM feature_splits WHERE status = 'complete' "
+        "GROUP BY ALL ORDER BY model, dataset"
+    ).df()
 
 
 def model_splits(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> pd.DataFrame:
     """The shape of each complete split of a model's features on these datasets, by dataset and split."""
-    return con.execute("SELECT dataset, split, n_examples, max_seq_len, n_layers, n_heads FROM feature_splits "
-                       "WHERE model = $model AND status = 'complete' AND list_contains($datasets, dataset) "
-                       "ORDER BY dataset, split", {"model": model, "datasets": datasets}).df()
+    return con.execute(
+        "SELECT dataset, split, n_examples, max_seq_len, n_layers, n_heads FROM feature_splits "
+        "WHERE model = $model AND status = 'complete' AND list_contains($datasets, dataset) "
+        "ORDER BY dataset, split",
+        {"model": model, "datasets": datasets},
+    ).df()
 
 
 def model_examples(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> pd.DataFrame:
     """Every example with features of a model on these datasets: dataset, split, example_id, seq_len, truncated,
     label."""
-    return con.execute("SELECT f.dataset, f.split, f.example_id, f.seq_len, f.truncated, e.label FROM features f "
-                       "JOIN examples e USING (example_id, dataset, split) "
-                       "WHERE f.model = $model AND list_contains($datasets, f.dataset)",
-                       {"model": model, "datasets": datasets}).df()
+    return con.execute(
+        "SELECT f.dataset, f.split, f.example_id, f.seq_len, f.truncated, e.label FROM features f "
+        "JOIN examples e USING (example_id, dataset, split) "
+        "WHERE f.model = $model AND list_contains($datasets, f.dataset)",
+        {"model": model, "datasets": datasets},
+    ).df()
 
 
 def split_summaries(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> pd.DataFrame:

@@ -34,22 +34,26 @@ class DatasetNames:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, where: str = "in the catalog") -> DatasetNames:
         """From a frame with columns `name`, `number` and `tag`."""
-        return cls(tuple(map(str, frame["name"])), tuple(map(str, frame["number"])), tuple(map(str, frame["tag"])),
-                   where)
+        return cls(
+            tuple(map(str, frame["name"])), tuple(map(str, frame["number"])), tuple(map(str, frame["tag"])), where
+        )
 
     def resolve(self, given: str) -> str:
         """The one dataset `given` names: its exact name, else the unique dataset with that number or tag."""
         if given in self.names:
             return given
-        matches = {name: "number" if number == given else "tag"
-                   for name, number, tag in zip(self.names, self.numbers, self.tags) if given in (number, tag)}
+        matches = {
+            name: "number" if number == given else "tag"
+            for name, number, tag in zip(self.names, self.numbers, self.tags, strict=False)
+            if given in (number, tag)
+        }
         if len(matches) == 1:
             return next(iter(matches))
         if matches:
             candidates = ", ".join(f"{name} (by {how})" for name, how in matches.items())
             raise FeatstoreError(f"dataset {given!r} is ambiguous: it could be {candidates}; give the full name")
-        raise FeatstoreError(f"dataset {given!r} is not {self.where}"
-                             f"{did_you_mean(given, self.names, dict(zip(self.tags, self.names)))}")
+        by_tag = dict(zip(self.tags, self.names, strict=False))
+        raise FeatstoreError(f"dataset {given!r} is not {self.where}{did_you_mean(given, self.names, by_tag)}")
 
     def resolve_all(self, given: Sequence[str]) -> list[str]:
         """Each of `given` resolved, without repeats, in the order given."""
@@ -78,5 +82,7 @@ def built_models(project: Project, reader: CatalogReader | None = None) -> list[
 
 def unknown_model(given: str, known: Sequence[str], what: str = "features") -> FeatstoreError:
     """The error for a model that has no `what` in the store, naming the models that have some."""
-    return FeatstoreError(f"no {what} of model {given!r} in this store (models with {what}: {', '.join(known) or 'none'})"
-                          f"{did_you_mean(given, known)}")
+    return FeatstoreError(
+        f"no {what} of model {given!r} in this store (models with {what}: {', '.join(known) or 'none'})"
+        f"{did_you_mean(given, known)}"
+    )

@@ -11,30 +11,42 @@ import duckdb
 import pandas as pd
 
 KEYED_BY_RESULT = ("probe_scores", "probe_head_weights")
-LISTED_COLUMNS = ("result_id, dataset, model, probe, feature, layers, aggregation, seed, baseline, control, roc_auc, "
-                  "roc_auc_ci_low, roc_auc_ci_high, n_test")
-REPORTED_COLUMNS = ("result_id, dataset, probe, feature, layers, aggregation, baseline, roc_auc, roc_auc_ci_low, "
-                    "roc_auc_ci_high, n_train, n_test, n_features, seed, control")
+LISTED_COLUMNS = (
+    "result_id, dataset, model, probe, feature, layers, aggregation, seed, baseline, control, roc_auc, "
+    "roc_auc_ci_low, roc_auc_ci_high, n_test"
+)
+REPORTED_COLUMNS = (
+    "result_id, dataset, probe, feature, layers, aggregation, baseline, roc_auc, roc_auc_ci_low, "
+    "roc_auc_ci_high, n_train, n_test, n_features, seed, control"
+)
 
 
 def drop_probe_results(con: duckdb.DuckDBPyConnection, dataset: str, model: str | None = None) -> None:
     """Delete a dataset's probe results (of one model, or of every model) with their scores and weights."""
     condition, params = ("dataset = ?", [dataset]) if model is None else ("dataset = ? AND model = ?", [dataset, model])
     for table in KEYED_BY_RESULT:
-        con.execute(f"DELETE FROM {table} WHERE result_id IN (SELECT result_id FROM probe_results WHERE {condition})",
-                    params)
+        con.execute(
+            f"DELETE FROM {table} WHERE result_id IN (SELECT result_id FROM probe_results WHERE {condition})", params
+        )
     con.execute(f"DELETE FROM probe_results WHERE {condition}", params)
 
 
 def replace_probe_results(
-    con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, scores: pd.DataFrame, head_weights: pd.DataFrame,
+    con: duckdb.DuckDBPyConnection,
+    rows: pd.DataFrame,
+    scores: pd.DataFrame,
+    head_weights: pd.DataFrame,
     refitted: list[str],
 ) -> None:
     """Insert result rows and their test scores, replacing earlier rows of the same result_id; head weights
     are replaced for the `refitted` results only (a re-scored probe keeps its weights). One transaction."""
     con.execute("BEGIN TRANSACTION")
-    for name, frame in (("new_results", rows), ("new_scores", scores), ("new_weights", head_weights),
-                        ("refitted", pd.DataFrame({"result_id": pd.Series(refitted, dtype=str)}))):
+    for name, frame in (
+        ("new_results", rows),
+        ("new_scores", scores),
+        ("new_weights", head_weights),
+        ("refitted", pd.DataFrame({"result_id": pd.Series(refitted, dtype=str)})),
+    ):
         con.register(name, frame)
     con.execute("DELETE FROM probe_scores WHERE result_id IN (SELECT result_id FROM new_results)")
     con.execute("DELETE FROM probe_head_weights WHERE result_id IN (SELECT result_id FROM refitted)")
@@ -59,15 +71,21 @@ def listed_results(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 def model_results(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> pd.DataFrame:
     """The columns the report shows of a model's results on these datasets, by dataset and result id."""
-    return con.execute(f"SELECT {REPORTED_COLUMNS} FROM probe_results WHERE model = $model AND "
-                       "list_contains($datasets, dataset) ORDER BY dataset, result_id",
-                       {"model": model, "datasets": datasets}).df()
+    return con.execute(
+        f"SELECT {REPORTED_COLUMNS} FROM probe_results WHERE model = $model AND "
+        "list_contains($datasets, dataset) ORDER BY dataset, result_id",
+        {"model": model, "datasets": datasets},
+    ).df()
 
 
 def count_results(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> int:
     """How many results a model has on these datasets."""
-    return int(con.execute("SELECT count(*) FROM probe_results WHERE model = $model AND "
-                           "list_contains($datasets, dataset)", {"model": model, "datasets": datasets}).fetchone()[0])
+    return int(
+        con.execute(
+            "SELECT count(*) FROM probe_results WHERE model = $model AND list_contains($datasets, dataset)",
+            {"model": model, "datasets": datasets},
+        ).fetchone()[0]
+    )
 
 
 def probe_path(con: duckdb.DuckDBPyConnection, result_id: str) -> str | None:
@@ -83,26 +101,34 @@ def baselines(con: duckdb.DuckDBPyConnection, model: str) -> pd.DataFrame:
 
 def model_head_weights(con: duckdb.DuckDBPyConnection, model: str, datasets: list[str]) -> pd.DataFrame:
     """The per-head weights of a model's results on these datasets, by result, layer and head."""
-    return con.execute("SELECT w.result_id, w.layer, w.head, w.weight FROM probe_head_weights w JOIN probe_results r "
-                       "USING (result_id) WHERE r.model = $model AND list_contains($datasets, r.dataset) "
-                       "ORDER BY w.result_id, w.layer, w.head", {"model": model, "datasets": datasets}).df()
+    return con.execute(
+        "SELECT w.result_id, w.layer, w.head, w.weight FROM probe_head_weights w JOIN probe_results r "
+        "USING (result_id) WHERE r.model = $model AND list_contains($datasets, r.dataset) "
+        "ORDER BY w.result_id, w.layer, w.head",
+        {"model": model, "datasets": datasets},
+    ).df()
 
 
 def scored_results(con: duckdb.DuckDBPyConnection, result_ids: list[str]) -> set[str]:
     """Which of these results have stored test scores."""
-    found = con.execute("SELECT DISTINCT result_id FROM probe_scores WHERE list_contains($ids, result_id)",
-                        {"ids": result_ids}).df()
+    found = con.execute(
+        "SELECT DISTINCT result_id FROM probe_scores WHERE list_contains($ids, result_id)", {"ids": result_ids}
+    ).df()
     return set(found["result_id"])
 
 
 def result_scores(con: duckdb.DuckDBPyConnection, result_ids: list[str]) -> pd.DataFrame:
     """The stored test scores of these results: result_id, example_id, score."""
-    return con.execute("SELECT result_id, example_id, score FROM probe_scores WHERE list_contains($ids, result_id)",
-                       {"ids": result_ids}).df()
+    return con.execute(
+        "SELECT result_id, example_id, score FROM probe_scores WHERE list_contains($ids, result_id)",
+        {"ids": result_ids},
+    ).df()
 
 
 def labelled_scores(con: duckdb.DuckDBPyConnection, result_ids: list[str]) -> pd.DataFrame:
     """The stored test scores of these results with each example's label: result_id, example_id, score, label."""
-    return con.execute("SELECT s.result_id, s.example_id, s.score, e.label FROM probe_scores s "
-                       "JOIN examples e USING (example_id) WHERE list_contains($ids, s.result_id)",
-                       {"ids": result_ids}).df()
+    return con.execute(
+        "SELECT s.result_id, s.example_id, s.score, e.label FROM probe_scores s "
+        "JOIN examples e USING (example_id) WHERE list_contains($ids, s.result_id)",
+        {"ids": result_ids},
+    ).df()

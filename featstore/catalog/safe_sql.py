@@ -31,7 +31,12 @@ DEFAULT_MAX_ROWS = 100_000
 MAX_RESULT_BYTES = 256 * 2**20
 LOCK_WAIT_S = 120.0  # how long a reader waits for a writer (a build registering a split) to let go
 
-READABLE_STATEMENT_NAMES = {"LOAD": "INSTALL/LOAD", "SET": "SET/RESET/USE", "VACUUM": "VACUUM/ANALYZE", "MULTI": "PIVOT"}
+READABLE_STATEMENT_NAMES = {
+    "LOAD": "INSTALL/LOAD",
+    "SET": "SET/RESET/USE",
+    "VACUUM": "VACUUM/ANALYZE",
+    "MULTI": "PIVOT",
+}
 # `featstore sql --help`: what it runs, and an example
 SQL_COMMAND_HELP = "run one read-only SELECT over the catalog"
 EXAMPLE_QUERY = "SELECT dataset, split, count(*) FROM examples GROUP BY ALL"
@@ -99,7 +104,9 @@ class CatalogReader:
         except duckdb.InterruptException:
             raise QueryRefused(f"query stopped after {timeout_s:g} s time limit") from None
         except duckdb.OutOfMemoryException as err:
-            raise QueryRefused(f"query stopped: out of memory ({str(err).splitlines()[0].split(' Possible solutions')[0]})") from None
+            raise QueryRefused(
+                f"query stopped: out of memory ({str(err).splitlines()[0].split(' Possible solutions')[0]})"
+            ) from None
         except duckdb.PermissionException as err:
             raise QueryRefused(f"refused: file access is disabled in user queries ({one_line(err)})") from None
         except duckdb.Error as err:
@@ -156,8 +163,9 @@ def _capped_query(catalog_path: Path, query: str, max_rows: int, timeout_s: floa
     return frame
 
 
-def query_catalog(catalog_path: Path, query: str, params: Sequence | Mapping | None = None,
-                  reader: CatalogReader | None = None) -> pd.DataFrame:
+def query_catalog(
+    catalog_path: Path, query: str, params: Sequence | Mapping | None = None, reader: CatalogReader | None = None
+) -> pd.DataFrame:
     """One user SELECT through `reader` when a batch of reads shares one, else on its own connection."""
     return reader.query(query, params) if reader is not None else run_user_query(catalog_path, query, params)
 
@@ -169,8 +177,9 @@ def _check_limits(timeout_s: float, max_rows: int | None) -> None:
         raise FeatstoreError(f"max_rows must be 0 or more, got {max_rows}")
 
 
-def examples_where(catalog_path: Path, model: str, dataset: str, split: str, where: str,
-                   reader: CatalogReader | None = None) -> np.ndarray:
+def examples_where(
+    catalog_path: Path, model: str, dataset: str, split: str, where: str, reader: CatalogReader | None = None
+) -> np.ndarray:
     """The example ids of a built split whose `examples` and `features` columns meet a user's SQL condition (the
     `where=` of a view), run as a user query."""
     return query_catalog(

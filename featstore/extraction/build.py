@@ -63,6 +63,7 @@ GPU_MEMORY_SHARE = 0.5  # of the free memory, for one batch's activations (the r
 MAX_WRITERS = 8  # writer threads at most: each holds a shard (100 MB of gpt2-medium rows at 1,024 tokens)
 _TOKENIZING = threading.Lock()  # a fast tokenizer is not safe to share between threads (builds on a cluster)
 
+
 @dataclass(frozen=True)
 class SplitJob:
     """One dataset split to extract: its examples in catalog order."""
@@ -74,8 +75,9 @@ class SplitJob:
     prompts: list[str]
 
 
-def build_features(project: Project, model_spec: str, datasets: list[str] | None, settings: BuildSettings,
-                   cluster: str | None = None) -> int:
+def build_features(
+    project: Project, model_spec: str, datasets: list[str] | None, settings: BuildSettings, cluster: str | None = None
+) -> int:
     """Extract every requested split not already built with the same settings; returns how many were built.
     With `cluster` (a scheduler address or `local:N`), dask workers extract and write the shards."""
     parsed = parse_model_spec(model_spec)
@@ -94,14 +96,27 @@ def build_features(project: Project, model_spec: str, datasets: list[str] | None
             settings = replace(settings, batch_tokens=settings.batch_tokens or default_batch_tokens(model))
             save_tokenizer(model.tokenizer, tokenizer_path(project.tokenizers_dir, key))
             max_len = _resolve_max_len(model, settings)
-            with TokenProgress(_planned_lengths(model, pending, max_len), f"build {key}") as progress, \
-                    SplitPlanner(model, pending, max_len) as planner:
+            with (
+                TokenProgress(_planned_lengths(model, pending, max_len), f"build {key}") as progress,
+                SplitPlanner(model, pending, max_len) as planner,
+            ):
                 builds = []
                 for job in pending:
                     repair = repairs.get((job.dataset, job.split))
-                    builds.append(partial(build_split, project, model, job,
-                                          _repair_settings(settings, recorded, job) if repair else settings, max_len,
-                                          progress, repair.shards if repair else None, write_shards, planner))
+                    builds.append(
+                        partial(
+                            build_split,
+                            project,
+                            model,
+                            job,
+                            _repair_settings(settings, recorded, job) if repair else settings,
+                            max_len,
+                            progress,
+                            repair.shards if repair else None,
+                            write_shards,
+                            planner,
+                        )
+                    )
                 _run_builds(builds, at_once)
     return len(pending)
 
@@ -135,7 +150,7 @@ class SplitPlanner:
     def _submit(self, index: int) -> Future:
         return self.pool.submit(order_job, self.model, self.jobs[index], self.max_len)
 
-    def __enter__(self) -> "SplitPlanner":
+    def __enter__(self) -> SplitPlanner:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -188,8 +203,9 @@ def _run_builds(builds: list[Callable[[], None]], at_once: int) -> None:
 
 
 @contextmanager
-def _shard_writing(parsed: ParsedModelSpec, settings: BuildSettings,
-                   cluster: str | None) -> Iterator[tuple[LoadedModel, ShardWriting, int]]:
+def _shard_writing(
+    parsed: ParsedModelSpec, settings: BuildSettings, cluster: str | None
+) -> Iterator[tuple[LoadedModel, ShardWriting, int]]:
     """The model (for its tokenizer and shape), how shards get written and how many splits to build at once:
     one at a time here with the model loaded in this process, or one per worker on a cluster (the model
     described by a worker, never loaded here)."""
@@ -209,7 +225,9 @@ def _shard_writing(parsed: ParsedModelSpec, settings: BuildSettings,
 def plan_jobs(project: Project, datasets: list[str] | None, limit: int | None) -> list[SplitJob]:
     """The train and test splits of the requested datasets (all indexed ones by default), from the catalog."""
     if not project.catalog_path.exists():
-        raise FeatstoreError("the catalog is empty; run `featstore datasets import-sae-probes` or `featstore datasets clean`")
+        raise FeatstoreError(
+            "the catalog is empty; run `featstore datasets import-sae-probes` or `featstore datasets clean`"
+        )
     with catalog_writer(project) as con:
         indexed = indexed_datasets(con)
         known = {row.name: (row.fingerprint, json.loads(row.split_params)) for row in indexed.itertuples()}
@@ -236,9 +254,14 @@ def limited(rows: pd.DataFrame, dataset: str, limit: int, seed: int) -> pd.DataF
 
 
 def build_split(
-    project: Project, model: LoadedModel, job: SplitJob, settings: BuildSettings, max_len: int,
+    project: Project,
+    model: LoadedModel,
+    job: SplitJob,
+    settings: BuildSettings,
+    max_len: int,
     progress: TokenProgress,
-    repair: frozenset[int] | None = None, write_shards: ShardWriting | None = None,
+    repair: frozenset[int] | None = None,
+    write_shards: ShardWriting | None = None,
     planner: SplitPlanner | None = None,
 ) -> None:
     """Extract one split (resuming a killed build at the shards not yet written), publish it, register it; with
@@ -248,15 +271,39 @@ def build_split(
     ref = SplitRef(model.key, job.dataset, job.split)
     prefix = split_prefix(model.key, job.dataset, job.split)
     tokenized = planner.tokenized(job) if planner is not None else order_job(model, job, max_len)
-    shape = SplitShape(len(tokenized.example_ids), model.n_layers, model.n_heads, model.d_model,
-                       int(tokenized.seq_lens.max()), settings.chunking)
+    shape = SplitShape(
+        len(tokenized.example_ids),
+        model.n_layers,
+        model.n_heads,
+        model.d_model,
+        int(tokenized.seq_lens.max()),
+        settings.chunking,
+    )
     capture = check_capture(model, settings.capture)
-    attrs = {"model": model.identity, "dataset": job.dataset, "split": job.split,
-             "settings": {**settings.stored(), "max_len_applied": max_len, "batch_tokens": settings.batch_tokens,
-                          "capture": capture},
-             "dataset_fingerprint": job.fingerprint}
-    build_key = _digest([model.identity, settings.stored(), settings.batch_tokens, capture, max_len, job.fingerprint,
-                         tokenized.example_ids.tolist(), shape.chunking])
+    attrs = {
+        "model": model.identity,
+        "dataset": job.dataset,
+        "split": job.split,
+        "settings": {
+            **settings.stored(),
+            "max_len_applied": max_len,
+            "batch_tokens": settings.batch_tokens,
+            "capture": capture,
+        },
+        "dataset_fingerprint": job.fingerprint,
+    }
+    build_key = _digest(
+        [
+            model.identity,
+            settings.stored(),
+            settings.batch_tokens,
+            capture,
+            max_len,
+            job.fingerprint,
+            tokenized.example_ids.tolist(),
+            shape.chunking,
+        ]
+    )
     writer = None
     if repair is not None:
         with catalog_writer(project) as con:
@@ -301,8 +348,14 @@ def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, 
             _gather(tokenized, assembler, queue, progress, *launched)
 
 
-def _gather(tokenized: TokenizedSplit, assembler: ShardAssembler, queue: ShardQueue, progress: TokenProgress,
-            batch: slice, copy: HostCopy) -> None:
+def _gather(
+    tokenized: TokenizedSplit,
+    assembler: ShardAssembler,
+    queue: ShardQueue,
+    progress: TokenProgress,
+    batch: slice,
+    copy: HostCopy,
+) -> None:
     """Wait for a launched batch's rows, add them to their shards and queue the shards they complete."""
     batch_attn, batch_resid = copy.result()
     for shard, arrays in assembler.add(batch, batch_attn, batch_resid):
@@ -311,15 +364,27 @@ def _gather(tokenized: TokenizedSplit, assembler: ShardAssembler, queue: ShardQu
     progress.done(tokenized.seq_lens[batch])
 
 
-def _register(project: Project, split: SplitRef, tokenized: TokenizedSplit, shape: SplitShape, version: str,
-              settings: dict, build_seconds: float) -> None:
+def _register(
+    project: Project,
+    split: SplitRef,
+    tokenized: TokenizedSplit,
+    shape: SplitShape,
+    version: str,
+    settings: dict,
+    build_seconds: float,
+) -> None:
     """Record the split's rows and mark it complete (pointing to its published `version`) with this run's wall
     time, in one catalog transaction."""
     rows = pd.DataFrame(
         {
-            "model": split.model, "dataset": split.dataset, "split": split.split,
-            "example_id": tokenized.example_ids, "array_row": np.arange(len(tokenized.example_ids), dtype=np.int32),
-            "seq_len": tokenized.seq_lens, "n_tokens_source": tokenized.source_lens, "truncated": tokenized.truncated,
+            "model": split.model,
+            "dataset": split.dataset,
+            "split": split.split,
+            "example_id": tokenized.example_ids,
+            "array_row": np.arange(len(tokenized.example_ids), dtype=np.int32),
+            "seq_len": tokenized.seq_lens,
+            "n_tokens_source": tokenized.source_lens,
+            "truncated": tokenized.truncated,
         }
     )
     with catalog_writer(project) as con:
@@ -345,14 +410,18 @@ def _needs_build(found: RecordedSplit | None, key: str, job: SplitJob, settings:
     if stored != settings.stored():
         raise FeatstoreError(
             f"{job.dataset}/{job.split} already has {key} features built with {stored}, not {settings.stored()}; "
-            + ("repair them with the options they were built with" if settings.repair else
-               "pass --overwrite to rebuild them")
+            + (
+                "repair them with the options they were built with"
+                if settings.repair
+                else "pass --overwrite to rebuild them"
+            )
         )
     return False
 
 
-def _damaged_shards(project: Project, key: str, jobs: list[SplitJob],
-                    recorded: dict[tuple[str, str], RecordedSplit]) -> dict[tuple[str, str], Damage]:
+def _damaged_shards(
+    project: Project, key: str, jobs: list[SplitJob], recorded: dict[tuple[str, str], RecordedSplit]
+) -> dict[tuple[str, str], Damage]:
     """The complete splits among `jobs` that fail verification, with what rebuilds each."""
     damaged = {}
     for job in jobs:
@@ -364,13 +433,15 @@ def _damaged_shards(project: Project, key: str, jobs: list[SplitJob],
     return damaged
 
 
-def _repair_settings(settings: BuildSettings, recorded: dict[tuple[str, str], RecordedSplit],
-                     job: SplitJob) -> BuildSettings:
+def _repair_settings(
+    settings: BuildSettings, recorded: dict[tuple[str, str], RecordedSplit], job: SplitJob
+) -> BuildSettings:
     """The settings a split was built with, batch size and capture included, so its repaired shards come out
     identical (splits recorded before captures were named were built with the pattern capture)."""
     built = json.loads(recorded[(job.dataset, job.split)].settings)
-    return replace(settings, batch_tokens=built.get("batch_tokens", settings.batch_tokens),
-                   capture=built.get("capture", "pattern"))
+    return replace(
+        settings, batch_tokens=built.get("batch_tokens", settings.batch_tokens), capture=built.get("capture", "pattern")
+    )
 
 
 def _resolve_max_len(model: LoadedModel, settings: BuildSettings) -> int:

@@ -41,7 +41,10 @@ def check_capture(model: LoadedModel, name: str | None) -> str:
 
 
 def capture_last_token(
-    model: LoadedModel, input_ids: np.ndarray, lengths: np.ndarray, out_dtype: npt.DTypeLike = np.float16,
+    model: LoadedModel,
+    input_ids: np.ndarray,
+    lengths: np.ndarray,
+    out_dtype: npt.DTypeLike = np.float16,
     strategy: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run one right-padded batch [B, T] (lengths[i] real tokens each, the rest pad) and return
@@ -52,7 +55,10 @@ def capture_last_token(
 
 
 def launch_capture(
-    model: LoadedModel, input_ids: np.ndarray, lengths: np.ndarray, out_dtype: npt.DTypeLike = np.float16,
+    model: LoadedModel,
+    input_ids: np.ndarray,
+    lengths: np.ndarray,
+    out_dtype: npt.DTypeLike = np.float16,
     strategy: str | None = None,
 ) -> HostCopy:
     """`capture_last_token` without waiting for the rows to reach the host (on a GPU the copy overlaps whatever
@@ -96,7 +102,6 @@ def _check_inputs(
     d_vocab = int(model.identity["d_vocab"])
     if input_ids.min() < 0 or input_ids.max() >= d_vocab:
         raise FeatstoreError(
-            f"token ids must lie in 0..{d_vocab - 1} for model {model.key!r}, "
-            f"got {input_ids.min()}..{input_ids.max()}"
+            f"token ids must lie in 0..{d_vocab - 1} for model {model.key!r}, got {input_ids.min()}..{input_ids.max()}"
         )
     return OUT_DTYPES[np.dtype(out_dtype)]

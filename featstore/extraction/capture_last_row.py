@@ -45,8 +45,9 @@ _UNWRAPPING = threading.Lock()
 
 def run(model: LoadedModel, tokens: torch.Tensor, sink: LastTokenSink) -> None:
     """One Hugging Face forward; the attention function and the layer hooks fill the sink."""
-    unwrapped(model)(input_ids=tokens, attention_mask=sink.attention_mask, logits_to_keep=1, use_cache=False,
-                     **{SINK_KWARG: sink})
+    unwrapped(model)(
+        input_ids=tokens, attention_mask=sink.attention_mask, logits_to_keep=1, use_cache=False, **{SINK_KWARG: sink}
+    )
 
 
 def unwrapped(model: LoadedModel) -> torch.nn.Module:
@@ -84,9 +85,16 @@ def _residual_hook(layer: int):
     return keep_residual
 
 
-def _attention_keeping_last_rows(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                                 value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None = None,
-                                 softcap: float | None = None, **kwargs):
+def _attention_keeping_last_rows(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    softcap: float | None = None,
+    **kwargs,
+):
     """The layer's attention output (SDPA; eager arithmetic where soft-capping rules SDPA out), plus the last
     real token's attention row of every head for the sink, computed as eager attention computes it."""
     sink: LastTokenSink | None = kwargs.pop(SINK_KWARG, None)
@@ -100,8 +108,14 @@ def _attention_keeping_last_rows(module: torch.nn.Module, query: torch.Tensor, k
     return output
 
 
-def _last_rows(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scale: float,
-               softcap: float | None, sink: LastTokenSink) -> torch.Tensor:
+def _last_rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scale: float,
+    softcap: float | None,
+    sink: LastTokenSink,
+) -> torch.Tensor:
     """softmax(softcap(q_last . K * scale)) over the keys the layer's mask lets the last real token see, in
     float32: [B, n_heads, T]. Query heads share key heads in groups (GQA/MQA)."""
     batch, n_heads, _, head_dim = query.shape
@@ -123,9 +137,14 @@ def _visible_keys(attention_mask: torch.Tensor | None, sink: LastTokenSink) -> t
     return attention_mask[sink.rows, 0, sink.last]
 
 
-def _softcapped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                          attention_mask: torch.Tensor | None, scale: float,
-                          softcap: float) -> tuple[torch.Tensor, None]:
+def _softcapped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scale: float,
+    softcap: float,
+) -> tuple[torch.Tensor, None]:
     """Eager attention with logit soft-capping (Gemma 2) over a boolean mask: transformers' eager arithmetic."""
     n_rep = query.shape[1] // key.shape[1]
     scores = torch.matmul(query, repeat_kv(key, n_rep).transpose(2, 3)) * scale

@@ -66,8 +66,9 @@ def capture_help() -> str:
     lines, covered = [], set()
     for name, strategy in CAPTURES.items():
         if strategy.architectures is None:
-            scope = "every architecture the bridge loads" + (f"; the default for all but the {len(covered)} above"
-                                                             if covered else "")
+            scope = "every architecture the bridge loads" + (
+                f"; the default for all but the {len(covered)} above" if covered else ""
+            )
         else:
             scope = ", ".join(strategy.architectures.values())
             covered |= set(strategy.architectures)

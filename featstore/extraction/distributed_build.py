@@ -4,7 +4,8 @@ The coordinator (the `featstore build` process) plans one work unit per pending 
 batches of the whole-split plan that touch its rows (so padding and numerics are those of a
 single-process build) and only the token ids of those batches. A batch that spans two units runs in both,
 so consecutive shards share a unit until cutting there would duplicate at most a quarter of the unit's rows:
-long prompts (small batches) get a unit per shard, a split that is one or two batches (short prompts) one unit. Each worker loads the model once, runs its unit, writes the shard's arrays straight into the
+long prompts (small batches) get a unit per shard, a split that is one or two batches (short prompts) one unit.
+Each worker loads the model once, runs its unit, writes the shard's arrays straight into the
 split's version folder in the store (a shared folder every worker reaches at the same path, or a bucket)
 and returns their manifest
 entries. The coordinator records each shard as it completes (manifest and written set, one root write),
@@ -82,8 +83,9 @@ class ShardUnit:
 
 
 @contextmanager
-def cluster_shard_writing(address: str, model_spec: str,
-                          settings: BuildSettings) -> Iterator[tuple[LoadedModel, ShardWriting, int]]:
+def cluster_shard_writing(
+    address: str, model_spec: str, settings: BuildSettings
+) -> Iterator[tuple[LoadedModel, ShardWriting, int]]:
     """Connect to the cluster, have one worker load the model and describe it (tokenizer, shape, identity:
     the coordinator never loads the weights), and yield that description with the cluster's shard writing and
     how many splits to build at once (one per worker: a split of short prompts is a single unit)."""
@@ -124,13 +126,15 @@ class ClusterWriting:
         with self._lock:
             if self._stopped:
                 raise FeatstoreError("the build was stopped")
-            future = self.client.submit(write_unit, unit, self.spec, resources=self.resources,
-                                        key=_task_key(f"shard-{unit.shards[0]}"))
+            future = self.client.submit(
+                write_unit, unit, self.spec, resources=self.resources, key=_task_key(f"shard-{unit.shards[0]}")
+            )
             self._submitted.add(future)
         return future
 
-    def write_shards(self, model: LoadedModel, plan: SplitPlan, settings: BuildSettings,
-                     progress: TokenProgress) -> None:
+    def write_shards(
+        self, model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: TokenProgress
+    ) -> None:
         """Submit one unit per pending shard, at most `UNITS_PER_WORKER` per worker at a time, and record the
         shards in completion order; on a failure, cancel the rest (what was recorded stays, for a rerun)."""
         from distributed import as_completed
@@ -183,8 +187,19 @@ def plan_units(plan: SplitPlan, batch_tokens: int, digest: str) -> list[ShardUni
         rows = slice(plan.shape.shard_rows(shards[0]).start, plan.shape.shard_rows(shards[-1]).stop)
         touching = [batch for batch in batches if batch.start < rows.stop and batch.stop > rows.start]
         first, last = touching[0].start, touching[-1].stop
-        units.append(ShardUnit(tuple(shards), touching, _window(plan.tokenized, slice(first, last)), first,
-                               plan.shape, plan.writer.location, plan.writer.key, digest, plan.capture))
+        units.append(
+            ShardUnit(
+                tuple(shards),
+                touching,
+                _window(plan.tokenized, slice(first, last)),
+                first,
+                plan.shape,
+                plan.writer.location,
+                plan.writer.key,
+                digest,
+                plan.capture,
+            )
+        )
     return units
 
 
@@ -201,15 +216,18 @@ def write_unit(unit: ShardUnit, spec: ModelSpec) -> dict[int, dict[str, list]]:
     return the manifest entries of the files written, by shard."""
     model = worker_model(spec)
     if model_digest(model.identity) != unit.model_digest:
-        raise FeatstoreError(f"{_worker_name()} loaded {spec.spec!r} as a different model than the one the build "
-                             "was planned with (other weights, library versions or dtype on that machine)")
+        raise FeatstoreError(
+            f"{_worker_name()} loaded {spec.spec!r} as a different model than the one the build "
+            "was planned with (other weights, library versions or dtype on that machine)"
+        )
     assembler = ShardAssembler(unit.window, unit.shape, list(unit.shards), unit.first_row)
     written = {}
     with torch.inference_mode():
         for batch in unit.batches:
             local = slice(batch.start - unit.first_row, batch.stop - unit.first_row)
-            attn, resid = capture_last_token(model, unit.window.padded(local), unit.window.seq_lens[local],
-                                             strategy=unit.capture)
+            attn, resid = capture_last_token(
+                model, unit.window.padded(local), unit.window.seq_lens[local], strategy=unit.capture
+            )
             for shard, arrays in assembler.add(batch, attn, resid):
                 written[shard] = write_shard_arrays(unit.location, unit.key, unit.shape, shard, *arrays)
     return written
@@ -246,8 +264,9 @@ def model_digest(identity: dict) -> str:
 
 
 def _window(tokenized: TokenizedSplit, rows: slice) -> TokenizedSplit:
-    return TokenizedSplit(tokenized.example_ids[rows], tokenized.token_ids[rows], tokenized.seq_lens[rows],
-                          tokenized.source_lens[rows])
+    return TokenizedSplit(
+        tokenized.example_ids[rows], tokenized.token_ids[rows], tokenized.seq_lens[rows], tokenized.source_lens[rows]
+    )
 
 
 def _result(future: Future, what: str):
@@ -259,11 +278,14 @@ def _result(future: Future, what: str):
     try:
         return future.result()
     except KilledWorker:
-        raise FeatstoreError(f"{what}: the dask workers running it died repeatedly (out of memory?); what was "
-                             "written is kept, run the command again to resume") from None
+        raise FeatstoreError(
+            f"{what}: the dask workers running it died repeatedly (out of memory?); what was "
+            "written is kept, run the command again to resume"
+        ) from None
     except FutureCancelledError:
-        raise FeatstoreError(f"{what} was cancelled on the dask cluster (its scheduler restarted?); run the "
-                             "command again to resume") from None
+        raise FeatstoreError(
+            f"{what} was cancelled on the dask cluster (its scheduler restarted?); run the command again to resume"
+        ) from None
 
 
 def _task_key(name: str) -> str:

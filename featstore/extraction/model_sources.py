@@ -37,8 +37,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 LOAD_HINT = (
-    "point --model at a local directory of Hugging Face weights, a .gguf file, "
-    "smollm2-135m or random:gpt2-medium"
+    "point --model at a local directory of Hugging Face weights, a .gguf file, smollm2-135m or random:gpt2-medium"
 )
 HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -99,8 +98,10 @@ class RandomModel(ModelSource):
     def parse(self, spec: str) -> ParsedModelSpec:
         arch = spec.removeprefix(self.prefix)
         if arch not in RANDOM_CONFIGS:
-            raise ModelLoadError(f"unknown random architecture {arch!r} in {spec!r}: use one of "
-                                 + ", ".join(self.prefix + name for name in sorted(RANDOM_CONFIGS)))
+            raise ModelLoadError(
+                f"unknown random architecture {arch!r} in {spec!r}: use one of "
+                + ", ".join(self.prefix + name for name in sorted(RANDOM_CONFIGS))
+            )
         return ParsedModelSpec(spec, spec, f"{spec}@seed{RANDOM_SEED}", self, arch)
 
     def boot(self, target: str, device: torch.device, dtype: torch.dtype) -> Booted:
@@ -114,8 +115,12 @@ class RandomModel(ModelSource):
             with torch.device(device):
                 hf_model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
             bridge = _boot_prebuilt(self.prefix + target, hf_model, byte_level_tokenizer(), device, dtype)
-        source = {"source": "random", "seed": RANDOM_SEED, "config": json.loads(config.to_json_string(use_diff=True)),
-                  **({"drawn_on": "cuda"} if on_gpu else {})}
+        source = {
+            "source": "random",
+            "seed": RANDOM_SEED,
+            "config": json.loads(config.to_json_string(use_diff=True)),
+            **({"drawn_on": "cuda"} if on_gpu else {}),
+        }
         return Booted(bridge, self.prefix + target, source, BYTE_TOKENIZER_NAME)
 
 

@@ -37,17 +37,33 @@ def _tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    shape = {"vocab_size": END_OF_TEXT_ID + 1, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-             "tie_word_embeddings": False, "initializer_range": 0.2}
+    shape = {
+        "vocab_size": END_OF_TEXT_ID + 1,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.2,
+    }
     ids = {"bos_token_id": END_OF_TEXT_ID, "eos_token_id": END_OF_TEXT_ID, "pad_token_id": END_OF_TEXT_ID}
     named = {"architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]}  # how the bridge picks its adapter
     return AutoConfig.for_model(model_type, **(shape | ids | named | overrides))
 
 
-LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048, rope_theta=500000.0,
-                tie_word_embeddings=True)
+LLAMA_1B = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=2048,
+    rope_theta=500000.0,
+    tie_word_embeddings=True,
+)
 
 # initializer_range 0.2 on the tiny models: GPT-2's 0.02 gives near-uniform attention rows
 # (max weight 0.027 over 40 keys), 0.2 gives peaky ones (max weight about 0.5), so indexing bugs show.
@@ -77,18 +93,30 @@ RANDOM_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "qwen3-tiny": lambda: _tiny_config("qwen3", head_dim=16),  # QK-norm
     "gemma-tiny": lambda: _tiny_config("gemma", head_dim=16, num_key_value_heads=1),  # multi-query
     "gemma2-tiny": lambda: _tiny_config(  # soft-capped logits, sliding and global layers alternating
-        "gemma2", head_dim=16, sliding_window=16, attn_logit_softcapping=5.0, final_logit_softcapping=30.0,
+        "gemma2",
+        head_dim=16,
+        sliding_window=16,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=30.0,
         query_pre_attn_scalar=16,
     ),
     "gemma3_text-tiny": lambda: _tiny_config(  # local layers (own rotary base), then a global one; QK-norm
-        "gemma3_text", head_dim=16, sliding_window=16, num_hidden_layers=3, query_pre_attn_scalar=16,
+        "gemma3_text",
+        head_dim=16,
+        sliding_window=16,
+        num_hidden_layers=3,
+        query_pre_attn_scalar=16,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
     ),
     "phi3-tiny": lambda: _tiny_config("phi3", partial_rotary_factor=0.5, sliding_window=16),
     "gpt_neox-tiny": lambda: _tiny_config("gpt_neox", rotary_pct=0.25, num_key_value_heads=4),  # partial rotary
     "olmo2-tiny": lambda: _tiny_config("olmo2"),  # QK-norm over all heads, norms after attention and MLP
     "opt-tiny": lambda: _tiny_config(
-        "opt", ffn_dim=128, word_embed_proj_dim=64, num_key_value_heads=4, enable_bias=True,
+        "opt",
+        ffn_dim=128,
+        word_embed_proj_dim=64,
+        num_key_value_heads=4,
+        enable_bias=True,
     ),
     "llama-1b": lambda: _llama_config(**LLAMA_1B),  # Llama-3.2-1B's shape; its vocabulary, byte tokens
 }

@@ -46,9 +46,11 @@ class ShardAssembler:
 
     def rows_in(self, batch: slice) -> int:
         """How many rows of `batch` belong to shards to write (0: the batch need not run)."""
-        return sum(min(batch.stop, self._rows(shard).stop) - max(batch.start, self._rows(shard).start)
-                   for shard in range(batch.start // SHARD_EXAMPLES, (batch.stop - 1) // SHARD_EXAMPLES + 1)
-                   if shard in self.wanted)
+        return sum(
+            min(batch.stop, self._rows(shard).stop) - max(batch.start, self._rows(shard).start)
+            for shard in range(batch.start // SHARD_EXAMPLES, (batch.stop - 1) // SHARD_EXAMPLES + 1)
+            if shard in self.wanted
+        )
 
     def add(self, batch: slice, attn: np.ndarray, resid: np.ndarray) -> list[tuple[int, tuple[np.ndarray, ...]]]:
         """Store a batch's rows that belong to shards to write; return the shards it completed, in order, as
@@ -75,8 +77,11 @@ class ShardAssembler:
         rows = self._rows(shard)
         width = int(self.tokenized.seq_lens[rows.stop - 1 - self.first_row])
         n, layers, heads, d_model = rows.stop - rows.start, self.shape.n_layers, self.shape.n_heads, self.shape.d_model
-        buffer = ShardBuffer(rows, np.zeros((n, layers, heads, width), dtype=np.float16),
-                             np.zeros((n, layers, d_model), dtype=np.float16))
+        buffer = ShardBuffer(
+            rows,
+            np.zeros((n, layers, heads, width), dtype=np.float16),
+            np.zeros((n, layers, d_model), dtype=np.float16),
+        )
         self.open[shard] = buffer
         return buffer
 

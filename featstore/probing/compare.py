@@ -69,15 +69,44 @@ def paired_comparisons(project: Project, rows: pd.DataFrame, reference: str = BA
             continue
         a, b = scores[(item.model, item.dataset, item.setting)], scores[(item.model, item.dataset, ref["setting"])]
         shared = a.join(b, how="inner", lsuffix="_a", rsuffix="_b")
-        test = paired_auc_difference(shared["label_a"].to_numpy(), shared["score_a"].to_numpy(),
-                                     shared["score_b"].to_numpy())
-        records.append({"model": item.model, "dataset": item.dataset, "setting": item.setting, "auc": item.auc,
-                        "auc_sd": item.auc_sd, "seeds": item.seeds, "reference": ref["setting"],
-                        "reference_auc": ref["auc"], "delta_auc": test.delta, "delta_ci_low": test.ci_low,
-                        "delta_ci_high": test.ci_high, "p_value": test.p_value, "n_test": test.n})
-    frame = pd.DataFrame(records, columns=["model", "dataset", "setting", "auc", "auc_sd", "seeds", "reference",
-                                           "reference_auc", "delta_auc", "delta_ci_low", "delta_ci_high", "p_value",
-                                           "n_test"])
+        test = paired_auc_difference(
+            shared["label_a"].to_numpy(), shared["score_a"].to_numpy(), shared["score_b"].to_numpy()
+        )
+        records.append(
+            {
+                "model": item.model,
+                "dataset": item.dataset,
+                "setting": item.setting,
+                "auc": item.auc,
+                "auc_sd": item.auc_sd,
+                "seeds": item.seeds,
+                "reference": ref["setting"],
+                "reference_auc": ref["auc"],
+                "delta_auc": test.delta,
+                "delta_ci_low": test.ci_low,
+                "delta_ci_high": test.ci_high,
+                "p_value": test.p_value,
+                "n_test": test.n,
+            }
+        )
+    frame = pd.DataFrame(
+        records,
+        columns=[
+            "model",
+            "dataset",
+            "setting",
+            "auc",
+            "auc_sd",
+            "seeds",
+            "reference",
+            "reference_auc",
+            "delta_auc",
+            "delta_ci_low",
+            "delta_ci_high",
+            "p_value",
+            "n_test",
+        ],
+    )
     frame["p_holm"] = frame.groupby(["model", "setting"])["p_value"].transform(lambda p: holm(p.to_numpy()))
     frame["verdict"] = verdicts(frame)
     return frame
@@ -86,8 +115,15 @@ def paired_comparisons(project: Project, rows: pd.DataFrame, reference: str = BA
 def verdicts(comparisons: pd.DataFrame) -> pd.Series:
     """`better`, `worse` (Holm-adjusted p below ALPHA, by the sign of ΔAUC) or `same` (not different)."""
     significant = comparisons["p_holm"] < ALPHA
-    return pd.Series(np.select([significant & (comparisons["delta_auc"] > 0), significant & (comparisons["delta_auc"] < 0)],
-                               ["better", "worse"], "same"), index=comparisons.index, dtype=object)
+    return pd.Series(
+        np.select(
+            [significant & (comparisons["delta_auc"] > 0), significant & (comparisons["delta_auc"] < 0)],
+            ["better", "worse"],
+            "same",
+        ),
+        index=comparisons.index,
+        dtype=object,
+    )
 
 
 def across_datasets(comparisons: pd.DataFrame, hard: set[str] | None = None, seed: int = 0) -> pd.DataFrame:
@@ -100,12 +136,33 @@ def across_datasets(comparisons: pd.DataFrame, hard: set[str] | None = None, see
     for (model, setting), group in comparisons.groupby(["model", "setting"], sort=False):
         low, high = bootstrap_mean_interval(group["delta_auc"].to_numpy(), seed=seed)
         counts = group["verdict"].value_counts()
-        records.append({"model": model, "setting": setting, "n_datasets": len(group),
-                        "mean_delta_auc": float(group["delta_auc"].mean()), "mean_ci_low": low, "mean_ci_high": high,
-                        "better": int(counts.get("better", 0)), "same": int(counts.get("same", 0)),
-                        "worse": int(counts.get("worse", 0))})
-    return pd.DataFrame(records, columns=["model", "setting", "n_datasets", "mean_delta_auc", "mean_ci_low",
-                                          "mean_ci_high", "better", "same", "worse"])
+        records.append(
+            {
+                "model": model,
+                "setting": setting,
+                "n_datasets": len(group),
+                "mean_delta_auc": float(group["delta_auc"].mean()),
+                "mean_ci_low": low,
+                "mean_ci_high": high,
+                "better": int(counts.get("better", 0)),
+                "same": int(counts.get("same", 0)),
+                "worse": int(counts.get("worse", 0)),
+            }
+        )
+    return pd.DataFrame(
+        records,
+        columns=[
+            "model",
+            "setting",
+            "n_datasets",
+            "mean_delta_auc",
+            "mean_ci_low",
+            "mean_ci_high",
+            "better",
+            "same",
+            "worse",
+        ],
+    )
 
 
 def hard_datasets(comparisons: pd.DataFrame, threshold: float = HARD_THRESHOLD) -> set[str]:
@@ -123,11 +180,14 @@ def _averaged_scores(project: Project, summary: pd.DataFrame) -> dict[tuple, pd.
     for item in summary.itertuples(index=False):
         missing = [rid for rid in item.result_ids if rid not in by_result]
         if missing:
-            raise FeatstoreError(f"{item.dataset} ({item.setting}): no stored test scores; refit it with "
-                                 "`featstore probe ... --overwrite-eval`")
+            raise FeatstoreError(
+                f"{item.dataset} ({item.setting}): no stored test scores; refit it with "
+                "`featstore probe ... --overwrite-eval`"
+            )
         frames = pd.concat([by_result[rid] for rid in item.result_ids])
         averaged[(item.model, item.dataset, item.setting)] = frames.groupby("example_id").agg(
-            score=("score", "mean"), label=("label", "first"))
+            score=("score", "mean"), label=("label", "first")
+        )
     return averaged
 
 
@@ -140,25 +200,46 @@ def comparisons_text(comparisons: pd.DataFrame, width: int = 120) -> str:
     parts = []
     for model, of_model in comparisons.groupby("model", sort=False):
         settings = list(dict.fromkeys(of_model["setting"]))
-        marked = of_model.assign(cell=[f"{delta:+.3f}{'*' if p < ALPHA else ' '}"
-                                       for delta, p in zip(of_model["delta_auc"], of_model["p_holm"])])
+        marked = of_model.assign(
+            cell=[
+                f"{delta:+.3f}{'*' if p < ALPHA else ' '}"
+                for delta, p in zip(of_model["delta_auc"], of_model["p_holm"], strict=False)
+            ]
+        )
         cells = marked.pivot(index="dataset", columns="setting", values="cell").reindex(columns=settings)
         reference = of_model.groupby("dataset")["reference_auc"].first()
         shown = [[dataset, f"{reference[dataset]:.3f}", *cells.loc[dataset].fillna("-")] for dataset in cells.index]
         reference_name = of_model["reference"].iloc[0]
-        heading = (f"{model}: test ΔAUC vs {reference_name} (paired DeLong; * = Holm-adjusted p < {ALPHA:.2f} "
-                   f"across datasets)")
+        heading = (
+            f"{model}: test ΔAUC vs {reference_name} (paired DeLong; * = Holm-adjusted p < {ALPHA:.2f} across datasets)"
+        )
         tables = text_tables(["dataset", "reference AUC", *settings], shown, fixed=2, width=width)
         summary_parts = []
-        for title, hard in (("all datasets", None), (f"hard datasets (reference AUC < {HARD_THRESHOLD})",
-                                                     hard_datasets(of_model))):
+        for title, hard in (
+            ("all datasets", None),
+            (f"hard datasets (reference AUC < {HARD_THRESHOLD})", hard_datasets(of_model)),
+        ):
             summary = across_datasets(of_model, hard)
-            lines = [[row.setting, str(row.n_datasets),
-                      f"{row.mean_delta_auc:+.3f} [{row.mean_ci_low:+.3f}, {row.mean_ci_high:+.3f}]",
-                      f"{row.better}/{row.same}/{row.worse}"] for row in summary.itertuples()]
+            lines = [
+                [
+                    row.setting,
+                    str(row.n_datasets),
+                    f"{row.mean_delta_auc:+.3f} [{row.mean_ci_low:+.3f}, {row.mean_ci_high:+.3f}]",
+                    f"{row.better}/{row.same}/{row.worse}",
+                ]
+                for row in summary.itertuples()
+            ]
             if lines:
-                summary_parts.append(f"mean ΔAUC over {title}, 95% bootstrap interval over datasets\n" + "\n".join(
-                    text_tables(["setting", "n", "mean ΔAUC [95% CI]", "better/same/worse"], lines, fixed=4,
-                                width=max(width, 200))))
+                summary_parts.append(
+                    f"mean ΔAUC over {title}, 95% bootstrap interval over datasets\n"
+                    + "\n".join(
+                        text_tables(
+                            ["setting", "n", "mean ΔAUC [95% CI]", "better/same/worse"],
+                            lines,
+                            fixed=4,
+                            width=max(width, 200),
+                        )
+                    )
+                )
         parts.append("\n\n".join([heading + "\n" + "\n\n".join(tables), *summary_parts]))
     return "\n\n".join(parts)

@@ -29,5 +29,6 @@ class ProbeFamily:
 
 FAMILIES: dict[str, ProbeFamily] = {
     name: ProbeFamily(family.input, partial(family.make, name), preset.summary)
-    for family in REGISTRY.values() for name, preset in family.presets.items()
+    for family in REGISTRY.values()
+    for name, preset in family.presets.items()
 }

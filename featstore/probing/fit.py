@@ -76,14 +76,17 @@ def reevaluate(project: Project, spec: ProbeSpec, previous: dict) -> Fitted:
     key = previous["probe_path"]
     probe = read_probe(project, key)
     if type(probe) is not type(FAMILIES[spec.probe].make(spec.seed)):
-        raise FeatstoreError(f"the saved probe {project.store.describe(key)} is a {type(probe).__name__}, not a "
-                             f"{spec.probe} probe; refit it with --overwrite-train")
+        raise FeatstoreError(
+            f"the saved probe {project.store.describe(key)} is a {type(probe).__name__}, not a "
+            f"{spec.probe} probe; refit it with --overwrite-train"
+        )
     row, scores = _score(project, spec, probe, previous["fit_seconds"], previous["n_train"], previous["probe_path"])
     return Fitted({**row, "created_at": previous["created_at"]}, scores)
 
 
-def _score(project: Project, spec: ProbeSpec, probe, fit_seconds: float, n_train: int,
-           probe_path: str) -> tuple[dict, pd.DataFrame]:
+def _score(
+    project: Project, spec: ProbeSpec, probe, fit_seconds: float, n_train: int, probe_path: str
+) -> tuple[dict, pd.DataFrame]:
     """The result row and the per-example decision scores of a fitted probe on the test split."""
     test = feature_matrix(project, spec, TEST)
     with _probe_errors(spec):

@@ -20,10 +20,12 @@ def head_weights(standardised: np.ndarray, names: list[str]) -> pd.DataFrame:
     `L<layer>.H<head>...`; no rows when none is."""
     heads = [_HEAD_FEATURE.search(name) for name in names]
     keep = np.array([match is not None for match in heads], dtype=bool)
-    frame = pd.DataFrame({
-        "layer": [int(m["layer"]) for m in heads if m is not None],
-        "head": [int(m["head"]) for m in heads if m is not None],
-        "squared": np.asarray(standardised, dtype=np.float64)[keep] ** 2,
-    }).astype({"layer": np.int32, "head": np.int32})
+    frame = pd.DataFrame(
+        {
+            "layer": [int(m["layer"]) for m in heads if m is not None],
+            "head": [int(m["head"]) for m in heads if m is not None],
+            "squared": np.asarray(standardised, dtype=np.float64)[keep] ** 2,
+        }
+    ).astype({"layer": np.int32, "head": np.int32})
     summed = frame.groupby(["layer", "head"], as_index=False)["squared"].sum()
     return summed.assign(weight=np.sqrt(summed.pop("squared")))

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import xarray as xr
 
-from featstore.catalog.features import split_class_counts
 from featstore.catalog.database import catalog_reader
+from featstore.catalog.features import split_class_counts
 from featstore.errors import FeatstoreError
 from featstore.probing.specs import LENGTH_FEATURE, ROWS_AGGREGATION, ProbeSpec, Stack
 from featstore.project import Project
@@ -38,8 +38,10 @@ def feature_matrix(project: Project, spec: ProbeSpec, split: str) -> FeatureMatr
     """The probe input of one split, read from that split alone: a matrix, lazy attention rows (read batch by
     batch while fitting), or one matrix per base setting of a stack."""
     if isinstance(spec.aggregation, Stack):
-        bases = [feature_matrix(project, replace(spec, layers=base.layers, aggregation=base.aggregation), split)
-                 for base in spec.aggregation.bases]
+        bases = [
+            feature_matrix(project, replace(spec, layers=base.layers, aggregation=base.aggregation), split)
+            for base in spec.aggregation.bases
+        ]
         return FeatureMatrix([b.X for b in bases], bases[0].y, bases[0].example_ids, [])
     rows = spec.aggregation == ROWS_AGGREGATION  # read in contiguous batches: straight through zarr is faster
     view = open_view(project, spec.dataset, split, model=spec.model, layers=list(spec.layers) or None, dask=not rows)
@@ -67,7 +69,8 @@ def check_splits(project: Project, specs: list[ProbeSpec], splits: tuple[str, ..
     for (dataset, model), classes in counts.items():
         for split in splits:
             if split not in classes:
-                raise FeatstoreError(f"no complete {split} features of {dataset} for model {model!r}; "
-                                     "run `featstore build` first")
+                raise FeatstoreError(
+                    f"no complete {split} features of {dataset} for model {model!r}; run `featstore build` first"
+                )
             if classes[split] < 2:
                 raise FeatstoreError(f"{dataset}: the {split} split of {model} has one class only; probes need both")

@@ -32,8 +32,11 @@ def done_results(project: Project, specs: list[ProbeSpec]) -> dict[str, dict]:
     done = {rid: row for rid, row in rows.items() if row["probe_path"] in saved}
     pickled = {s.result_id for s in specs if s.result_id in done and is_pickled(done[s.result_id]["probe_path"])}
     if pickled:
-        warnings.warn(f"{len(pickled)} saved probe(s) of this run are pickles written by an older featstore, never "
-                      "loaded: refitting them", stacklevel=3)
+        warnings.warn(
+            f"{len(pickled)} saved probe(s) of this run are pickles written by an older featstore, never "
+            "loaded: refitting them",
+            stacklevel=3,
+        )
     return {rid: row for rid, row in done.items() if rid not in pickled}
 
 
@@ -66,9 +69,13 @@ def write_fits(project: Project, fitted: list[Fitted], overwrite_train: bool) ->
             with catalog_writer(project) as con:
                 committing = True  # from here the commit may have happened: the next run decides
                 replace_probe_results(
-                    con, pd.DataFrame([item.row for item in wanted]), pd.concat([item.scores for item in wanted]),
-                    pd.concat([item.head_weights for item in refitted]
-                              or [keyed(head_weights(np.zeros(0), []), "", HEAD_WEIGHT_COLUMNS)]),
+                    con,
+                    pd.DataFrame([item.row for item in wanted]),
+                    pd.concat([item.scores for item in wanted]),
+                    pd.concat(
+                        [item.head_weights for item in refitted]
+                        or [keyed(head_weights(np.zeros(0), []), "", HEAD_WEIGHT_COLUMNS)]
+                    ),
                     [item.row["result_id"] for item in refitted],
                 )
         except BaseException:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from featstore.catalog.features import complete_layer_counts
 from featstore.catalog.database import catalog_reader
+from featstore.catalog.features import complete_layer_counts
 from featstore.catalog.names import built_models, catalog_dataset_names, unknown_model
 from featstore.catalog.probe_records import baselines
 from featstore.errors import FeatstoreError
@@ -65,20 +65,30 @@ def _single_seed_specs(project: Project, request: ProbeRequest) -> list[ProbeSpe
     datasets = catalog_dataset_names(project).resolve_all(request.datasets) if request.datasets else list(n_layers)
     missing = [d for d in datasets if d not in n_layers]
     if missing:
-        raise FeatstoreError(f"no complete features of {', '.join(missing)} for model {request.model!r}; "
-                             f"run `featstore build --model {request.model} --datasets {' '.join(missing)}` first")
+        raise FeatstoreError(
+            f"no complete features of {', '.join(missing)} for model {request.model!r}; "
+            f"run `featstore build --model {request.model} --datasets {' '.join(missing)}` first"
+        )
     if request.hard_threshold is not None:
         datasets = hard_datasets(project, request.model, datasets, request.hard_threshold)
     if request.baseline:
-        flags = (("--feature", request.feature != "attn"), ("--layers", request.layers),
-                 ("--each-layer", request.each_layer), ("--aggregation", request.aggregations),
-                 ("--probe", request.probes != ["logreg"]))
+        flags = (
+            ("--feature", request.feature != "attn"),
+            ("--layers", request.layers),
+            ("--each-layer", request.each_layer),
+            ("--aggregation", request.aggregations),
+            ("--probe", request.probes != ["logreg"]),
+        )
         ignored = [flag for flag, given in flags if given]
         if ignored:
-            raise FeatstoreError(f"--baseline fits the SAE-Probes baseline only (last-token residual, logreg); "
-                                 f"drop {', '.join(ignored)} or run them separately")
-        return [baseline_spec(request.model, dataset, n_layers[dataset], request.baseline_layer, request.seed)
-                for dataset in datasets]
+            raise FeatstoreError(
+                f"--baseline fits the SAE-Probes baseline only (last-token residual, logreg); "
+                f"drop {', '.join(ignored)} or run them separately"
+            )
+        return [
+            baseline_spec(request.model, dataset, n_layers[dataset], request.baseline_layer, request.seed)
+            for dataset in datasets
+        ]
     aggregations = aggregation_names(request.feature, request.aggregations)
     if request.feature == LENGTH_FEATURE and (request.layers or request.each_layer):
         raise FeatstoreError("--layers and --each-layer do not apply to --feature length (it reads seq_len only)")
@@ -87,20 +97,28 @@ def _single_seed_specs(project: Project, request: ProbeRequest) -> list[ProbeSpe
         raise FeatstoreError("--probe attention-row and meta read attention rows: use them with --feature attn")
     specs = []
     for dataset in datasets:
-        layers = () if request.feature == LENGTH_FEATURE else resolve_layers(n_layers[dataset], request.model,
-                                                                             request.layers)
+        layers = (
+            ()
+            if request.feature == LENGTH_FEATURE
+            else resolve_layers(n_layers[dataset], request.model, request.layers)
+        )
         layer_sets = [(layer,) for layer in layers] if request.each_layer else [layers]
         for probe in dict.fromkeys(request.probes):
             family = FAMILIES[probe].input
             if family == "rows":
-                specs += [ProbeSpec(dataset, request.model, "attn", layer_set, ROWS_AGGREGATION, probe, request.seed)
-                          for layer_set in layer_sets]
+                specs += [
+                    ProbeSpec(dataset, request.model, "attn", layer_set, ROWS_AGGREGATION, probe, request.seed)
+                    for layer_set in layer_sets
+                ]
             elif family == "stack":
                 stack = Stack(tuple(BaseSetting(s, a) for s in layer_sets for a in aggregations))
                 specs.append(ProbeSpec(dataset, request.model, "attn", layers, stack, probe, request.seed))
             else:
-                specs += [ProbeSpec(dataset, request.model, request.feature, layer_set, aggregation, probe,
-                                    request.seed) for layer_set in layer_sets for aggregation in aggregations]
+                specs += [
+                    ProbeSpec(dataset, request.model, request.feature, layer_set, aggregation, probe, request.seed)
+                    for layer_set in layer_sets
+                    for aggregation in aggregations
+                ]
     return specs
 
 
@@ -139,7 +157,8 @@ def hard_datasets(project: Project, model: str, datasets: list[str], threshold: 
         found = baselines(con, model)
     missing = sorted(set(datasets) - set(found["dataset"]))
     if missing:
-        raise FeatstoreError(f"no baseline for {', '.join(missing)} under {model}; "
-                             "run `featstore probe --baseline` first")
+        raise FeatstoreError(
+            f"no baseline for {', '.join(missing)} under {model}; run `featstore probe --baseline` first"
+        )
     hard = set(found.loc[found["roc_auc"] < threshold, "dataset"])
     return [d for d in datasets if d in hard]

@@ -22,8 +22,9 @@ HEADER_WIDTH = 14  # a setting's label wraps at this width, or its cells' width 
 HEADER_LINES = 3  # labels needing more lines are numbered and spelled out under their table
 
 
-def result_rows(project: Project, model: str | None = None, datasets: list[str] | None = None,
-                settings: str | None = None) -> pd.DataFrame:
+def result_rows(
+    project: Project, model: str | None = None, datasets: list[str] | None = None, settings: str | None = None
+) -> pd.DataFrame:
     """The probe results `featstore results` shows, each with its setting label, in natural setting order;
     `settings` keeps the labels matching that glob pattern (`*bins*`). A model without results, an unknown dataset
     name, a dataset without results or a pattern matching nothing is a one-line error."""
@@ -37,15 +38,19 @@ def result_rows(project: Project, model: str | None = None, datasets: list[str] 
         names = catalog_dataset_names(project).resolve_all(datasets)
         without = [name for name in names if name not in set(frame["dataset"])]
         if without:
-            raise FeatstoreError(f"no probe results of {', '.join(without)}{f' for model {model!r}' if model else ''}; "
-                                 f"run `featstore probe --model {model or '<model>'} --datasets {' '.join(without)}` first")
+            raise FeatstoreError(
+                f"no probe results of {', '.join(without)}{f' for model {model!r}' if model else ''}; "
+                f"run `featstore probe --model {model or '<model>'} --datasets {' '.join(without)}` first"
+            )
         frame = frame[frame["dataset"].isin(names)]
     frame = frame.assign(setting=setting_labels(frame))
     if settings is not None:
         matched = frame["setting"].map(lambda label: fnmatch.fnmatchcase(label, settings))
         if not matched.any():
-            raise FeatstoreError(f"no setting matches {settings!r}; the settings are: "
-                                 + "; ".join(natural_order(frame)["setting"].unique()))
+            raise FeatstoreError(
+                f"no setting matches {settings!r}; the settings are: "
+                + "; ".join(natural_order(frame)["setting"].unique())
+            )
         frame = frame[matched]
     return natural_order(frame)
 
@@ -55,14 +60,25 @@ def natural_order(frame: pd.DataFrame) -> pd.DataFrame:
     numerically, aggregation and probe, each setting's shuffled-label control right after it; then dataset, seed."""
     controls = frame["control"].fillna("") if "control" in frame else pd.Series("", index=frame.index)
     layers = frame["layers"].map(parse_layers_label)
-    key = pd.DataFrame({
-        "model": frame["model"],
-        "role": [0 if baseline else 1 if feature == LENGTH_FEATURE else 2
-                 for baseline, feature in zip(frame["baseline"], frame["feature"])],
-        "feature": frame["feature"], "first": layers.map(lambda x: x[0] if x else -1), "count": layers.map(len),
-        "layers": layers, "aggregation": frame["aggregation"], "probe": frame["probe"], "control": controls,
-        "dataset": frame["dataset"], "seed": frame["seed"],
-    }, index=frame.index)
+    key = pd.DataFrame(
+        {
+            "model": frame["model"],
+            "role": [
+                0 if baseline else 1 if feature == LENGTH_FEATURE else 2
+                for baseline, feature in zip(frame["baseline"], frame["feature"], strict=False)
+            ],
+            "feature": frame["feature"],
+            "first": layers.map(lambda x: x[0] if x else -1),
+            "count": layers.map(len),
+            "layers": layers,
+            "aggregation": frame["aggregation"],
+            "probe": frame["probe"],
+            "control": controls,
+            "dataset": frame["dataset"],
+            "seed": frame["seed"],
+        },
+        index=frame.index,
+    )
     return frame.loc[key.sort_values(list(key.columns), kind="stable").index]
 
 
@@ -95,10 +111,14 @@ def seed_means(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, dataset, setting), in the order of `rows`: the mean of its seeds' AUC and interval
     bounds, `auc_sd` (their standard deviation, 0 for one seed), `seeds` and n_test."""
     grouped = rows.groupby(["model", "dataset", "setting"], sort=False)
-    return grouped.agg(roc_auc=("roc_auc", "mean"), roc_auc_ci_low=("roc_auc_ci_low", "mean"),
-                       roc_auc_ci_high=("roc_auc_ci_high", "mean"), n_test=("n_test", "max"),
-                       auc_sd=("roc_auc", lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0),
-                       seeds=("roc_auc", "size")).reset_index()
+    return grouped.agg(
+        roc_auc=("roc_auc", "mean"),
+        roc_auc_ci_low=("roc_auc_ci_low", "mean"),
+        roc_auc_ci_high=("roc_auc_ci_high", "mean"),
+        n_test=("n_test", "max"),
+        auc_sd=("roc_auc", lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0),
+        seeds=("roc_auc", "size"),
+    ).reset_index()
 
 
 def equal_n_means(table: pd.DataFrame) -> tuple[pd.Series, int]:
@@ -121,8 +141,9 @@ def results_text(rows: pd.DataFrame, ci: bool = False, width: int = 120) -> str:
         cells = of_model.assign(cell=_cells(of_model, ci)).pivot(index="dataset", columns="setting", values="cell")
         cells = cells.reindex(columns=columns)
         means, n = equal_n_means(of_model.pivot(index="dataset", columns="setting", values="roc_auc"))
-        n_test = of_model.groupby("dataset")["n_test"].agg(lambda n: f"{n.min()}" if n.min() == n.max()
-                                                            else f"{n.min()}-{n.max()}")
+        n_test = of_model.groupby("dataset")["n_test"].agg(
+            lambda n: f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
+        )
         rows_shown = [[dataset, n_test[dataset], *cells.loc[dataset].fillna("-")] for dataset in cells.index]
         rows_shown.append([f"mean (n={n})", "", *(f"{means[setting]:.3f}" if n else "-" for setting in cells.columns)])
         interval = " [95% CI]" if ci else ""
@@ -137,11 +158,16 @@ def text_tables(header: list[str], rows: list[list[str]], fixed: int, width: int
     no line is wider than `width` (unless one column alone is); the first column is left-aligned, the others right.
     Headers wrap onto up to HEADER_LINES lines; a longer one is numbered and spelled out under its table."""
     columns = [[str(row[i]) for row in rows] for i in range(len(header))]
-    titles = [_wrapped(title, max(map(len, cells), default=0)) for title, cells in zip(header, columns)]
+    titles = [_wrapped(title, max(map(len, cells), default=0)) for title, cells in zip(header, columns, strict=False)]
     note_width = len(f"[{len(header)}]")  # a numbered header is at most this wide
-    widths = [max(note_width * (title is None), *map(len, [*(title or []), *cells])) for title, cells in zip(titles, columns)]
-    return [_render(header, titles, columns, widths, [*range(fixed), *chunk], width)
-            for chunk in _share_out(widths, fixed, width)]
+    widths = [
+        max(note_width * (title is None), *map(len, [*(title or []), *cells]))
+        for title, cells in zip(titles, columns, strict=False)
+    ]
+    return [
+        _render(header, titles, columns, widths, [*range(fixed), *chunk], width)
+        for chunk in _share_out(widths, fixed, width)
+    ]
 
 
 def _share_out(widths: list[int], fixed: int, width: int) -> list[list[int]]:
@@ -158,8 +184,14 @@ def _share_out(widths: list[int], fixed: int, width: int) -> list[list[int]]:
     return chunks
 
 
-def _render(header: list[str], titles: list[list[str] | None], columns: list[list[str]], widths: list[int],
-            shown: list[int], width: int) -> str:
+def _render(
+    header: list[str],
+    titles: list[list[str] | None],
+    columns: list[list[str]],
+    widths: list[int],
+    shown: list[int],
+    width: int,
+) -> str:
     """One text table of the `shown` columns, with the notes spelling out its numbered headers."""
     notes = {i: f"[{n}]" for n, i in enumerate((i for i in shown if titles[i] is None), start=1)}
     heads = [titles[i] or [notes[i]] for i in shown]
@@ -167,13 +199,18 @@ def _render(header: list[str], titles: list[list[str] | None], columns: list[lis
     gap = " " * COLUMN_GAP
 
     def line(cells: list[str]) -> str:
-        return gap.join(cell.ljust(widths[i]) if k == 0 else cell.rjust(widths[i])
-                        for k, (i, cell) in enumerate(zip(shown, cells))).rstrip()
+        return gap.join(
+            cell.ljust(widths[i]) if k == 0 else cell.rjust(widths[i])
+            for k, (i, cell) in enumerate(zip(shown, cells, strict=False))
+        ).rstrip()
 
     text = [line([([""] * (height - len(head)) + head)[level] for head in heads]) for level in range(height)]
     text += [line([columns[i][r] for i in shown]) for r in range(len(columns[0]))]
-    text += [wrapped for i, note in notes.items()
-             for wrapped in textwrap.wrap(f"{note} {header[i]}", width, subsequent_indent="    ")]
+    text += [
+        wrapped
+        for i, note in notes.items()
+        for wrapped in textwrap.wrap(f"{note} {header[i]}", width, subsequent_indent="    ")
+    ]
     return "\n".join(text)
 
 
@@ -187,21 +224,32 @@ def _wrapped(title: str, cell_width: int) -> list[str] | None:
 def _cells(rows: pd.DataFrame, ci: bool) -> list[str]:
     """Each setting's AUC to 3 places (the mean over seeds), with `±sd` over several seeds, else with its interval
     when `ci`."""
-    return [f"{auc:.3f} ±{sd:.3f}" if seeds > 1 else _with_interval(auc, low, high) if ci else f"{auc:.3f}"
-            for auc, low, high, sd, seeds in rows[["roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "auc_sd",
-                                                   "seeds"]].itertuples(index=False)]
+    return [
+        f"{auc:.3f} ±{sd:.3f}" if seeds > 1 else _with_interval(auc, low, high) if ci else f"{auc:.3f}"
+        for auc, low, high, sd, seeds in rows[
+            ["roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "auc_sd", "seeds"]
+        ].itertuples(index=False)
+    ]
 
 
 def setting_labels(frame: pd.DataFrame) -> pd.Series:
     """One label per setting of a model: `probe feature layers aggregation`, layers shortened (`L0-23`), with
     ` [baseline]` for baselines and ` [shuffled-labels]` for a control, so two settings never share a label;
     the seeds of a setting share its label."""
-    return pd.Series([
-        " ".join(part for part in (row.probe, row.feature, short_layers(parse_layers_label(row.layers)),
-                                   row.aggregation) if part)
-        + (" [baseline]" if row.baseline else "") + (f" [{row.control}]" if getattr(row, "control", "") else "")
-        for row in frame.itertuples()
-    ], index=frame.index, dtype=str)
+    return pd.Series(
+        [
+            " ".join(
+                part
+                for part in (row.probe, row.feature, short_layers(parse_layers_label(row.layers)), row.aggregation)
+                if part
+            )
+            + (" [baseline]" if row.baseline else "")
+            + (f" [{row.control}]" if getattr(row, "control", "") else "")
+            for row in frame.itertuples()
+        ],
+        index=frame.index,
+        dtype=str,
+    )
 
 
 def _with_interval(auc: float, low: float, high: float) -> str:

@@ -31,8 +31,14 @@ from featstore.session.holding import holding_store
 FITS_PER_WORKER = 2  # below 2 x this, one process: starting a worker costs about as much as a fit
 
 
-def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool = False,
-               overwrite_eval: bool = False, jobs: int | None = None, cluster: str | None = None) -> pd.DataFrame:
+def run_probes(
+    project: Project,
+    specs: list[ProbeSpec],
+    overwrite_train: bool = False,
+    overwrite_eval: bool = False,
+    jobs: int | None = None,
+    cluster: str | None = None,
+) -> pd.DataFrame:
     """Fit (or re-evaluate) every spec not already in `probe_results`; returns the rows written.
 
     Probe results are deleted whenever their dataset is re-cleaned or its features rebuilt, so a skipped
@@ -60,8 +66,13 @@ def run_probes(project: Project, specs: list[ProbeSpec], overwrite_train: bool =
     return pd.DataFrame([f.row for f in written])
 
 
-def _fit_all(project: Project, tasks: list[tuple[ProbeSpec, dict | None]], scratch: Path,
-             jobs: int | None, capacity: int | None = None) -> list[Fitted]:
+def _fit_all(
+    project: Project,
+    tasks: list[tuple[ProbeSpec, dict | None]],
+    scratch: Path,
+    jobs: int | None,
+    capacity: int | None = None,
+) -> list[Fitted]:
     """Fit (or re-score, where a previous row is given) every task, in worker processes when there are many
     (at most `capacity` at once: by default this machine's CPUs); each one's warnings are re-issued here,
     naming its dataset and setting."""

@@ -42,13 +42,16 @@ def read_probe(project: Project, key: str) -> BinaryProbe:
     """The probe saved at `key` in the project's store; a missing, pickled or malformed file is one line."""
     where = project.store.describe(key)
     if is_pickled(key):
-        raise FeatstoreError(f"the saved probe {where} is a pickle written by an older featstore and is never "
-                             "loaded; refit it with `featstore probe ... --overwrite-train`")
+        raise FeatstoreError(
+            f"the saved probe {where} is a pickle written by an older featstore and is never "
+            "loaded; refit it with `featstore probe ... --overwrite-train`"
+        )
     try:
         with project.store.open(key) as handle:
             return load_probe(handle)
     except FileNotFoundError:
         raise FeatstoreError(f"the saved probe {where} is missing; rerun with --overwrite-train") from None
     except SavedProbeError as error:
-        raise FeatstoreError(f"the saved probe {where} cannot be loaded: {error}; refit it with --overwrite-train") \
-            from None
+        raise FeatstoreError(
+            f"the saved probe {where} cannot be loaded: {error}; refit it with --overwrite-train"
+        ) from None

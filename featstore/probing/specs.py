@@ -71,8 +71,17 @@ class ProbeSpec:
     @property
     def result_id(self) -> str:
         """A stable id of the combination, hashed from its catalog columns."""
-        fields = [self.dataset, self.model, self.feature, self.layers_label, "all", self.aggregation_label, self.probe,
-                  self.seed, self.baseline] + ([self.control] if self.control else [])  # older ids unchanged
+        fields = [
+            self.dataset,
+            self.model,
+            self.feature,
+            self.layers_label,
+            "all",
+            self.aggregation_label,
+            self.probe,
+            self.seed,
+            self.baseline,
+        ] + ([self.control] if self.control else [])  # older ids unchanged
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:20]
 
 

@@ -15,9 +15,9 @@ import pandas as pd
 import zarr
 from sklearn.metrics import roc_curve
 
-from featstore.catalog.features import complete_split_counts, model_examples, model_splits, split_summaries
 from featstore.catalog.database import catalog_reader
 from featstore.catalog.datasets import example_prompts, label_provenance
+from featstore.catalog.features import complete_split_counts, model_examples, model_splits, split_summaries
 from featstore.catalog.names import catalog_dataset_names, unknown_model
 from featstore.catalog.probe_records import (
     count_results,
@@ -69,7 +69,9 @@ def resolve_scope(project: Project, models: list[str] | None, datasets: list[str
         datasets = catalog_dataset_names(project).resolve_all(datasets)
         unbuilt = [d for d in datasets if d not in set(built["dataset"])]
         if unbuilt:
-            raise FeatstoreError(f"dataset {unbuilt[0]!r} has no features yet; run `featstore build --datasets {unbuilt[0]}`")
+            raise FeatstoreError(
+                f"dataset {unbuilt[0]!r} has no features yet; run `featstore build --datasets {unbuilt[0]}`"
+            )
     chosen = {}
     for model in models or known_models:
         names = built.loc[built["model"] == model, "dataset"].tolist()
@@ -97,15 +99,19 @@ def load_model_data(project: Project, model: str, datasets: list[str]) -> ModelD
         results = model_results(con, model, datasets)
         results["setting"] = setting_labels(results)
         results["model"] = model
-        results["role"] = np.select([results["control"] != "", results["baseline"],
-                                     results["feature"] == LENGTH_FEATURE], ["control", "baseline", "length"], "probe")
+        results["role"] = np.select(
+            [results["control"] != "", results["baseline"], results["feature"] == LENGTH_FEATURE],
+            ["control", "baseline", "length"],
+            "probe",
+        )
         splits = model_splits(con, model, datasets)
         examples = model_examples(con, model, datasets)
         head_weights = model_head_weights(con, model, datasets)
         scored = scored_results(con, results["result_id"].tolist())
         weighted = set(head_weights["result_id"])
-        shown = [result_id for _, mine in results.groupby("dataset")
-                 for result_id in _shown_results(mine, scored, weighted)]
+        shown = [
+            result_id for _, mine in results.groupby("dataset") for result_id in _shown_results(mine, scored, weighted)
+        ]
         scores = result_scores(con, shown)
     return ModelData(model, results, splits, examples, head_weights, scored, scores)
 
@@ -116,8 +122,9 @@ def _shown_results(results: pd.DataFrame, scored: set[str], weighted: set[str]) 
     return list(dict.fromkeys(_roc_results(results)["result_id"].tolist() + ([featured.result_id] if featured else [])))
 
 
-def overview(results: pd.DataFrame, datasets: list[str], threshold: float,
-             comparisons: pd.DataFrame | None = None) -> dict:
+def overview(
+    results: pd.DataFrame, datasets: list[str], threshold: float, comparisons: pd.DataFrame | None = None
+) -> dict:
     """Datasets x settings (natural order): AUC (the mean over seeds), interval and flags; the hard subset; each
     setting's mean AUC over the datasets every setting has (`n_datasets` of them); with `comparisons` (against
     the baseline), each cell's ΔAUC, Holm-adjusted p and verdict, and each setting's mean ΔAUC over those datasets."""
@@ -126,13 +133,18 @@ def overview(results: pd.DataFrame, datasets: list[str], threshold: float,
     rows = []
     for dataset in datasets:
         mine = results[results["dataset"] == dataset]
-        cells = {setting: _setting_cell(group, _length_auc(mine))
-                 for setting, group in mine.groupby("setting", sort=False)}
+        cells = {
+            setting: _setting_cell(group, _length_auc(mine)) for setting, group in mine.groupby("setting", sort=False)
+        }
         if comparisons is not None:
             for item in comparisons[comparisons["dataset"] == dataset].itertuples():
-                cells[item.setting].update(delta=float(item.delta_auc), delta_low=float(item.delta_ci_low),
-                                           delta_high=float(item.delta_ci_high), p_holm=float(item.p_holm),
-                                           verdict=item.verdict)
+                cells[item.setting].update(
+                    delta=float(item.delta_auc),
+                    delta_low=float(item.delta_ci_low),
+                    delta_high=float(item.delta_ci_high),
+                    p_holm=float(item.p_holm),
+                    verdict=item.verdict,
+                )
         rows.append({"dataset": dataset, "hard": _hard(mine, threshold), "cells": cells})
     table = results.groupby(["dataset", "setting"])["roc_auc"].mean().unstack()
     common = table.reindex(columns=settings["setting"]).dropna().index
@@ -143,9 +155,16 @@ def overview(results: pd.DataFrame, datasets: list[str], threshold: float,
     return {
         "threshold": threshold,
         "n_common": len(common),
-        "settings": [{"setting": s, "role": r, "mean_auc": _float(means.get(s)), "n_datasets": len(common),
-                      "mean_delta": _float(deltas.get(s))}
-                     for s, r in zip(settings["setting"], settings["role"])],
+        "settings": [
+            {
+                "setting": s,
+                "role": r,
+                "mean_auc": _float(means.get(s)),
+                "n_datasets": len(common),
+                "mean_delta": _float(deltas.get(s)),
+            }
+            for s, r in zip(settings["setting"], settings["role"], strict=False)
+        ],
         "rows": rows,
     }
 
@@ -174,8 +193,17 @@ def dataset_page(project: Project, data: ModelData, dataset: str, threshold: flo
         "hard": _hard(mine, threshold),
         "threshold": threshold,
         "splits": splits.drop(columns="dataset").to_dict("records"),
-        "results": [{**_cell(row, length_auc), "setting": row.setting, "role": row.role, "n_train": int(row.n_train),
-                     "n_test": int(row.n_test), "n_features": int(row.n_features)} for row in mine.itertuples()],
+        "results": [
+            {
+                **_cell(row, length_auc),
+                "setting": row.setting,
+                "role": row.role,
+                "n_train": int(row.n_train),
+                "n_test": int(row.n_test),
+                "n_features": int(row.n_features),
+            }
+            for row in mine.itertuples()
+        ],
         "roc": roc_curves(_roc_results(mine), data.scores, examples),
         "layer_curves": layer_curves(mine),
         "featured": None,
@@ -192,7 +220,9 @@ def dataset_page(project: Project, data: ModelData, dataset: str, threshold: flo
     weights = data.head_weights[data.head_weights["result_id"] == featured.result_id]
     if len(weights):
         page["head_map"] = head_map(weights, int(splits["n_heads"].max()))
-        top = weights.sort_values(["weight", "layer", "head"], ascending=[False, True, True], kind="stable").head(TOP_HEADS)
+        top = weights.sort_values(["weight", "layer", "head"], ascending=[False, True, True], kind="stable").head(
+            TOP_HEADS
+        )
         page["top_heads"] = class_profiles(project, data.model, dataset, top)
     page["examples"] = example_lists(data.scores[data.scores["result_id"] == featured.result_id], examples)
     return page
@@ -204,11 +234,20 @@ def example_texts(project: Project, examples: pd.DataFrame) -> list[dict]:
     chosen = examples.iloc[_sample_per_class(examples["label"].to_numpy(), TEXTS_PER_CLASS)]
     with catalog_reader(project) as con:
         prompts = example_prompts(con, chosen["example_id"].tolist())
-    rows = chosen[["example_id", "label"]].merge(prompts, on="example_id").sort_values(["label", "example_id"],
-                                                                                      ascending=[False, True])
-    return [{"example_id": int(row.example_id), "label": int(row.label), "n_chars": len(row.prompt),
-             "text": row.prompt if len(row.prompt) <= TEXT_CHARS else row.prompt[:TEXT_CHARS - 1] + "…"}
-            for row in rows.itertuples()]
+    rows = (
+        chosen[["example_id", "label"]]
+        .merge(prompts, on="example_id")
+        .sort_values(["label", "example_id"], ascending=[False, True])
+    )
+    return [
+        {
+            "example_id": int(row.example_id),
+            "label": int(row.label),
+            "n_chars": len(row.prompt),
+            "text": row.prompt if len(row.prompt) <= TEXT_CHARS else row.prompt[: TEXT_CHARS - 1] + "…",
+        }
+        for row in rows.itertuples()
+    ]
 
 
 def _label_provenance(project: Project, dataset: str) -> dict | None:
@@ -225,8 +264,16 @@ def roc_curves(chosen: pd.DataFrame, scores: pd.DataFrame, examples: pd.DataFram
         if mine.empty:  # fitted before scores were kept: `featstore probe --overwrite-eval` stores them
             continue
         fpr, tpr, _ = roc_curve(labels.loc[mine["example_id"]].to_numpy(), mine["score"].to_numpy())
-        curves.append({"setting": row.setting, "role": row.role, "result_id": row.result_id, "auc": float(row.roc_auc),
-                       "fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()})
+        curves.append(
+            {
+                "setting": row.setting,
+                "role": row.role,
+                "result_id": row.result_id,
+                "auc": float(row.roc_auc),
+                "fpr": fpr.round(5).tolist(),
+                "tpr": tpr.round(5).tolist(),
+            }
+        )
     return curves
 
 
@@ -245,8 +292,15 @@ def layer_curves(results: pd.DataFrame) -> list[dict]:
     for group, rows in single.sort_values("layer", kind="stable").groupby("group", sort=True):
         if rows["layer"].nunique() >= 2:
             rows = rows.drop_duplicates("layer")
-            curves.append({"group": group, "layers": rows["layer"].tolist(), "auc": rows["roc_auc"].tolist(),
-                           "low": _floats(rows["roc_auc_ci_low"]), "high": _floats(rows["roc_auc_ci_high"])})
+            curves.append(
+                {
+                    "group": group,
+                    "layers": rows["layer"].tolist(),
+                    "auc": rows["roc_auc"].tolist(),
+                    "low": _floats(rows["roc_auc_ci_low"]),
+                    "high": _floats(rows["roc_auc_ci_high"]),
+                }
+            )
     return curves
 
 
@@ -255,7 +309,11 @@ def head_map(weights: pd.DataFrame, n_heads: int) -> dict:
     layers = sorted(weights["layer"].unique().tolist())
     grid = np.full((len(layers), n_heads), np.nan)
     grid[[layers.index(layer) for layer in weights["layer"]], weights["head"].to_numpy()] = weights["weight"]
-    return {"layers": layers, "n_heads": n_heads, "weights": [[None if np.isnan(v) else float(v) for v in row] for row in grid]}
+    return {
+        "layers": layers,
+        "n_heads": n_heads,
+        "weights": [[None if np.isnan(v) else float(v) for v in row] for row in grid],
+    }
 
 
 def class_profiles(project: Project, model: str, dataset: str, heads: pd.DataFrame) -> list[dict]:
@@ -270,10 +328,15 @@ def class_profiles(project: Project, model: str, dataset: str, heads: pd.DataFra
         attn = view["attn"].isel(layer=int(layer)).isel(head=rows["head"].to_numpy()).load()
         means = relative_bins(attn, PROFILE_BINS).groupby("label").mean("example")
         for row in rows.itertuples():
-            profile = {"layer": int(row.layer), "head": int(row.head), "weight": float(row.weight),
-                       "bins": ((np.arange(PROFILE_BINS) + 0.5) / PROFILE_BINS).tolist(),
-                       "n_positive": int((labels == 1).sum()), "n_negative": int((labels == 0).sum()),
-                       "example_ids": view["example_id"].values.tolist()}
+            profile = {
+                "layer": int(row.layer),
+                "head": int(row.head),
+                "weight": float(row.weight),
+                "bins": ((np.arange(PROFILE_BINS) + 0.5) / PROFILE_BINS).tolist(),
+                "n_positive": int((labels == 1).sum()),
+                "n_negative": int((labels == 0).sum()),
+                "example_ids": view["example_id"].values.tolist(),
+            }
             for name, label in (("positive", 1), ("negative", 0)):
                 present = label in means["label"].values
                 profile[name] = means.sel(label=label, head=row.head).values.astype(float).tolist() if present else None
@@ -285,11 +348,17 @@ def length_histogram(examples: pd.DataFrame) -> dict:
     """Token counts per class over every built split, and how many prompts were truncated per split."""
     lo, hi = int(examples["seq_len"].min()), int(examples["seq_len"].max())
     edges = np.unique(np.linspace(lo, hi + 1, LENGTH_BINS + 1).round().astype(int))
-    counts = {name: np.histogram(examples.loc[examples["label"] == label, "seq_len"], bins=edges)[0].tolist()
-              for name, label in (("positive", 1), ("negative", 0))}
+    counts = {
+        name: np.histogram(examples.loc[examples["label"] == label, "seq_len"], bins=edges)[0].tolist()
+        for name, label in (("positive", 1), ("negative", 0))
+    }
     truncated = examples.groupby("split")["truncated"].sum()
-    return {"edges": edges.tolist(), **counts, "truncated": {k: int(v) for k, v in truncated.items()},
-            "n_truncated": int(truncated.sum())}
+    return {
+        "edges": edges.tolist(),
+        **counts,
+        "truncated": {k: int(v) for k, v in truncated.items()},
+        "n_truncated": int(truncated.sum()),
+    }
 
 
 def example_lists(scores: pd.DataFrame, examples: pd.DataFrame) -> dict:
@@ -298,16 +367,20 @@ def example_lists(scores: pd.DataFrame, examples: pd.DataFrame) -> dict:
     ids, labels = frame["example_id"].to_numpy(), frame["label"].to_numpy()
     score, lengths = frame["score"].to_numpy(), frame["seq_len"].to_numpy()
     wrongness = np.where(labels == 1, -score, score)
-    orders = {"highest scores": np.argsort(-score, kind="stable"),
-              "most confidently wrong": np.argsort(-wrongness, kind="stable"),
-              "random": np.random.default_rng(SEED).permutation(len(frame))}
+    orders = {
+        "highest scores": np.argsort(-score, kind="stable"),
+        "most confidently wrong": np.argsort(-wrongness, kind="stable"),
+        "random": np.random.default_rng(SEED).permutation(len(frame)),
+    }
     used: set[int] = set()
     lists = {}
     for name, order in orders.items():
-        picked = [i for i in order[:len(used) + EXAMPLES_PER_LIST] if ids[i] not in used][:EXAMPLES_PER_LIST]
+        picked = [i for i in order[: len(used) + EXAMPLES_PER_LIST] if ids[i] not in used][:EXAMPLES_PER_LIST]
         used.update(int(ids[i]) for i in picked)
-        lists[name] = [{"example_id": int(ids[i]), "label": int(labels[i]), "score": float(score[i]),
-                        "seq_len": int(lengths[i])} for i in picked]
+        lists[name] = [
+            {"example_id": int(ids[i]), "label": int(labels[i]), "score": float(score[i]), "seq_len": int(lengths[i])}
+            for i in picked
+        ]
     return lists
 
 
@@ -321,21 +394,38 @@ def example_records(project: Project, data: ModelData, page: dict, decoder: Toke
     shown = {page["featured"]["setting"]: page["featured"]["result_id"]}
     shown.update({r["setting"]: r["result_id"] for r in page["results"] if r["role"] == "baseline"})
     scores = data.scores[data.scores["example_id"].isin(example_ids)].set_index(["result_id", "example_id"])["score"]
-    view = open_view(project, page["dataset"], TEST, model=data.model, dask=False).sel(example=example_ids)[["attn", "tokens"]].load()
+    view = (
+        open_view(project, page["dataset"], TEST, model=data.model, dask=False)
+        .sel(example=example_ids)[["attn", "tokens"]]
+        .load()
+    )
     records = []
     for i, example_id in enumerate(example_ids):
         length = int(view["seq_len"].values[i])
         ids = view["tokens"].values[i, :length]
         attn = view["attn"].values[i, :, :, :length]
-        records.append({
-            "model": data.model, "dataset": page["dataset"], "example_id": int(example_id),
-            "label": int(view["label"].values[i]), "seq_len": length, "token_ids": ids.tolist(),
-            "tokens": decoder.decode(ids) if decoder else [f"#{t}" for t in ids],
-            "scores": [{"setting": s, "result_id": r, "score": float(scores[(r, example_id)])}
-                       for s, r in shown.items() if (r, example_id) in scores.index],
-            "layers": view["layer"].values.tolist(), "n_heads": int(view.sizes["head"]),
-            "attn": [[_float16_values(attn[layer, head]) for head in range(attn.shape[1])] for layer in range(attn.shape[0])],
-        })
+        records.append(
+            {
+                "model": data.model,
+                "dataset": page["dataset"],
+                "example_id": int(example_id),
+                "label": int(view["label"].values[i]),
+                "seq_len": length,
+                "token_ids": ids.tolist(),
+                "tokens": decoder.decode(ids) if decoder else [f"#{t}" for t in ids],
+                "scores": [
+                    {"setting": s, "result_id": r, "score": float(scores[(r, example_id)])}
+                    for s, r in shown.items()
+                    if (r, example_id) in scores.index
+                ],
+                "layers": view["layer"].values.tolist(),
+                "n_heads": int(view.sizes["head"]),
+                "attn": [
+                    [_float16_values(attn[layer, head]) for head in range(attn.shape[1])]
+                    for layer in range(attn.shape[0])
+                ],
+            }
+        )
     return records
 
 
@@ -360,18 +450,39 @@ def store_summary(project: Project, scope: Scope) -> list[dict]:
             identity = identity or dict(group.attrs.get("model", {}))
             logical = sum(int(np.prod(array.shape)) * array.dtype.itemsize for _, array in group.arrays())
             on_disk = len(split_store.root) + sum(size for size, _, _ in split_store.manifest.values())
-            rows.append({"dataset": row.dataset, "split": row.split, "n_examples": int(row.n_examples),
-                         "tokens": int(row.tokens), "max_seq_len": int(row.max_seq_len), "truncated": int(row.truncated),
-                         "bytes_on_disk": on_disk, "bytes_uncompressed": logical,
-                         "compression_ratio": logical / on_disk if on_disk else None,
-                         "built_at": str(row.built_at),
-                         "build_seconds": None if pd.isna(row.build_seconds) else float(row.build_seconds),
-                         "settings": json.loads(row.settings)})
-        totals = {key: sum(r[key] for r in rows) for key in ("n_examples", "tokens", "truncated", "bytes_on_disk",
-                                                             "bytes_uncompressed")}
-        totals["compression_ratio"] = totals["bytes_uncompressed"] / totals["bytes_on_disk"] if totals["bytes_on_disk"] else None
-        summary.append({"model": model, "folder": model_dir_name(model), "identity": identity, "splits": rows,
-                        "totals": totals, "n_probe_results": n_probes})
+            rows.append(
+                {
+                    "dataset": row.dataset,
+                    "split": row.split,
+                    "n_examples": int(row.n_examples),
+                    "tokens": int(row.tokens),
+                    "max_seq_len": int(row.max_seq_len),
+                    "truncated": int(row.truncated),
+                    "bytes_on_disk": on_disk,
+                    "bytes_uncompressed": logical,
+                    "compression_ratio": logical / on_disk if on_disk else None,
+                    "built_at": str(row.built_at),
+                    "build_seconds": None if pd.isna(row.build_seconds) else float(row.build_seconds),
+                    "settings": json.loads(row.settings),
+                }
+            )
+        totals = {
+            key: sum(r[key] for r in rows)
+            for key in ("n_examples", "tokens", "truncated", "bytes_on_disk", "bytes_uncompressed")
+        }
+        totals["compression_ratio"] = (
+            totals["bytes_uncompressed"] / totals["bytes_on_disk"] if totals["bytes_on_disk"] else None
+        )
+        summary.append(
+            {
+                "model": model,
+                "folder": model_dir_name(model),
+                "identity": identity,
+                "splits": rows,
+                "totals": totals,
+                "n_probe_results": n_probes,
+            }
+        )
     return summary
 
 
@@ -380,8 +491,15 @@ def _setting_cell(group: pd.DataFrame, length_auc: float | None) -> dict:
     standard deviation `sd` and count `seeds` (no interval, not flagged)."""
     if len(group) == 1:
         return {**_cell(next(group.itertuples()), length_auc), "sd": 0.0, "seeds": 1}
-    return {"result_id": group["result_id"].iloc[0], "auc": float(group["roc_auc"].mean()), "low": None, "high": None,
-            "flagged": None, "sd": float(group["roc_auc"].std(ddof=1)), "seeds": len(group)}
+    return {
+        "result_id": group["result_id"].iloc[0],
+        "auc": float(group["roc_auc"].mean()),
+        "low": None,
+        "high": None,
+        "flagged": None,
+        "sd": float(group["roc_auc"].std(ddof=1)),
+        "seeds": len(group),
+    }
 
 
 def _cell(row, length_auc: float | None) -> dict:
@@ -420,8 +538,10 @@ def _featured(results: pd.DataFrame, scored: set[str], weighted: set[str]):
 def _sample_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Row positions of at most `per_class` rows of each label (seeded), in row order."""
     rng = np.random.default_rng(SEED)
-    chosen = [rows if rows.size <= per_class else rng.choice(rows, per_class, replace=False)
-              for rows in (np.flatnonzero(labels == label) for label in np.unique(labels))]
+    chosen = [
+        rows if rows.size <= per_class else rng.choice(rows, per_class, replace=False)
+        for rows in (np.flatnonzero(labels == label) for label in np.unique(labels))
+    ]
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
 
 

@@ -43,8 +43,13 @@ class ReportSummary:
     seconds: float
 
 
-def write_report(project: Project, models: list[str] | None = None, datasets: list[str] | None = None,
-                 out: Path | None = None, threshold: float = 0.8) -> ReportSummary:
+def write_report(
+    project: Project,
+    models: list[str] | None = None,
+    datasets: list[str] | None = None,
+    out: Path | None = None,
+    threshold: float = 0.8,
+) -> ReportSummary:
     """Write the report of these models and datasets (default: all built) to `out` (default `<root>/report`)."""
     started = time.perf_counter()
     if not 0 <= threshold <= 1:
@@ -72,8 +77,12 @@ def write_report(project: Project, models: list[str] | None = None, datasets: li
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     files = [f for f in out.rglob("*") if f.is_file()]
-    return ReportSummary(out, sum(f.suffix == ".html" for f in files), sum(f.stat().st_size for f in files),
-                         time.perf_counter() - started)
+    return ReportSummary(
+        out,
+        sum(f.suffix == ".html" for f in files),
+        sum(f.stat().st_size for f in files),
+        time.perf_counter() - started,
+    )
 
 
 def _check_replaceable(out: Path, project: Project) -> None:
@@ -118,8 +127,13 @@ def _write_site(project: Project, scope: data.Scope, folder: Path) -> None:
     for model, datasets in scope.models.items():
         model_data = data.load_model_data(project, model, datasets)
         comparisons = data.baseline_comparisons(project, model_data.results)
-        sections.append({"model": model, "folder": model_dir_name(model),
-                         "overview": data.overview(model_data.results, datasets, scope.threshold, comparisons)})
+        sections.append(
+            {
+                "model": model,
+                "folder": model_dir_name(model),
+                "overview": data.overview(model_data.results, datasets, scope.threshold, comparisons),
+            }
+        )
         _write_datasets(project, model_data, datasets, scope.threshold, folder)
     summary = data.store_summary(project, scope)
     _write(folder / "index.html", pages.overview_page(env, sections))
@@ -129,13 +143,15 @@ def _write_site(project: Project, scope: data.Scope, folder: Path) -> None:
     _write_json(folder / "data" / "store.json", {"models": summary})
 
 
-def _write_datasets(project: Project, model_data: data.ModelData, datasets: list[str], threshold: float,
-                    folder: Path) -> None:
+def _write_datasets(
+    project: Project, model_data: data.ModelData, datasets: list[str], threshold: float, folder: Path
+) -> None:
     """Every dataset's page and data, in worker processes when there are many (reading zarr chunks is
     CPU-bound Python, so threads would not help), else in this process."""
     workers = min(os.cpu_count() or 1, len(datasets) // DATASETS_PER_WORKER)
-    progress = functools.partial(tqdm, total=len(datasets), unit="dataset", desc=f"report {model_data.model}",
-                                 dynamic_ncols=True, disable=None)
+    progress = functools.partial(
+        tqdm, total=len(datasets), unit="dataset", desc=f"report {model_data.model}", dynamic_ncols=True, disable=None
+    )
     if workers < 2:
         _start_worker(project, model_data, threshold, folder)
         try:
@@ -145,8 +161,9 @@ def _write_datasets(project: Project, model_data: data.ModelData, datasets: list
             _WORKER.clear()
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process holding zarr's and DuckDB's threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(project, model_data, threshold, folder)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(project, model_data, threshold, folder)
+    ) as pool:
         for _ in progress(pool.map(_write_dataset, datasets)):
             pass
 
@@ -156,8 +173,14 @@ _WORKER: dict = {}
 
 def _start_worker(project: Project, model_data: data.ModelData, threshold: float, folder: Path) -> None:
     """What every dataset of one model shares, set up once per process."""
-    _WORKER.update(project=project, data=model_data, threshold=threshold, folder=folder, env=pages.environment(),
-                   decoder=data.token_decoder(project, model_data.model))
+    _WORKER.update(
+        project=project,
+        data=model_data,
+        threshold=threshold,
+        folder=folder,
+        env=pages.environment(),
+        decoder=data.token_decoder(project, model_data.model),
+    )
 
 
 def _write_dataset(dataset: str) -> None:
@@ -170,7 +193,7 @@ def _write_dataset(dataset: str) -> None:
     _write(folder / "models" / model_folder / f"{dataset}.html", pages.dataset_page(_WORKER["env"], page, model_folder))
     _write_json(folder / "data" / model_folder / f"{dataset}.json", page)
     for record in examples:
-        _write_json(folder / "data" / model_folder / dataset / "examples" / f'{record["example_id"]}.json', record)
+        _write_json(folder / "data" / model_folder / dataset / "examples" / f"{record['example_id']}.json", record)
 
 
 def _write(path: Path, text: str) -> None:

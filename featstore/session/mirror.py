@@ -77,10 +77,15 @@ def pull(project: Project, read_only: bool = False) -> bool:
     changed_here = {relative for relative, entry in here.items() if synced.get(relative) != entry}
     conflicts = sorted(r for r in changed_here if remote["files"].get(r) not in (None, here[r]))
     if conflicts:
-        raise FeatstoreError(f"{', '.join(conflicts)} changed here and in {project.store.url} since this project "
-                             "last synced; keep a copy of yours, delete it, and run the command again")
-    wanted = {relative: entry for relative, entry in remote["files"].items()
-              if relative not in changed_here and here.get(relative) != entry}
+        raise FeatstoreError(
+            f"{', '.join(conflicts)} changed here and in {project.store.url} since this project "
+            "last synced; keep a copy of yours, delete it, and run the command again"
+        )
+    wanted = {
+        relative: entry
+        for relative, entry in remote["files"].items()
+        if relative not in changed_here and here.get(relative) != entry
+    }
     targets = {relative: _local_path(project, relative) for relative in wanted}
     stale = [_local_path(project, relative) for relative in here.keys() - remote["files"].keys() - changed_here]
     project.store_dir.mkdir(parents=True, exist_ok=True)
@@ -114,8 +119,9 @@ def clone(url: str, directory: Path) -> Project:
     downloaded, features read in place. A refused clone removes the directory it created."""
     location = store_location(url)
     if read_document(location, STATE) is None:
-        raise FeatstoreError(f"{url} holds no featstore project (no {STATE}); `featstore init DIR --store {url}` "
-                             "starts one")
+        raise FeatstoreError(
+            f"{url} holds no featstore project (no {STATE}); `featstore init DIR --store {url}` starts one"
+        )
     if (directory / "datasets" / "main.csv").exists():
         raise FeatstoreError(f"{directory} already holds a featstore project; clone into a new directory")
     created = not directory.exists()
@@ -136,10 +142,14 @@ def _download(project: Project, key: str, path: Path, entry: list[int] | None, r
     project.store.get_file(key, path)
     if entry is not None and _checksum_of(path) != entry:
         if read_only:
-            raise FeatstoreError(f"{project.store.describe(key)} does not match {STATE} (another machine is pushing "
-                                 "to the store); run the command again in a moment")
-        raise FeatstoreError(f"{project.store.describe(key)} does not match its size and crc32c in {STATE}; nothing "
-                             "was replaced here: push again from a machine with the project")
+            raise FeatstoreError(
+                f"{project.store.describe(key)} does not match {STATE} (another machine is pushing "
+                "to the store); run the command again in a moment"
+            )
+        raise FeatstoreError(
+            f"{project.store.describe(key)} does not match its size and crc32c in {STATE}; nothing "
+            "was replaced here: push again from a machine with the project"
+        )
 
 
 def _checksum_of(path: Path) -> list[int]:
@@ -158,9 +168,11 @@ def _remote_state(project: Project) -> dict:
 def checked_state(raw: bytes, where: str) -> dict:
     """A `project.json` document parsed and checked: a generation, and the [size, crc32c] of files whose keys are
     plain relative paths below `datasets/` or `tokenizers/`; else one line saying what is wrong."""
+
     def damaged(problem: str) -> FeatstoreError:
-        return FeatstoreError(f"{where} is damaged ({problem}); nothing was changed here: push again from a "
-                              "machine with the project")
+        return FeatstoreError(
+            f"{where} is damaged ({problem}); nothing was changed here: push again from a machine with the project"
+        )
 
     try:
         state = json.loads(raw)
@@ -204,8 +216,8 @@ def _write_local_state(project: Project, state: dict) -> None:
 def _local_path(project: Project, relative: str) -> Path:
     """The local file of a mirrored key, proven to stay inside the project's datasets or tokenizers folder."""
     if relative.startswith("tokenizers/"):
-        return confined_path(project.tokenizers_dir, relative[len("tokenizers/"):], "a mirrored tokenizer file")
-    return confined_path(project.datasets_dir, relative[len("datasets/"):], "a mirrored dataset file")
+        return confined_path(project.tokenizers_dir, relative[len("tokenizers/") :], "a mirrored tokenizer file")
+    return confined_path(project.datasets_dir, relative[len("datasets/") :], "a mirrored dataset file")
 
 
 def _local_files(project: Project) -> dict[str, list[int]]:

@@ -160,9 +160,7 @@ class MaskedAccessor:
         """See ``last_k_mean``."""
         return last_k_mean(self._da, k, ratio_to_uniform)
 
-    def span(
-        self, start: int | xr.DataArray, stop: int | xr.DataArray, ratio_to_uniform: bool = False
-    ) -> xr.DataArray:
+    def span(self, start: int | xr.DataArray, stop: int | xr.DataArray, ratio_to_uniform: bool = False) -> xr.DataArray:
         """See ``span_mean``."""
         return span_mean(self._da, start, stop, ratio_to_uniform)
 
@@ -176,6 +174,7 @@ class MaskedAccessor:
 
 
 xr.register_dataarray_accessor("masked")(MaskedAccessor)
+
 
 @dataclass(frozen=True)
 class Modifier:
@@ -206,17 +205,30 @@ MODIFIERS = {
     "nofirst": Modifier("exclude_first", "drops token 0 and renormalises the rest (0 for rows with no mass left)"),
     "ratio": Modifier("ratio_to_uniform", "multiplies by seq_len (1.0 for uniform attention)"),
 }
-AGGREGATIONS = {kind.name: kind for kind in (
-    AggregationKind("mean", masked_mean, "mean over every valid token (on attention rows only 1/seq_len)",
-                    modifiers=("nofirst",)),
-    AggregationKind("max", masked_max, "largest valid value", modifiers=("nofirst",)),
-    AggregationKind("entropy", entropy, "Shannon entropy of the valid weights", modifiers=("nofirst",)),
-    AggregationKind("first", first_token_mass, "the value at token 0 (the attention sink)"),
-    AggregationKind("last", last_k_mean, "mean over the last min(K, seq_len) valid tokens", count=("k", "K"),
-                    modifiers=("ratio",)),
-    AggregationKind("bins", relative_bins, "means within N relative-position bins", count=("n_bins", "N"),
-                    modifiers=("ratio",)),
-)}
+AGGREGATIONS = {
+    kind.name: kind
+    for kind in (
+        AggregationKind(
+            "mean",
+            masked_mean,
+            "mean over every valid token (on attention rows only 1/seq_len)",
+            modifiers=("nofirst",),
+        ),
+        AggregationKind("max", masked_max, "largest valid value", modifiers=("nofirst",)),
+        AggregationKind("entropy", entropy, "Shannon entropy of the valid weights", modifiers=("nofirst",)),
+        AggregationKind("first", first_token_mass, "the value at token 0 (the attention sink)"),
+        AggregationKind(
+            "last",
+            last_k_mean,
+            "mean over the last min(K, seq_len) valid tokens",
+            count=("k", "K"),
+            modifiers=("ratio",),
+        ),
+        AggregationKind(
+            "bins", relative_bins, "means within N relative-position bins", count=("n_bins", "N"), modifiers=("ratio",)
+        ),
+    )
+}
 _SPEC = re.compile(r"(?P<base>[a-z]+)(?::(?P<count>\d+))?(?:-(?P<modifier>[a-z]+))?")
 
 
@@ -230,8 +242,9 @@ def spec_forms() -> str:
 def aggregation_help() -> str:
     """What each base and modifier computes, for ``probe --aggregation --help``."""
     bases = "; ".join(f"{kind.forms()[0]}: {kind.summary}" for kind in AGGREGATIONS.values())
-    modifiers = "; ".join(f"-{name} ({', '.join(_taking(name))}) {modifier.summary}"
-                          for name, modifier in MODIFIERS.items())
+    modifiers = "; ".join(
+        f"-{name} ({', '.join(_taking(name))}) {modifier.summary}" for name, modifier in MODIFIERS.items()
+    )
     return f"{bases}; {modifiers}"
 
 
@@ -265,8 +278,7 @@ def _check_view(da: xr.DataArray) -> None:
     lengths = np.asarray(da["seq_len"].values)
     if lengths.size and (lengths.min() < 1 or lengths.max() > da.sizes["token"]):
         raise FeatstoreError(
-            f"seq_len must lie in 1..{da.sizes['token']} (the token axis); "
-            f"got {lengths.min()}..{lengths.max()}"
+            f"seq_len must lie in 1..{da.sizes['token']} (the token axis); got {lengths.min()}..{lengths.max()}"
         )
 
 

@@ -33,8 +33,10 @@ def resolve_split(con: duckdb.DuckDBPyConnection, dataset: str, split: str, mode
     splits = dataset_splits(con)
     dataset = DatasetNames.from_frame(splits.drop_duplicates("name")).resolve(dataset)
     if split not in FEATURE_SPLITS:
-        raise FeatstoreError(f"no split {split!r}: features are built for {' and '.join(FEATURE_SPLITS)}"
-                             f"{did_you_mean(split, FEATURE_SPLITS)}")
+        raise FeatstoreError(
+            f"no split {split!r}: features are built for {' and '.join(FEATURE_SPLITS)}"
+            f"{did_you_mean(split, FEATURE_SPLITS)}"
+        )
     if model is not None and model not in set(splits["model"].dropna()):
         raise unknown_model(model, sorted(set(splits["model"].dropna())))
     built = splits[(splits["name"] == dataset) & (splits["split"] == split)]
@@ -44,7 +46,9 @@ def resolve_split(con: duckdb.DuckDBPyConnection, dataset: str, split: str, mode
         which = f"model {model!r}" if model else "any model"
         raise FeatstoreError(f"no complete features of {dataset}/{split} for {which}; run `featstore build` first")
     if len(built) > 1:
-        raise FeatstoreError(f"{dataset}/{split} has features of several models ({', '.join(built['model'])}); pass model=")
+        raise FeatstoreError(
+            f"{dataset}/{split} has features of several models ({', '.join(built['model'])}); pass model="
+        )
     return dataset, str(built["model"].iloc[0]), str(built["path"].iloc[0])
 
 
@@ -84,8 +88,12 @@ def open_view(
     )
     if dask:  # the feature arrays only (coordinates stay in memory), named by the split version's path: dask would
         # otherwise name each by pickling its store, manifest included (~20 ms a view)
-        view = view.assign({name: array.chunk({dim: DASK_CHUNKS[dim] for dim in array.dims}, token=f"{path}/{name}")
-                            for name, array in view.data_vars.items()})
+        view = view.assign(
+            {
+                name: array.chunk({dim: DASK_CHUNKS[dim] for dim in array.dims}, token=f"{path}/{name}")
+                for name, array in view.data_vars.items()
+            }
+        )
     view.attrs = {name: value for name, value in view.attrs.items() if name not in (MANIFEST, SEAL)}
     view.attrs.update({"model": key, "dataset": dataset, "split": split})
     if layers is not None:
@@ -95,8 +103,9 @@ def open_view(
     return view
 
 
-def _catalog_entry(project: Project, dataset: str, split: str, model: str | None,
-                   reader: CatalogReader | None) -> tuple[str, str, str, pd.Series]:
+def _catalog_entry(
+    project: Project, dataset: str, split: str, model: str | None, reader: CatalogReader | None
+) -> tuple[str, str, str, pd.Series]:
     """`resolve_split`'s answer and the split's labels by example_id, read once per state of the catalog file:
     a view opened again while the catalog is unchanged (same size and modification time, write-ahead log
     included) costs no catalog connection (opening one and its two queries took 20-40 ms)."""
@@ -148,7 +157,8 @@ def _select_layers(view: xr.Dataset, layers: Sequence[int]) -> xr.Dataset:
     return view.isel(layer=layer_indices(layers, view.sizes["layer"], view.attrs["model"]))
 
 
-def _select_where(project: Project, reader: CatalogReader | None, view: xr.Dataset, key: str, dataset: str,
-                  split: str, where: str) -> xr.Dataset:
+def _select_where(
+    project: Project, reader: CatalogReader | None, view: xr.Dataset, key: str, dataset: str, split: str, where: str
+) -> xr.Dataset:
     chosen = examples_where(project.catalog_path, key, dataset, split, where, reader)
     return view.isel(example=np.flatnonzero(np.isin(view["example_id"].values, chosen)))
