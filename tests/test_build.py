@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -177,6 +178,61 @@ def test_build_killed_part_way_resumes_to_identical_arrays(tmp_path, monkeypatch
         ours, theirs = arrays(project, split), arrays(reference, split)
         for name in ours:
             np.testing.assert_array_equal(ours[name], theirs[name])
+
+
+def _split_of(writer: SplitWriter) -> str:
+    return writer.key.split("/")[3]  # features.zarr/<model>/<dataset>/<split>/<version>
+
+
+def test_the_next_split_runs_while_the_one_before_is_finished(tmp_path, monkeypatch):
+    """The model does not wait for the writers between splits: the test split's forward passes start before the
+    train split is published (slowed here), and both end up complete and equal to a build without the overlap."""
+    reference = built_toy_project(tmp_path / "reference")
+    project = toy_project(tmp_path / "overlapped")
+    events = []
+    real_init, real_publish, real_launch = SplitWriter.__init__, SplitWriter.publish, build_module.launch_capture
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        events.append(("writer", _split_of(self)))
+
+    def slow_publish(self):
+        time.sleep(1.0)
+        events.append(("published", _split_of(self)))
+        return real_publish(self)
+
+    def launch(*args, **kwargs):
+        events.append(("forward",))
+        return real_launch(*args, **kwargs)
+
+    monkeypatch.setattr(SplitWriter, "__init__", init)
+    monkeypatch.setattr(SplitWriter, "publish", slow_publish)
+    monkeypatch.setattr(build_module, "launch_capture", launch)
+    build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    test_started, train_published = events.index(("writer", "test")), events.index(("published", "train"))
+    assert test_started < train_published
+    assert ("forward",) in events[test_started:train_published]
+    for split in ("train", "test"):
+        ours, theirs = arrays(project, split), arrays(reference, split)
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], theirs[name])
+
+
+def test_a_split_that_fails_to_finish_stops_the_build_and_publishes_nothing_after_it(tmp_path, monkeypatch):
+    project = toy_project(tmp_path)
+    real_publish = SplitWriter.publish
+
+    def publish(self):
+        if _split_of(self) == "train":
+            raise OSError("simulated full disk")
+        return real_publish(self)
+
+    monkeypatch.setattr(SplitWriter, "publish", publish)
+    with pytest.raises(OSError, match="simulated full disk"):
+        build_features(project, MODEL, None, BuildSettings(device="cpu"))
+    for split in ("train", "test"):
+        with pytest.raises(FeatstoreError, match="no complete features"):
+            Store(project).view("1_toy", split)
 
 
 def test_parallel_writers_killed_mid_split_resume_to_the_arrays_of_one_writer_and_the_old_chunking(

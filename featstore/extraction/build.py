@@ -4,15 +4,18 @@ For each split: tokenise, truncate from the left, sort by length, then run lengt
 batches (planned over the whole split, so short rows fill a batch across shard boundaries) through
 the model and hand each completed shard to a queue of writer threads, so compression and disk I/O overlap
 the next forward pass (on a GPU, each batch's rows also cross to the host while the next batch runs, and the
-next split is tokenised and sorted while this one runs). Memory is bounded by two batches and the shards they
-touch, plus the few queued or being written. Finished splits are published atomically and registered in the
-catalog; killed builds resume at the shards not yet written, with identical batches. With `cluster`, the shards
+next split is tokenised and sorted while this one runs). A split whose forward passes have all run is finished
+in the background (its last shards written, then published atomically and registered in the catalog) while the
+next split's forward passes run, so the model never waits for the writers between splits. Memory is bounded by
+two batches and the shards they touch, plus the few queued or being written for at most two splits. Killed builds
+resume at the shards not yet written, with identical batches. With `cluster`, the shards
 are extracted and written by the workers of a dask cluster instead (`featstore.extraction.distributed_build`);
 planning, publishing and the catalog stay here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -99,6 +102,7 @@ def build_features(
             with (
                 TokenProgress(_planned_lengths(model, pending, max_len), f"build {key}") as progress,
                 SplitPlanner(model, pending, max_len) as planner,
+                SplitFinisher() as finisher,
             ):
                 builds = []
                 for job in pending:
@@ -115,6 +119,7 @@ def build_features(
                             repair.shards if repair else None,
                             write_shards,
                             planner,
+                            finisher if at_once == 1 else None,
                         )
                     )
                 _run_builds(builds, at_once)
@@ -157,6 +162,41 @@ class SplitPlanner:
         for planned in self.ahead.values():
             planned.cancel()
         self.pool.shutdown(wait=True)
+
+
+class SplitFinisher:
+    """Finishes built splits in one background thread (waits for their last shards, publishes, registers, retires
+    old versions) so the next split's forward passes start at once instead of the GPU waiting for the writers. One
+    split finishes at a time, so at most two splits' queued shards are held. Leaving it waits for the last split;
+    a failure is raised at the next split handed over, or on leaving."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="split-finisher")
+        self._last: Future | None = None
+
+    def submit(self, finish: Callable[[], None]) -> None:
+        """Finish a split in the background, after the one before it is finished (raising its failure)."""
+        self.wait()
+        self._last = self._pool.submit(finish)
+
+    def wait(self) -> None:
+        """Wait for the split being finished, raising its failure."""
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+    def __enter__(self) -> SplitFinisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if exc_info[0] is None:
+                self.wait()
+            else:  # the split whose forward passes all ran is still published; the error in flight is the one raised
+                with contextlib.suppress(Exception):
+                    self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def default_batch_tokens(model: LoadedModel) -> int:
@@ -263,10 +303,12 @@ def build_split(
     repair: frozenset[int] | None = None,
     write_shards: ShardWriting | None = None,
     planner: SplitPlanner | None = None,
+    finisher: SplitFinisher | None = None,
 ) -> None:
     """Extract one split (resuming a killed build at the shards not yet written), publish it, register it; with
     `repair`, write only those shards of the published split again (its catalog rows stay as they are).
-    `write_shards` produces the shards (default: `write_locally`); `planner` tokenises the split ahead."""
+    `write_shards` produces the shards (default: `write_locally`); `planner` tokenises the split ahead; `finisher`
+    publishes and registers it in the background once its forward passes have run."""
     started = time.perf_counter()
     ref = SplitRef(model.key, job.dataset, job.split)
     prefix = split_prefix(model.key, job.dataset, job.split)
@@ -316,36 +358,57 @@ def build_split(
             record_status(con, ref, "building", shape, writer.key, attrs["settings"])
         if not writer.shards_written:
             writer.write_index(tokenized.example_ids, tokenized.seq_lens)
-    (write_shards or write_locally)(model, SplitPlan(tokenized, shape, writer, capture), settings, progress)
-    published = writer.publish()
-    if repair is None:
-        _register(project, ref, tokenized, shape, published, attrs["settings"], time.perf_counter() - started)
-    else:
-        with catalog_writer(project) as con:  # its rows and probe results stay
-            repoint_split(con, ref, published)
-    if project.store_is_remote:  # the store's catalog points to the new version before older ones are deleted
-        mirror.push(project)
-    retire_versions(project.store, prefix, published)
+    writing = (write_shards or write_locally)(model, SplitPlan(tokenized, shape, writer, capture), settings, progress)
+
+    def finish() -> None:
+        if writing is not None:
+            writing.close()
+        published = writer.publish()
+        if repair is None:
+            _register(project, ref, tokenized, shape, published, attrs["settings"], time.perf_counter() - started)
+        else:
+            with catalog_writer(project) as con:  # its rows and probe results stay
+                repoint_split(con, ref, published)
+        if project.store_is_remote:  # the store's catalog points to the new version before older ones are deleted
+            mirror.push(project)
+        retire_versions(project.store, prefix, published)
+
+    if finisher is None:
+        finish()
+        return
+    try:
+        finisher.submit(finish)
+    except BaseException:
+        if writing is not None:
+            writing.abandon()
+        raise
 
 
-def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: TokenProgress) -> None:
+def write_locally(model: LoadedModel, plan: SplitPlan, settings: BuildSettings, progress: TokenProgress) -> ShardQueue:
     """Run the batches holding pending rows through the model in this process, handing each completed shard to
-    the writer threads so compression and disk I/O overlap the next forward passes. A batch's rows are gathered
-    once the next batch is launched (on a GPU its copy to the host overlaps that forward)."""
+    the writer threads so compression and disk I/O overlap the next forward passes; returns the queue of the shards
+    still being written (the caller closes it). A batch's rows are gathered once the next batch is launched (on a
+    GPU its copy to the host overlaps that forward)."""
     tokenized, writer = plan.tokenized, plan.writer
     assembler = ShardAssembler(tokenized, plan.shape, writer.pending_shards)
-    with ShardQueue(writer, settings.writers or default_writers()) as queue, torch.inference_mode():
-        launched: tuple[slice, HostCopy] | None = None
-        for batch in split_batches(tokenized, settings.batch_tokens):
-            if not assembler.rows_in(batch):
-                progress.skip(tokenized.seq_lens[batch])  # written by an earlier, killed build
-                continue
-            copy = launch_capture(model, tokenized.padded(batch), tokenized.seq_lens[batch], strategy=plan.capture)
+    queue = ShardQueue(writer, settings.writers or default_writers())
+    try:
+        with torch.inference_mode():
+            launched: tuple[slice, HostCopy] | None = None
+            for batch in split_batches(tokenized, settings.batch_tokens):
+                if not assembler.rows_in(batch):
+                    progress.skip(tokenized.seq_lens[batch])  # written by an earlier, killed build
+                    continue
+                copy = launch_capture(model, tokenized.padded(batch), tokenized.seq_lens[batch], strategy=plan.capture)
+                if launched is not None:
+                    _gather(tokenized, assembler, queue, progress, *launched)
+                launched = (batch, copy)
             if launched is not None:
                 _gather(tokenized, assembler, queue, progress, *launched)
-            launched = (batch, copy)
-        if launched is not None:
-            _gather(tokenized, assembler, queue, progress, *launched)
+    except BaseException:
+        queue.abandon()
+        raise
+    return queue
 
 
 def _gather(

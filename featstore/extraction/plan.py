@@ -11,7 +11,7 @@ from featstore.extraction.batching import TokenizedSplit, token_batches
 from featstore.extraction.models import LoadedModel
 from featstore.progress import TokenProgress
 from featstore.store.layout import CHUNKING, Chunking, SplitShape
-from featstore.store.writer import SplitWriter
+from featstore.store.writer import ShardQueue, SplitWriter
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class SplitPlan:
     capture: str
 
 
-ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, TokenProgress], None]
-"""Writes and records every pending shard of a planned split: in this process, or on a cluster."""
+ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, TokenProgress], ShardQueue | None]
+"""Writes and records every pending shard of a planned split: in this process (returning the queue of the shards
+still being written, for the caller to close) or on a cluster (all written on return: None)."""
 
 
 def split_batches(tokenized: TokenizedSplit, batch_tokens: int) -> list[slice]:

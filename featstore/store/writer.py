@@ -129,24 +129,27 @@ class ShardQueue:
     """Writes a split's shards `workers` at a time in threads (zarr's Blosc encodes release the GIL), each shard
     whole by one thread; the coordinator (the caller) records each as it finishes, in any order. At most
     `workers + 1` shards are queued or being written: `put` waits for one to finish first, so memory stays
-    within a few shards. Used as a context manager: leaving it waits for the rest (and raises the first failure
-    after the others have stopped), so a killed build has recorded exactly the shards fully written."""
+    within a few shards. `close` waits for the rest (and raises the first failure after the others have stopped),
+    `abandon` stops, so a killed build has recorded exactly the shards fully written."""
 
     def __init__(self, writer: SplitWriter, workers: int):
         self.writer, self.limit = writer, workers + 1
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zarr-writer")
         self._running: dict[Future, int] = {}
 
-    def __enter__(self) -> ShardQueue:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
+    def close(self) -> None:
+        """Wait for the shards still being written and record them (raising the first failure after the others
+        have stopped)."""
         try:
-            if exc_info[0] is None:
-                while self._running:
-                    self._record(wait(self._running, return_when=FIRST_COMPLETED).done)
+            while self._running:
+                self._record(wait(self._running, return_when=FIRST_COMPLETED).done)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abandon(self) -> None:
+        """Stop: the shards being written finish (unrecorded, so a resumed build writes them again), queued ones
+        are dropped."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def record_written(self) -> None:
         """Record the shards written by now (the caller checks after each batch, so a kill loses little)."""
