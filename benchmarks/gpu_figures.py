@@ -6,7 +6,8 @@ JSON line to --out, so whatever finished before a timeout is kept.
   tokens, length-sorted, --batch-tokens): real tokens/s after one warm-up batch.
 - `captures`: `capture_last_token` with each strategy on batches of random tokens --lengths long filling
   --batch-tokens: tokens/s per strategy and length.
-- `build`: the figures of a finished build: real tokens and seconds from the catalog, the wall time the script
+- `build`: the figures of a finished build: real tokens and the splits' window (first start to last registration:
+  splits overlap) from the catalog, the wall time the script
   measured, GPU utilisation and memory from the nvidia-smi samples (mean over the command, the busy window).
 
 Run by benchmarks/gpu_figures.sh; `python benchmarks/gpu_figures.py <subcommand> --help` for the options.
@@ -161,8 +162,9 @@ def build(args: argparse.Namespace) -> dict:
 
     with duckdb.connect(str(args.project / "store" / "catalog.duckdb"), read_only=True) as con:
         tokens, splits = con.execute("SELECT sum(seq_len), count(DISTINCT dataset || split) FROM features").fetchone()
-        seconds, settings = con.execute(
-            "SELECT sum(build_seconds), any_value(settings) FROM feature_splits WHERE status = 'complete'"
+        seconds, settings = con.execute(  # the splits overlap (one finishes while the next runs): their window
+            "SELECT max(epoch(built_at)) - min(epoch(built_at) - build_seconds), any_value(settings) "
+            "FROM feature_splits WHERE status = 'complete'"
         ).fetchone()
     figures = {
         "tokens": int(tokens or 0),

@@ -235,10 +235,10 @@ class RawCodec:
         self.writer = writer
         return self
 
-    def __enter__(self) -> RawCodec:
-        return self
+    def close(self) -> None:
+        pass
 
-    def __exit__(self, *_) -> None:
+    def abandon(self) -> None:
         pass
 
     def record_written(self) -> None:
