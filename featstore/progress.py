@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TextIO, TypeVar
+from collections.abc import Callable
+from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
 
-T = TypeVar("T")
 LOG_INTERVAL_S = 30.0
 LINE_FORMAT = (
     "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%), {rate_fmt}, elapsed {elapsed}, ETA {remaining}{postfix}"
@@ -171,11 +170,3 @@ def _work(lengths: np.ndarray) -> np.ndarray:
     """Tokens and the sum of squared lengths of rows of these lengths."""
     lengths = np.asarray(lengths, dtype=np.float64)
     return np.array([lengths.sum(), (lengths**2).sum()])
-
-
-def track(items: Sequence[T], unit: str, desc: str) -> Iterator[T]:
-    """Iterate over `items`, counting each one done in an `open_progress` counter."""
-    with open_progress(len(items), unit, desc) as progress:
-        for item in items:
-            yield item
-            progress.update()

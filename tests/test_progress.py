@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tqdm import tqdm
 
-from featstore.progress import LineProgress, TokenProgress, open_progress, track
+from featstore.progress import LineProgress, TokenProgress, open_progress
 
 
 class Clock:
@@ -53,19 +53,6 @@ def test_a_terminal_gets_a_bar_and_anything_else_log_lines():
     bar = open_progress(5, "ex", "build", stream=Terminal())
     assert isinstance(bar, tqdm)
     bar.close()
-
-
-def test_track_yields_every_item_and_counts_it(monkeypatch):
-    counters = []
-    real = open_progress
-
-    def recorded(*args, **kwargs):
-        counters.append(real(*args, stream=io.StringIO()))
-        return counters[-1]
-
-    monkeypatch.setattr("featstore.progress.open_progress", recorded)
-    assert list(track(["a", "b", "c"], "probe", "probe")) == ["a", "b", "c"]
-    assert counters[0].n == 3 and counters[0].total == 3
 
 
 def test_token_progress_counts_tokens_and_its_eta_prices_the_long_rows_still_to_come():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # Lowest layer first: a module may import its own layer or a lower one, never a higher one.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("probes", "featstore.errors", "featstore.bounded", "featstore.progress", "featstore.version"),
+    ("probes", "featstore.errors", "featstore.bounded", "featstore.progress", "featstore.digests", "featstore.version"),
     ("featstore.store",),
     ("featstore.project",),
     ("featstore.catalog",),

@@ -16,7 +16,6 @@ planning, publishing and the catalog stay here.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
@@ -44,6 +43,7 @@ from featstore.catalog.features import (
 )
 from featstore.catalog.names import DatasetNames
 from featstore.catalog.splits import FEATURE_SPLITS, hash_order
+from featstore.digests import json_digest
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split
 from featstore.extraction.capture import HostCopy, check_capture, launch_capture
@@ -334,7 +334,7 @@ def build_split(
         },
         "dataset_fingerprint": job.fingerprint,
     }
-    build_key = _digest(
+    build_key = json_digest(
         [
             model.identity,
             settings.stored(),
@@ -515,7 +515,3 @@ def _resolve_max_len(model: LoadedModel, settings: BuildSettings) -> int:
     if not shortest <= settings.max_len <= model.n_ctx:
         raise FeatstoreError(f"--max-len {settings.max_len} is outside {shortest}..{model.n_ctx} for {model.key}")
     return settings.max_len
-
-
-def _digest(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

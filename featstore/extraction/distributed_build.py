@@ -15,8 +15,6 @@ submitted at a time, so a worker holds one shard in flight and the next one queu
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from featstore.cluster import connect, gpu_resources, worker_count
+from featstore.digests import json_digest
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit
 from featstore.extraction.capture import capture_last_token
@@ -260,7 +259,7 @@ def worker_model(spec: ModelSpec) -> LoadedModel:
 
 def model_digest(identity: dict) -> str:
     """A short digest of a model identity: equal on every worker that loaded the same model."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(identity, 16)
 
 
 def _window(tokenized: TokenizedSplit, rows: slice) -> TokenizedSplit:

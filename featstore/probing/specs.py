@@ -8,10 +8,10 @@ where rows are written to the catalog and where a setting is named to the user.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from featstore.digests import json_digest
 
 LAST_TOKEN = "last-token"  # the residual's aggregation
 LENGTH_FEATURE = "length"  # the length-only control's feature
@@ -82,7 +82,7 @@ class ProbeSpec:
             self.seed,
             self.baseline,
         ] + ([self.control] if self.control else [])  # older ids unchanged
-        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:20]
+        return json_digest(fields, 20)
 
 
 def short_layers(layers: Sequence[int]) -> str:
