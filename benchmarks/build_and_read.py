@@ -40,6 +40,7 @@ import zarr
 from transformers import AutoModelForCausalLM
 
 from featstore.api import open_store
+from featstore.catalog.names import catalog_dataset_names
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.sae_probes import import_sae_probes
 from featstore.extraction.batching import TokenizedSplit, order_split, truncate_left
@@ -203,7 +204,8 @@ def main() -> None:
 def benchmark(args: argparse.Namespace, root: Path) -> None:
     """Build, then measure and print the comparisons for `args.model` on `args.dataset`."""
     project = init_project(root)
-    import_sae_probes(project, None, [args.dataset], SplitParams())
+    if not project.catalog_path.exists() or args.dataset not in catalog_dataset_names(project).names:
+        import_sae_probes(project, None, [args.dataset], SplitParams())  # a project that holds it is used offline
     settings = BuildSettings(
         limit=args.limit, batch_tokens=args.batch_tokens, overwrite=True, max_len=args.max_len, capture=args.capture
     )
