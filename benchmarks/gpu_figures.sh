@@ -79,4 +79,11 @@ left captures && figures "$short" captures --label llama1b-bf16-captures --model
 host_limit=$([ "$smoke" = "--smoke" ] && echo 16 || echo 300)
 left host_path && timeout 100 "$PYTHON" benchmarks/host_path.py --project "$project" --models random:gpt2-medium \
     --limit "$host_limit" --bare-tokens 1024 > "$OUT/host_path.txt" 2>&1
+# (f): featstore against the sae-probes-style peer at 1,000 examples of 87_glue_cola (issue 21), if time is left
+peer_limit=$([ "$smoke" = "--smoke" ] && echo 16 || echo 1000)
+if left peer; then
+    peer_root="$work/peer" && mkdir -p "$peer_root" && cp -r "$project/datasets" "$project/store" "$peer_root/"
+    timeout 120 "$PYTHON" benchmarks/build_and_read.py --model "$gpt2" --dataset 87_glue_cola --limit "$peer_limit" \
+        --root "$peer_root" --batch-tokens "$bare_budget" --peer > "$OUT/peer.txt" 2>&1
+fi
 echo "{\"step\": \"done\", \"seconds\": $(( $(date +%s) - started ))}" >> "$results"
