@@ -183,6 +183,7 @@ def baseline_comparisons(project: Project, results: pd.DataFrame) -> pd.DataFram
 def dataset_page(project: Project, data: ModelData, dataset: str, threshold: float) -> dict:
     """Everything the dataset page shows, from the model's catalog rows and a small slice of the test split."""
     mine = data.results[data.results["dataset"] == dataset].sort_values("roc_auc", ascending=False, kind="stable")
+    mine = mine.assign(setting=_seeded_settings(mine))
     length_auc = _length_auc(mine)
     featured = _featured(mine, data.scored, set(data.head_weights["result_id"]))
     splits = data.splits[data.splits["dataset"] == dataset]
@@ -248,6 +249,13 @@ def example_texts(project: Project, examples: pd.DataFrame) -> list[dict]:
         }
         for row in rows.itertuples()
     ]
+
+
+def _seeded_settings(results: pd.DataFrame) -> pd.Series:
+    """Each result's setting, with ` (seed N)` where the page lists several seeds of it (one row, curve and point
+    each), so no two rows of a dataset page share a label."""
+    repeated = results["setting"].duplicated(keep=False)
+    return results["setting"].where(~repeated, results["setting"] + " (seed " + results["seed"].astype(str) + ")")
 
 
 def _label_provenance(project: Project, dataset: str) -> dict | None:

@@ -117,8 +117,12 @@ def dataset_charts(page: dict) -> dict[str, Markup | list[Markup] | None]:
 
 
 def brief(label: str, width: int = 48) -> str:
-    """A setting label cut to `width` characters (a stack of 30 bases is long); pages show the whole one on hover."""
-    return label if len(label) <= width else label[: width - 1] + "…"
+    """A setting label cut to `width` characters in the middle (a stack of 30 bases is long; the end holds the
+    `[control]` and `(seed N)` tags that tell rows apart); pages show the whole one on hover."""
+    if len(label) <= width:
+        return label
+    tail = (width - 1) // 2
+    return label[: width - 1 - tail] + "…" + label[-tail:]
 
 
 def human_size(n: int | None) -> str:
