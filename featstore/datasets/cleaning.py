@@ -43,7 +43,10 @@ class CleanOutcome:
 
 
 def clean_datasets(
-    project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool = False,
+    project: Project,
+    entries: list[DatasetEntry],
+    params: SplitParams,
+    overwrite: bool = False,
     confirm: Confirm | None = None,
 ) -> CleanOutcome:
     """Clean and index `entries` (unchanged inputs are skipped unless `overwrite`); features and probe results of
@@ -55,8 +58,9 @@ def clean_datasets(
         return _clean_locked(project, entries, params, overwrite, confirm)
 
 
-def _clean_locked(project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool,
-                  confirm: Confirm | None) -> CleanOutcome:
+def _clean_locked(
+    project: Project, entries: list[DatasetEntry], params: SplitParams, overwrite: bool, confirm: Confirm | None
+) -> CleanOutcome:
     indexed = _indexed_fingerprints(project)
     fingerprints = {e.name: _fingerprint(project, e, params) for e in entries}
     todo = [
@@ -157,13 +161,17 @@ def read_raw(project: Project, entry: DatasetEntry) -> pd.DataFrame:
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as err:
-        raise FeatstoreError(f"datasets/raw/{entry.source} cannot be read: {str(err).strip().splitlines()[0]}") from None
+        raise FeatstoreError(
+            f"datasets/raw/{entry.source} cannot be read: {str(err).strip().splitlines()[0]}"
+        ) from None
 
 
 def _checked_prompts(entry: DatasetEntry, prompts: pd.Series) -> pd.Series:
     empty = prompts.isna() | (prompts.astype(str).str.strip() == "")
     if empty.any():
-        raise FeatstoreError(f"{entry.where('prompt')}: missing or empty prompt in raw row {int(np.flatnonzero(empty)[0])}")
+        raise FeatstoreError(
+            f"{entry.where('prompt')}: missing or empty prompt in raw row {int(np.flatnonzero(empty)[0])}"
+        )
     not_text = ~prompts.map(lambda value: isinstance(value, str))
     if not_text.any():
         row = int(np.flatnonzero(not_text)[0])
@@ -181,7 +189,7 @@ def _binary_targets(entry: DatasetEntry, targets: pd.Series) -> pd.Series:
     shown = ", ".join(repr(v) for v in sorted(values, key=str)[:5])
     raise FeatstoreError(
         f"{entry.where('Probe to extraction')}: labels are not binary (found {shown}); "
-        "write an expression such as col == \"yes\""
+        'write an expression such as col == "yes"'
     )
 
 
@@ -210,8 +218,10 @@ def _index(
     dropped: set[str],
 ) -> None:
     """Replace the entries' examples and dataset rows; features and probe results go only for `dropped`."""
-    indexed = [(_dataset_record(entry, staged[entry.name][1], fingerprints[entry.name], params), staged[entry.name][1])
-               for entry in entries]
+    indexed = [
+        (_dataset_record(entry, staged[entry.name][1], fingerprints[entry.name], params), staged[entry.name][1])
+        for entry in entries
+    ]
     with catalog_writer(project) as con:
         replace_datasets(con, indexed, dropped)
 
@@ -220,9 +230,21 @@ def _dataset_record(entry: DatasetEntry, rows: pd.DataFrame, fingerprint: str, p
     """The catalog row of a dataset cleaned into example `rows`."""
     labels = rows["label"].to_numpy()
     return DatasetRecord(
-        entry.name, entry.number, entry.tag, entry.source, entry.probe_from, entry.probe_to, entry.prompt_extraction,
-        entry.target_extraction, entry.data_type, len(rows), int(labels.sum()), int((labels == 0).sum()),
-        int((rows["split"] == TRAIN).sum()), int((rows["split"] == TEST).sum()), json.dumps(params.as_dict()),
+        entry.name,
+        entry.number,
+        entry.tag,
+        entry.source,
+        entry.probe_from,
+        entry.probe_to,
+        entry.prompt_extraction,
+        entry.target_extraction,
+        entry.data_type,
+        len(rows),
+        int(labels.sum()),
+        int((labels == 0).sum()),
+        int((rows["split"] == TRAIN).sum()),
+        int((rows["split"] == TEST).sum()),
+        json.dumps(params.as_dict()),
         fingerprint,
     )
 
@@ -236,8 +258,16 @@ def _indexed_fingerprints(project: Project) -> dict[str, str]:
 
 def _fingerprint(project: Project, entry: DatasetEntry, params: SplitParams) -> str:
     digest = hashlib.sha256()
-    fields = [entry.name, entry.source, entry.probe_from, entry.probe_to, entry.prompt_extraction,
-              entry.target_extraction, entry.data_type, json.dumps(params.as_dict(), sort_keys=True)]
+    fields = [
+        entry.name,
+        entry.source,
+        entry.probe_from,
+        entry.probe_to,
+        entry.prompt_extraction,
+        entry.target_extraction,
+        entry.data_type,
+        json.dumps(params.as_dict(), sort_keys=True),
+    ]
     digest.update(json.dumps(fields).encode())
     with raw_path(project, entry).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

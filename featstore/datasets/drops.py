@@ -43,7 +43,7 @@ class Drop:
         shown = "; ".join(self.settings[:SHOWN_RESULTS])
         more = len(self.settings) - SHOWN_RESULTS
         if more > 0:
-            shown += f"; and {more} more (featstore sql \"{results_query(self.dataset)}\")"
+            shown += f'; and {more} more (featstore sql "{results_query(self.dataset)}")'
         results = f"{len(self.results)} probe result(s)" + (f" ({shown})" if self.results else "")
         return f"{self.dataset}: features {splits}; {results}; {format_bytes(self.nbytes)}"
 
@@ -52,8 +52,8 @@ def examples_digest(rows: pd.DataFrame) -> str:
     """SHA-256 of a dataset's train and test examples (example_id, split, label, prompt), in example_id order."""
     kept = rows[rows["split"].isin(FEATURE_SPLITS)].sort_values("example_id")
     digest = hashlib.sha256()
-    for example, split, label, prompt in zip(kept["example_id"].tolist(), kept["split"].tolist(),
-                                             kept["label"].tolist(), kept["prompt"].tolist()):
+    columns = (kept[name].tolist() for name in ("example_id", "split", "label", "prompt"))
+    for example, split, label, prompt in zip(*columns, strict=True):
         digest.update(f"{int(example)}\t{split}\t{int(label)}\t{len(prompt)}\t{prompt}\n".encode())
     return digest.hexdigest()
 
@@ -77,9 +77,15 @@ def planned_drops(project: Project, con: duckdb.DuckDBPyConnection, changed: lis
         splits, results = built_work(con, dataset)
         if not splits and not results:
             continue
-        drop = Drop(dataset, splits, [r[0] for r in results],
-                    [f"{model} {probe} {feature} layers {layers} {aggregation}"
-                     for _, model, probe, feature, layers, aggregation in results])
+        drop = Drop(
+            dataset,
+            splits,
+            [r[0] for r in results],
+            [
+                f"{model} {probe} {feature} layers {layers} {aggregation}"
+                for _, model, probe, feature, layers, aggregation in results
+            ],
+        )
         for model, split in drop.splits:
             prefix = split_prefix(model, dataset, split)
             for name in project.store.children(prefix):
@@ -112,6 +118,6 @@ def _probe_files(project: Project, dataset: str, results: list[tuple]) -> dict[s
         prefix = f"{PROBES}/{model_dir_name(model)}/{dataset}"
         ids = {row[0] for row in results if row[1] == model}
         for key, size in project.store.sizes(prefix).items():
-            if key[len(prefix) + 1:].split("/", 1)[0].split("-", 1)[0] in ids:
+            if key[len(prefix) + 1 :].split("/", 1)[0].split("-", 1)[0] in ids:
                 files[key] = size
     return files

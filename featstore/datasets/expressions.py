@@ -21,7 +21,8 @@ import operator
 import re
 import re._parser
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,35 +34,115 @@ MAX_EXPRESSION_LENGTH = 500
 MAX_REPLACEMENT = 50
 MAX_ROW_CHARS = 100_000  # about 25k tokens: past the context of every supported model
 EVALUATION_BUDGET = Budget(seconds=60.0, memory_bytes=4 * 2**30)
-SERIES_METHODS = frozenset({
-    "isin", "between", "isna", "notna", "isnull", "notnull", "fillna", "astype", "abs", "round",
-    "clip", "eq", "ne", "lt", "le", "gt", "ge",
-})
-STR_METHODS = frozenset({
-    "contains", "startswith", "endswith", "match", "fullmatch", "count", "find", "rfind", "len",
-    "lower", "upper", "title", "capitalize", "casefold", "swapcase", "strip", "lstrip", "rstrip",
-    "replace", "removeprefix", "removesuffix", "slice", "split", "rsplit", "get",
-    "isdigit", "isalpha", "isalnum", "isnumeric", "isdecimal", "isspace", "islower", "isupper",
-    "istitle",
-})
-ASTYPE_DTYPES = frozenset({
-    "str", "string", "object", "category", "bool", "boolean", "int", "int32", "int64", "Int64",
-    "float", "float32", "float64", "Float64",
-})
+SERIES_METHODS = frozenset(
+    {
+        "isin",
+        "between",
+        "isna",
+        "notna",
+        "isnull",
+        "notnull",
+        "fillna",
+        "astype",
+        "abs",
+        "round",
+        "clip",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+    }
+)
+STR_METHODS = frozenset(
+    {
+        "contains",
+        "startswith",
+        "endswith",
+        "match",
+        "fullmatch",
+        "count",
+        "find",
+        "rfind",
+        "len",
+        "lower",
+        "upper",
+        "title",
+        "capitalize",
+        "casefold",
+        "swapcase",
+        "strip",
+        "lstrip",
+        "rstrip",
+        "replace",
+        "removeprefix",
+        "removesuffix",
+        "slice",
+        "split",
+        "rsplit",
+        "get",
+        "isdigit",
+        "isalpha",
+        "isalnum",
+        "isnumeric",
+        "isdecimal",
+        "isspace",
+        "islower",
+        "isupper",
+        "istitle",
+    }
+)
+ASTYPE_DTYPES = frozenset(
+    {
+        "str",
+        "string",
+        "object",
+        "category",
+        "bool",
+        "boolean",
+        "int",
+        "int32",
+        "int64",
+        "Int64",
+        "float",
+        "float32",
+        "float64",
+        "Float64",
+    }
+)
 BINARY_OPERATORS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
-    ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
 }
 REFUSAL_HINTS = {
-    ast.BoolOp: "'and'/'or' (use & and | with parentheses)", ast.In: "'in' (use col.isin([...]))",
-    ast.NotIn: "'not in' (use ~col.isin([...]))", ast.Is: "'is' (use == or col.isna())",
-    ast.IsNot: "'is not' (use != or col.notna())", ast.Not: "'not' (use ~)",
-    ast.Lambda: "a lambda", ast.JoinedStr: "an f-string", ast.NamedExpr: "the walrus operator",
-    ast.IfExp: "a conditional expression", ast.GeneratorExp: "a generator expression",
-    ast.ListComp: "a comprehension", ast.SetComp: "a comprehension", ast.DictComp: "a comprehension",
+    ast.BoolOp: "'and'/'or' (use & and | with parentheses)",
+    ast.In: "'in' (use col.isin([...]))",
+    ast.NotIn: "'not in' (use ~col.isin([...]))",
+    ast.Is: "'is' (use == or col.isna())",
+    ast.IsNot: "'is not' (use != or col.notna())",
+    ast.Not: "'not' (use ~)",
+    ast.Lambda: "a lambda",
+    ast.JoinedStr: "an f-string",
+    ast.NamedExpr: "the walrus operator",
+    ast.IfExp: "a conditional expression",
+    ast.GeneratorExp: "a generator expression",
+    ast.ListComp: "a comprehension",
+    ast.SetComp: "a comprehension",
+    ast.DictComp: "a comprehension",
 }
 SERIES, ACCESSOR, LITERAL = "Series", "col.str accessor", "literal"
 Compiled = tuple[str, Callable[[pd.Series], Any]]
@@ -177,7 +258,9 @@ def _check_replacement(arguments: dict) -> None:
     if arguments.get("regex") and "\\" in replacement:
         raise _Refused("replace() with a backslash in a regex replacement (group references can multiply the text)")
     try:
-        matches_empty = _can_match_empty(pattern, arguments.get("flags", 0)) if arguments.get("regex") else pattern == ""
+        matches_empty = (
+            _can_match_empty(pattern, arguments.get("flags", 0)) if arguments.get("regex") else pattern == ""
+        )
     except re.error as error:
         raise _Refused(f"replace() pattern {pattern!r}: {error}") from None
     if matches_empty:

@@ -124,8 +124,12 @@ def select_entries(entries: list[DatasetEntry], names: list[str] | None) -> list
     registry order; all when names is empty."""
     if not names:
         return entries
-    registered = DatasetNames(tuple(e.name for e in entries), tuple(str(e.number) for e in entries),
-                              tuple(e.tag for e in entries), "in datasets/main.csv")
+    registered = DatasetNames(
+        tuple(e.name for e in entries),
+        tuple(str(e.number) for e in entries),
+        tuple(e.tag for e in entries),
+        "in datasets/main.csv",
+    )
     chosen = set(registered.resolve_all(names))
     return [e for e in entries if e.name in chosen]
 
@@ -174,11 +178,10 @@ def _check_fields(entry: DatasetEntry) -> None:
         if not value:
             raise FeatstoreError(f"{entry.where(repr(field))} is empty")
     if entry.data_type != BINARY:
-        raise FeatstoreError(
-            f"{entry.where('Data type')}: {entry.data_type!r} is not supported (only {BINARY!r})"
-        )
+        raise FeatstoreError(f"{entry.where('Data type')}: {entry.data_type!r} is not supported (only {BINARY!r})")
     try:
         checked_key(entry.source, "source")
     except UnsafeName:
-        raise FeatstoreError(f"{entry.where('source')}: {ascii(entry.source)[:80]} must be a file name under "
-                             "datasets/raw/") from None
+        raise FeatstoreError(
+            f"{entry.where('source')}: {ascii(entry.source)[:80]} must be a file name under datasets/raw/"
+        ) from None

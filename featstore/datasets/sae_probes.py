@@ -23,7 +23,11 @@ from featstore.catalog.names import DatasetNames
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.cleaning import CleanOutcome, Confirm, clean_datasets
 from featstore.datasets.registry import (
-    BINARY, parse_registry, read_registry_frame, registry_replaced_after, select_entries,
+    BINARY,
+    parse_registry,
+    read_registry_frame,
+    registry_replaced_after,
+    select_entries,
 )
 from featstore.errors import FeatstoreError
 from featstore.project import Project
@@ -45,16 +49,16 @@ class PackageData:
         return self._open(self._files[relative])
 
     @classmethod
-    def from_wheel(cls, wheel: Path) -> "PackageData":
+    def from_wheel(cls, wheel: Path) -> PackageData:
         try:
             archive = zipfile.ZipFile(wheel)
         except (zipfile.BadZipFile, OSError) as err:
             raise FeatstoreError(f"{wheel} is not a readable wheel: {err}") from None
-        files = {n[len(DATA_PREFIX):]: n for n in archive.namelist() if n.startswith(DATA_PREFIX)}
+        files = {n[len(DATA_PREFIX) :]: n for n in archive.namelist() if n.startswith(DATA_PREFIX)}
         return cls(files, archive.read, str(wheel))
 
     @classmethod
-    def from_directory(cls, directory: Path) -> "PackageData":
+    def from_directory(cls, directory: Path) -> PackageData:
         masters = sorted(directory.rglob(MASTER))
         if not masters:
             raise FeatstoreError(f"{directory} holds no {MASTER} (expected the sae_probes/data folder)")
@@ -63,13 +67,13 @@ class PackageData:
         return cls(files, Path.read_bytes, str(directory))
 
     @classmethod
-    def installed(cls) -> "PackageData | None":
+    def installed(cls) -> PackageData | None:
         try:
             distribution = importlib.metadata.distribution(DISTRIBUTION)
         except importlib.metadata.PackageNotFoundError:
             return None
         files = {
-            str(f)[len(DATA_PREFIX):]: distribution.locate_file(f)
+            str(f)[len(DATA_PREFIX) :]: distribution.locate_file(f)
             for f in distribution.files or []
             if str(PurePosixPath(f)).startswith(DATA_PREFIX)
         }
@@ -88,7 +92,17 @@ def locate_package_data(source: Path | None, cache_dir: Path) -> PackageData:
     cached = sorted(cache_dir.glob("sae_probes-*.whl"))
     if not cached:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(cache_dir), DISTRIBUTION]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--dest",
+            str(cache_dir),
+            DISTRIBUTION,
+        ]
         completed = subprocess.run(command, capture_output=True, text=True)
         cached = sorted(cache_dir.glob("sae_probes-*.whl"))
         if completed.returncode != 0 or not cached:
@@ -131,7 +145,11 @@ def registry_row(master_row: pd.Series, raw: pd.DataFrame, source: str) -> dict:
 
 
 def import_sae_probes(
-    project: Project, source: Path | None, only: list[str] | None, params: SplitParams, overwrite: bool = False,
+    project: Project,
+    source: Path | None,
+    only: list[str] | None,
+    params: SplitParams,
+    overwrite: bool = False,
     confirm: Confirm | None = None,
 ) -> CleanOutcome:
     """Copy the benchmark's binary datasets into `datasets/raw/`, register them and clean them (features and
@@ -141,8 +159,12 @@ def import_sae_probes(
     data = locate_package_data(source, project.store_dir / ".cache")
     benchmark = benchmark_rows(data)
     if only:
-        offered = DatasetNames(tuple(benchmark["number"] + "_" + benchmark["tag"]), tuple(benchmark["number"]),
-                               tuple(benchmark["tag"]), "an SAE-Probes binary dataset")
+        offered = DatasetNames(
+            tuple(benchmark["number"] + "_" + benchmark["tag"]),
+            tuple(benchmark["number"]),
+            tuple(benchmark["tag"]),
+            "an SAE-Probes binary dataset",
+        )
         benchmark = benchmark[(benchmark["number"] + "_" + benchmark["tag"]).isin(offered.resolve_all(only))]
     project.raw_dir.mkdir(parents=True, exist_ok=True)
     new_rows, created = [], []
@@ -167,8 +189,8 @@ def import_sae_probes(
 
 def _merged_registry(existing: pd.DataFrame, imported: pd.DataFrame) -> pd.DataFrame:
     """The registry with imported rows replacing rows of the same number (a different tag there is an error)."""
-    current = dict(zip(existing["number"].str.strip(), existing["Dataset Tag"].str.strip()))
-    for number, tag in zip(imported["number"], imported["Dataset Tag"]):
+    current = dict(zip(existing["number"].str.strip(), existing["Dataset Tag"].str.strip(), strict=False))
+    for number, tag in zip(imported["number"], imported["Dataset Tag"], strict=False):
         if number in current and current[number] != tag:
             raise FeatstoreError(
                 f"datasets/main.csv already uses number {number} for {current[number]!r}; "
@@ -176,10 +198,14 @@ def _merged_registry(existing: pd.DataFrame, imported: pd.DataFrame) -> pd.DataF
             )
     replaced = existing["number"].str.strip().isin(set(imported["number"]))
     by_number = imported.set_index("number", drop=False)
-    updated = [by_number.loc[n].to_dict() if r else row for n, r, row in
-               zip(existing["number"].str.strip(), replaced, existing.to_dict("records"))]
+    updated = [
+        by_number.loc[n].to_dict() if r else row
+        for n, r, row in zip(existing["number"].str.strip(), replaced, existing.to_dict("records"), strict=False)
+    ]
     appended = imported[~imported["number"].isin(set(existing["number"].str.strip()))].to_dict("records")
-    return pd.DataFrame(updated + appended, columns=list(dict.fromkeys([*existing.columns, *imported.columns]))).fillna("")
+    return pd.DataFrame(updated + appended, columns=list(dict.fromkeys([*existing.columns, *imported.columns]))).fillna(
+        ""
+    )
 
 
 def _write_atomically(path: Path, payload: bytes) -> None:

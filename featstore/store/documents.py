@@ -21,6 +21,8 @@ def read_document(location: StoreLocation, key: str) -> bytes | None:
     holds more than MAX_DOCUMENT_BYTES."""
     data = location.read_at_most(key, MAX_DOCUMENT_BYTES + 1)
     if data is not None and len(data) > MAX_DOCUMENT_BYTES:
-        raise DocumentTooLarge(f"{location.describe(key)} is larger than {MAX_DOCUMENT_BYTES >> 20} MiB, which no "
-                               "featstore metadata document is; refused without reading it")
+        raise DocumentTooLarge(
+            f"{location.describe(key)} is larger than {MAX_DOCUMENT_BYTES >> 20} MiB, which no "
+            "featstore metadata document is; refused without reading it"
+        )
     return data

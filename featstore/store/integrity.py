@@ -22,8 +22,8 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
 
 from featstore.errors import FeatstoreError
-from featstore.store.layout import COMPLETE, FORMAT_VERSION
 from featstore.store.documents import MAX_DOCUMENT_BYTES, DocumentTooLarge, read_document
+from featstore.store.layout import COMPLETE, FORMAT_VERSION
 from featstore.store.location import StoreLocation, as_store_error, store_errors
 
 ROOT = "zarr.json"
@@ -44,13 +44,14 @@ class SplitRef:
         return f"{self.dataset}/{self.split} of {self.model}"
 
 
-
 class DamagedSplit(FeatstoreError):
     """A stored split that cannot be read as it was written; `problem` says which file and how."""
 
     def __init__(self, split: SplitRef, problem: str):
-        super().__init__(f"the stored features of {split} are damaged: {problem}; `featstore verify --model "
-                         f"{split.model} --datasets {split.dataset}` lists the damage and the command that repairs it")
+        super().__init__(
+            f"the stored features of {split} are damaged: {problem}; `featstore verify --model "
+            f"{split.model} --datasets {split.dataset}` lists the damage and the command that repairs it"
+        )
         self.split, self.problem = split, problem
 
     def __reduce__(self):  # rebuilt from its fields, so it crosses process boundaries (report workers)
@@ -155,8 +156,9 @@ class IntegrityStore(WrapperStore[Store]):
             raise DamagedSplit(self.split, f"{key} ({_describe(byte_range)}) does not match its checksum")
         return found
 
-    async def get_partial_values(self, prototype: BufferPrototype,
-                                 key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
         return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
 
     async def exists(self, key: str) -> bool:
@@ -173,7 +175,7 @@ class IntegrityStore(WrapperStore[Store]):
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         prefix = prefix.rstrip("/") + "/" if prefix else ""
-        children = {key[len(prefix):].split("/", 1)[0] for key in self._keys() if key.startswith(prefix)}
+        children = {key[len(prefix) :].split("/", 1)[0] for key in self._keys() if key.startswith(prefix)}
         for child in sorted(children):
             yield child
 
@@ -215,8 +217,11 @@ def read_sealed_root(location: StoreLocation, key: str, split: SplitRef) -> tupl
     if not isinstance(attributes, dict):
         raise DamagedSplit(split, f"{ROOT} has no attributes")
     if attributes.get("format") != FORMAT_VERSION:
-        raise DamagedSplit(split, f"it was written in store format {attributes.get('format')!r}, which has no "
-                                  f"checksums (this featstore reads format {FORMAT_VERSION})")
+        raise DamagedSplit(
+            split,
+            f"it was written in store format {attributes.get('format')!r}, which has no "
+            f"checksums (this featstore reads format {FORMAT_VERSION})",
+        )
     if attributes.get(SEAL) != seal_value(document) or not isinstance(attributes.get(MANIFEST), dict):
         raise DamagedSplit(split, f"{ROOT} does not match its seal")
     return raw, document

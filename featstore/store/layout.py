@@ -69,7 +69,8 @@ def split_prefix(model_key: str, dataset: str, split: str) -> str:
     versions, one folder per build (the catalog names the published one). Each part is checked: the dataset
     and split names come from a catalog, which may have been cloned."""
     parts = (model_dir_name(model_key), dataset, split)
-    return "/".join([FEATURES, *(checked_name(part, what) for part, what in zip(parts, ("model", "dataset", "split")))])
+    checked = (checked_name(part, what) for part, what in zip(parts, ("model", "dataset", "split"), strict=True))
+    return "/".join([FEATURES, *checked])
 
 
 def new_version() -> str:
@@ -121,20 +122,42 @@ class SplitShape:
 
     def arrays(self) -> dict[str, dict]:
         """zarr.create_array keyword arguments for each array of the split."""
-        n, layers, heads, d, t, tc = (self.n_examples, self.n_layers, self.n_heads, self.d_model,
-                                      self.max_seq_len, self.token_chunk)
+        n, layers, heads, d, t, tc = (
+            self.n_examples,
+            self.n_layers,
+            self.n_heads,
+            self.d_model,
+            self.max_seq_len,
+            self.token_chunk,
+        )
         padded_t = math.ceil(t / tc) * tc
         padded_n = max(self.n_shards, 1) * SHARD_EXAMPLES
         return {
-            "attn": dict(shape=(n, layers, heads, t), dtype="float16", chunks=(self.chunk_examples, 1, heads, tc),
-                         shards=(SHARD_EXAMPLES, layers, heads, padded_t),
-                         dimension_names=["example", "layer", "head", "token"]),
-            "resid": dict(shape=(n, layers, d), dtype="float16", chunks=(SHARD_EXAMPLES, 1, d),
-                          shards=(SHARD_EXAMPLES, layers, d), dimension_names=["example", "layer", "d_model"]),
-            "tokens": dict(shape=(n, t), dtype="int32", chunks=(SHARD_EXAMPLES, t), shards=None,
-                           dimension_names=["example", "token"]),
-            "seq_len": dict(shape=(n,), dtype="int32", chunks=(SHARD_EXAMPLES,), shards=(padded_n,),
-                            dimension_names=["example"]),
-            "example_id": dict(shape=(n,), dtype="int64", chunks=(SHARD_EXAMPLES,), shards=(padded_n,),
-                               dimension_names=["example"]),
+            "attn": dict(
+                shape=(n, layers, heads, t),
+                dtype="float16",
+                chunks=(self.chunk_examples, 1, heads, tc),
+                shards=(SHARD_EXAMPLES, layers, heads, padded_t),
+                dimension_names=["example", "layer", "head", "token"],
+            ),
+            "resid": dict(
+                shape=(n, layers, d),
+                dtype="float16",
+                chunks=(SHARD_EXAMPLES, 1, d),
+                shards=(SHARD_EXAMPLES, layers, d),
+                dimension_names=["example", "layer", "d_model"],
+            ),
+            "tokens": dict(
+                shape=(n, t),
+                dtype="int32",
+                chunks=(SHARD_EXAMPLES, t),
+                shards=None,
+                dimension_names=["example", "token"],
+            ),
+            "seq_len": dict(
+                shape=(n,), dtype="int32", chunks=(SHARD_EXAMPLES,), shards=(padded_n,), dimension_names=["example"]
+            ),
+            "example_id": dict(
+                shape=(n,), dtype="int64", chunks=(SHARD_EXAMPLES,), shards=(padded_n,), dimension_names=["example"]
+            ),
         }

@@ -44,8 +44,16 @@ class Lease:
         self.lost: str | None = None
 
     def body(self) -> bytes:
-        return json.dumps({"token": self.token, "command": self.command, "host": socket.gethostname(),
-                           "pid": os.getpid(), "since": self.since, "expires": time.time() + self.ttl}).encode()
+        return json.dumps(
+            {
+                "token": self.token,
+                "command": self.command,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": self.since,
+                "expires": time.time() + self.ttl,
+            }
+        ).encode()
 
     def acquire(self) -> None:
         """Take the lease, or refuse with one line naming its holder."""
@@ -57,11 +65,15 @@ class Lease:
                 if not _lapsed(holder):
                     raise FeatstoreError(_held_by(holder, self.location, self.ttl))
                 if not self.location.replace_bytes(LEASE, body, found[1]):
-                    raise FeatstoreError(f"another featstore command took the write lease of {self.location.url} "
-                                         "just now; run this command again when it finishes")
+                    raise FeatstoreError(
+                        f"another featstore command took the write lease of {self.location.url} "
+                        "just now; run this command again when it finishes"
+                    )
             elif not self.location.create_bytes(LEASE, body):
-                raise FeatstoreError(f"another featstore command took the write lease of {self.location.url} just "
-                                     "now; run this command again when it finishes")
+                raise FeatstoreError(
+                    f"another featstore command took the write lease of {self.location.url} just "
+                    "now; run this command again when it finishes"
+                )
         self._written(body)
 
     def renew(self) -> None:
@@ -92,8 +104,10 @@ class Lease:
 
     def check(self) -> None:
         if self.lost is not None:
-            raise FeatstoreError(f"this command stopped writing {self.location.url}: {self.lost}; nothing more was "
-                                 "published; run it again")
+            raise FeatstoreError(
+                f"this command stopped writing {self.location.url}: {self.lost}; nothing more was "
+                "published; run it again"
+            )
 
 
 _ACTIVE: dict[str, Lease] = {}  # the lease this process holds, by store URL
@@ -139,9 +153,11 @@ def _parse(raw: bytes) -> dict:
 
 def _held_by(holder: dict, location: StoreLocation, ttl: float) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(holder.get("since", 0))))
-    return (f"{holder.get('command', 'another featstore command')} on {holder.get('host')} (pid {holder.get('pid')}) "
-            f"has been writing {location.url} since {since}; wait for it to finish (a lease left by a crashed "
-            f"writer expires {ttl:.0f} s after its last renewal)")
+    return (
+        f"{holder.get('command', 'another featstore command')} on {holder.get('host')} (pid {holder.get('pid')}) "
+        f"has been writing {location.url} since {since}; wait for it to finish (a lease left by a crashed "
+        f"writer expires {ttl:.0f} s after its last renewal)"
+    )
 
 
 def _lapsed(holder: dict) -> bool:

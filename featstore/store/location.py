@@ -14,10 +14,10 @@ import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import google_crc32c
 from zarr.abc.store import Store
@@ -260,11 +260,15 @@ class ObjectLocation(StoreLocation):
         object's size)."""
         if self.protocol not in ("s3", "s3a"):
             return {}
-        retries = {"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS)),
-                   "mode": os.environ.get("AWS_RETRY_MODE", "standard")}
-        options = {"use_listings_cache": False, "max_concurrency": 1,
-                   "config_kwargs": {"retries": retries, "connect_timeout": CONNECT_TIMEOUT_S,
-                                     "read_timeout": READ_TIMEOUT_S}}
+        retries = {
+            "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", MAX_ATTEMPTS)),
+            "mode": os.environ.get("AWS_RETRY_MODE", "standard"),
+        }
+        options = {
+            "use_listings_cache": False,
+            "max_concurrency": 1,
+            "config_kwargs": {"retries": retries, "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S},
+        }
         if os.environ.get("AWS_ENDPOINT_URL"):
             options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
         return options
@@ -348,13 +352,13 @@ class ObjectLocation(StoreLocation):
         root = self._path("")
         with store_errors(self):
             found = self.fs.find(self._path(prefix))
-        return sorted(path[len(root) + 1:] for path in found)
+        return sorted(path[len(root) + 1 :] for path in found)
 
     def sizes(self, prefix: str) -> dict[str, int]:
         root = self._path("")
         with store_errors(self):
             found = self.fs.find(self._path(prefix), detail=True)
-        return {path[len(root) + 1:]: int(info.get("size") or 0) for path, info in sorted(found.items())}
+        return {path[len(root) + 1 :]: int(info.get("size") or 0) for path, info in sorted(found.items())}
 
     def children(self, prefix: str) -> list[str]:
         with store_errors(self):
@@ -399,16 +403,28 @@ def _precondition_failed(err: OSError) -> bool:
 def is_unreachable(err: BaseException) -> bool:
     """Whether an exception from an object-store client means the store could not be reached."""
     names = {cls.__name__ for cls in type(err).__mro__}
-    return bool(names & {"EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError",
-                         "ReadTimeoutError", "ClientConnectorError", "ServerDisconnectedError",
-                         "ConnectionRefusedError", "ConnectionResetError"})
+    return bool(
+        names
+        & {
+            "EndpointConnectionError",
+            "ConnectionClosedError",
+            "ConnectTimeoutError",
+            "ReadTimeoutError",
+            "ClientConnectorError",
+            "ServerDisconnectedError",
+            "ConnectionRefusedError",
+            "ConnectionResetError",
+        }
+    )
 
 
 def unreachable(where: str, err: BaseException) -> StoreUnreachable:
     """The one line for a store that stayed unreachable (botocore has retried with backoff)."""
-    return StoreUnreachable(f"the store {where} cannot be reached ({type(err).__name__}: "
-                            f"{' '.join(str(err).split())[:200]}); check the endpoint and network, then run "
-                            "the command again (it resumes where it stopped)")
+    return StoreUnreachable(
+        f"the store {where} cannot be reached ({type(err).__name__}: "
+        f"{' '.join(str(err).split())[:200]}); check the endpoint and network, then run "
+        "the command again (it resumes where it stopped)"
+    )
 
 
 def as_store_error(err: BaseException, where: str) -> FeatstoreError | None:
@@ -418,11 +434,15 @@ def as_store_error(err: BaseException, where: str) -> FeatstoreError | None:
     if is_unreachable(err):
         return unreachable(where, err)
     if names & {"NoCredentialsError", "PartialCredentialsError"}:
-        return FeatstoreError(f"no credentials for the store {where}: set AWS_ACCESS_KEY_ID and "
-                              "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment")
+        return FeatstoreError(
+            f"no credentials for the store {where}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment"
+        )
     if isinstance(err, PermissionError):
-        return FeatstoreError(f"access to the store {where} was denied ({' '.join(str(err).split())[:200]}); "
-                              "check the credentials and their permissions")
+        return FeatstoreError(
+            f"access to the store {where} was denied ({' '.join(str(err).split())[:200]}); "
+            "check the credentials and their permissions"
+        )
     if isinstance(err, FileNotFoundError) and "bucket does not exist" in str(err).lower():
         return FeatstoreError(f"the bucket of the store {where} does not exist; create it first")
     return None
@@ -448,22 +468,26 @@ def store_location(url: str) -> StoreLocation:
     if not isinstance(url, str) or not url.strip() or _CONTROL.search(url):
         raise FeatstoreError(f"{url!r} is not a store folder or URL")
     if url.startswith("file://"):
-        return LocalLocation(Path(url[len("file://"):] or "/").resolve())
+        return LocalLocation(Path(url[len("file://") :] or "/").resolve())
     scheme = re.match(r"^([A-Za-z][\w+.-]+):", url)
     if scheme is None:
         return LocalLocation(Path(url).expanduser().resolve())
     if not url.startswith(f"{scheme.group(1)}://"):
         raise FeatstoreError(f"{url!r} is not a store URL: write it as s3://bucket/prefix (or give a folder)")
     if scheme.group(1).lower() not in OBJECT_SCHEMES:
-        raise FeatstoreError(f"the store URL {url!r} cannot be used: give a folder or s3://bucket/prefix (other "
-                             "protocols, memory:// among them, are refused: they do not persist or are untested)")
+        raise FeatstoreError(
+            f"the store URL {url!r} cannot be used: give a folder or s3://bucket/prefix (other "
+            "protocols, memory:// among them, are refused: they do not persist or are untested)"
+        )
     rest = url.split("://", 1)[1]
     if "?" in rest or "#" in rest:
         raise FeatstoreError(f"the store URL {url!r} has a query or fragment; write it as s3://bucket/prefix")
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET.fullmatch(bucket):
-        raise FeatstoreError(f"the store URL {url!r} needs a bucket name (3-63 lowercase letters, digits, dots "
-                             "and hyphens): s3://bucket/prefix")
+        raise FeatstoreError(
+            f"the store URL {url!r} needs a bucket name (3-63 lowercase letters, digits, dots "
+            "and hyphens): s3://bucket/prefix"
+        )
     prefix = prefix.rstrip("/")
     if prefix:
         checked_key(prefix, "the prefix of the store URL")

@@ -28,8 +28,10 @@ def checked_name(name: object, what: str) -> str:
     """`name` when it is one plain path part: not empty, `.` or `..`, no `/`, `\\`, `:` or control character,
     at most MAX_PART_BYTES bytes."""
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or _UNSAFE.search(name):
-        raise UnsafeName(f"{what} {_shown(name)} is not a plain name (no '/', '\\', ':', '..' or control "
-                         "characters); refused, nothing was written")
+        raise UnsafeName(
+            f"{what} {_shown(name)} is not a plain name (no '/', '\\', ':', '..' or control "
+            "characters); refused, nothing was written"
+        )
     if len(name.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES:
         raise UnsafeName(f"{what} {_shown(name)} is longer than {MAX_PART_BYTES} bytes; refused, nothing was written")
     return name
@@ -41,15 +43,19 @@ def checked_key(key: object, what: str) -> str:
     if not isinstance(key, str) or not key:
         raise UnsafeName(f"{what} {_shown(key)} is not a relative path; refused, nothing was written")
     if len(key) > MAX_KEY_CHARS:
-        raise UnsafeName(f"{what} {_shown(key)} is longer than {MAX_KEY_CHARS} characters; refused, nothing was written")
+        raise UnsafeName(
+            f"{what} {_shown(key)} is longer than {MAX_KEY_CHARS} characters; refused, nothing was written"
+        )
     if key.startswith("/"):
         raise UnsafeName(f"{what} {_shown(key)} is an absolute path; refused, nothing was written")
     for part in key.split("/"):
         try:
             checked_name(part, what)
         except UnsafeName:
-            raise UnsafeName(f"{what} {_shown(key)} is not a relative path of plain names (no '..', empty part, "
-                             "'\\', ':' or control characters); refused, nothing was written") from None
+            raise UnsafeName(
+                f"{what} {_shown(key)} is not a relative path of plain names (no '..', empty part, "
+                "'\\', ':' or control characters); refused, nothing was written"
+            ) from None
     return key
 
 
@@ -64,8 +70,10 @@ def confined_path(root: Path, key: str, what: str) -> Path:
 def checked_count(entries: Sized, what: str) -> None:
     """Refuse a listing with more than MAX_ENTRIES entries (a listing is read whole)."""
     if len(entries) > MAX_ENTRIES:
-        raise FeatstoreError(f"{what} lists {len(entries)} entries, more than the {MAX_ENTRIES} featstore accepts; "
-                             "refused, nothing was written")
+        raise FeatstoreError(
+            f"{what} lists {len(entries)} entries, more than the {MAX_ENTRIES} featstore accepts; "
+            "refused, nothing was written"
+        )
 
 
 def _shown(value: object) -> str:

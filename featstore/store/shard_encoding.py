@@ -33,18 +33,27 @@ class ShardEncoder:
 
     def __init__(self, chunks: tuple[int, ...], shards: tuple[int, ...], blosc: BloscCodec):
         self.chunks, self.shards = chunks, shards
-        self.per_shard = tuple(s // c for s, c in zip(shards, chunks))
-        self.codec = numcodecs.Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=numcodecs.Blosc.SHUFFLE,
-                                     blocksize=blosc.blocksize, typesize=blosc.typesize)
+        self.per_shard = tuple(s // c for s, c in zip(shards, chunks, strict=False))
+        self.codec = numcodecs.Blosc(
+            cname=blosc.cname.value,
+            clevel=blosc.clevel,
+            shuffle=numcodecs.Blosc.SHUFFLE,
+            blocksize=blosc.blocksize,
+            typesize=blosc.typesize,
+        )
 
     def encode(self, block: np.ndarray) -> bytes:
         """The shard file holding `block` at the shard's origin (smaller than the shard: the rest is fill, and
         inner chunks wholly outside `block` are not written)."""
-        written = [coords for coords in itertools.product(*(range(n) for n in self.per_shard))
-                   if all(c * size < extent for c, size, extent in zip(coords, self.chunks, block.shape))]
+        written = [
+            coords
+            for coords in itertools.product(*(range(n) for n in self.per_shard))
+            if all(c * size < extent for c, size, extent in zip(coords, self.chunks, block.shape, strict=False))
+        ]
         pieces, offset = [], 0
         index = np.full((*self.per_shard, 2), EMPTY, dtype="<u8")
-        for coords, encoded in zip(written, _CHUNK_POOL.map(lambda coords: self._chunk(block, coords), written)):
+        encoded_chunks = _CHUNK_POOL.map(lambda coords: self._chunk(block, coords), written)
+        for coords, encoded in zip(written, encoded_chunks, strict=True):
             pieces.append(encoded)
             index[coords] = (offset, len(encoded))
             offset += len(encoded)
@@ -55,7 +64,7 @@ class ShardEncoder:
     def _chunk(self, block: np.ndarray, coords: tuple[int, ...]) -> bytes:
         """One inner chunk, Blosc-encoded with its crc32c appended (an edge chunk stored at full size, fill past
         the data)."""
-        part = block[tuple(slice(c * size, (c + 1) * size) for c, size in zip(coords, self.chunks))]
+        part = block[tuple(slice(c * size, (c + 1) * size) for c, size in zip(coords, self.chunks, strict=False))]
         if part.shape != self.chunks:
             whole = np.zeros(self.chunks, dtype=block.dtype)
             whole[tuple(slice(0, n) for n in part.shape)] = part
@@ -73,12 +82,21 @@ def shard_encoder(array: zarr.Array) -> ShardEncoder | None:
         return None
     sharding = codecs[0]
     inner, index = sharding.codecs, sharding.index_codecs
-    expected_inner = (len(inner) == 3 and isinstance(inner[0], BytesCodec) and isinstance(inner[1], BloscCodec)
-                      and isinstance(inner[2], Crc32cCodec) and getattr(inner[0].endian, "value", None) != "big")
-    expected_index = (len(index) == 2 and isinstance(index[0], BytesCodec) and isinstance(index[1], Crc32cCodec)
-                      and index[0].endian.value == "little")
+    expected_inner = (
+        len(inner) == 3
+        and isinstance(inner[0], BytesCodec)
+        and isinstance(inner[1], BloscCodec)
+        and isinstance(inner[2], Crc32cCodec)
+        and getattr(inner[0].endian, "value", None) != "big"
+    )
+    expected_index = (
+        len(index) == 2
+        and isinstance(index[0], BytesCodec)
+        and isinstance(index[1], Crc32cCodec)
+        and index[0].endian.value == "little"
+    )
     if not (expected_inner and expected_index and sharding.index_location == ShardingCodecIndexLocation.end):
         return None
-    if array.dtype.byteorder == ">" or any(s < n for s, n in zip(array.shards[1:], array.shape[1:])):
+    if array.dtype.byteorder == ">" or any(s < n for s, n in zip(array.shards[1:], array.shape[1:], strict=False)):
         return None
     return ShardEncoder(tuple(sharding.chunk_shape), tuple(array.shards), inner[1])

@@ -36,8 +36,10 @@ class TokenDecoder:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
         except (ValueError, OSError) as error:
             reason = "it names custom code, never run" if "custom code" in str(error) else str(error).splitlines()[0]
-            raise FeatstoreError(f"the saved tokenizer {folder} cannot be loaded ({reason[:200]}); "
-                                 "`featstore build --overwrite` of the model saves it again") from None
+            raise FeatstoreError(
+                f"the saved tokenizer {folder} cannot be loaded ({reason[:200]}); "
+                "`featstore build --overwrite` of the model saves it again"
+            ) from None
         self.text = lru_cache(maxsize=None)(self._text)
 
     def _text(self, token_id: int) -> str:

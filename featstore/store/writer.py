@@ -41,8 +41,15 @@ class SplitWriter:
     """The arrays of one split being built under `prefix`; `build_key` identifies compatible partial work to
     resume (an unpublished version with the same key)."""
 
-    def __init__(self, location: StoreLocation, prefix: str, shape: SplitShape, attrs: dict, build_key: str,
-                 version: str | None = None):
+    def __init__(
+        self,
+        location: StoreLocation,
+        prefix: str,
+        shape: SplitShape,
+        attrs: dict,
+        build_key: str,
+        version: str | None = None,
+    ):
         self.location, self.prefix, self.shape = location, prefix, shape
         if version is None:
             version = _resumable_version(location, prefix, build_key)
@@ -52,17 +59,34 @@ class SplitWriter:
             self.recorder.manifest.update(self.group.attrs[MANIFEST])
             return
         self.key = f"{prefix}/{new_version()}"
-        self.group = zarr.open_group(RecordingStore(location.zarr_store(self.key, read_only=False)), mode="w",
-                                     zarr_format=3)
+        self.group = zarr.open_group(
+            RecordingStore(location.zarr_store(self.key, read_only=False)), mode="w", zarr_format=3
+        )
         for name, spec in shape.arrays().items():
-            self.group.create_array(name, fill_value=0, compressors=compressors(spec["dtype"], shape.chunking.clevel),
-                                    **spec)
-        self.group.attrs.update({**attrs, "build_key": build_key, SHARDS_WRITTEN: [], "complete": False,
-                                 "format": FORMAT_VERSION, MANIFEST: self.recorder.manifest})
+            self.group.create_array(
+                name, fill_value=0, compressors=compressors(spec["dtype"], shape.chunking.clevel), **spec
+            )
+        self.group.attrs.update(
+            {
+                **attrs,
+                "build_key": build_key,
+                SHARDS_WRITTEN: [],
+                "complete": False,
+                "format": FORMAT_VERSION,
+                MANIFEST: self.recorder.manifest,
+            }
+        )
 
     @classmethod
-    def repairing(cls, location: StoreLocation, prefix: str, published: str, shape: SplitShape, build_key: str,
-                  shards: Collection[int]) -> SplitWriter | None:
+    def repairing(
+        cls,
+        location: StoreLocation,
+        prefix: str,
+        published: str,
+        shape: SplitShape,
+        build_key: str,
+        shards: Collection[int],
+    ) -> SplitWriter | None:
         """A writer over a new version in `prefix` holding a copy of the published version (hard links locally,
         server-side copies in a bucket) without the files of `shards`, which it lists as pending; None when the
         published split was built from other inputs."""
@@ -111,8 +135,9 @@ class SplitWriter:
         if shard not in self.pending_shards:
             raise FeatstoreError(f"shard {shard} of {self.key} is not pending (written: {self.shards_written})")
         self.recorder.manifest.update(entries)
-        self.group.attrs.update({SHARDS_WRITTEN: sorted([*self.shards_written, shard]),
-                                 MANIFEST: self.recorder.manifest})
+        self.group.attrs.update(
+            {SHARDS_WRITTEN: sorted([*self.shards_written, shard]), MANIFEST: self.recorder.manifest}
+        )
 
     def publish(self) -> str:
         """Mark the split complete, seal its root document and write the `COMPLETE` marker last; returns the
@@ -162,8 +187,9 @@ class ShardQueue:
         while len(self._running) >= self.limit:
             self._record(wait(self._running, return_when=FIRST_COMPLETED).done)
         writer = self.writer
-        future = self._pool.submit(write_shard_arrays, writer.location, writer.key, writer.shape, shard, attn, resid,
-                                   tokens)
+        future = self._pool.submit(
+            write_shard_arrays, writer.location, writer.key, writer.shape, shard, attn, resid, tokens
+        )
         self._running[future] = shard
 
     def _record(self, finished: Collection[Future]) -> None:
@@ -172,8 +198,15 @@ class ShardQueue:
             self.writer.record_shard(shard, future.result())
 
 
-def write_shard_arrays(location: StoreLocation, key: str, shape: SplitShape, shard: int, attn: np.ndarray,
-                       resid: np.ndarray, tokens: np.ndarray) -> dict[str, list]:
+def write_shard_arrays(
+    location: StoreLocation,
+    key: str,
+    shape: SplitShape,
+    shard: int,
+    attn: np.ndarray,
+    resid: np.ndarray,
+    tokens: np.ndarray,
+) -> dict[str, list]:
     """Write one shard's arrays into the split version at `key`; return the manifest entries of the files
     written (key -> [size, crc32c, shard]). Opens the arrays alone, never the root document the coordinator
     rewrites. Files an earlier, killed attempt left of this shard are deleted first: zarr would merge a partial
@@ -220,8 +253,12 @@ def _resumable_version(location: StoreLocation, prefix: str, build_key: str) -> 
             attrs = json.loads(read_document(location, f"{prefix}/{name}/{ROOT}") or b"{}").get("attributes", {})
         except (DocumentTooLarge, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             attrs = {}  # a killed build's unreadable root: not resumable
-        if found is None and attrs.get("build_key") == build_key and attrs.get("format") == FORMAT_VERSION \
-                and SHARDS_WRITTEN in attrs:
+        if (
+            found is None
+            and attrs.get("build_key") == build_key
+            and attrs.get("format") == FORMAT_VERSION
+            and SHARDS_WRITTEN in attrs
+        ):
             found = name
         else:
             location.delete_folder(f"{prefix}/{name}")
