@@ -22,6 +22,7 @@ from featstore.errors import FeatstoreError
 from featstore.extraction.captures import CAPTURES, capture_help
 from featstore.extraction.model_sources import model_spec_help
 from featstore.probing.families import CONTROLS, FAMILIES
+from featstore.probing.specs import HARD_THRESHOLD
 from featstore.project import Project, init_project, open_project
 from featstore.store.location import as_store_error
 from featstore.views.aggregations import aggregation_help
@@ -248,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--hard", action="store_true", help="only datasets whose baseline test AUC is below the threshold"
     )
-    probe.add_argument("--hard-threshold", type=float, default=0.8)
+    probe.add_argument("--hard-threshold", type=float, default=HARD_THRESHOLD)
     probe.add_argument("--overwrite-train", action="store_true", help="refit combinations already in probe_results")
     probe.add_argument(
         "--overwrite-eval", action="store_true", help="re-score saved probes on the test split, without refitting"
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--hard-threshold",
         type=float,
-        default=0.8,
+        default=HARD_THRESHOLD,
         help="baseline AUC below which a dataset is marked hard (default: %(default)s)",
     )
     report.add_argument("--serve", action="store_true", help="after writing, serve the site on 127.0.0.1 until Ctrl-C")
@@ -552,20 +553,18 @@ def run_probe(args: argparse.Namespace) -> None:
 
 def run_results(args: argparse.Namespace) -> None:
     from featstore.catalog.database import upgrade_catalog
-    from featstore.probing.results import by_mean_auc, result_rows, results_table, results_text
+    from featstore.probing.results import by_mean_auc, matching_settings, result_rows, results_table, results_text
 
     project = reading_project(args)
     upgrade_catalog(project)
-    rows = result_rows(project, args.model, args.datasets, args.settings)
+    everything = result_rows(project, args.model, args.datasets)
+    rows = matching_settings(everything, args.settings) if args.settings is not None else everything
     if args.sort == "auc":
         rows = by_mean_auc(rows)
     if args.vs is not None:
         from featstore.probing.compare import comparisons_text, paired_comparisons, reference_setting
 
-        everything = result_rows(
-            project, args.model, args.datasets
-        )  # the reference, even when --settings leaves it out
-        reference = everything[reference_setting(everything, args.vs)]
+        reference = everything[reference_setting(everything, args.vs)]  # even when --settings leaves it out
         comparisons = paired_comparisons(project, pd.concat([rows, reference]).drop_duplicates("result_id"), args.vs)
         if args.format == "table":
             print(comparisons_text(comparisons, width=shutil.get_terminal_size((120, 24)).columns))

@@ -16,14 +16,13 @@ from featstore.catalog.database import catalog_reader
 from featstore.catalog.probe_records import labelled_scores
 from featstore.errors import FeatstoreError
 from featstore.probing.results import seed_means, text_tables
-from featstore.probing.specs import LENGTH_FEATURE
+from featstore.probing.specs import HARD_THRESHOLD, LENGTH_FEATURE
 from featstore.project import Project
 from probes.metrics import CI_LEVEL, bootstrap_mean_interval, holm, paired_auc_difference
 
 BASELINE = "baseline"
 LENGTH = "length"
 ALPHA = 1 - CI_LEVEL
-HARD_THRESHOLD = 0.8
 SETTING_KEY = ["model", "dataset", "setting"]
 
 

@@ -23,6 +23,7 @@ from featstore.probing.specs import (
 from featstore.project import Project
 from featstore.views.aggregations import parse_aggregation
 from featstore.views.view import layer_indices
+from probes.families import MATRIX, ROWS, STACK
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def _single_seed_specs(project: Project, request: ProbeRequest) -> list[ProbeSpe
     if request.feature == LENGTH_FEATURE and (request.layers or request.each_layer):
         raise FeatstoreError("--layers and --each-layer do not apply to --feature length (it reads seq_len only)")
     inputs = {FAMILIES[probe].input for probe in request.probes}
-    if inputs - {"matrix"} and request.feature != "attn":
+    if inputs - {MATRIX} and request.feature != "attn":
         raise FeatstoreError("--probe attention-row and meta read attention rows: use them with --feature attn")
     specs = []
     for dataset in datasets:
@@ -104,13 +105,13 @@ def _single_seed_specs(project: Project, request: ProbeRequest) -> list[ProbeSpe
         )
         layer_sets = [(layer,) for layer in layers] if request.each_layer else [layers]
         for probe in dict.fromkeys(request.probes):
-            family = FAMILIES[probe].input
-            if family == "rows":
+            kind = FAMILIES[probe].input
+            if kind == ROWS:
                 specs += [
                     ProbeSpec(dataset, request.model, "attn", layer_set, ROWS_AGGREGATION, probe, request.seed)
                     for layer_set in layer_sets
                 ]
-            elif family == "stack":
+            elif kind == STACK:
                 stack = Stack(tuple(BaseSetting(s, a) for s in layer_sets for a in aggregations))
                 specs.append(ProbeSpec(dataset, request.model, "attn", layers, stack, probe, request.seed))
             else:

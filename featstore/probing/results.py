@@ -22,12 +22,9 @@ HEADER_WIDTH = 14  # a setting's label wraps at this width, or its cells' width 
 HEADER_LINES = 3  # labels needing more lines are numbered and spelled out under their table
 
 
-def result_rows(
-    project: Project, model: str | None = None, datasets: list[str] | None = None, settings: str | None = None
-) -> pd.DataFrame:
-    """The probe results `featstore results` shows, each with its setting label, in natural setting order;
-    `settings` keeps the labels matching that glob pattern (`*bins*`). A model without results, an unknown dataset
-    name, a dataset without results or a pattern matching nothing is a one-line error."""
+def result_rows(project: Project, model: str | None = None, datasets: list[str] | None = None) -> pd.DataFrame:
+    """The probe results `featstore results` shows, each with its setting label, in natural setting order. A model
+    without results, an unknown dataset name or a dataset without results is a one-line error."""
     with catalog_reader(project) as con:
         frame = listed_results(con)
     if model is not None:
@@ -43,16 +40,17 @@ def result_rows(
                 f"run `featstore probe --model {model or '<model>'} --datasets {' '.join(without)}` first"
             )
         frame = frame[frame["dataset"].isin(names)]
-    frame = frame.assign(setting=setting_labels(frame))
-    if settings is not None:
-        matched = frame["setting"].map(lambda label: fnmatch.fnmatchcase(label, settings))
-        if not matched.any():
-            raise FeatstoreError(
-                f"no setting matches {settings!r}; the settings are: "
-                + "; ".join(natural_order(frame)["setting"].unique())
-            )
-        frame = frame[matched]
-    return natural_order(frame)
+    return natural_order(frame.assign(setting=setting_labels(frame)))
+
+
+def matching_settings(rows: pd.DataFrame, pattern: str) -> pd.DataFrame:
+    """The rows (of `result_rows`) whose setting label matches the glob `pattern` (`*bins*`); none is a one-line
+    error naming the settings there are."""
+    matched = rows["setting"].map(lambda label: fnmatch.fnmatchcase(label, pattern))
+    if not matched.any():
+        known = "; ".join(rows["setting"].unique())
+        raise FeatstoreError(f"no setting matches {pattern!r}; the settings are: {known}")
+    return rows[matched]
 
 
 def natural_order(frame: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ LAST_TOKEN = "last-token"  # the residual's aggregation
 LENGTH_FEATURE = "length"  # the length-only control's feature
 LENGTH_AGGREGATION = "log-seq_len"
 ROWS_AGGREGATION = "rows"  # whole attention rows, read lazily (the attention-row probe)
+HARD_THRESHOLD = 0.8  # a dataset is hard when its baseline's test AUC is below this (SAE-Probes' hard subset)
 
 
 @dataclass(frozen=True)

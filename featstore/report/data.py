@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pandas as pd
 import zarr
@@ -188,6 +189,9 @@ def dataset_page(project: Project, data: ModelData, dataset: str, threshold: flo
     featured = _featured(mine, data.scored, set(data.head_weights["result_id"]))
     splits = data.splits[data.splits["dataset"] == dataset]
     examples = data.examples[data.examples["dataset"] == dataset]
+    with catalog_reader(project) as con:
+        labels = label_provenance(con, dataset)
+        texts = example_texts(con, examples[examples["split"] == TEST])
     page = {
         "model": data.model,
         "dataset": dataset,
@@ -212,8 +216,8 @@ def dataset_page(project: Project, data: ModelData, dataset: str, threshold: flo
         "top_heads": [],
         "lengths": length_histogram(examples),
         "examples": {},
-        "labels": _label_provenance(project, dataset),
-        "texts": example_texts(project, examples[examples["split"] == TEST]),
+        "labels": labels,
+        "texts": texts,
     }
     if featured is None:
         return page
@@ -229,12 +233,11 @@ def dataset_page(project: Project, data: ModelData, dataset: str, threshold: flo
     return page
 
 
-def example_texts(project: Project, examples: pd.DataFrame) -> list[dict]:
+def example_texts(con: duckdb.DuckDBPyConnection, examples: pd.DataFrame) -> list[dict]:
     """A seeded few test prompts of each class (positives first), cut to TEXT_CHARS characters, so a reader sees
     what the dataset's classes look like; `n_chars` is the whole prompt's length."""
     chosen = examples.iloc[_sample_per_class(examples["label"].to_numpy(), TEXTS_PER_CLASS)]
-    with catalog_reader(project) as con:
-        prompts = example_prompts(con, chosen["example_id"].tolist())
+    prompts = example_prompts(con, chosen["example_id"].tolist())
     rows = (
         chosen[["example_id", "label"]]
         .merge(prompts, on="example_id")
@@ -256,11 +259,6 @@ def _seeded_settings(results: pd.DataFrame) -> pd.Series:
     each), so no two rows of a dataset page share a label."""
     repeated = results["setting"].duplicated(keep=False)
     return results["setting"].where(~repeated, results["setting"] + " (seed " + results["seed"].astype(str) + ")")
-
-
-def _label_provenance(project: Project, dataset: str) -> dict | None:
-    with catalog_reader(project) as con:
-        return label_provenance(con, dataset)
 
 
 def roc_curves(chosen: pd.DataFrame, scores: pd.DataFrame, examples: pd.DataFrame) -> list[dict]:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from featstore.catalog.database import upgrade_catalog
 from featstore.errors import FeatstoreError
+from featstore.probing.specs import HARD_THRESHOLD
 from featstore.project import Project
 from featstore.report import data, pages
 from featstore.store.atomic import swap_folder
@@ -48,7 +49,7 @@ def write_report(
     models: list[str] | None = None,
     datasets: list[str] | None = None,
     out: Path | None = None,
-    threshold: float = 0.8,
+    threshold: float = HARD_THRESHOLD,
 ) -> ReportSummary:
     """Write the report of these models and datasets (default: all built) to `out` (default `<root>/report`)."""
     started = time.perf_counter()
