@@ -12,7 +12,7 @@ from featstore.catalog.features import complete_splits, example_order
 from featstore.catalog.names import catalog_dataset_names, unknown_model
 from featstore.errors import FeatstoreError
 from featstore.project import Project
-from featstore.store.integrity import Damage, SplitRef, open_split_store, read_sealed_root, verify_split
+from featstore.store.integrity import Damage, SplitRef, open_split_store, verify_split
 
 
 def verify_store(
@@ -40,7 +40,7 @@ def verify_store(
     for row in splits.itertuples():
         split = SplitRef(row.model, row.dataset, row.split)
         damage = verify_split(project.store, row.path, split)
-        if damage is None and (problem := _identity_problem(project, row.path, split)):
+        if damage is None and (problem := _order_problem(project, row.path, split)):
             damage = Damage(split, [problem], None)
         if damage is not None:
             damaged.append(damage)
@@ -51,21 +51,8 @@ def verify_store(
     return damaged, [f"{command} {' '.join(names)}" for command, names in commands.items()]
 
 
-def _identity_problem(project: Project, key: str, split: SplitRef) -> str | None:
-    """What differs between an intact split version and the catalog row naming it (a split folder swapped for
-    another self-consistent one): its model, dataset, split and example ids in row order."""
-    attributes = read_sealed_root(project.store, key, split)[1]["attributes"]
-    model = attributes.get("model")
-    recorded = (
-        model.get("key") if isinstance(model, dict) else None,
-        attributes.get("dataset"),
-        attributes.get("split"),
-    )
-    if recorded != (split.model, split.dataset, split.split):
-        return (
-            f"{key} holds the features of {'/'.join(map(str, recorded[1:]))} of {recorded[0]}, not of the split "
-            "its catalog row names"
-        )
+def _order_problem(project: Project, key: str, split: SplitRef) -> str | None:
+    """Whether an intact split version's example ids, in row order, differ from the catalog's for that split."""
     stored = zarr.open_array(open_split_store(project.store, key, split), path="example_id", mode="r")[:]
     with catalog_reader(project) as con:
         listed = example_order(con, split)

@@ -284,6 +284,9 @@ def test_a_split_swapped_for_another_self_consistent_split_fails_verify(toy_copy
     shutil.copytree(train, test)
     assert main(["--root", str(toy_copy.root), "verify"]) == 1
     assert "holds the features of 1_toy/train" in capsys.readouterr().out
+    repair = ["--root", str(toy_copy.root), "build", "--repair", "--model", MODEL, "--device", "cpu"]
+    assert main(repair) == 0  # the command verify prints rebuilds the swapped split
+    assert main(["--root", str(toy_copy.root), "verify"]) == 0
 
 
 @pytest.mark.parametrize("where", [0, 8192])

@@ -244,12 +244,14 @@ class Damage:
 
 
 def verify_split(location: StoreLocation, key: str, split: SplitRef) -> Damage | None:
-    """Check the split version at `key`: its seal, its `COMPLETE` marker and every file its manifest lists,
-    read whole; None when all match."""
+    """Check the split version at `key`: its seal, that it holds the features of `split` (not of another split
+    swapped in), its `COMPLETE` marker and every file its manifest lists, read whole; None when all match."""
     try:
         _, document = read_sealed_root(location, key, split)
     except DamagedSplit as err:
         return Damage(split, [err.problem], None)
+    if problem := _identity_problem(key, document["attributes"], split):
+        return Damage(split, [problem], None)
     problems, shards = [], set()
     if not location.exists(f"{key}/{COMPLETE}"):
         problems.append(f"its {COMPLETE} marker is missing")
@@ -262,6 +264,20 @@ def verify_split(location: StoreLocation, key: str, split: SplitRef) -> Damage |
     if not problems:
         return None
     return Damage(split, problems, None if None in shards else frozenset(shards))
+
+
+def _identity_problem(key: str, attributes: dict, split: SplitRef) -> str | None:
+    """What differs between the model, dataset and split a version records and the split it is read as."""
+    model = attributes.get("model")
+    recorded = (
+        model.get("key") if isinstance(model, dict) else None,
+        attributes.get("dataset"),
+        attributes.get("split"),
+    )
+    if recorded == (split.model, split.dataset, split.split):
+        return None
+    held = f"{'/'.join(map(str, recorded[1:]))} of {recorded[0]}"
+    return f"{key} holds the features of {held}, not of the split its catalog row names"
 
 
 def _file_problem(location: StoreLocation, key: str, size: int, crc: int) -> str | None:
