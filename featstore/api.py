@@ -54,7 +54,7 @@ class Store:
         unpickled; see probes.saved)."""
         from featstore.probing.saved_probes import read_probe
 
-        with catalog_reader(self.project) as con:
+        with catalog_reader(self.project, shared=self.reader.con if self.reader is not None else None) as con:
             found = probe_path(con, result_id)
         if found is None:
             raise FeatstoreError(f"no probe result {result_id!r}; `featstore results` lists them")

@@ -102,7 +102,7 @@ def connect(address: str) -> Iterator[Client]:
                 dashboard_address=":0",  # a free port: 8787 may be taken
                 silence_logs=logging.ERROR,  # no nanny warnings about slow worker exits
                 preload=[__name__],
-            )  # dask_setup below: Ctrl-C is the coordinator's to handle
+            )  # dask_setup above: Ctrl-C is the coordinator's to handle
             client = Client(cluster)
         else:
             check_scheduler_answers(address)

@@ -30,7 +30,8 @@ class BinaryProbe(ClassifierMixin, BaseEstimator):
     positive class.
 
     A family implements fit and decision_function; predict, predict_proba and score (scikit-learn's mean accuracy)
-    follow from them. The ROC AUC and the other metrics a run records come from probes.metrics.probe_metrics.
+    follow from them. `probes.metrics.probe_metrics` gives the ROC AUC and the other metrics a run records, from
+    the same decision scores.
     The constructor stores its arguments unchanged, so get_params, set_params and clone work.
     """
 

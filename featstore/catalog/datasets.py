@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 
 from featstore.catalog.features import forget_dataset_features, splits_of_dataset
-from featstore.catalog.probe_records import drop_probe_results
+from featstore.catalog.probe_records import drop_probe_results, results_of_dataset
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,7 @@ def replace_datasets(
 def built_work(con: duckdb.DuckDBPyConnection, dataset: str) -> tuple[list[tuple[str, str]], list[tuple]]:
     """What is built from a dataset's examples: its feature splits as (model, split), and its probe results as
     (result_id, model, probe, feature, layers, aggregation), each sorted."""
-    results = con.execute(
-        "SELECT result_id, model, probe, feature, layers, aggregation FROM probe_results WHERE dataset = ? "
-        "ORDER BY model, probe, feature, layers, aggregation",
-        [dataset],
-    ).fetchall()
-    return splits_of_dataset(con, dataset), results
+    return splits_of_dataset(con, dataset), results_of_dataset(con, dataset)
 
 
 def results_query(dataset: str) -> str:

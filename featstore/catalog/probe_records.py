@@ -132,3 +132,12 @@ def labelled_scores(con: duckdb.DuckDBPyConnection, result_ids: list[str]) -> pd
         "JOIN examples e USING (example_id) WHERE list_contains($ids, s.result_id)",
         {"ids": result_ids},
     ).df()
+
+
+def results_of_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> list[tuple]:
+    """A dataset's probe results as (result_id, model, probe, feature, layers, aggregation), sorted."""
+    return con.execute(
+        "SELECT result_id, model, probe, feature, layers, aggregation FROM probe_results WHERE dataset = ? "
+        "ORDER BY model, probe, feature, layers, aggregation",
+        [dataset],
+    ).fetchall()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +42,7 @@ from featstore.catalog.features import (
 )
 from featstore.catalog.names import DatasetNames
 from featstore.catalog.splits import FEATURE_SPLITS, hash_order
+from featstore.cluster import usable_cpus
 from featstore.digests import json_digest
 from featstore.errors import FeatstoreError
 from featstore.extraction.batching import TokenizedSplit, order_split
@@ -213,8 +213,8 @@ def default_batch_tokens(model: LoadedModel) -> int:
 
 
 def default_writers() -> int:
-    """Shard-writer threads when BuildSettings.writers is not given: one per core, at most MAX_WRITERS."""
-    return max(1, min(os.cpu_count() or 1, MAX_WRITERS))
+    """Shard-writer threads when BuildSettings.writers is not given: one per usable core, at most MAX_WRITERS."""
+    return max(1, min(usable_cpus(), MAX_WRITERS))
 
 
 def order_job(model: LoadedModel, job: SplitJob, max_len: int) -> TokenizedSplit:

@@ -76,10 +76,6 @@ class ShardUnit:
     def rows(self) -> slice:
         return slice(self.shape.shard_rows(self.shards[0]).start, self.shape.shard_rows(self.shards[-1]).stop)
 
-    @property
-    def n_rows(self) -> int:
-        return self.rows.stop - self.rows.start
-
 
 @contextmanager
 def cluster_shard_writing(

@@ -7,7 +7,6 @@ dask cluster), and writes them under the probe lock (`persist`).
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from contextlib import ExitStack
@@ -18,7 +17,7 @@ import joblib
 import pandas as pd
 
 from featstore.catalog.splits import TEST, TRAIN
-from featstore.cluster import joblib_on_cluster
+from featstore.cluster import joblib_on_cluster, usable_cpus
 from featstore.errors import FeatstoreError
 from featstore.probing.fit import Fitted, fit_and_score, reevaluate
 from featstore.probing.inputs import check_splits
@@ -76,7 +75,7 @@ def _fit_all(
     """Fit (or re-score, where a previous row is given) every task, in worker processes when there are many
     (at most `capacity` at once: by default this machine's CPUs); each one's warnings are re-issued here,
     naming its dataset and setting."""
-    workers = min(jobs or max(1, len(tasks) // FITS_PER_WORKER), capacity or _usable_cpus(), max(1, len(tasks)))
+    workers = min(jobs or max(1, len(tasks) // FITS_PER_WORKER), capacity or usable_cpus(), max(1, len(tasks)))
     calls = (joblib.delayed(_fit_or_rescore)(project, spec, previous, scratch) for spec, previous in tasks)
     fitted = []
     with open_progress(len(tasks), "probe", "probe") as progress:
@@ -86,11 +85,6 @@ def _fit_all(
             fitted.append(item)
             progress.update()
     return fitted
-
-
-def _usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _fit_or_rescore(project: Project, spec: ProbeSpec, previous: dict | None, scratch: Path) -> Fitted:

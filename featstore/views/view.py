@@ -107,8 +107,8 @@ def _catalog_entry(
     project: Project, dataset: str, split: str, model: str | None, reader: CatalogReader | None
 ) -> tuple[str, str, str, pd.Series]:
     """`resolve_split`'s answer and the split's labels by example_id, read once per state of the catalog file:
-    a view opened again while the catalog is unchanged (same size and modification time, write-ahead log
-    included) costs no catalog connection (opening one and its two queries took 20-40 ms)."""
+    a view opened again while the catalog is unchanged (same inode, size and modification time,
+    write-ahead log included) costs no catalog connection (opening one and its two queries took 20-40 ms)."""
     cache_key = (str(project.catalog_path), _file_state(project.catalog_path), dataset, split, model)
     with _CATALOG_ENTRIES_LOCK:
         if cache_key in _CATALOG_ENTRIES:
@@ -131,7 +131,7 @@ def forget_catalog_entries() -> None:
 
 
 def _file_state(catalog: Path) -> tuple:
-    """What changes whenever DuckDB writes the catalog: size and mtime of the file and of its write-ahead log."""
+    """What changes whenever DuckDB writes the catalog: inode, size and mtime of the file and of its write-ahead log."""
     state = []
     for file in (catalog, catalog.with_name(catalog.name + ".wal")):
         try:
