@@ -149,8 +149,8 @@ def test_truncation_keeps_the_last_tokens_and_bos(tmp_path, tiny):
         assert (tokens[row.array_row, : row.seq_len] == kept).all()
 
 
-def test_build_killed_part_way_resumes_to_identical_arrays(tmp_path, monkeypatch):
-    reference = built_toy_project(tmp_path / "reference")
+def test_build_killed_part_way_resumes_to_identical_arrays(toy_template, tmp_path, monkeypatch):
+    reference = toy_template
     project = toy_project(tmp_path / "crashed")
     real_write = SplitWriter.record_shard
 
@@ -184,10 +184,10 @@ def _split_of(writer: SplitWriter) -> str:
     return writer.key.split("/")[3]  # features.zarr/<model>/<dataset>/<split>/<version>
 
 
-def test_the_next_split_runs_while_the_one_before_is_finished(tmp_path, monkeypatch):
+def test_the_next_split_runs_while_the_one_before_is_finished(toy_template, tmp_path, monkeypatch):
     """The model does not wait for the writers between splits: the test split's forward passes start before the
     train split is published (slowed here), and both end up complete and equal to a build without the overlap."""
-    reference = built_toy_project(tmp_path / "reference")
+    reference = toy_template
     project = toy_project(tmp_path / "overlapped")
     events = []
     real_init, real_publish, real_launch = SplitWriter.__init__, SplitWriter.publish, build_module.launch_capture
@@ -310,7 +310,7 @@ def test_second_build_at_the_same_time_refuses_and_changes_nothing(built, capsys
     assert Store(built).sql("SELECT * FROM features ORDER BY ALL").equals(before)
 
 
-def test_concurrent_builds_neither_corrupt_nor_duplicate(tmp_path):
+def test_concurrent_builds_neither_corrupt_nor_duplicate(toy_template, tmp_path):
     project = toy_project(tmp_path / "p")
     command = [
         sys.executable,
@@ -328,7 +328,7 @@ def test_concurrent_builds_neither_corrupt_nor_duplicate(tmp_path):
     outcomes = [(p.wait(), p.stderr.read()) for p in processes]
     assert sorted(code for code, _ in outcomes)[0] == 0
     assert all(code == 0 or "another featstore build" in err for code, err in outcomes)
-    reference = built_toy_project(tmp_path / "reference")
+    reference = toy_template
     counts = Store(project).sql("SELECT count(*) AS n, count(DISTINCT (split, example_id)) AS ids FROM features")
     assert counts["n"][0] == counts["ids"][0] == 300
     for split in ("train", "test"):

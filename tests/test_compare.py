@@ -14,7 +14,7 @@ from featstore.probing.inputs import FeatureMatrix
 from featstore.probing.results import natural_order, setting_labels
 from featstore.probing.specs import ProbeSpec
 from probes.metrics import bootstrap_mean_interval, paired_auc_difference
-from tests.builders import MODEL, built_toy_project
+from tests.builders import MODEL
 
 
 def probe(project, *args):
@@ -28,8 +28,8 @@ def results_json(project, capsys, *args):
 
 
 @pytest.fixture
-def built(tmp_path):
-    return built_toy_project(tmp_path / "p")
+def built(toy_copy):
+    return toy_copy
 
 
 def test_vs_baseline_equals_the_paired_test_on_the_stored_scores(built, capsys):

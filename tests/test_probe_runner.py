@@ -16,7 +16,7 @@ from featstore.cli import main
 from featstore.probing import fit
 from probes import LogisticRegressionProbe, MassMeanProbe, load_probe, probe_metrics
 from probes.metrics import roc_auc_ci
-from tests.builders import MODEL, built_toy_project, published_folder, rewrite_stored
+from tests.builders import MODEL, published_folder, rewrite_stored
 
 
 def probe(project, *args):
@@ -40,8 +40,8 @@ def raw_index(project, split):
 
 
 @pytest.fixture
-def built(tmp_path):
-    return built_toy_project(tmp_path / "p")
+def built(toy_copy):
+    return toy_copy
 
 
 def test_rows_equal_probes_fitted_by_hand_on_the_stored_arrays(built):
