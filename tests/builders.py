@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,16 @@ def toy_project(root: Path, n: int = 300, store: str | None = None) -> Project:
     write_registry(project, [registry_row(1, "toy", "toy.csv")])
     clean_datasets(project, load_registry(project), SplitParams())
     return project
+
+
+def build_argv(project: Project, *options: str) -> list[str]:
+    """The arguments of `featstore build` of the toy model on the CPU in `project` (for `main`)."""
+    return ["--root", str(project.root), "build", "--model", MODEL, "--device", "cpu", *options]
+
+
+def build_command(project: Project, *options: str) -> list[str]:
+    """The same build as the command line of a child process (one a test kills or interrupts)."""
+    return [sys.executable, "-m", "featstore.cli", *build_argv(project, *options)]
 
 
 def built_toy_project(root: Path, **settings) -> Project:

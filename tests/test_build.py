@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -30,6 +29,7 @@ from featstore.store.locking import BUILD_LOCK, exclusive_build
 from featstore.store.writer import SplitWriter
 from tests.builders import (
     MODEL,
+    build_command,
     building_folder,
     built_toy_project,
     new_version_folder,
@@ -53,6 +53,14 @@ def tiny():
 def arrays(project, split):
     group = zarr.open_group(published_folder(project, split), mode="r")
     return {name: group[name][:] for name in ("attn", "resid", "tokens", "seq_len", "example_id")}
+
+
+def assert_same_arrays(ours, reference):
+    """Every stored array of both splits of `ours` equals the reference project's."""
+    for split in ("train", "test"):
+        theirs = arrays(reference, split)
+        for name, values in arrays(ours, split).items():
+            np.testing.assert_array_equal(values, theirs[name])
 
 
 def test_stored_rows_equal_the_model_run_on_each_example_alone(built, tiny):
@@ -174,10 +182,7 @@ def test_build_killed_part_way_resumes_to_identical_arrays(toy_template, tmp_pat
     )
     build_features(project, MODEL, None, BuildSettings(device="cpu", writers=1))
     assert resumed_shards == [1, 0]  # train resumes at shard 1, then test builds its one shard
-    for split in ("train", "test"):
-        ours, theirs = arrays(project, split), arrays(reference, split)
-        for name in ours:
-            np.testing.assert_array_equal(ours[name], theirs[name])
+    assert_same_arrays(project, reference)
 
 
 def _split_of(writer: SplitWriter) -> str:
@@ -212,10 +217,7 @@ def test_the_next_split_runs_while_the_one_before_is_finished(toy_template, tmp_
     test_started, train_published = events.index(("writer", "test")), events.index(("published", "train"))
     assert test_started < train_published
     assert ("forward",) in events[test_started:train_published]
-    for split in ("train", "test"):
-        ours, theirs = arrays(project, split), arrays(reference, split)
-        for name in ours:
-            np.testing.assert_array_equal(ours[name], theirs[name])
+    assert_same_arrays(project, reference)
 
 
 def test_a_split_that_fails_to_finish_stops_the_build_and_publishes_nothing_after_it(tmp_path, monkeypatch):
@@ -260,29 +262,13 @@ def test_parallel_writers_killed_mid_split_resume_to_the_arrays_of_one_writer_an
     assert sorted(group.attrs["shards_written"]) == sorted(recorded) and len(recorded) == 3
     assert group["attn"].chunks != zarr.open_group(published_folder(old, "train"), mode="r")["attn"].chunks
     build_features(new, MODEL, None, BuildSettings(device="cpu", batch_tokens=256, writers=3))
-    for split in ("train", "test"):
-        ours, theirs = arrays(new, split), arrays(old, split)
-        for name in ours:
-            np.testing.assert_array_equal(ours[name], theirs[name])
+    assert_same_arrays(new, old)
     assert main(["--root", str(new.root), "verify"]) == 0
 
 
 def test_sigkill_leaves_a_readable_store_and_rerun_completes(tmp_path):
     project = toy_project(tmp_path / "p", n=900)
-    command = [
-        sys.executable,
-        "-m",
-        "featstore.cli",
-        "--root",
-        str(project.root),
-        "build",
-        "--model",
-        MODEL,
-        "--device",
-        "cpu",
-        "--batch-tokens",
-        "64",
-    ]
+    command = build_command(project, "--batch-tokens", "64")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_a_written_shard(process, project)
     assert process.poll() is None, "the build finished before it could be killed"
@@ -312,18 +298,7 @@ def test_second_build_at_the_same_time_refuses_and_changes_nothing(built, capsys
 
 def test_concurrent_builds_neither_corrupt_nor_duplicate(toy_template, tmp_path):
     project = toy_project(tmp_path / "p")
-    command = [
-        sys.executable,
-        "-m",
-        "featstore.cli",
-        "--root",
-        str(project.root),
-        "build",
-        "--model",
-        MODEL,
-        "--device",
-        "cpu",
-    ]
+    command = build_command(project)
     processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = [(p.wait(), p.stderr.read()) for p in processes]
     assert sorted(code for code, _ in outcomes)[0] == 0
@@ -331,9 +306,7 @@ def test_concurrent_builds_neither_corrupt_nor_duplicate(toy_template, tmp_path)
     reference = toy_template
     counts = Store(project).sql("SELECT count(*) AS n, count(DISTINCT (split, example_id)) AS ids FROM features")
     assert counts["n"][0] == counts["ids"][0] == 300
-    for split in ("train", "test"):
-        for name, values in arrays(project, split).items():
-            np.testing.assert_array_equal(values, arrays(reference, split)[name])
+    assert_same_arrays(project, reference)
 
 
 def test_unknown_dataset_and_unloadable_model_are_one_line_errors(built, capsys):

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +16,14 @@ from featstore.api import Store
 from featstore.cli import main
 from featstore.project import open_project
 from featstore.store.layout import SHARD_EXAMPLES
-from tests.builders import MODEL, building_folder, published_folder, toy_project, wait_for_a_written_shard
+from tests.builders import (
+    MODEL,
+    build_command,
+    building_folder,
+    published_folder,
+    toy_project,
+    wait_for_a_written_shard,
+)
 
 SPLITS = ("train", "test")
 ARRAYS = ("attn", "resid", "tokens", "seq_len", "example_id")
@@ -99,22 +105,7 @@ def test_a_killed_coordinator_resumes_to_identical_arrays(address, tmp_path):
     reference = toy_project(tmp_path / "reference", n=900)
     assert build(reference, "--batch-tokens", "64") == 0
     project = toy_project(tmp_path / "p", n=900)  # train: 800 rows, 7 shards
-    command = [
-        sys.executable,
-        "-m",
-        "featstore.cli",
-        "--root",
-        str(project.root),
-        "build",
-        "--model",
-        MODEL,
-        "--device",
-        "cpu",
-        "--batch-tokens",
-        "64",
-        "--cluster",
-        address,
-    ]
+    command = build_command(project, "--batch-tokens", "64", "--cluster", address)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_a_written_shard(process, project)
     assert process.poll() is None, "the build finished before it could be killed"

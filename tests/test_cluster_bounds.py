@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +12,7 @@ import pytest
 
 from featstore import cluster as cluster_module
 from featstore.cli import main
-from tests.builders import MODEL, toy_project, wait_for_a_written_shard
+from tests.builders import MODEL, build_argv, build_command, toy_project, wait_for_a_written_shard
 
 
 def run(project, capsys, *argv):
@@ -105,22 +104,7 @@ def test_a_server_that_is_not_a_dask_scheduler_is_one_line_within_the_timeout(
 
 def test_one_ctrl_c_stops_a_local_cluster_build_and_its_workers_in_seconds(tmp_path, capfd):
     project = toy_project(tmp_path / "p", n=1500)  # train: 1,024 rows, 8 shards
-    command = [
-        sys.executable,
-        "-m",
-        "featstore.cli",
-        "--root",
-        str(project.root),
-        "build",
-        "--model",
-        MODEL,
-        "--device",
-        "cpu",
-        "--batch-tokens",
-        "64",
-        "--cluster",
-        "local:2",
-    ]
+    command = build_command(project, "--batch-tokens", "64", "--cluster", "local:2")
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )  # its own process group, as a terminal's foreground job
@@ -145,23 +129,6 @@ def test_one_ctrl_c_stops_a_local_cluster_build_and_its_workers_in_seconds(tmp_p
     else:
         pytest.fail("worker processes outlived the interrupted build")
     capfd.readouterr()
-    assert (
-        main(
-            [
-                "--root",
-                str(project.root),
-                "build",
-                "--model",
-                MODEL,
-                "--device",
-                "cpu",
-                "--batch-tokens",
-                "64",
-                "--cluster",
-                "local:2",
-            ]
-        )
-        == 0
-    )
+    assert main(build_argv(project, "--batch-tokens", "64", "--cluster", "local:2")) == 0
     out, err = capfd.readouterr()  # the resumed build: quiet but for its progress lines (every 30 s), no nanny warnings
     assert (out, [line for line in err.splitlines() if not line.startswith("build ")]) == ("", [])
