@@ -18,25 +18,16 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from featstore.extraction.capture_sink import LastTokenSink
+from featstore.extraction.captures import CAPTURES
 from featstore.extraction.models import LoadedModel
 
 ATTENTION = "featstore_last_row"
 SINK_KWARG = "featstore_sink"
 # Where the decoder layers are, under the base model, in each architecture whose attention this file reproduces
-# (each tested against transformers' eager attention; the same architectures as its entry in `CAPTURES`).
+# (its entry in `CAPTURES`; each tested against transformers' eager attention): `layers` but where named here.
+_LAYER_PATHS = {"GPT2LMHeadModel": "h", "OPTForCausalLM": "decoder.layers"}
 DECODER_LAYERS = {
-    "GPT2LMHeadModel": "h",
-    "LlamaForCausalLM": "layers",
-    "MistralForCausalLM": "layers",
-    "Qwen2ForCausalLM": "layers",
-    "Qwen3ForCausalLM": "layers",
-    "GemmaForCausalLM": "layers",
-    "Gemma2ForCausalLM": "layers",
-    "Gemma3ForCausalLM": "layers",
-    "Phi3ForCausalLM": "layers",
-    "GPTNeoXForCausalLM": "layers",
-    "Olmo2ForCausalLM": "layers",
-    "OPTForCausalLM": "decoder.layers",
+    architecture: _LAYER_PATHS.get(architecture, "layers") for architecture in CAPTURES["last-row"].architectures
 }
 
 _UNWRAPPED: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
