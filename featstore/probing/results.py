@@ -95,7 +95,8 @@ def results_table(rows: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
     frame = seed_means(rows.assign(setting=rows["model"] + " " + rows["setting"]))
     columns = list(dict.fromkeys(frame["setting"]))
     table = frame.pivot(index="dataset", columns="setting", values="roc_auc").reindex(columns=columns)
-    means, n = equal_n_means(table)
+    means, common = equal_n_means(table)
+    n = len(common)
     if ci:
         frame["cell"] = _cells(frame, ci)
         table = frame.pivot(index="dataset", columns="setting", values="cell").reindex(columns=columns).fillna("")
@@ -119,11 +120,11 @@ def seed_means(rows: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
-def equal_n_means(table: pd.DataFrame) -> tuple[pd.Series, int]:
-    """Each column's mean over the rows (datasets) that have every column, and how many those are: a mean row
-    whose columns average the same datasets."""
+def equal_n_means(table: pd.DataFrame) -> tuple[pd.Series, pd.Index]:
+    """Each column's mean over the rows (datasets) that have every column, and those rows: a mean row whose
+    columns average the same datasets."""
     complete = table.dropna()
-    return complete.mean(), len(complete)
+    return complete.mean(), complete.index
 
 
 def results_text(rows: pd.DataFrame, ci: bool = False, width: int = 120) -> str:
@@ -138,7 +139,8 @@ def results_text(rows: pd.DataFrame, ci: bool = False, width: int = 120) -> str:
         columns = list(dict.fromkeys(of_model["setting"]))
         cells = of_model.assign(cell=_cells(of_model, ci)).pivot(index="dataset", columns="setting", values="cell")
         cells = cells.reindex(columns=columns)
-        means, n = equal_n_means(of_model.pivot(index="dataset", columns="setting", values="roc_auc"))
+        means, common = equal_n_means(of_model.pivot(index="dataset", columns="setting", values="roc_auc"))
+        n = len(common)
         n_test = of_model.groupby("dataset")["n_test"].agg(
             lambda n: f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
         )

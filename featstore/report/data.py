@@ -30,7 +30,7 @@ from featstore.catalog.probe_records import (
 from featstore.catalog.splits import TEST
 from featstore.errors import FeatstoreError
 from featstore.probing.compare import BASELINE, paired_comparisons
-from featstore.probing.results import natural_order, setting_labels
+from featstore.probing.results import equal_n_means, natural_order, setting_labels
 from featstore.probing.specs import LENGTH_FEATURE
 from featstore.project import Project
 from featstore.store.integrity import SplitRef, open_split_store
@@ -147,9 +147,7 @@ def overview(
                     verdict=item.verdict,
                 )
         rows.append({"dataset": dataset, "hard": _hard(mine, threshold), "cells": cells})
-    table = results.groupby(["dataset", "setting"])["roc_auc"].mean().unstack()
-    common = table.reindex(columns=settings["setting"]).dropna().index
-    means = table.loc[common].mean()
+    means, common = equal_n_means(results.groupby(["dataset", "setting"])["roc_auc"].mean().unstack())
     deltas = {}
     if comparisons is not None and len(comparisons):
         deltas = comparisons[comparisons["dataset"].isin(common)].groupby("setting")["delta_auc"].mean().to_dict()
