@@ -10,7 +10,7 @@ JSON line to --out, so whatever finished before a timeout is kept.
   splits overlap) from the catalog, the wall time the script
   measured, GPU utilisation and memory from the nvidia-smi samples (mean over the command, the busy window).
 
-Run by benchmarks/gpu_figures.sh; `python benchmarks/gpu_figures.py <subcommand> --help` for the options.
+Run by benchmarks/gpu_figures.sh; `PYTHONPATH=. python benchmarks/gpu_figures.py <subcommand> --help` for the options.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.host_path import copy_project, shape_model
 
 DATASETS = ["87_glue_cola", "60_wikidata_occupation_isathlete", "100_news_fake"]
 
@@ -60,15 +61,13 @@ def bare(args: argparse.Namespace) -> dict:
     from featstore.extraction.model_sources import parse_model_spec
     from featstore.extraction.models import resolve_device, resolve_dtype
     from featstore.extraction.plan import split_batches
-    from featstore.extraction.random_models import RANDOM_CONFIGS, RANDOM_SEED, byte_level_tokenizer
+    from featstore.extraction.random_models import RANDOM_CONFIGS, RANDOM_SEED
     from featstore.project import open_project
 
     device = resolve_device(args.device)
     config = RANDOM_CONFIGS[parse_model_spec(args.model).target]()
     with tempfile.TemporaryDirectory() as root:  # plan_jobs opens the catalog for writing: use a copy
-        (Path(root) / "store").mkdir()
-        shutil.copytree(args.project / "datasets", Path(root) / "datasets")
-        shutil.copy2(args.project / "store" / "catalog.duckdb", Path(root) / "store" / "catalog.duckdb")
+        copy_project(args.project, Path(root))
         jobs = plan_jobs(open_project(root), args.datasets, args.limit)
     started = time.perf_counter()
     torch.manual_seed(RANDOM_SEED)
@@ -76,7 +75,7 @@ def bare(args: argparse.Namespace) -> dict:
         model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=resolve_dtype(args.dtype))
         model.eval()
     boot_seconds = time.perf_counter() - started
-    shaped = _Encoder(byte_level_tokenizer())
+    shaped = shape_model(args.model)  # what order_job needs of a model (its tokenizer, BOS prepended), no weights
     batches = []
     for job in jobs:
         split = order_job(shaped, job, config.max_position_embeddings)
@@ -113,19 +112,6 @@ def run_batch(model, ids: np.ndarray, lengths: np.ndarray, device) -> None:
         logits_to_keep=1,
         use_cache=False,
     )
-
-
-class _Encoder:
-    """What `order_job` needs of a model (the byte-level tokenizer, BOS prepended) without loading one."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.prepend_bos, self.bos_token_id = tokenizer, True, tokenizer.bos_token_id
-
-    def encode(self, texts):
-        return [
-            np.asarray([self.bos_token_id, *ids], dtype=np.int32)
-            for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        ]
 
 
 def captures(args: argparse.Namespace) -> dict:

@@ -375,6 +375,7 @@ def rss_bytes() -> int:
 
 
 def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under `folder`."""
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.host_path import folder_bytes  # noqa: E402
 from featstore.api import Store  # noqa: E402
 from featstore.catalog.splits import SplitParams  # noqa: E402
 from featstore.datasets.sae_probes import import_sae_probes  # noqa: E402
@@ -63,9 +64,7 @@ def main() -> None:
             seconds[label] = time.perf_counter() - started
         build_requests = collections.Counter(r.method for r in server.requests if "/features.zarr/" in r.path)
         stored = {
-            "folder": sum(
-                p.stat().st_size for p in (projects["folder"].store_dir / "features.zarr").rglob("*") if p.is_file()
-            ),
+            "folder": folder_bytes(projects["folder"].store_dir / "features.zarr"),
             "bucket": sum(
                 server.client().head_object(Bucket=url.split("/")[2], Key=f"proj/{key}")["ContentLength"]
                 for key in projects["bucket"].store.list("features.zarr")

@@ -361,7 +361,7 @@ def confirm_drops(assume_yes: bool) -> Callable[[list], bool]:
 
 def report_clean(outcome, what: str) -> None:
     """Say on stderr what a clean dropped (dataset, splits, results, bytes freed), or that it changed nothing."""
-    from featstore.datasets.drops import format_bytes
+    from featstore.sizes import format_bytes
 
     for drop in outcome.dropped:
         splits = ", ".join(f"{model} {split}" for model, split in drop.splits) or "no features"

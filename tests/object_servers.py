@@ -122,6 +122,12 @@ class S3Server:
         return f"s3://{self.make_bucket()}/{prefix}".rstrip("/")
 
 
+def bucket_and_prefix(url: str) -> tuple[str, str]:
+    """The bucket and the key prefix of an `s3://bucket/prefix` URL (as `bucket_url` makes them)."""
+    bucket, prefix = url[len("s3://") :].split("/", 1)
+    return bucket, prefix
+
+
 # --- moto -----------------------------------------------------------------------------------------
 
 

@@ -10,25 +10,16 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from featstore.extraction.capture import capture_last_token, default_capture
 from featstore.extraction.capture_last_row import DECODER_LAYERS
+from featstore.extraction.captures import CAPTURES
 from featstore.extraction.model_sources import parse_model_spec
 from featstore.extraction.models import LoadedModel
-from tests.test_capture import PAD_ID, TEXTS
+from featstore.extraction.random_models import RANDOM_CONFIGS
+from tests.test_capture import TEXTS, right_pad
 
 WINDOW = 16  # the tiny configs' sliding window
-FAMILIES = [
-    "tiny",
-    "llama-tiny",
-    "mistral-tiny",
-    "qwen2-tiny",
-    "qwen3-tiny",
-    "gemma-tiny",
-    "gemma2-tiny",
-    "gemma3_text-tiny",
-    "phi3-tiny",
-    "gpt_neox-tiny",
-    "olmo2-tiny",
-    "opt-tiny",
-]
+# The tiny model of each family (the registry's full-size shapes, gpt2-medium and llama-1b, are of families that
+# random:tiny and random:llama-tiny cover).
+FAMILIES = [name for name in RANDOM_CONFIGS if name == "tiny" or name.endswith("-tiny")]
 SLIDING = {
     "mistral-tiny": [0, 1],
     "qwen2-tiny": [1],
@@ -42,14 +33,6 @@ SHIPPED_IN_BF16 = ["llama-tiny", "qwen2-tiny", "qwen3-tiny", "gemma-tiny", "gemm
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request: pytest.FixtureRequest) -> LoadedModel:
     return parse_model_spec(f"random:{request.param}").load()
-
-
-def right_pad(encoded: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.array([len(ids) for ids in encoded])
-    batch = np.full((len(encoded), lengths.max()), PAD_ID, dtype=np.int64)
-    for row, ids in enumerate(encoded):
-        batch[row, : len(ids)] = ids
-    return batch, lengths
 
 
 def eager_reference(model: LoadedModel) -> tuple[torch.nn.Module, dict]:
@@ -67,6 +50,23 @@ def eager_reference(model: LoadedModel) -> tuple[torch.nn.Module, dict]:
             )
         )
     return reference, outputs
+
+
+def test_every_last_row_architecture_has_a_family_here_and_its_decoder_layers_where_named():
+    """Each architecture `last-row` supports is the architecture of one of FAMILIES (so the tests below cover it),
+    and `DECODER_LAYERS` leads, under its base model, to the ModuleList of its decoder layers (built on the meta
+    device: no weights drawn)."""
+    built = {}
+    for name in FAMILIES:
+        config = RANDOM_CONFIGS[name]()
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        built[type(model).__name__] = (model, config.num_hidden_layers)
+    assert set(CAPTURES["last-row"].architectures) <= set(built)
+    for architecture in CAPTURES["last-row"].architectures:
+        model, n_layers = built[architecture]
+        layers = model.base_model.get_submodule(DECODER_LAYERS[architecture])
+        assert isinstance(layers, torch.nn.ModuleList) and len(layers) == n_layers, architecture
 
 
 @pytest.mark.parametrize(

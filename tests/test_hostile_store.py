@@ -25,6 +25,7 @@ from featstore.store.safe_paths import MAX_ENTRIES, UnsafeName, checked_key, con
 from featstore.store.writer import _resumable_version, retire_versions
 from tests.builders import MODEL, published_folder, toy_project
 from tests.factories import registry_row, write_registry
+from tests.object_servers import bucket_and_prefix
 
 VICTIM = b"the user's own file\n"
 SHARED_BUILD = ["build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64"]
@@ -320,7 +321,7 @@ def test_a_read_only_command_on_a_clone_sees_a_rebuild_done_elsewhere(tmp_path, 
 def test_a_hostile_bucket_listing_is_refused_before_any_download(moto_s3, monkeypatch, tmp_path, capsys):
     moto_s3.use_env(monkeypatch)
     url = moto_s3.bucket_url()
-    bucket, prefix = url[len("s3://") :].split("/", 1)
+    bucket, prefix = bucket_and_prefix(url)
     victim = tmp_path / "victim.txt"
     victim.write_bytes(VICTIM)
     client = moto_s3.client()

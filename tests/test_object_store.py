@@ -27,6 +27,7 @@ from featstore.store.lease import LEASE, Lease, assert_held, holding_lease
 from featstore.store.location import store_location
 from featstore.store.writer import SplitWriter
 from tests.builders import MODEL, toy_project
+from tests.object_servers import bucket_and_prefix
 
 BUILD = ["build", "--model", MODEL, "--device", "cpu", "--batch-tokens", "64"]
 
@@ -54,7 +55,7 @@ def assert_same_arrays(ours: Project, reference: Project) -> None:
 
 
 def bucket_keys(server, url: str) -> list[str]:
-    bucket, prefix = url[len("s3://") :].split("/", 1)
+    bucket, prefix = bucket_and_prefix(url)
     pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
     return [item["Key"][len(prefix) + 1 :] for page in pages for item in page.get("Contents", [])]
 
@@ -166,7 +167,7 @@ def test_kill_9_during_a_build_to_a_bucket_then_a_rerun_resumes_to_identical_arr
 
 
 def _shards_written(server, url: str, key: str) -> list[int]:
-    bucket, prefix = url[len("s3://") :].split("/", 1)
+    bucket, prefix = bucket_and_prefix(url)
     body = server.client().get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read()
     return json.loads(body).get("attributes", {}).get("shards_written", [])
 

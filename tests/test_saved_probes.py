@@ -27,6 +27,7 @@ from probes import (
     saved,
 )
 from tests.builders import MODEL
+from tests.object_servers import bucket_and_prefix
 from tests.test_attention_row import planted
 
 
@@ -400,7 +401,7 @@ def test_a_pickle_payload_in_a_bucket_never_runs_on_a_clone(moto_s3, monkeypatch
     project = toy_project(tmp_path / "bucket", store=url)
     build_features(project, MODEL, None, BuildSettings(device="cpu"))
     assert probe_command(project) == 0
-    bucket, prefix = url[len("s3://") :].split("/", 1)
+    bucket, prefix = bucket_and_prefix(url)
     moto_s3.client().put_object(Bucket=bucket, Key=f"{prefix}/{only_row(project)['probe_path']}", Body=payload(marker))
     assert main(["clone", url, str(tmp_path / "elsewhere")]) == 0
     clone = open_project(tmp_path / "elsewhere")

@@ -14,7 +14,15 @@ from pathlib import Path
 
 # Lowest layer first: a module may import its own layer or a lower one, never a higher one.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("probes", "featstore.errors", "featstore.bounded", "featstore.progress", "featstore.digests", "featstore.version"),
+    (
+        "probes",
+        "featstore.errors",
+        "featstore.bounded",
+        "featstore.progress",
+        "featstore.digests",
+        "featstore.version",
+        "featstore.sizes",
+    ),
     ("featstore.store",),
     ("featstore.project",),
     ("featstore.catalog",),

@@ -18,6 +18,7 @@ import pandas as pd
 from featstore.catalog.datasets import built_work, indexed_examples, results_query
 from featstore.catalog.splits import FEATURE_SPLITS
 from featstore.project import Project
+from featstore.sizes import format_bytes
 from featstore.store.layout import PROBES, is_version_name, model_dir_name, split_prefix
 
 SHOWN_RESULTS = 8  # result settings named per dataset before "and N more"
@@ -100,15 +101,6 @@ def delete_dropped(project: Project, drops: list[Drop]) -> None:
     """Delete the dropped files from the store (after the catalog no longer refers to them)."""
     for drop in drops:
         project.store.delete(sorted(drop.files))
-
-
-def format_bytes(n: int) -> str:
-    """A byte count as people read it: 389.2 MB."""
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _probe_files(project: Project, dataset: str, results: list[tuple]) -> dict[str, int]:

@@ -10,6 +10,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from featstore.report import svg
+from featstore.sizes import format_bytes
 
 ROLE_COLOURS = {"baseline": "#555555", "length": "#6a3d9a", "control": "#999999"}
 ROLE_NAMES = {"baseline": "baseline", "length": "length control", "control": "shuffled-label control"}
@@ -126,14 +127,8 @@ def brief(label: str, width: int = 48) -> str:
 
 
 def human_size(n: int | None) -> str:
-    """Bytes as `12.3 MB`."""
-    if n is None:
-        return "–"
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    """Bytes as `12.3 MB` (`12 B` under a kB), a dash when unknown."""
+    return "–" if n is None else format_bytes(n, "B")
 
 
 def _layer_chart(page: dict) -> Markup:

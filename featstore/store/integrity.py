@@ -227,10 +227,12 @@ def read_sealed_root(location: StoreLocation, key: str, split: SplitRef) -> tupl
     return raw, document
 
 
-def open_split_store(location: StoreLocation, key: str, split: SplitRef) -> IntegrityStore:
+def open_split_store(
+    location: StoreLocation, key: str, split: SplitRef, root: tuple[bytes, dict] | None = None
+) -> IntegrityStore:
     """A verifying, read-only zarr store over one published split version (for `xr.open_zarr` or
-    `zarr.open_group`)."""
-    raw, document = read_sealed_root(location, key, split)
+    `zarr.open_group`); `root`: its root as `read_sealed_root` already read it, so it is not read again."""
+    raw, document = root or read_sealed_root(location, key, split)
     return IntegrityStore(location.zarr_store(key, read_only=True), split, raw, document["attributes"][MANIFEST])
 
 
@@ -243,13 +245,18 @@ class Damage:
     shards: frozenset[int] | None
 
 
-def verify_split(location: StoreLocation, key: str, split: SplitRef) -> Damage | None:
+def verify_split(
+    location: StoreLocation, key: str, split: SplitRef, root: tuple[bytes, dict] | None = None
+) -> Damage | None:
     """Check the split version at `key`: its seal, that it holds the features of `split` (not of another split
-    swapped in), its `COMPLETE` marker and every file its manifest lists, read whole; None when all match."""
-    try:
-        _, document = read_sealed_root(location, key, split)
-    except DamagedSplit as err:
-        return Damage(split, [err.problem], None)
+    swapped in), its `COMPLETE` marker and every file its manifest lists, read whole; None when all match.
+    `root`: its root as `read_sealed_root` already read it, so it is not read again."""
+    if root is None:
+        try:
+            root = read_sealed_root(location, key, split)
+        except DamagedSplit as err:
+            return Damage(split, [err.problem], None)
+    _, document = root
     if problem := _identity_problem(key, document["attributes"], split):
         return Damage(split, [problem], None)
     problems, shards = [], set()

@@ -90,10 +90,10 @@ class SplitWriter:
         """A writer over a new version in `prefix` holding a copy of the published version (hard links locally,
         server-side copies in a bucket) without the files of `shards`, which it lists as pending; None when the
         published split was built from other inputs."""
-        root = json.loads(read_document(location, f"{published}/{ROOT}") or b"{}")
-        attrs = root.get("attributes", {})
-        if attrs.get("build_key") != build_key:
+        root = _root_document(location, published)
+        if root is None or root["attributes"].get("build_key") != build_key:
             return None
+        attrs = root["attributes"]
         version = new_version()
         kept = {key: entry for key, entry in attrs[MANIFEST].items() if entry[2] not in shards}
         location.copy((f"{published}/{key}", f"{prefix}/{version}/{key}") for key in kept)
@@ -249,10 +249,8 @@ def _resumable_version(location: StoreLocation, prefix: str, build_key: str) -> 
     for name in location.children(prefix):
         if not is_version_name(name) or location.exists(f"{prefix}/{name}/{COMPLETE}"):
             continue
-        try:
-            attrs = json.loads(read_document(location, f"{prefix}/{name}/{ROOT}") or b"{}").get("attributes", {})
-        except (DocumentTooLarge, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            attrs = {}  # a killed build's unreadable root: not resumable
+        root = _root_document(location, f"{prefix}/{name}")
+        attrs = {} if root is None else root["attributes"]
         if (
             found is None
             and attrs.get("build_key") == build_key
@@ -263,3 +261,15 @@ def _resumable_version(location: StoreLocation, prefix: str, build_key: str) -> 
         else:
             location.delete_folder(f"{prefix}/{name}")
     return found
+
+
+def _root_document(location: StoreLocation, version: str) -> dict | None:
+    """The parsed root document of the split version at `version`; None when it is missing or damaged (too large,
+    not JSON, no attributes object), so a killed build's unreadable root is neither resumed nor repaired from."""
+    try:
+        raw = read_document(location, f"{version}/{ROOT}")
+        document = None if raw is None else json.loads(raw)
+    except (DocumentTooLarge, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    attributes = document.get("attributes") if isinstance(document, dict) else None
+    return document if isinstance(attributes, dict) else None
