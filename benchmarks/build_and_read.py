@@ -18,7 +18,7 @@ Prints ratios (absolute seconds beside them, for context only):
 5. time to compute first-token mass and entropy of one layer of the test split through the view,
    against the same reductions in numpy on an in-memory copy, and against the same on all layers.
 
-Run: python benchmarks/build_and_read.py --model random:gpt2-medium --dataset 87_glue_cola --limit 128
+Run: PYTHONPATH=. python benchmarks/build_and_read.py --model random:gpt2-medium --dataset 87_glue_cola --limit 128
 """
 
 from __future__ import annotations
@@ -39,12 +39,20 @@ import xarray as xr
 import zarr
 from transformers import AutoModelForCausalLM
 
+from benchmarks.host_path import folder_bytes
 from featstore.api import open_store
 from featstore.catalog.names import catalog_dataset_names
 from featstore.catalog.splits import SplitParams
 from featstore.datasets.sae_probes import import_sae_probes
-from featstore.extraction.batching import TokenizedSplit, order_split, truncate_left
-from featstore.extraction.build import CPU_BATCH_TOKENS, SplitJob, build_split, plan_jobs
+from featstore.extraction.batching import truncate_left
+from featstore.extraction.build import (
+    CPU_BATCH_TOKENS,
+    SplitJob,
+    build_split,
+    default_batch_slack,
+    order_job,
+    plan_jobs,
+)
 from featstore.extraction.capture import default_capture
 from featstore.extraction.captures import CAPTURES
 from featstore.extraction.model_sources import parse_model_spec
@@ -90,17 +98,14 @@ def plain_copy(wrapped: torch.nn.Module, attention: str = "sdpa") -> torch.nn.Mo
     return plain
 
 
-def tokenized_split(model: LoadedModel, job: SplitJob, max_len: int) -> TokenizedSplit:
-    """A split in the build's row order."""
-    return order_split(job.example_ids, model.encode(job.prompts), max_len, keep_first=model.prepend_bos)
-
-
-def padding_ratios(model: LoadedModel, jobs: list[SplitJob], batch_tokens: int, max_len: int) -> tuple[float, float]:
+def padding_ratios(
+    model: LoadedModel, jobs: list[SplitJob], batch_tokens: int, slack: float, max_len: int
+) -> tuple[float, float]:
     """Padded / real tokens of the build's batches, and of batches of 32 in example_id order."""
     sorted_lengths, file_lengths = [], []
     for job in jobs:
-        split = tokenized_split(model, job, max_len)
-        sorted_lengths += [split.seq_lens[rows] for rows in split_batches(split, batch_tokens)]
+        split = order_job(model, job, max_len)
+        sorted_lengths += [split.seq_lens[rows] for rows in split_batches(split, batch_tokens, slack)]
         in_file_order = split.seq_lens[np.argsort(split.example_ids)]
         file_lengths += [in_file_order[i : i + PEER_BATCH] for i in range(0, len(in_file_order), PEER_BATCH)]
     real = sum(int(b.sum()) for b in sorted_lengths)
@@ -118,10 +123,6 @@ def published_folder(project, model: str, dataset: str, split: str) -> Path:
         "SELECT path FROM feature_splits WHERE model = ? AND dataset = ? AND split = ?", [model, dataset, split]
     )["path"][0]
     return project.store_dir / path
-
-
-def disk_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 class PeerExtractor:
@@ -206,14 +207,20 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     project = init_project(root)
     if not project.catalog_path.exists() or args.dataset not in catalog_dataset_names(project).names:
         import_sae_probes(project, None, [args.dataset], SplitParams())  # a project that holds it is used offline
-    settings = BuildSettings(
-        limit=args.limit, batch_tokens=args.batch_tokens, overwrite=True, max_len=args.max_len, capture=args.capture
-    )
     jobs = plan_jobs(project, [args.dataset], args.limit)
 
     started = time.perf_counter()
     model = parse_model_spec(args.model).load()
     load_s = time.perf_counter() - started
+    slack = default_batch_slack(model.device)
+    settings = BuildSettings(
+        limit=args.limit,
+        batch_tokens=args.batch_tokens,
+        batch_slack=slack,
+        overwrite=True,
+        max_len=args.max_len,
+        capture=args.capture,
+    )
     max_len = args.max_len or model.n_ctx
     print(
         f"model {model.key}: {model.n_layers} layers x {model.n_heads} heads, d_model {model.d_model}, "
@@ -224,11 +231,12 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
 
     # 1 and 2. Build, peer and bare forwards alternate split by split, so other work on the machine
     #    weighs on all of them alike.
-    splits = [tokenized_split(model, job, max_len) for job in jobs]
+    splits = [order_job(model, job, max_len) for job in jobs]
     n_tokens = sum(int(split.seq_lens.sum()) for split in splits)
     shaped = {
         budget: [
-            [(split.padded(rows), split.seq_lens[rows]) for rows in split_batches(split, budget)] for split in splits
+            [(split.padded(rows), split.seq_lens[rows]) for rows in split_batches(split, budget, slack)]
+            for split in splits
         ]
         for budget in BARE_BUDGETS
     }
@@ -262,11 +270,11 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     store = open_store(project.root)
     if peer is not None:
         ours_tokens = sum(
-            padded_tokens([split.seq_lens[rows] for rows in split_batches(split, args.batch_tokens)])
+            padded_tokens([split.seq_lens[rows] for rows in split_batches(split, args.batch_tokens, slack)])
             for split in splits
         )
-        ours_bytes = sum(disk_bytes(published_folder(project, model.key, j.dataset, j.split)) for j in jobs)
-        peer_bytes = disk_bytes(peer.out)
+        ours_bytes = sum(folder_bytes(published_folder(project, model.key, j.dataset, j.split)) for j in jobs)
+        peer_bytes = folder_bytes(peer.out)
 
         def read() -> np.ndarray:
             return open_store(root).view(args.dataset, "test", layers=[layer]).attn.values
@@ -296,7 +304,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
     # 3. Padding of the length-sorted batches against batches of 32 in example_id order.
     whole_splits = plan_jobs(project, [args.dataset], None)
     for label, chosen in (("these examples", jobs), ("whole splits, tokenised only", whole_splits)):
-        sorted_pad, file_pad = padding_ratios(model, chosen, args.batch_tokens, max_len)
+        sorted_pad, file_pad = padding_ratios(model, chosen, args.batch_tokens, slack, max_len)
         print(
             f"3. padded / real tokens ({label}, {sum(len(j.example_ids) for j in chosen)} ex.): "
             f"length-sorted batches {sorted_pad:.3f}, batches of 32 in example_id order {file_pad:.3f}"
@@ -309,20 +317,20 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
         group = zarr.open_group(folder, mode="r")
         lens = group["seq_len"][:].astype(np.int64)
         n, layers, heads, longest = group["attn"].shape
-        attn_disk = disk_bytes(folder / "attn")
-        stored = attn_disk + disk_bytes(folder / "resid") + disk_bytes(folder / "tokens")
+        attn_disk = folder_bytes(folder / "attn")
+        stored = attn_disk + folder_bytes(folder / "resid") + folder_bytes(folder / "tokens")
         attn_unpadded = int(lens.sum()) * layers * heads * 2
         unpadded = attn_unpadded + n * layers * model.d_model * 2
         padded = n * layers * (heads * longest + model.d_model) * 2
         arrays_uncompressed = sum(group[name].nbytes for name in group.array_keys())
-        store_bytes += disk_bytes(folder)
+        store_bytes += folder_bytes(folder)
         uncompressed += arrays_uncompressed
         print(
             f"4. {job.split} ({n} ex., {lens.min()}..{lens.max()} tokens): {stored / n:.0f} B/example "
             f"(attn+resid+tokens) = {stored / unpadded:.3f}x unpadded fp16, "
             f"{stored / padded:.3f}x padded to longest; "
             f"attn alone {attn_disk / n:.0f} B/example = {attn_disk / attn_unpadded:.3f}x unpadded; "
-            f"compression {arrays_uncompressed / disk_bytes(folder):.2f}x"
+            f"compression {arrays_uncompressed / folder_bytes(folder):.2f}x"
         )
     print(
         f"   store compression ratio (uncompressed array bytes / bytes on disk, both splits): "

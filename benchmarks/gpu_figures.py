@@ -57,7 +57,7 @@ def bare(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from featstore.extraction.build import order_job, plan_jobs
+    from featstore.extraction.build import default_batch_slack, order_job, plan_jobs
     from featstore.extraction.model_sources import parse_model_spec
     from featstore.extraction.models import resolve_device, resolve_dtype
     from featstore.extraction.plan import split_batches
@@ -79,7 +79,7 @@ def bare(args: argparse.Namespace) -> dict:
     batches = []
     for job in jobs:
         split = order_job(shaped, job, config.max_position_embeddings)
-        for rows in split_batches(split, args.batch_tokens):
+        for rows in split_batches(split, args.batch_tokens, default_batch_slack(device)):
             batches.append((split.padded(rows), split.seq_lens[rows]))
     tokens = int(sum(lengths.sum() for _, lengths in batches))
     with torch.inference_mode():

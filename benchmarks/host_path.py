@@ -261,7 +261,7 @@ def bare_forward(args: argparse.Namespace, spec: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from featstore.extraction.batching import token_batches
-    from featstore.extraction.build import CPU_BATCH_TOKENS, order_job, plan_jobs
+    from featstore.extraction.build import CPU_BATCH_SLACK, CPU_BATCH_TOKENS, order_job, plan_jobs
     from featstore.extraction.model_sources import parse_model_spec
     from featstore.extraction.random_models import RANDOM_CONFIGS, RANDOM_SEED
     from featstore.project import open_project
@@ -289,7 +289,7 @@ def bare_forward(args: argparse.Namespace, spec: str) -> dict:
     hf_model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     started = time.perf_counter()
     with torch.inference_mode():
-        for batch in token_batches(lengths, slice(0, len(lengths)), CPU_BATCH_TOKENS):
+        for batch in token_batches(lengths, slice(0, len(lengths)), CPU_BATCH_TOKENS, CPU_BATCH_SLACK):
             width = int(lengths[batch].max())
             ids = np.zeros((batch.stop - batch.start, width), dtype=np.int64)
             for row, tokens in enumerate(sample[batch]):

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from featstore.api import Store
 from featstore.catalog.database import catalog_writer
 from featstore.cli import main
 from featstore.errors import FeatstoreError
+from featstore.extraction.build import LEGACY_BATCH_SLACK, default_batch_slack
 from featstore.project import Project
 from featstore.store.writer import SplitWriter
 from tests.builders import MODEL, built_toy_project, new_version_folder, published_folder
@@ -200,6 +202,23 @@ def test_repair_rewrites_only_the_damaged_shard_byte_for_byte(pristine, copy, ta
     assert Store(copy).sql("SELECT count(*) AS n FROM features")["n"][0] == results_before
     for name, values in stored(pristine).items():
         np.testing.assert_array_equal(view_reads(copy)[name], values)
+
+
+def test_a_split_recorded_before_the_batch_slack_was_named_is_repaired_in_its_own_batches(tmp_path, capsys):
+    """Splits recorded without `batch_slack` were batched with LEGACY_BATCH_SLACK; a repair on the CPU (whose default
+    slack is another) must batch them that way, or the repaired shard's rows differ in their last bits."""
+    legacy = built_toy_project(tmp_path / "legacy", batch_slack=LEGACY_BATCH_SLACK)
+    assert default_batch_slack(torch.device("cpu")) != LEGACY_BATCH_SLACK
+    with catalog_writer(legacy) as con:
+        for (settings,) in con.execute("SELECT DISTINCT settings FROM feature_splits").fetchall():
+            unnamed = {name: value for name, value in json.loads(settings).items() if name != "batch_slack"}
+            con.execute("UPDATE feature_splits SET settings = ? WHERE settings = ?", [json.dumps(unnamed), settings])
+    damaged = Project(Path(shutil.copytree(legacy.root, tmp_path / "damaged")))
+    damage(damaged, "attn", "delete")
+    assert (
+        run_cli(capsys, "--root", str(damaged.root), "build", "--model", MODEL, "--device", "cpu", "--repair")[0] == 0
+    )
+    assert data_files(damaged) == data_files(legacy)
 
 
 @pytest.mark.parametrize("target", ["zarr.json", "seq_len"])

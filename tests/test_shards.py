@@ -30,7 +30,7 @@ def test_shards_from_batches_spanning_them_equal_each_shard_filled_alone(shards)
     split = order_split(np.arange(len(encoded)), encoded, max_len=64, keep_first=True)
     shape = SplitShape(len(encoded), LAYERS, HEADS, D_MODEL, int(split.seq_lens.max()))
     assembler = ShardAssembler(split, shape, shards)
-    every_batch = token_batches(split.seq_lens, slice(0, shape.n_examples), 1000)
+    every_batch = token_batches(split.seq_lens, slice(0, shape.n_examples), 1000, 0.25)
     assert any(b.start // SHARD_EXAMPLES != (b.stop - 1) // SHARD_EXAMPLES for b in every_batch)
     assert shape.n_shards == 4
     assert assembler.rows_to_write == sum(len(range(shape.n_examples)[shape.shard_rows(s)]) for s in shards)

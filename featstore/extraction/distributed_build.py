@@ -134,7 +134,7 @@ class ClusterWriting:
         shards in completion order; on a failure, cancel the rest (what was recorded stays, for a rerun)."""
         from distributed import as_completed
 
-        units = plan_units(plan, settings.batch_tokens, self.digest)
+        units = plan_units(plan, settings.batch_tokens, settings.batch_slack, self.digest)
         pending = np.zeros(plan.shape.n_examples, dtype=bool)
         for unit in units:
             pending[unit.rows] = True
@@ -167,10 +167,10 @@ class ClusterWriting:
                 self.client.cancel([future for future, _ in submitted.values()])
 
 
-def plan_units(plan: SplitPlan, batch_tokens: int, digest: str) -> list[ShardUnit]:
+def plan_units(plan: SplitPlan, batch_tokens: int, slack: float, digest: str) -> list[ShardUnit]:
     """Units of consecutive pending shards (cut where little is computed twice, see `_cheap_cut`), each with the
     batches of the whole-split plan that touch its rows and only the rows those batches cover."""
-    batches = split_batches(plan.tokenized, batch_tokens)
+    batches = split_batches(plan.tokenized, batch_tokens, slack)
     groups: list[list[int]] = []
     for shard in plan.writer.pending_shards:
         if groups and groups[-1][-1] == shard - 1 and not _cheap_cut(batches, plan.shape, groups[-1][0], shard):

@@ -21,6 +21,7 @@ class BuildSettings:
     max_len: int | None = None
     source: str = ""
     batch_tokens: int | None = None  # None: `default_batch_tokens` for the model and its device
+    batch_slack: float | None = None  # padding a batch may add, see `token_batches`; None: `default_batch_slack`
     limit: int | None = None
     device: str = "auto"
     dtype: str = "float32"
@@ -51,7 +52,7 @@ ShardWriting = Callable[[LoadedModel, SplitPlan, BuildSettings, TokenProgress], 
 still being written, for the caller to close) or on a cluster (all written on return: None)."""
 
 
-def split_batches(tokenized: TokenizedSplit, batch_tokens: int) -> list[slice]:
+def split_batches(tokenized: TokenizedSplit, batch_tokens: int, slack: float) -> list[slice]:
     """The split's batches: `token_batches` over all its rows, so a resumed build or a repair recomputes a
     shard in exactly the batches of the first build (and so gets the same values)."""
-    return token_batches(tokenized.seq_lens, slice(0, len(tokenized.seq_lens)), batch_tokens)
+    return token_batches(tokenized.seq_lens, slice(0, len(tokenized.seq_lens)), batch_tokens, slack)
