@@ -60,7 +60,7 @@ from featstore.extraction.models import LoadedModel
 from featstore.extraction.plan import BuildSettings, split_batches
 from featstore.progress import TokenProgress
 from featstore.project import init_project
-from featstore.views.view import forget_catalog_entries
+from featstore.views.view import forget_opened_views
 
 REPEATS = 5
 BARE_BUDGETS = (2048, 8192, 32768)
@@ -279,7 +279,7 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
         def read() -> np.ndarray:
             return open_store(root).view(args.dataset, "test", layers=[layer]).attn.values
 
-        first_read = best_of(lambda: (forget_catalog_entries(), read()))
+        first_read = best_of(lambda: (forget_opened_views(), read()))
         ours_read = best_of(read)
         peer_read = best_of(lambda: peer.read_layer(args.dataset, "test", layer))
         np.testing.assert_allclose(  # the same rows (the peer's in file order), up to float16 rounding
