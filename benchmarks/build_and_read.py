@@ -6,7 +6,8 @@ Prints ratios (absolute seconds beside them, for context only):
    forward with capture hooks, compress and write, register); "bare" is only the forward passes
    (logits_to_keep=1, no KV cache, attention mask, inference mode, no hooks, no writing) of a plain Hugging Face copy
    with the same weights and its default (SDPA) attention, over the same length-sorted rows in batches
-   of each budget in BARE_BUDGETS; the fastest budget is the reference. Tokens/s counts real tokens.
+   of each budget in BARE_BUDGETS (or --bare-budgets); the fastest budget is the reference. Tokens/s counts
+   real tokens.
    Build and bare runs alternate split by split; `--rounds` repeats them.
 2. with `--peer`: a sae-probes-style extractor (`PeerExtractor`: eager attention with output_attentions, batches
    of 32 in file order, last rows to the host, one `torch.save` per dataset split) alternating with the build in
@@ -193,6 +194,13 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=CPU_BATCH_TOKENS)
     parser.add_argument("--rounds", type=int, default=1, help="alternations of build, peer and bare forwards")
     parser.add_argument("--peer", action="store_true", help="also run the sae-probes-style extractor")
+    parser.add_argument(
+        "--bare-budgets",
+        type=int,
+        nargs="+",
+        default=list(BARE_BUDGETS),
+        help="batch budgets of the bare forward (the fastest is the reference; fewer for a slow model)",
+    )
     parser.add_argument("--capture", choices=list(CAPTURES), help="the build's capture (default: the model's)")
     args = parser.parse_args()
     if args.root is not None:
@@ -238,12 +246,12 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
             [(split.padded(rows), split.seq_lens[rows]) for rows in split_batches(split, budget, slack)]
             for split in splits
         ]
-        for budget in BARE_BUDGETS
+        for budget in args.bare_budgets
     }
     plain = plain_copy(model.bridge.original_model)
-    forward_all(plain, shaped[BARE_BUDGETS[0]][0][:1])  # warm-up, untimed
+    forward_all(plain, shaped[args.bare_budgets[0]][0][:1])  # warm-up, untimed
     peer = PeerExtractor(model, root / "peer", max_len) if args.peer else None
-    build, peer_s, bare = np.zeros(2), np.zeros(2), {budget: np.zeros(2) for budget in BARE_BUDGETS}
+    build, peer_s, bare = np.zeros(2), np.zeros(2), {budget: np.zeros(2) for budget in args.bare_budgets}
     quiet = TokenProgress(np.zeros(0), "build", io.StringIO())
     with torch.inference_mode():
         for _ in range(args.rounds):
@@ -251,11 +259,11 @@ def benchmark(args: argparse.Namespace, root: Path) -> None:
                 build += timed(partial(build_split, project, model, job, settings, max_len, quiet))
                 if peer is not None:
                     peer_s += timed(partial(peer.extract, job))
-                for budget in BARE_BUDGETS:
+                for budget in args.bare_budgets:
                     bare[budget] += timed(partial(forward_all, plain, shaped[budget][i]))
-    best = min(BARE_BUDGETS, key=lambda budget: bare[budget][0])
+    best = min(args.bare_budgets, key=lambda budget: bare[budget][0])
     build_rate, bare_rate = n_tokens * args.rounds / build[0], n_tokens * args.rounds / bare[best][0]
-    per_budget = ", ".join(f"{budget}: {n_tokens * args.rounds / bare[budget][0]:.0f}" for budget in BARE_BUDGETS)
+    per_budget = ", ".join(f"{budget}: {n_tokens * args.rounds / bare[budget][0]:.0f}" for budget in args.bare_budgets)
     print(
         f"1. build tokens/s / bare forward tokens/s at its best batch budget ({len(jobs)} splits, "
         f"{n_tokens} real tokens, {n_tokens / sum(len(s.seq_lens) for s in splits):.1f} per example, "

@@ -67,11 +67,20 @@ def launch_capture(
     torch_dtype = _check_inputs(model, input_ids, lengths, out_dtype)
     name = check_capture(model, strategy)
     with torch.inference_mode():
-        tokens = torch.as_tensor(input_ids, dtype=torch.long, device=model.device)
-        real_lengths = torch.as_tensor(lengths, dtype=torch.long, device=model.device)
+        tokens, real_lengths = (_to_device(values, model.device) for values in (input_ids, lengths))
         sink = LastTokenSink(model, real_lengths, tokens.shape[1], torch_dtype)
         CAPTURES[name].load().run(model, tokens, sink)
         return sink.to_host(name)
+
+
+def _to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`values` as a long tensor on `device`; to a GPU through pinned memory without waiting: a plain copy from
+    pageable memory waits for everything queued on the stream (the previous batch's forward), so the next batch's
+    kernels could not be queued while the GPU still ran the last ones."""
+    host = torch.as_tensor(values, dtype=torch.long)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _check_inputs(
