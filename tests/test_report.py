@@ -256,7 +256,7 @@ def test_serve_answers_on_loopback_and_stops_on_ctrl_c(reported):
         server.stderr.close()
 
 
-def test_an_older_catalog_is_upgraded_and_results_without_scores_still_render(reported, tmp_path):
+def test_an_older_catalog_is_upgraded_and_results_without_scores_still_render(reported, tmp_path, capsys):
     project = Project(tmp_path / "old")
     shutil.copytree(reported.root, project.root)
     with catalog_writer(project) as con:  # as a catalog written before intervals and scores were kept
@@ -265,7 +265,9 @@ def test_an_older_catalog_is_upgraded_and_results_without_scores_still_render(re
         con.execute("ALTER TABLE probe_results DROP COLUMN roc_auc_ci_low")
         con.execute("ALTER TABLE probe_results DROP COLUMN roc_auc_ci_high")
         con.execute("DROP TABLE featstore_schema")  # kept since the schema was versioned
+    capsys.readouterr()
     assert main(["--root", str(project.root), "report"]) == 0
+    assert "the overview shows no ΔAUC against the baseline: 1_toy" in capsys.readouterr().err
     page = read_json(project, FOLDER, "1_toy.json")
     assert len(page["results"]) == 6 and page["roc"] == [] and page["examples"] == {}
     assert all(result["low"] is None and result["flagged"] is None for result in page["results"])

@@ -8,6 +8,7 @@ Nothing here refits or rescores a probe: AUCs, intervals and scores are the stor
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 
 import duckdb
@@ -170,12 +171,14 @@ def overview(
 
 def baseline_comparisons(project: Project, results: pd.DataFrame) -> pd.DataFrame | None:
     """Every setting against the baseline (paired DeLong on the stored scores, Holm across datasets), or None
-    without a baseline or without stored scores."""
+    without a baseline, or with a warning naming why when they cannot be compared (results fitted before scores were
+    stored, several baselines of one dataset): the overview then shows AUCs only."""
     if not (results["role"] == "baseline").any():
         return None
     try:
         return paired_comparisons(project, results, BASELINE)
-    except FeatstoreError:  # results fitted before scores were stored: the overview shows AUCs only
+    except FeatstoreError as err:
+        warnings.warn(f"the overview shows no ΔAUC against the baseline: {err}", stacklevel=2)
         return None
 
 
