@@ -7,6 +7,7 @@ import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -29,12 +30,31 @@ DASK_CHUNKS = {"layer": 1, "head": -1, "token": -1, "d_model": -1}  # and whole 
 # one-layer read is a few tasks, not one per shard (dask's per-task cost dominated: 1,000 smollm2 examples, layer
 # 15 of the test split, 22 ms in 8 tasks against 11 ms for zarr alone), with each task's memory still bounded.
 VIEW_CHUNK_BYTES = 16 * 2**20
-CATALOG_ENTRIES_KEPT = 256
-_CATALOG_ENTRIES: dict[tuple, tuple[str, str, str, pd.Series]] = {}
-_CATALOG_ENTRIES_LOCK = threading.Lock()
-STORED_SPLITS_KEPT = 64
-_STORED_SPLITS: dict[tuple, xr.Dataset] = {}
-_STORED_SPLITS_LOCK = threading.Lock()
+
+
+class Kept:
+    """What this process read once and keeps by key, the oldest dropped beyond `most`; safe across threads."""
+
+    def __init__(self, most: int):
+        self.most, self._kept, self._lock = most, {}, threading.Lock()
+
+    def get(self, key: tuple) -> Any:
+        with self._lock:
+            return self._kept.get(key)
+
+    def put(self, key: tuple, value: Any) -> None:
+        with self._lock:
+            while len(self._kept) >= self.most:
+                self._kept.pop(next(iter(self._kept)))
+            self._kept[key] = value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+_CATALOG_ENTRIES = Kept(256)  # by catalog file state and the split asked for
+_STORED_SPLITS = Kept(64)  # by split version location and the digest of its sealed root
 
 
 def resolve_split(con: duckdb.DuckDBPyConnection, dataset: str, split: str, model: str | None) -> tuple[str, str, str]:
@@ -100,9 +120,8 @@ def _stored_split(project: Project, path: str, split: SplitRef, dask: bool) -> x
     chunk read still checks its crc32c against the manifest of that root."""
     root = read_sealed_root(project.store, path, split)
     cache_key = (project.store.describe(path), hashlib.blake2b(root[0]).digest(), dask)
-    with _STORED_SPLITS_LOCK:
-        if cache_key in _STORED_SPLITS:
-            return _STORED_SPLITS[cache_key]
+    if (kept := _STORED_SPLITS.get(cache_key)) is not None:
+        return kept
     store = open_split_store(project.store, path, split, root)
     # opened without dask, so the small index arrays below are read straight from zarr (through dask each read
     # cost ~7 ms of graph building and scheduling); only the feature arrays are chunked afterwards
@@ -126,10 +145,7 @@ def _stored_split(project: Project, path: str, split: SplitRef, dask: bool) -> x
             }
         )
     stored.attrs = {name: value for name, value in stored.attrs.items() if name not in (MANIFEST, SEAL)}
-    with _STORED_SPLITS_LOCK:
-        while len(_STORED_SPLITS) >= STORED_SPLITS_KEPT:
-            _STORED_SPLITS.pop(next(iter(_STORED_SPLITS)))
-        _STORED_SPLITS[cache_key] = stored
+    _STORED_SPLITS.put(cache_key, stored)
     return stored
 
 
@@ -156,26 +172,20 @@ def _catalog_entry(
     a view opened again while the catalog is unchanged (same inode, size and modification time,
     write-ahead log included) costs no catalog connection (opening one and its two queries took 20-40 ms)."""
     cache_key = (str(project.catalog_path), _file_state(project.catalog_path), dataset, split, model)
-    with _CATALOG_ENTRIES_LOCK:
-        if cache_key in _CATALOG_ENTRIES:
-            return _CATALOG_ENTRIES[cache_key]
+    if (kept := _CATALOG_ENTRIES.get(cache_key)) is not None:
+        return kept
     with catalog_reader(project, shared=reader.con if reader is not None else None) as con:
         name, key, path = resolve_split(con, dataset, split, model)
         labels = split_labels(con, SplitRef(key, name, split))
-    with _CATALOG_ENTRIES_LOCK:
-        while len(_CATALOG_ENTRIES) >= CATALOG_ENTRIES_KEPT:
-            _CATALOG_ENTRIES.pop(next(iter(_CATALOG_ENTRIES)))
-        _CATALOG_ENTRIES[cache_key] = (name, key, path, labels)
+    _CATALOG_ENTRIES.put(cache_key, (name, key, path, labels))
     return name, key, path, labels
 
 
 def forget_opened_views() -> None:
     """Drop the catalog entries kept by `_catalog_entry` and the splits kept by `_stored_split`: the next view of
     each split reads the catalog and the store again (to time a first opening)."""
-    with _CATALOG_ENTRIES_LOCK:
-        _CATALOG_ENTRIES.clear()
-    with _STORED_SPLITS_LOCK:
-        _STORED_SPLITS.clear()
+    _CATALOG_ENTRIES.clear()
+    _STORED_SPLITS.clear()
 
 
 def _file_state(catalog: Path) -> tuple:
